@@ -1,0 +1,89 @@
+"""The ``envcache`` command.
+
+One sub-command per verb; each is a small function that parses nothing itself (argparse does)
+and prints either text for people or, with ``--json``, one JSON document for scripts.
+Errors a user can cause are :class:`~envcache.errors.EnvcacheError`: they print one line to
+stderr and exit with the error's status (2 for bad input, 3 for "not found"), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from envcache.errors import EnvcacheError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep its message but make it one clear line."""
+
+    def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess tests
+        self.print_usage(sys.stderr)
+        self.exit(2, f"envcache: error: {message}\n")
+
+
+def emit(args: argparse.Namespace, text: str, data: Any) -> None:
+    """Print ``data`` as JSON when ``--json`` was given, else the human ``text``."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser = _Parser(prog="envcache", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub, common)
+    return parser
+
+
+def _version() -> str:
+    from envcache import __version__
+
+    return f"envcache {__version__}"
+
+
+# Each concern keeps its sub-commands next to the code they drive, in a ``commands`` module
+# with ``register(subparsers, common)``. Handlers import heavy dependencies lazily so that
+# ``envcache resolve`` on a cache hit starts fast.
+_COMMAND_MODULES = [
+    "envcache.spec.commands",      # hash, canonical, diff, convert
+    "envcache.service.commands",   # serve, and the client-side verbs
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except EnvcacheError as exc:
+        print(f"envcache: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("envcache: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # last resort: a bug of ours must still not dump a traceback on users
+        if os.environ.get("ENVCACHE_DEBUG"):
+            raise
+        print(f"envcache: internal error: {type(exc).__name__}: {exc} (set ENVCACHE_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The OCI Distribution API (v1.1) under /v2/, over a :class:`~envcache.store.Store`.
+
+Repository names contain slashes, so aiohttp's router cannot split ``/v2/<name>/<kind>/<ref>``
+reliably; one catch-all route hands the path to :func:`_dispatch`, which matches the spec's
+endpoint table, validates the name against the spec grammar (``NAME_INVALID`` before anything
+else happens) and turns every failure into the spec's error body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from envcache.errors import EnvcacheError, NotFound
+from envcache.registry import blobs, manifests
+from envcache.registry.blobs import UploadState
+from envcache.registry.errors import API_VERSION_HEADER, RegistryError, name_invalid
+from envcache.store import (
+    DigestError,
+    DigestMismatch,
+    ManifestInvalid,
+    NameInvalid,
+    SizeMismatch,
+    Store,
+    TagInvalid,
+    check_name,
+)
+
+UPLOADS = web.AppKey("registry.uploads", UploadState)
+_DEFAULT_UPLOAD_TTL = 3600.0
+
+_CODES: dict[type[EnvcacheError], str] = {
+    DigestError: "DIGEST_INVALID",
+    DigestMismatch: "DIGEST_INVALID",
+    SizeMismatch: "SIZE_INVALID",
+    NameInvalid: "NAME_INVALID",
+    TagInvalid: "MANIFEST_INVALID",
+    ManifestInvalid: "MANIFEST_INVALID",
+    NotFound: "MANIFEST_UNKNOWN",
+}
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+# (pattern over the path after "/v2/", {method: handler}, whether the handler takes the upload state)
+_ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler], bool]] = [
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), {"POST": blobs.start_upload}, True),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)$"),
+     {"GET": blobs.upload_status, "PATCH": blobs.patch_upload, "PUT": blobs.finish_upload,
+      "DELETE": blobs.cancel_upload}, True),
+    (re.compile(r"^(?P<name>.+)/blobs/(?P<ref>[^/]+)$"),
+     {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob}, False),
+    (re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$"),
+     {"GET": manifests.get_manifest, "HEAD": manifests.get_manifest, "PUT": manifests.put_manifest,
+      "DELETE": manifests.delete_manifest}, False),
+    (re.compile(r"^(?P<name>.+)/referrers/(?P<ref>[^/]+)$"), {"GET": manifests.referrers}, False),
+    (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": manifests.list_tags}, False),
+]
+
+
+def setup(app: web.Application, store: Store) -> None:
+    """Mount the registry on ``app`` (upload-session TTL from ``app["config"]`` when present)."""
+    config = app.get("config")
+    ttl = float(config.registry.upload_session_ttl) if config is not None else _DEFAULT_UPLOAD_TTL
+    app[UPLOADS] = UploadState(ttl=ttl)
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        return await _dispatch(request, store, app[UPLOADS])
+
+    app.router.add_route("*", "/v2", dispatch)
+    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+
+
+def expire_uploads(app: web.Application, ttl: float) -> int:
+    """Drop idle upload sessions (not ones receiving bytes right now); returns how many."""
+    state = app[UPLOADS]
+    store: Store = app["store"]
+    expired = 0
+    for session_id in store.idle_uploads(ttl):
+        if not state.lock(session_id).locked():
+            store.delete_upload(session_id)
+            state.forget(session_id)
+            expired += 1
+    return expired
+
+
+async def _dispatch(request: web.Request, store: Store, uploads: UploadState) -> web.StreamResponse:
+    head = request.method == "HEAD"
+    try:
+        return await _route(request, store, uploads)
+    except RegistryError as exc:
+        return exc.response(head=head)
+    except EnvcacheError as exc:  # store-level validation that a handler did not map itself
+        return RegistryError(exc.http_status, _CODES.get(type(exc), "UNSUPPORTED"), str(exc)).response(head=head)
+
+
+async def _route(request: web.Request, store: Store, uploads: UploadState) -> web.StreamResponse:
+    path = request.path
+    if path in ("/v2", "/v2/"):
+        if request.method not in ("GET", "HEAD"):
+            raise _unsupported(request)
+        return web.Response(status=200, body=b"{}", content_type="application/json", headers=API_VERSION_HEADER)
+    tail = path[len("/v2/"):]
+    if tail == "_catalog":
+        if request.method != "GET":
+            raise _unsupported(request)
+        return await manifests.catalog(request, store)
+    for pattern, methods, wants_uploads in _ENDPOINTS:
+        match = pattern.match(tail)
+        if match is None:
+            continue
+        name = match.group("name")
+        try:
+            check_name(name)
+        except NameInvalid as exc:
+            raise name_invalid(str(exc)) from None
+        handler = methods.get(request.method)
+        if handler is None:
+            raise _unsupported(request)
+        args: list[Any] = [request, store]
+        if wants_uploads:
+            args.append(uploads)
+        args.append(name)
+        if "ref" in pattern.groupindex:
+            args.append(match.group("ref"))
+        return await handler(*args)
+    raise RegistryError(404, "UNSUPPORTED", f"no registry endpoint at {path[:300]}")
+
+
+def _unsupported(request: web.Request) -> RegistryError:
+    return RegistryError(405, "UNSUPPORTED", f"{request.method} is not supported on {request.path[:300]}")

@@ -1,0 +1,194 @@
+"""Daemon configuration: a TOML file (documented in config/envcache.toml) over built-in defaults.
+
+Every section and key is checked: an unknown one is an error naming it and listing the valid
+ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envcache.errors import InvalidInput
+
+
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("envcache"))
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5050
+    data_dir: Path = field(default_factory=_default_data_dir)
+
+
+@dataclass
+class Token:
+    token: str
+    scopes: list[str] = field(default_factory=lambda: ["read", "write"])
+
+
+@dataclass
+class AuthConfig:
+    tokens: list[Token] = field(default_factory=list)
+
+
+@dataclass
+class BuildConfig:
+    engine: str = "auto"
+    docker_host: str | None = None
+    compression: str = "zstd"
+    concurrency: int = 2
+    stage_timeout: int = 3600
+
+
+@dataclass
+class VariantConfig:
+    base_image: str
+
+
+@dataclass
+class ResolveConfig:
+    base_digest_ttl: int = 3600
+
+
+@dataclass
+class RegistryConfig:
+    # An upload session idle for longer than this is dropped with its bytes.
+    upload_session_ttl: int = 3600
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    variants: dict[str, VariantConfig] = field(default_factory=dict)
+    resolve: ResolveConfig = field(default_factory=ResolveConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    # Shared registries to pull from / push to; model and validation owned by envcache.upstream.
+    upstreams: list[Any] = field(default_factory=list)
+
+
+_CHOICES = {
+    ("build", "engine"): {"auto", "docker", "buildah", "none"},
+    ("build", "compression"): {"zstd", "gzip"},
+}
+_VARIANTS = {"cpu", "gpu"}
+_SCOPES = {"read", "write"}
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read ``path`` (TOML) over the defaults; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    config = Config()
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for name, value in data.items():
+        if name not in sections:
+            raise InvalidInput(f"{source}: unknown section [{name}]; valid sections: {', '.join(sorted(sections))}")
+        if name == "upstreams":
+            from envcache.upstream.config import parse_upstreams
+
+            try:
+                config.upstreams = parse_upstreams(value)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{source}: {exc}") from None
+            continue
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{source}: [{name}] must be a table")
+        if name == "auth":
+            config.auth = AuthConfig(tokens=_tokens(value, source))
+        elif name == "variants":
+            config.variants = _variants(value, source)
+        else:
+            setattr(config, name, _section(type(getattr(config, name)), name, value, source))
+    config.server.data_dir = Path(config.server.data_dir).expanduser()
+    return config
+
+
+def _section(cls: type, name: str, values: dict[str, Any], source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    instance = cls()
+    for key, value in values.items():
+        if key not in fields:
+            raise InvalidInput(f"{source}: unknown key {name}.{key}; valid keys: {', '.join(sorted(fields))}")
+        default = getattr(instance, key)
+        expected: tuple[type, ...] = (int,) if isinstance(default, int) else (str,)
+        if isinstance(default, Path):
+            expected = (str,)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise InvalidInput(f"{source}: {name}.{key} must be {'an integer' if expected == (int,) else 'a string'}")
+        allowed = _CHOICES.get((name, key))
+        if allowed and value not in allowed:
+            raise InvalidInput(f"{source}: {name}.{key} must be one of {', '.join(sorted(allowed))}, not {value!r}")
+        if expected == (int,) and value < (0 if key == "port" else 1):
+            raise InvalidInput(f"{source}: {name}.{key} must be positive")
+        setattr(instance, key, Path(value) if isinstance(default, Path) else value)
+    return instance
+
+
+def _tokens(section: dict[str, Any], source: str) -> list[Token]:
+    unknown = set(section) - {"tokens"}
+    if unknown:
+        raise InvalidInput(f"{source}: unknown key auth.{sorted(unknown)[0]}; valid keys: tokens")
+    tokens = []
+    for index, item in enumerate(section.get("tokens", [])):
+        where = f"{source}: auth.tokens[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("token"), str) or not item["token"]:
+            raise InvalidInput(f"{where} must be a table with a non-empty string 'token'")
+        if set(item) - {"token", "scopes"}:
+            raise InvalidInput(f"{where}: unknown key {sorted(set(item) - {'token', 'scopes'})[0]}; valid keys: scopes, token")
+        scopes = item.get("scopes", ["read", "write"])
+        if not isinstance(scopes, list) or not scopes or not set(scopes) <= _SCOPES:
+            raise InvalidInput(f"{where}.scopes must be a non-empty list of 'read' and 'write'")
+        tokens.append(Token(token=item["token"], scopes=list(scopes)))
+    return tokens
+
+
+def _variants(section: dict[str, Any], source: str) -> dict[str, VariantConfig]:
+    out = {}
+    for name, value in section.items():
+        if name not in _VARIANTS:
+            raise InvalidInput(f"{source}: unknown variant [variants.{name}]; valid variants: cpu, gpu")
+        if not isinstance(value, dict) or set(value) != {"base_image"} or not isinstance(value["base_image"], str):
+            raise InvalidInput(f"{source}: [variants.{name}] must set exactly base_image (a string)")
+        out[name] = VariantConfig(base_image=value["base_image"])
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback addresses and ``localhost`` (the only names safe without auth)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(config: Config) -> None:
+    """Refuse to listen beyond loopback unless auth tokens are configured."""
+    if not is_loopback(config.server.host) and not config.auth.tokens:
+        raise InvalidInput(
+            f"refusing to listen on {config.server.host}: a non-loopback address needs auth tokens "
+            "([auth] tokens = [{token = \"...\", scopes = [\"read\", \"write\"]}] in the config file)"
+        )

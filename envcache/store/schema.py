@@ -1,0 +1,122 @@
+"""The SQLite schema, as an ordered list of migrations.
+
+``schema_version`` holds one row: the number of migrations applied. On open, every migration
+after that number runs in order inside one transaction each, so a database written by an older
+envcache is brought forward and a new one is created by the same code path. Never edit a
+migration that has shipped: append a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    """Registry tables, upload sessions, and the daemon's image/environment/build index."""
+    db["repositories"].create({"name": str, "created": float}, pk="name")
+    db["blobs"].create(
+        {"digest": str, "size": int, "media_type": str, "created": float, "last_access": float},
+        pk="digest",
+    )
+    # A blob is visible in a repository only through a link (like distribution's layer links):
+    # deleting a blob in one repository must not break another repository that shares it.
+    db["repository_blobs"].create(
+        {"repository": str, "digest": str, "created": float},
+        pk=("repository", "digest"),
+        foreign_keys=[("repository", "repositories", "name")],
+    )
+    db["manifests"].create(
+        {
+            "repository": str,
+            "digest": str,
+            "media_type": str,
+            "size": int,
+            "subject": str,
+            "artifact_type": str,
+            "annotations": str,  # JSON object or NULL; returned as-is by the referrers API
+            "created": float,
+        },
+        pk=("repository", "digest"),
+        foreign_keys=[("repository", "repositories", "name")],
+    )
+    db["manifests"].create_index(["repository", "subject"])
+    db["tags"].create(
+        {"repository": str, "tag": str, "digest": str, "updated": float},
+        pk=("repository", "tag"),
+        foreign_keys=[("repository", "repositories", "name")],
+    )
+    db["tags"].create_index(["repository", "digest"])
+    db["upload_sessions"].create(
+        {"id": str, "repository": str, "offset": int, "created": float, "updated": float},
+        pk="id",
+    )
+    db["images"].create(
+        {
+            "key": str,
+            "variant": str,
+            "spec_hash": str,
+            "canonical": bytes,
+            "repository": str,
+            "tag": str,
+            "manifest_digest": str,
+            "size": int,
+            "created": float,
+            "last_used": float,
+            "lock": str,
+            "base_digest": str,
+            "recipe_version": str,
+        },
+        pk="key",
+    )
+    db["images"].create_index(["spec_hash", "variant"])
+    db["environments"].create(
+        {"name": str, "version": int, "spec_hash": str, "definition": str, "created": float},
+        pk=("name", "version"),
+    )
+    db["builds"].create(
+        {
+            "id": str,
+            "key": str,
+            "variant": str,
+            "spec_hash": str,
+            "env_name": str,
+            "env_version": int,
+            "state": str,
+            "created": float,
+            "started": float,
+            "finished": float,
+            "error": str,
+            "log": str,
+        },
+        pk="id",
+    )
+    db["builds"].create_index(["key"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply every pending migration; returns the resulting schema version."""
+    if "schema_version" not in db.table_names():
+        db["schema_version"].create({"id": int, "version": int}, pk="id")
+        db["schema_version"].insert({"id": 1, "version": 0})
+    current = db["schema_version"].get(1)["version"]
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {current} is newer than this envcache ({len(MIGRATIONS)}); upgrade envcache"
+        )
+    for number, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+        # SQLite DDL is transactional; an explicit BEGIN makes the migration and its version
+        # bump one unit, so a crash mid-migration leaves the previous schema intact.
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            migration(db)
+            db.conn.execute("UPDATE schema_version SET version = ? WHERE id = 1", [number])
+        except BaseException:
+            db.conn.rollback()
+            raise
+        db.conn.commit()
+    return len(MIGRATIONS)

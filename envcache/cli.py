@@ -60,7 +60,9 @@ def _version() -> str:
 # ``envcache resolve`` on a cache hit starts fast.
 _COMMAND_MODULES = [
     "envcache.spec.commands",      # hash, canonical, diff, convert
-    "envcache.service.commands",   # serve, and the client-side verbs
+    "envcache.service.commands",   # serve
+    "envcache.service.client_commands",  # resolve, ensure, warm, env, images, status
+    "envcache.upstream.commands",  # upstream list|check, push KEY, pull KEY
 ]
 
 

@@ -1,1 +1,31 @@
-"""client."""
+"""The envcache client library: ``Client`` (sync), ``AsyncClient``, and the Azure-style facade.
+
+Imported lazily (``envcache.Client`` etc.): the sync client needs only the standard library, so
+scripts and the CLI start fast; ``AsyncClient`` brings in aiohttp when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "Client": "envcache.client.sync",
+    "AsyncClient": "envcache.client.aio",
+    "DaemonUnavailable": "envcache.client.base",
+    "Environment": "envcache.client.facade",
+    "CondaDependencies": "envcache.client.facade",
+    "DockerSection": "envcache.client.facade",
+    "PythonSection": "envcache.client.facade",
+    "SparkSection": "envcache.client.facade",
+    "ImageBuildDetails": "envcache.client.facade",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'envcache.client' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

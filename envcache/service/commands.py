@@ -1,4 +1,4 @@
-"""CLI verbs of the daemon: ``serve`` (and, as the service grows, the client-side verbs)."""
+"""CLI verbs of the daemon: ``serve``, and ``gc``/``fsck`` over its data directory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the daemon's sub-commands to the ``envcache`` parser."""
     _register_serve(sub, common)
+    _register_gc(sub, common)
+    _register_fsck(sub, common)
     # Client-side verbs (resolve, ensure, warm, env, images, gc, status) are registered below
     # by the service helper, one _register_<verb>(sub, common) each.
 
@@ -70,3 +72,119 @@ async def _run(config: Any) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+# -- gc and fsck: maintenance of a data directory ---------------------------------------------
+def _register_gc(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "gc", parents=[common],
+        help="delete untagged manifests, unreferenced blobs, idle uploads (and unused images with --keep-days)",
+        description="Mark and sweep a data directory: everything reachable from a tag or a cached image "
+                    "stays, the rest goes once it is older than the grace period. Works on the data "
+                    "directory directly while no daemon runs; with --url it asks a running daemon.",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
+    parser.add_argument("--keep-days", type=_non_negative, metavar="N",
+                        help="first expire cached images not used for N days (their tags go, then the sweep)")
+    parser.add_argument("--grace", type=_non_negative, default=3600.0, metavar="SECONDS",
+                        help="keep anything touched more recently than this (default: 3600)")
+    parser.add_argument("--config", type=Path, help="TOML config file (for server.data_dir)")
+    parser.add_argument("--data", type=Path, help="data directory (overrides server.data_dir)")
+    parser.add_argument("--url", help="run gc inside the daemon at this URL (POST /api/v1/gc) instead")
+    parser.add_argument("--token", help="auth token for --url (default: $ENVCACHE_TOKEN)")
+    parser.set_defaults(handler=_gc)
+
+
+def _register_fsck(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "fsck", parents=[common],
+        help="verify every blob file and repair the index from the files",
+        description="Re-hash every blob, quarantine corrupt files (to <data>/quarantine/), and compare the "
+                    "SQLite index with the files. Without --repair only reports; exits 1 when problems "
+                    "remain.",
+    )
+    parser.add_argument("--repair", action="store_true", help="fix the index (needs the daemon stopped)")
+    parser.add_argument("--config", type=Path, help="TOML config file (for server.data_dir)")
+    parser.add_argument("--data", type=Path, help="data directory (overrides server.data_dir)")
+    parser.set_defaults(handler=_fsck)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from envcache.errors import NotFound
+    from envcache.service.config import load_config
+
+    data = args.data if args.data is not None else load_config(args.config).server.data_dir
+    if not (Path(data) / "envcache.db").is_file():
+        raise NotFound(f"no envcache data directory at {data} (no envcache.db there); pass --data DIR")
+    return Path(data)
+
+
+def _open_owned(args: argparse.Namespace, verb: str) -> Any:
+    """The store, opened only when no daemon holds the data directory's lock."""
+    from envcache.store import Store
+    from envcache.store.gc import GcAborted
+
+    data = _data_dir(args)
+    store = Store(data)
+    if not store.owner:
+        store.close()
+        via = ("run it through the daemon instead: `envcache gc --url http://HOST:PORT` "
+               "(POST /api/v1/gc), or stop the daemon first" if verb == "gc" else "stop the daemon first")
+        raise GcAborted(f"{data} is in use by a running envcache daemon (it holds {data / '.lock'}); "
+                        f"refusing to {verb} it from outside: {via}")
+    return store
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+    from envcache.store.gc import GcReport, run_gc
+
+    if args.url is not None:
+        return _gc_remote(args)
+    store = _open_owned(args, "gc")
+    try:
+        report: GcReport = run_gc(store, dry_run=args.dry_run, keep_days=args.keep_days, grace=args.grace)
+    finally:
+        store.close()
+    emit(args, report.summary(), report.to_dict())
+    return 0
+
+
+def _gc_remote(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+    from envcache.client.sync import Client
+    from envcache.store.gc import GcReport
+
+    body = {"dry_run": args.dry_run, "keep_days": args.keep_days, "grace_seconds": args.grace}
+    data = Client(args.url, args.token)._request("POST", "/api/v1/gc", body)
+    fields = {k: v for k, v in data.items() if k in GcReport.__dataclass_fields__}
+    emit(args, GcReport(**fields).summary(), data)
+    return 0
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+    from envcache.store import Store
+    from envcache.store.fsck import run_fsck
+
+    if args.repair:
+        store = _open_owned(args, "repair")
+    else:
+        # Read-only: safe beside a running daemon (a write in flight may show up as a finding).
+        store = Store(_data_dir(args))
+    try:
+        report = run_fsck(store, repair=args.repair)
+    finally:
+        store.close()
+    emit(args, report.summary(), report.to_dict())
+    return 1 if report.unrepaired else 0

@@ -1,0 +1,84 @@
+"""``envcache.AsyncClient``: the same API as :class:`envcache.Client`, on aiohttp."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+
+from envcache.client.base import Endpoints, daemon_url, error_for, headers, query_string, unavailable
+from envcache.errors import EnvcacheError
+
+
+class AsyncClient(Endpoints):
+    """``async with AsyncClient() as client: image = await client.resolve(defn)``."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = 3600) -> None:
+        self.url = daemon_url(url)
+        self.token = token or os.environ.get("ENVCACHE_TOKEN")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=10)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=headers(self.token), timeout=self._timeout)
+        return self._session
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                       query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+        try:
+            async with self._sess().request(method, self.url + path + query_string(query),
+                                            data=json.dumps(body) if body is not None else None,
+                                            headers={"Content-Type": "application/json"} if body is not None else None
+                                            ) as response:
+                payload = await response.read()
+                status = response.status
+        except aiohttp.ClientConnectionError as exc:
+            raise unavailable(self.url, exc) from None
+        if status >= 400:
+            if none_on_404 and status == 404:
+                return None
+            raise error_for(status, payload)
+        return json.loads(payload)
+
+    async def build_log(self, build_id: str, follow: bool = True) -> AsyncIterator[str]:
+        try:
+            response = await self._sess().get(f"{self.url}/api/v1/builds/{build_id}/log",
+                                              params={"follow": str(follow).lower()},
+                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        except aiohttp.ClientConnectionError as exc:
+            raise unavailable(self.url, exc) from None
+        async with response:
+            if response.status >= 400:
+                raise error_for(response.status, await response.read())
+            async for raw in response.content:
+                yield raw.decode("utf-8", "replace").rstrip("\n")
+
+    async def ensure_image(self, definition: Any = None, variant: str = "auto", *, refresh: bool = False,
+                           environment: Any = None, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """ensure, then follow the build (if any) to its end; the final answer with ``image``."""
+        answer = await self.ensure(definition, variant, refresh=refresh, environment=environment)
+        if answer["status"] == "hit":
+            return answer
+        build_id = answer["build"]["id"]
+        async for line in self.build_log(build_id):
+            if on_log is not None:
+                on_log(line)
+        build = await self.build(build_id)
+        if build["state"] != "succeeded":
+            raise EnvcacheError(f"build {build_id} failed: {build['error']}")
+        return {"status": build["outcome"], "image": build["image"], "build": build}

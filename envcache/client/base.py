@@ -1,0 +1,152 @@
+"""What the sync and async clients share: where the daemon is, how calls map onto the API.
+
+Each API call is written once, in :class:`Endpoints`, as ``return self._request(...)``: in the
+sync client that is the answer, in the async client an awaitable of it. So the two clients
+cannot drift apart, and each transport is only a ``_request`` and a ``_lines`` implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from envcache.errors import EnvcacheError, InvalidInput, NotFound
+
+DEFAULT_URL = "http://127.0.0.1:5050"
+
+
+class DaemonUnavailable(EnvcacheError):
+    """Nothing answers at the daemon's address."""
+
+    exit_code = 1
+
+
+class RequestFailed(EnvcacheError):
+    """The daemon answered with an error it did not classify as bad input or not found."""
+
+    def __init__(self, status: int, message: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+def daemon_url(url: str | None = None) -> str:
+    """``url``, else ``$ENVCACHE_URL``, else the default loopback address."""
+    return (url or os.environ.get("ENVCACHE_URL") or DEFAULT_URL).rstrip("/")
+
+
+def unavailable(url: str, reason: object) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"no envcache daemon answers at {url} ({reason}). Start one with `envcache serve`, "
+        "or point to it with --url or ENVCACHE_URL"
+    )
+
+
+def error_for(status: int, body: bytes) -> EnvcacheError:
+    """The daemon's JSON error as the matching EnvcacheError (400 → InvalidInput, 404 → NotFound)."""
+    try:
+        data = json.loads(body)
+        message = data["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        data, message = {}, body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+    if status in (400, 413):
+        return InvalidInput(message)
+    if status == 404:
+        return NotFound(message)
+    return RequestFailed(status, message, data if isinstance(data, dict) else None)
+
+
+def definition_document(definition: Any) -> dict[str, Any]:
+    """Accepts what users have at hand: a mapping, a spec Definition, a facade Environment, a path."""
+    if isinstance(definition, dict):
+        return definition
+    to_dict = getattr(definition, "to_definition_dict", None)
+    if to_dict is not None:
+        return to_dict()
+    from envcache import spec
+
+    if isinstance(definition, (str, Path)):
+        definition = spec.load_definition(definition)
+    if isinstance(definition, spec.Definition):
+        return spec.definition_to_dict(definition)
+    raise InvalidInput(f"cannot use a {type(definition).__name__} as a definition: give a dict, a path or a Definition")
+
+
+def _subject(definition: Any = None, environment: tuple[str, int | None] | str | None = None) -> dict[str, Any]:
+    if environment is not None:
+        name, version = (environment, None) if isinstance(environment, str) else environment
+        return {"environment": {"name": name, "version": version}}
+    return {"definition": definition_document(definition)}
+
+
+class Endpoints:
+    """The API, transport-agnostic. Subclasses implement ``_request`` and ``_lines``."""
+
+    url: str
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+        raise NotImplementedError
+
+    def health(self) -> Any:
+        return self._request("GET", "/api/v1/health")
+
+    def resolve(self, definition: Any = None, variant: str = "auto", *, environment: Any = None) -> Any:
+        """The cached image document, or None on a miss (never builds)."""
+        body = {**_subject(definition, environment), "variant": variant}
+        return self._request("POST", "/api/v1/resolve", body, none_on_404=True)
+
+    def ensure(self, definition: Any = None, variant: str = "auto", *, refresh: bool = False, wait: bool = False,
+               environment: Any = None) -> Any:
+        """``{"status": "hit", "image"}`` or ``{"status": "building", "build"}`` (or the result with wait)."""
+        body = {**_subject(definition, environment), "variant": variant, "refresh": refresh, "wait": wait}
+        return self._request("POST", "/api/v1/ensure", body)
+
+    def build(self, build_id: str) -> Any:
+        return self._request("GET", f"/api/v1/builds/{build_id}")
+
+    def build_environment(self, build_id: str) -> Any:
+        return self._request("GET", f"/api/v1/builds/{build_id}/environment")
+
+    def images(self, limit: int = 1000) -> Any:
+        return self._request("GET", "/api/v1/images", query={"limit": limit})
+
+    def image(self, key: str) -> Any:
+        return self._request("GET", f"/api/v1/images/{key}")
+
+    def register_environment(self, name: str, definition: Any) -> Any:
+        return self._request("POST", "/api/v1/environments", {"name": name, "definition": definition_document(definition)})
+
+    def environments(self) -> Any:
+        return self._request("GET", "/api/v1/environments")
+
+    def environment(self, name: str, version: int | None = None) -> Any:
+        return self._request("GET", f"/api/v1/environments/{name}", query={"version": version})
+
+    def environment_versions(self, name: str) -> Any:
+        return self._request("GET", f"/api/v1/environments/{name}/versions")
+
+    def download_environment(self, name: str, version: int | None = None) -> Any:
+        return self._request("GET", f"/api/v1/environments/{name}/download", query={"version": version})
+
+    def warm(self, items: list[dict[str, Any]], variants: list[str] | None = None, concurrency: int = 4,
+             refresh: bool = False) -> Any:
+        """``items``: ``{"definition": …, "label": …}`` or ``{"environment": {name, version}}``."""
+        body = {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
+        return self._request("POST", "/api/v1/warm", body)
+
+
+def headers(token: str | None) -> dict[str, str]:
+    result = {"Accept": "application/json", "User-Agent": "envcache-client"}
+    if token:
+        result["Authorization"] = f"Bearer {token}"
+    return result
+
+
+def query_string(query: dict[str, Any] | None) -> str:
+    from urllib.parse import urlencode
+
+    pairs = {k: v for k, v in (query or {}).items() if v is not None}
+    return f"?{urlencode(pairs)}" if pairs else ""

@@ -1,0 +1,86 @@
+"""``envcache.Client``: the blocking client, on the standard library only (fast to import)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from envcache.client.base import Endpoints, daemon_url, error_for, headers, query_string, unavailable
+from envcache.errors import EnvcacheError
+
+
+class Client(Endpoints):
+    """Talks to an envcache daemon. ``url`` defaults to ``$ENVCACHE_URL`` or http://127.0.0.1:5050;
+    ``token`` to ``$ENVCACHE_TOKEN`` (needed only when the daemon has auth configured)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = 3600) -> None:
+        import os
+
+        self.url = daemon_url(url)
+        self.token = token or os.environ.get("ENVCACHE_TOKEN")
+        self.timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def _open(self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path + query_string(query), data=data, method=method,
+                                         headers=headers(self.token))
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise _HTTPFailure(exc.code, exc.read()) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise unavailable(self.url, getattr(exc, "reason", exc)) from None
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+        try:
+            with self._open(method, path, body, query) as response:
+                return json.loads(response.read())
+        except _HTTPFailure as failure:
+            if none_on_404 and failure.status == 404:
+                return None
+            raise error_for(failure.status, failure.body) from None
+
+    def build_log(self, build_id: str, follow: bool = True) -> Iterator[str]:
+        """The build's log lines, as they are written while the build runs."""
+        try:
+            response = self._open("GET", f"/api/v1/builds/{build_id}/log", None, {"follow": str(follow).lower()})
+        except _HTTPFailure as failure:
+            raise error_for(failure.status, failure.body) from None
+        with response:
+            for raw in response:
+                yield raw.decode("utf-8", "replace").rstrip("\n")
+
+    def ensure_image(self, definition: Any = None, variant: str = "auto", *, refresh: bool = False,
+                     environment: Any = None, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """ensure, then follow the build (if any) to its end; the final answer with ``image``.
+
+        Raises :class:`~envcache.errors.EnvcacheError` when the build failed.
+        """
+        answer = self.ensure(definition, variant, refresh=refresh, environment=environment)
+        if answer["status"] == "hit":
+            return answer
+        build_id = answer["build"]["id"]
+        for line in self.build_log(build_id):
+            if on_log is not None:
+                on_log(line)
+        build = self.build(build_id)
+        if build["state"] != "succeeded":
+            raise EnvcacheError(f"build {build_id} failed: {build['error']}")
+        return {"status": build["outcome"], "image": build["image"], "build": build}
+
+
+class _HTTPFailure(Exception):
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.body = status, body

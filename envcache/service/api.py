@@ -1,0 +1,396 @@
+"""The JSON API under ``/api/v1/``: resolve, ensure, builds, images, environments, warm, health.
+
+Every error leaves as JSON (``{"error": {"status", "message"}}``) with a 4xx status when the
+caller caused it; a bug still answers JSON 500 and the daemon keeps serving. Bodies are capped
+well below the registry's limit because a definition is small and a huge one is an attack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from envcache import __version__
+from envcache.errors import EnvcacheError, InvalidInput, NotFound
+from envcache.service import metrics as metrics_mod
+from envcache.service.ensure import Build, BuildError, Ensurer, ImageRecord, Outcome
+from envcache.service.environments import Environments, check_name
+from envcache.service.keys import BaseDigestResolver
+from envcache.service.openapi import openapi_document
+from envcache.service.wiring import make_builder, make_resolvers, recipe_version, resolve_auto_variant
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024  # one definition, or a warm list of a few hundred
+MAX_WARM_ITEMS = 1000
+ENSURER = web.AppKey("envcache_ensurer", Ensurer)
+ENVIRONMENTS = web.AppKey("envcache_environments", Environments)
+_VARIANTS = ("cpu", "gpu", "auto")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(code: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"status": code, "message": message}, **extra}, status=code)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure of an /api/ request into a JSON answer; nothing escapes as HTML/500."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except EnvcacheError as exc:
+        return _error(exc.http_status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason if exc.status != 404 else f"no such endpoint: {request.method} {request.path}")
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a bug of ours: log it, answer JSON, keep serving
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, "internal error (see the daemon log)")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, read with a hard size cap."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return data
+
+
+def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Any, tuple[str, int] | None]:
+    """A Definition from ``definition`` (a document) or ``environment`` ({name, version})."""
+    from envcache import spec
+
+    if "definition" in item:
+        body = item["definition"]
+        if not isinstance(body, dict):
+            raise InvalidInput(f"{where}definition must be a JSON object (envcache's definition format)")
+        try:
+            return spec.definition_from_dict(body, source=f"<api>{'/' + where.rstrip(': ') if where else ''}"), None
+        except EnvcacheError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # belt and braces: bad input is a 400
+            raise InvalidInput(f"{where}invalid definition: {exc}") from None
+    if "environment" in item:
+        ref = item["environment"]
+        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+            raise InvalidInput(f"{where}environment must be an object with a 'name' (and optional 'version')")
+        version = _version(ref.get("version"), f"{where}environment.version")
+        envs = app[ENVIRONMENTS]
+        record = envs.get(ref["name"], version)
+        return envs.definition(record.name, record.version), (record.name, record.version)
+    raise InvalidInput(f"{where}give either 'definition' (a definition document) or 'environment' ({{name, version}})")
+
+
+def _version(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) < 1:
+        raise InvalidInput(f"{field} must be a positive integer")
+    return int(value)
+
+
+def _variant(value: Any, field: str = "variant") -> str:
+    value = "auto" if value is None else value
+    if value not in _VARIANTS:
+        raise InvalidInput(f"{field} must be one of cpu, gpu, auto (got {str(value)[:40]!r})")
+    return resolve_auto_variant() if value == "auto" else value
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false")
+    return value
+
+
+# ---- handlers -------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    ensurer = request.app[ENSURER]
+    return web.json_response({
+        "status": "ok", "version": __version__, "queue_depth": ensurer.queue_depth(),
+        "builds_running": ensurer.running(), "recipe_version": ensurer.recipe_version,
+    })
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(__version__))
+
+
+async def resolve(request: web.Request) -> web.Response:
+    data = await _body(request)
+    definition, _ = _definition(request.app, data)
+    variant = _variant(data.get("variant"))
+    ensurer = request.app[ENSURER]
+    prepared = await ensurer.prepare(definition, variant)
+    image = ensurer.lookup(prepared)
+    counters = metrics_mod.get(request.app)
+    if image is None:
+        counters.misses.labels(variant).inc()
+        return _error(404, f"no cached image for this definition ({variant})", status="miss", key=prepared.key,
+                      variant=variant, spec_hash=prepared.spec_hash)
+    counters.hits.labels(variant).inc()
+    return web.json_response({"status": "hit", "image": image.to_json(request.host)})
+
+
+async def _start(request: web.Request, item: dict[str, Any], variant: str, refresh: bool, where: str = "") -> Outcome:
+    definition, environment = _definition(request.app, item, where)
+    outcome = await request.app[ENSURER].ensure(definition, variant, refresh=refresh, environment=environment)
+    counters = metrics_mod.get(request.app)
+    (counters.hits if outcome.image is not None else counters.misses).labels(variant).inc()
+    return outcome
+
+
+async def ensure(request: web.Request) -> web.Response:
+    data = await _body(request)
+    variant = _variant(data.get("variant"))
+    outcome = await _start(request, data, variant, _flag(data, "refresh"))
+    host = request.host
+    if outcome.image is not None:
+        return web.json_response({"status": "hit", "image": outcome.image.to_json(host)})
+    build = outcome.build
+    assert build is not None
+    if not _flag(data, "wait"):
+        return web.json_response({"status": "building", "build": build.to_json(host)}, status=202)
+    # Shielded: this client hanging up must not cancel a build others (and the cache) want.
+    with contextlib.suppress(BuildError):
+        await asyncio.shield(build.wait())
+    if build.state != "succeeded":
+        return _error(422, f"build {build.id} failed: {build.error}", status="failed", build=build.to_json(host))
+    return web.json_response({"status": build.outcome, "image": build.image.to_json(host), "build": build.to_json(host)})
+
+
+async def build_state(request: web.Request) -> web.Response:
+    build = request.app[ENSURER].get_build(request.match_info["id"])
+    return web.json_response(build.to_json(request.host))
+
+
+async def build_log(request: web.Request) -> web.StreamResponse:
+    """The build log as plain text, streamed line by line while the build runs."""
+    build = request.app[ENSURER].get_build(request.match_info["id"])
+    follow = request.query.get("follow", "true") != "false"
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "X-Build-Id": build.id})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if follow:
+        async for line in build.follow():
+            await response.write(line.encode() + b"\n")
+    else:
+        await response.write("".join(line + "\n" for line in build.lines).encode())
+    await response.write_eof()
+    return response
+
+
+async def build_environment(request: web.Request) -> web.Response:
+    build: Build = request.app[ENSURER].get_build(request.match_info["id"])
+    if not build.env_name:
+        raise NotFound(f"build {build.id} was not started from a registered environment")
+    record = request.app[ENVIRONMENTS].get(build.env_name, build.env_version)
+    return web.json_response(record.to_json())
+
+
+async def images(request: web.Request) -> web.Response:
+    db = request.app["store"].db
+    limit = _version(request.query.get("limit", "1000"), "limit") or 1000
+    cursor = db.execute("select * from images order by last_used desc limit ?", [limit])
+    columns = [c[0] for c in cursor.description]
+    host = request.host
+    return web.json_response({"images": [ImageRecord.from_row(dict(zip(columns, r))).to_json(host) for r in cursor]})
+
+
+async def image_details(request: web.Request) -> web.Response:
+    """Azure's ``get_image_details``: one image by key (or by ``<key>-<variant>`` tag)."""
+    db = request.app["store"].db
+    key = request.match_info["key"].split("-")[0]
+    cursor = db.execute("select * from images where key = ?", [key])
+    row = cursor.fetchone()
+    if row is None:
+        raise NotFound(f"no image with key {key[:80]!r}")
+    columns = [c[0] for c in cursor.description]
+    return web.json_response(ImageRecord.from_row(dict(zip(columns, row))).to_json(request.host))
+
+
+async def register_environment(request: web.Request) -> web.Response:
+    data = await _body(request)
+    name = check_name(data.get("name"))
+    definition, _ = _definition(request.app, {"definition": data.get("definition")})
+    record, created = request.app[ENVIRONMENTS].register(name, definition)
+    return web.json_response({"environment": record.to_json(), "created": created}, status=201 if created else 200)
+
+
+async def list_environments(request: web.Request) -> web.Response:
+    return web.json_response({"environments": [r.to_json() for r in request.app[ENVIRONMENTS].list()]})
+
+
+async def get_environment(request: web.Request) -> web.Response:
+    version = _version(request.query.get("version"), "version")
+    return web.json_response(request.app[ENVIRONMENTS].get(request.match_info["name"], version).to_json())
+
+
+async def environment_versions(request: web.Request) -> web.Response:
+    records = request.app[ENVIRONMENTS].versions(request.match_info["name"])
+    return web.json_response({"versions": [r.to_json() for r in records]})
+
+
+async def download_environment(request: web.Request) -> web.Response:
+    """The version as an Azure ML scaffold (``azureml_environment.json`` …), files as JSON."""
+    from envcache import spec
+
+    version = _version(request.query.get("version"), "version")
+    envs = request.app[ENVIRONMENTS]
+    record = envs.get(request.match_info["name"], version)
+    definition = envs.definition(record.name, record.version)
+    definition.name, definition.version = record.name, str(record.version)
+    with tempfile.TemporaryDirectory(prefix="envcache-scaffold-") as tmp:
+        spec.write_azure_dir(definition, Path(tmp))
+        files = {p.relative_to(tmp).as_posix(): p.read_text(encoding="utf-8")
+                 for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    return web.json_response({"name": record.name, "version": record.version, "files": files})
+
+
+async def warm(request: web.Request) -> web.Response:
+    """Ensure many definitions (optionally both variants) with bounded concurrency; per-item outcome."""
+    data = await _body(request)
+    items = data.get("items")
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("items must be a non-empty list of {definition | environment, label?}")
+    if len(items) > MAX_WARM_ITEMS:
+        raise InvalidInput(f"items: at most {MAX_WARM_ITEMS} per request")
+    variants = data.get("variants", ["auto"])
+    if not isinstance(variants, list) or not variants:
+        raise InvalidInput("variants must be a non-empty list of cpu, gpu, auto")
+    variants = list(dict.fromkeys(_variant(v, "variants[]") for v in variants))
+    concurrency = data.get("concurrency", 4)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
+        raise InvalidInput("concurrency must be an integer from 1 to 64")
+    refresh = _flag(data, "refresh")
+    # Validate everything first: a typo in item 40 should fail the request, not half a warm-up.
+    parsed = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"items[{index}] must be an object")
+        label = item.get("label", f"items[{index}]")
+        _definition(request.app, item, f"items[{index}]: ")
+        parsed.append((str(label), item))
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(label: str, item: dict[str, Any], variant: str) -> dict[str, Any]:
+        async with gate:
+            began = time.monotonic()
+            result: dict[str, Any] = {"label": label, "variant": variant}
+            try:
+                outcome = await _start(request, item, variant, refresh)
+                if outcome.image is not None:
+                    result.update(outcome="hit", image=outcome.image.to_json(request.host))
+                else:
+                    build = outcome.build
+                    assert build is not None
+                    result["build"] = build.id
+                    image = await asyncio.shield(build.wait())
+                    result.update(outcome=build.outcome or "built", image=image.to_json(request.host))
+            except EnvcacheError as exc:
+                result.update(outcome="failed", error=exc.message)
+            result["seconds"] = round(time.monotonic() - began, 3)
+            return result
+
+    results = await asyncio.gather(*(one(label, item, v) for label, item in parsed for v in variants))
+    summary: dict[str, int] = {}
+    for result in results:
+        summary[result["outcome"]] = summary.get(result["outcome"], 0) + 1
+    return web.json_response({"results": results, "summary": summary, "ok": "failed" not in summary})
+
+
+# ---- wiring ---------------------------------------------------------------------------------
+
+
+FLUSHER = web.AppKey("envcache_flusher", asyncio.Task)
+
+
+async def _start_flusher(app: web.Application) -> None:
+    """Write batched last-used times now and then (not per hit: the hit path stays read-only)."""
+    ensurer = app[ENSURER]
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(10)
+            ensurer.flush_last_used()
+
+    app[FLUSHER] = asyncio.create_task(flusher())
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Stop builds and flush — on shutdown, i.e. before any cleanup closes the store."""
+    task = app.get(FLUSHER)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await app[ENSURER].close()
+
+
+def setup(app: web.Application) -> None:
+    """Add the JSON API, /metrics and the ensure machinery to the daemon's app."""
+    from envcache import spec
+
+    store, config = app["store"], app["config"]
+    metrics = metrics_mod.setup(app)
+    resolver = BaseDigestResolver(store.db, make_resolvers(app), float(config.resolve.base_digest_ttl))
+
+    def on_build_done(build: Build, seconds: float) -> None:
+        metrics.builds.labels(build.outcome if build.state == "succeeded" else "failed").inc()
+        metrics.build_seconds.observe(seconds)
+
+    # ``sources`` is where pulling from upstream registries plugs in (tried before building,
+    # inside the same single-flight build); none until the upstream tier is wired here.
+    ensurer = Ensurer(
+        db=store.db, spec=spec, resolver=resolver, builder=make_builder(app), recipe_version=recipe_version(),
+        variant_bases={name: v.base_image for name, v in config.variants.items()},
+        concurrency=config.build.concurrency, sources=[], on_build_done=on_build_done, set_tag=store.set_tag,
+        has_manifest=lambda repo, tag: store.get_manifest(repo, tag, with_body=False) is not None,
+    )
+    app[ENSURER] = ensurer
+    app[ENVIRONMENTS] = Environments(store.db, spec)
+    metrics.bind_queue(ensurer.queue_depth, ensurer.running)
+    app.middlewares.append(json_errors)
+    app.on_startup.append(_start_flusher)
+    app.on_shutdown.append(_shutdown)
+    r = app.router
+    r.add_get("/api/v1/health", health)
+    r.add_get("/api/v1/openapi.json", openapi)
+    r.add_post("/api/v1/resolve", resolve)
+    r.add_post("/api/v1/ensure", ensure)
+    r.add_get("/api/v1/builds/{id}", build_state)
+    r.add_get("/api/v1/builds/{id}/log", build_log)
+    r.add_get("/api/v1/builds/{id}/environment", build_environment)
+    r.add_get("/api/v1/images", images)
+    r.add_get("/api/v1/images/{key}", image_details)
+    r.add_post("/api/v1/environments", register_environment)
+    r.add_get("/api/v1/environments", list_environments)
+    r.add_get("/api/v1/environments/{name}", get_environment)
+    r.add_get("/api/v1/environments/{name}/versions", environment_versions)
+    r.add_get("/api/v1/environments/{name}/download", download_environment)
+    r.add_post("/api/v1/warm", warm)

@@ -1,0 +1,142 @@
+"""Tokens with read/write scopes, for the JSON API and the /v2 registry alike.
+
+Loopback needs no auth (only local users can connect, as with the Docker socket). Any other
+address serves images to the network, so the daemon refuses to start there without tokens.
+
+Clients speak what they already speak: ``Authorization: Bearer <token>`` (the client
+library, curl), HTTP Basic with the token as password (skopeo ``--creds``, oras), and the
+Docker token flow — the registry answers 401 with ``WWW-Authenticate: Bearer realm=…/auth/token``,
+``docker login`` fetches a token there with Basic credentials and uses it as Bearer — which is
+what makes ``docker login`` + ``docker pull`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from envcache.errors import InvalidInput
+from envcache.service.config import check_bind
+
+READ, WRITE = "read", "write"
+# Endpoints anyone may call: liveness probes and the API description carry no data.
+_PUBLIC = {"/api/v1/health", "/api/v1/openapi.json", "/auth/token"}
+# JSON API calls that only read, although they are POSTs (a lookup carries a body).
+_READ_POSTS = {"/api/v1/resolve"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _tokens(config: Any) -> dict[str, set[str]]:
+    """token → scopes, from ``config.auth.tokens`` (dicts or objects with token/scopes)."""
+    auth = getattr(config, "auth", None)
+    raw = getattr(auth, "tokens", None) if auth is not None else None
+    result: dict[str, set[str]] = {}
+    for item in raw or []:
+        token = item.get("token") if isinstance(item, dict) else getattr(item, "token", None)
+        scopes = item.get("scopes", [READ, WRITE]) if isinstance(item, dict) else getattr(item, "scopes", [READ, WRITE])
+        if not token:
+            raise InvalidInput("auth.tokens: every entry needs a non-empty 'token'")
+        bad = set(scopes) - {READ, WRITE}
+        if bad:
+            raise InvalidInput(f"auth.tokens: unknown scope(s) {sorted(bad)}; valid scopes are 'read' and 'write'")
+        result[token] = set(scopes)
+    return result
+
+
+def required_scope(request: web.Request) -> str | None:
+    """The scope a request needs, or None for public endpoints."""
+    path = request.path
+    if path in _PUBLIC:
+        return None
+    if request.method in ("GET", "HEAD", "OPTIONS") or path in _READ_POSTS:
+        return READ
+    return WRITE
+
+
+def presented_token(request: web.Request) -> str | None:
+    """The token from a Bearer header, or the password of Basic credentials."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+class TokenAuth:
+    def __init__(self, tokens: dict[str, set[str]]) -> None:
+        self._tokens = tokens
+
+    def scopes_of(self, token: str | None) -> set[str] | None:
+        """Scopes of a valid token (compared in constant time), None for an invalid one."""
+        if not token:
+            return None
+        found: set[str] | None = None
+        for known, scopes in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = scopes
+        return found
+
+    def _deny(self, request: web.Request, status: int, message: str) -> web.Response:
+        headers = {}
+        if status == 401:
+            if request.path.startswith("/v2"):
+                realm = f"{request.scheme}://{request.host}/auth/token"
+                headers["WWW-Authenticate"] = f'Bearer realm="{realm}",service="envcache"'
+            else:
+                headers["WWW-Authenticate"] = 'Bearer realm="envcache"'
+        if request.path.startswith("/v2"):
+            code = "UNAUTHORIZED" if status == 401 else "DENIED"
+            body = {"errors": [{"code": code, "message": message, "detail": None}]}
+        else:
+            body = {"error": {"status": status, "message": message}}
+        return web.json_response(body, status=status, headers=headers)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        scope = required_scope(request)
+        if scope is None:
+            return await handler(request)
+        scopes = self.scopes_of(presented_token(request))
+        if scopes is None:
+            return self._deny(request, 401, "authentication required: present a valid token")
+        if scope not in scopes:
+            return self._deny(request, 403, f"this token lacks the {scope!r} scope")
+        return await handler(request)
+
+    async def token_endpoint(self, request: web.Request) -> web.Response:
+        """The Docker token flow's realm: Basic credentials in, a Bearer token out."""
+        token = presented_token(request)
+        if self.scopes_of(token) is None:
+            return web.json_response(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "invalid credentials: use the token as password"}]},
+                status=401, headers={"WWW-Authenticate": 'Basic realm="envcache"'},
+            )
+        issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {"token": token, "access_token": token, "expires_in": 3600, "issued_at": issued}
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+def setup(app: web.Application) -> None:
+    """Refuse an unsafe bind, then (only when tokens are configured) guard every request."""
+    config = app["config"]
+    check_bind(config)
+    tokens = _tokens(config)
+    if not tokens:
+        return
+    guard = TokenAuth(tokens)
+    app.middlewares.append(guard.middleware)
+    app.router.add_get("/auth/token", guard.token_endpoint)

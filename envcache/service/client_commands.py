@@ -1,0 +1,265 @@
+"""CLI verbs that talk to a running daemon: resolve, ensure, warm, env …, images, status.
+
+These are what build scripts and CI call, often on every job, so the module imports only the
+standard-library client at start-up; definitions are loaded locally (every input format works)
+and sent as envcache's definition document.
+
+Exit codes: 0 ok, 1 failure (daemon unreachable, build failed), 2 bad input, 3 not found /
+cache miss (``resolve``), so ``envcache resolve env.yml || make-image`` works in a Makefile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_DEFINITION_SUFFIXES = (".yml", ".yaml", ".json", ".txt")
+_AZURE_JSON = "azureml_environment.json"
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the client-side verbs to the ``envcache`` parser."""
+    daemon = argparse.ArgumentParser(add_help=False)
+    daemon.add_argument("--url", help="daemon URL (default: $ENVCACHE_URL or http://127.0.0.1:5050)")
+    daemon.add_argument("--token", help="auth token (default: $ENVCACHE_TOKEN)")
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument("--format", help="definition format (default: detected from the path)")
+    variant = argparse.ArgumentParser(add_help=False)
+    variant.add_argument("--variant", choices=("cpu", "gpu", "auto"), default="auto", help="image variant (default: auto)")
+    parents = [common, daemon]
+
+    p = sub.add_parser("resolve", parents=[*parents, fmt, variant],
+                       help="print the cached image for a definition; exit 3 on a miss (never builds)")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(handler=_resolve)
+
+    p = sub.add_parser("ensure", parents=[*parents, fmt, variant],
+                       help="get the image for a definition, building it on a miss; prints the image ref last")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--refresh", action="store_true", help="rebuild to pick up new versions of unpinned requirements")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not stream the build log")
+    p.set_defaults(handler=_ensure)
+
+    p = sub.add_parser("warm", parents=parents, help="ensure many definitions (files or directories), e.g. in CI")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--variants", default="auto", help="comma-separated variants, e.g. cpu,gpu (default: auto)")
+    p.add_argument("--concurrency", type=int, default=4, help="definitions ensured at once (default: 4)")
+    p.add_argument("--refresh", action="store_true", help="rebuild images with unpinned requirements")
+    p.set_defaults(handler=_warm)
+
+    env = sub.add_parser("env", help="registered environments (named, versioned definitions)")
+    env_sub = env.add_subparsers(dest="env_command", metavar="ACTION")
+    env_sub.required = True
+    p = env_sub.add_parser("register", parents=[*parents, fmt], help="register a definition under a name")
+    p.add_argument("name")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(handler=_env_register)
+    p = env_sub.add_parser("list", parents=parents, help="list environments (latest versions)")
+    p.set_defaults(handler=_env_list)
+    p = env_sub.add_parser("show", parents=parents, help="show one environment version")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="version (default: latest)")
+    p.set_defaults(handler=_env_show)
+    p = env_sub.add_parser("download", parents=parents, help="write a version as an Azure ML directory")
+    p.add_argument("name")
+    p.add_argument("directory")
+    p.add_argument("--version", type=int, help="version (default: latest)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_env_download)
+    p = env_sub.add_parser("scaffold", parents=[common], help="write a new, empty Azure ML environment directory")
+    p.add_argument("name")
+    p.add_argument("directory")
+    p.set_defaults(handler=_env_scaffold)
+
+    p = sub.add_parser("images", parents=parents, help="list cached images")
+    p.set_defaults(handler=_images)
+    p = sub.add_parser("status", parents=parents, help="is the daemon up, and what is it doing")
+    p.set_defaults(handler=_status)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from envcache.client.sync import Client
+
+    return Client(args.url, args.token)
+
+
+def _document(path: str, fmt: str | None) -> dict[str, Any]:
+    from envcache.spec import definition_to_dict, load_definition
+
+    return definition_to_dict(load_definition(path, fmt))
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+    from envcache.errors import NotFound
+
+    answer = _client(args).resolve(_document(args.path, args.format), args.variant)
+    if answer is None:
+        if args.json:
+            emit(args, "", {"status": "miss", "path": args.path, "variant": args.variant})
+            return 3
+        raise NotFound(f"{args.path}: no cached image ({args.variant}); run `envcache ensure {args.path}`")
+    emit(args, answer["image"]["image"], answer)
+    return 0
+
+
+def _ensure(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+
+    began = time.monotonic()
+    quiet = args.quiet or args.json
+    # Progress and the build log go to stderr; stdout gets only the image ref (or the JSON).
+    answer = _client(args).ensure_image(
+        _document(args.path, args.format), args.variant, refresh=args.refresh,
+        on_log=None if quiet else (lambda line: print(f"  | {line}", file=sys.stderr, flush=True)),
+    )
+    if not quiet:
+        print(f"envcache: {answer['status']} in {time.monotonic() - began:.1f}s", file=sys.stderr)
+    emit(args, answer["image"]["image"], answer)
+    return 0
+
+
+def collect_definitions(paths: list[str]) -> list[tuple[str, Path]]:
+    """(label, path) for every definition under ``paths``: files, Azure dirs, directory trees."""
+    found: list[tuple[str, Path]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and not (path / _AZURE_JSON).is_file():
+            for child in sorted(path.rglob("*")):
+                if child.is_dir() and (child / _AZURE_JSON).is_file():
+                    found.append((str(child), child))
+                elif (child.is_file() and child.suffix.lower() in _DEFINITION_SUFFIXES
+                      and not (child.parent / _AZURE_JSON).is_file()):
+                    found.append((str(child), child))
+        else:
+            found.append((raw, path))
+    return found
+
+
+def _warm(args: argparse.Namespace) -> int:
+    from envcache.errors import EnvcacheError, InvalidInput
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"cpu", "gpu", "auto"}:
+        raise InvalidInput(f"--variants: {args.variants!r}; use a comma-separated list of cpu, gpu, auto")
+    if not 1 <= args.concurrency <= 64:
+        raise InvalidInput("--concurrency must be from 1 to 64")
+    items, failed = [], []
+    for label, path in collect_definitions(args.paths):
+        try:
+            items.append({"label": label, "definition": _document(str(path), None)})
+        except EnvcacheError as exc:  # report it with the others, keep warming the rest
+            failed.extend({"label": label, "variant": v, "outcome": "failed", "error": exc.message, "seconds": 0.0}
+                          for v in variants)
+    results: list[dict[str, Any]] = list(failed)
+    if items:
+        report = _client(args).warm(items, variants, args.concurrency, refresh=args.refresh)
+        results = report["results"] + failed
+    if not results:
+        raise InvalidInput(f"no definitions found under {', '.join(args.paths)}")
+    summary: dict[str, int] = {}
+    for result in results:
+        summary[result["outcome"]] = summary.get(result["outcome"], 0) + 1
+    ok = "failed" not in summary
+    if args.json:
+        print(json.dumps({"results": results, "summary": summary, "ok": ok}, indent=2, sort_keys=True))
+    else:
+        print(_table(["DEFINITION", "VARIANT", "OUTCOME", "SECONDS", "IMAGE / ERROR"],
+                     [[r["label"], r["variant"], r["outcome"], f"{r.get('seconds', 0):.1f}",
+                       r["image"]["image"] if r.get("image") else r.get("error", "").splitlines()[0][:120]]
+                      for r in results]))
+        print(", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items())))
+    return 0 if ok else 1
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+def _env_register(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+
+    answer = _client(args).register_environment(args.name, _document(args.path, args.format))
+    record = answer["environment"]
+    verb = "registered" if answer["created"] else "unchanged, already"
+    emit(args, f"{verb} {record['name']} version {record['version']} ({record['spec_hash']})", answer)
+    return 0
+
+
+def _env_list(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+
+    records = _client(args).environments()["environments"]
+    rows = [[r["name"], str(r["version"]), r["spec_hash"], "curated" if r["curated"] else ""] for r in records]
+    emit(args, _table(["NAME", "VERSION", "SPEC HASH", ""], rows), records)
+    return 0
+
+
+def _env_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from envcache.cli import emit
+
+    record = _client(args).environment(args.name, args.version)
+    text = f"# {record['name']} version {record['version']} ({record['spec_hash']})\n" + yaml.safe_dump(
+        record["definition"], sort_keys=False)
+    emit(args, text.rstrip(), record)
+    return 0
+
+
+def _env_download(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+    from envcache.errors import InvalidInput
+    from envcache.spec.files import atomic_write
+
+    answer = _client(args).download_environment(args.name, args.version)
+    out = Path(args.directory)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InvalidInput(f"{out} is not empty (use --overwrite)")
+    for relative, text in answer["files"].items():
+        target = out / relative
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
+            raise InvalidInput(f"refusing to write outside {out}: {relative}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, text)
+    emit(args, f"wrote {answer['name']} version {answer['version']} to {out}", answer)
+    return 0
+
+
+def _env_scaffold(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+    from envcache.errors import InvalidInput
+    from envcache.spec import Definition, write_azure_dir
+
+    out = Path(args.directory)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInput(f"{out} is not empty")
+    write_azure_dir(Definition(name=args.name), out)
+    emit(args, f"wrote a new environment {args.name} to {out}", {"name": args.name, "directory": str(out)})
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+
+    images = _client(args).images()["images"]
+    rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
+            for i in images]
+    emit(args, _table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
+
+    client = _client(args)
+    health = client.health()
+    text = (f"envcache daemon {health['version']} at {client.url}: {health['status']}, "
+            f"{health['builds_running']} build(s) running, {health['queue_depth']} queued")
+    emit(args, text, {**health, "url": client.url})
+    return 0

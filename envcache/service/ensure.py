@@ -1,0 +1,418 @@
+"""ensure(definition, variant): lookup → sources → build, with single-flight and a build queue.
+
+The hit path is the product (build tools call it before every job), so it does no I/O beyond one
+indexed SQLite read: the base digest comes from the resolver's memory cache and ``last_used``
+is batched in memory and flushed periodically instead of written per hit.
+
+On a miss the work runs in a :class:`Build` task owned by the daemon, never by the request that
+asked for it: every concurrent request for the same key attaches to the same task
+(single-flight), reads the same log, and gets the same answer, and a client that hangs up
+merely stops listening — the build goes on for the others and for the cache.
+
+``sources`` are tried before building, inside the same single-flight task; they are how pulling
+from upstream registries plugs in (an empty list until that lands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from envcache.errors import EnvcacheError, NotFound
+from envcache.service.keys import BaseDigestResolver, base_reference, image_key
+
+log = logging.getLogger(__name__)
+
+LogFn = Callable[[str], None]
+FINISHED_RETENTION = 300.0  # seconds a finished build stays in memory
+
+
+class BuiltLike(Protocol):
+    """What a builder or a source hands back (``envcache.build.BuiltImage`` has this shape)."""
+
+    repository: str
+    tag: str
+    manifest_digest: str
+    size: int
+    lock: dict
+
+
+#: Builds ``prepared.definition`` (variant applied) under ``prepared.key``; raises on failure.
+Builder = Callable[["Prepared", LogFn], Awaitable[BuiltLike]]
+#: A source (e.g. an upstream registry) returns the image if it could provide it, else None.
+Source = Callable[["Prepared", LogFn], Awaitable[BuiltLike | None]]
+
+
+class KeyCollision(EnvcacheError):
+    """Two different canonical forms hashed alike: refuse rather than hand out a wrong image."""
+
+    http_status = 409
+
+
+class BuildError(EnvcacheError):
+    """The build a client waited for failed; the message carries the reason and log tail."""
+
+    http_status = 422
+
+
+@dataclass
+class ImageRecord:
+    """One row of ``images``: a cached image and what is known about it."""
+
+    key: str
+    variant: str
+    spec_hash: str
+    repository: str
+    tag: str
+    manifest_digest: str
+    size: int
+    created: float
+    last_used: float
+    lock: dict
+    base_digest: str
+    recipe_version: str
+
+    @classmethod
+    def from_row(cls, row: dict) -> ImageRecord:
+        return cls(
+            key=row["key"], variant=row["variant"], spec_hash=row["spec_hash"], repository=row["repository"],
+            tag=row["tag"], manifest_digest=row["manifest_digest"], size=row["size"] or 0,
+            created=row["created"], last_used=row["last_used"] or row["created"],
+            lock=json.loads(row["lock"]) if row["lock"] else {}, base_digest=row["base_digest"] or "",
+            recipe_version=str(row["recipe_version"] or ""),
+        )
+
+    def to_json(self, host: str) -> dict[str, Any]:
+        """The API's image document; ``host`` is how the caller reached us, so the ref pulls."""
+        return {
+            "key": self.key, "variant": self.variant, "spec_hash": self.spec_hash,
+            "image": f"{host}/{self.repository}:{self.tag}", "repository": self.repository, "tag": self.tag,
+            "digest": self.manifest_digest, "size": self.size, "created": self.created,
+            "last_used": self.last_used, "lock": self.lock, "base_digest": self.base_digest,
+            "recipe_version": self.recipe_version,
+        }
+
+
+@dataclass
+class Prepared:
+    """A request reduced to what the cache needs: variant-applied definition, bytes, key."""
+
+    definition: Any
+    variant: str
+    spec_hash: str
+    canonical: bytes
+    base_reference: str | None
+    base_digest: str
+    key: str
+
+
+@dataclass
+class Build:
+    """One unit of work for one key, shared by every client that asked for that key."""
+
+    id: str
+    key: str
+    variant: str
+    spec_hash: str
+    env_name: str | None
+    env_version: int | None
+    refresh: bool
+    state: str = "queued"  # queued → running → succeeded | failed
+    outcome: str | None = None  # built | pulled | unchanged (refresh kept the old image)
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    lines: list[str] = field(default_factory=list)
+    image: ImageRecord | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def log(self, line: str) -> None:
+        """Append to the shared log and wake every follower (fan-out by shared list + event)."""
+        for part in line.rstrip("\n").split("\n"):
+            self.lines.append(part)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        self.state, self.error, self.finished = state, error, time.time()
+        self._done.set()
+        self._wake()
+
+    async def follow(self) -> AsyncIterator[str]:
+        """Every log line from the start, then new ones as they come, until the build ends."""
+        index = 0
+        while True:
+            while index < len(self.lines):
+                yield self.lines[index]
+                index += 1
+            if self.done:
+                return
+            await self._changed.wait()
+
+    async def wait(self) -> ImageRecord:
+        """The build's image; raises :class:`BuildError` when it failed."""
+        await self._done.wait()
+        if self.state != "succeeded" or self.image is None:
+            raise BuildError(f"build {self.id} failed: {self.error}")
+        return self.image
+
+    def to_json(self, host: str) -> dict[str, Any]:
+        return {
+            "id": self.id, "key": self.key, "variant": self.variant, "spec_hash": self.spec_hash,
+            "environment": {"name": self.env_name, "version": self.env_version} if self.env_name else None,
+            "state": self.state, "outcome": self.outcome, "refresh": self.refresh, "created": self.created,
+            "started": self.started, "finished": self.finished, "error": self.error,
+            "image": self.image.to_json(host) if self.image else None,
+        }
+
+
+@dataclass
+class Outcome:
+    """What ensure answers: a hit (``image``) or a build to follow (``build``)."""
+
+    prepared: Prepared
+    image: ImageRecord | None = None
+    build: Build | None = None
+
+    @property
+    def status(self) -> str:
+        return "hit" if self.image is not None else "building"
+
+
+class Ensurer:
+    """The daemon's ensure machinery; one per app (``app["ensurer"]``)."""
+
+    def __init__(
+        self,
+        *,
+        db: Any,
+        spec: Any,
+        resolver: BaseDigestResolver,
+        builder: Builder,
+        recipe_version: str | int,
+        variant_bases: dict[str, str | None],
+        concurrency: int = 2,
+        sources: Sequence[Source] = (),
+        on_build_done: Callable[[Build, float], None] | None = None,
+        set_tag: Callable[[str, str, str], None] | None = None,
+        has_manifest: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        self._db = db
+        self._spec = spec  # the envcache.spec module, passed in so tests see the same code path
+        self.resolver = resolver
+        self._builder = builder
+        self.recipe_version = str(recipe_version)
+        self._variant_bases = variant_bases
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self.sources: list[Source] = list(sources)
+        self._inflight: dict[tuple[str, bool], Build] = {}
+        self._builds: dict[str, Build] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._touched: dict[str, float] = {}
+        self._on_build_done = on_build_done
+        self._set_tag = set_tag
+        self._has_manifest = has_manifest
+        self._recover_interrupted()
+
+    # ---- lookup -------------------------------------------------------------------------
+
+    async def prepare(self, definition: Any, variant: str) -> Prepared:
+        """Apply the variant, canonicalise, resolve the base, compute the key."""
+        vdef = self._spec.for_variant(definition, variant)
+        canonical = self._spec.canonical_bytes(vdef)
+        shash = self._spec.spec_hash(vdef)
+        ref = base_reference(vdef, self._variant_bases.get(variant))
+        digest = "none" if ref is None else await self.resolver.resolve(ref)
+        return Prepared(vdef, variant, shash, canonical, ref, digest, image_key(shash, variant, digest, self.recipe_version))
+
+    def lookup(self, prepared: Prepared) -> ImageRecord | None:
+        """The cached image for ``prepared`` or None; verifies canonical bytes on a hit."""
+        data = self._row(prepared.key)
+        if data is None:
+            return None
+        stored = data["canonical"]
+        if stored is not None and bytes(stored) != prepared.canonical:
+            raise KeyCollision(
+                f"image key {prepared.key} is filed under a different canonical form; refusing to answer "
+                "with an image that may not match (please report this: it is a hash collision)"
+            )
+        record = ImageRecord.from_row(data)
+        if self._has_manifest is not None and not self._has_manifest(record.repository, record.tag):
+            return None  # indexed but gone from the registry (deleted, collected): rebuild, never a dead ref
+        now = time.time()
+        self._touched[record.key] = now
+        record.last_used = now
+        return record
+
+    def flush_last_used(self) -> None:
+        """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty)."""
+        touched, self._touched = self._touched, {}
+        if touched:
+            with self._db.conn:
+                self._db.conn.executemany(
+                    "update images set last_used = ? where key = ?", [(t, k) for k, t in touched.items()]
+                )
+
+    # ---- ensure -------------------------------------------------------------------------
+
+    async def ensure(
+        self, definition: Any, variant: str, *, refresh: bool = False,
+        environment: tuple[str, int] | None = None,
+    ) -> Outcome:
+        """Answer a hit at once; otherwise start (or join) the build for this key."""
+        prepared = await self.prepare(definition, variant)
+        image = self.lookup(prepared)
+        # Refreshing only makes sense for unpinned requirements; the builder records them in
+        # the lock, and an image whose every requirement is pinned would rebuild identically.
+        if image is not None and (not refresh or image.lock.get("unpinned") == []):
+            return Outcome(prepared, image=image)
+        slot = (prepared.key, refresh)
+        build = self._inflight.get(slot)
+        if build is None:
+            name, version = environment if environment else (None, None)
+            build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, refresh)
+            self._inflight[slot] = build
+            self._builds[build.id] = build
+            self._save(build)
+            task = asyncio.get_running_loop().create_task(self._run(build, prepared, slot))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return Outcome(prepared, build=build)
+
+    def queue_depth(self) -> int:
+        return sum(1 for b in self._inflight.values() if b.state == "queued")
+
+    def running(self) -> int:
+        return sum(1 for b in self._inflight.values() if b.state == "running")
+
+    def get_build(self, build_id: str) -> Build:
+        """A build by id: live from memory, or the finished record from SQLite."""
+        build = self._builds.get(build_id)
+        if build is not None:
+            return build
+        row = self._db.execute(
+            "select id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, "
+            "error, log from builds where id = ?", [build_id]
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no build with id {build_id!r}")
+        build = Build(row[0], row[1], row[2], row[3], row[4], row[5], False, state=row[6], created=row[7],
+                      started=row[8], finished=row[9], error=row[10], lines=(row[11] or "").splitlines())
+        image_row = self._row(build.key)
+        if image_row is not None and build.state == "succeeded":
+            build.image = ImageRecord.from_row(image_row)
+        build._done.set()
+        return build
+
+    async def close(self) -> None:
+        """Stop running builds (daemon shutdown) and flush pending writes."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - shutting down; each build recorded its own fate
+                pass
+        self.flush_last_used()
+
+    async def _run(self, build: Build, prepared: Prepared, slot: tuple[str, bool]) -> None:
+        began = time.monotonic()
+        try:
+            build.log(f"envcache: {('refresh of ' if build.refresh else '')}image {build.key} ({build.variant}) queued")
+            async with self._slots:
+                build.state, build.started = "running", time.time()
+                self._save(build)
+                # Snapshot before building: the builder may file the new image under the key itself.
+                previous = self._row(prepared.key) if build.refresh else None
+                built, outcome = await self._obtain(build, prepared)
+            build.image = self._record(prepared, built, build, previous)
+            build.outcome = outcome if build.outcome is None else build.outcome
+            build.log(f"envcache: {build.outcome}: {build.image.repository}:{build.image.tag} {build.image.manifest_digest}")
+            build.finish("succeeded")
+        except asyncio.CancelledError:
+            build.finish("failed", "cancelled: the daemon is shutting down")
+            raise
+        except Exception as exc:  # a failed build is an outcome to report, not a crash
+            message = str(exc) if isinstance(exc, EnvcacheError) else f"{type(exc).__name__}: {exc}"
+            tail = getattr(exc, "log_tail", None)
+            if tail:
+                build.log(tail if isinstance(tail, str) else "\n".join(tail))
+            build.log(f"envcache: build failed: {message}")
+            build.finish("failed", message)
+            log.info("build %s failed: %s", build.id, message)
+        finally:
+            self._inflight.pop(slot, None)
+            self._save(build)
+            # Finished builds live on in SQLite; memory only keeps them while followers may
+            # still be attaching, so a long-running daemon does not accumulate every log.
+            asyncio.get_running_loop().call_later(FINISHED_RETENTION, self._builds.pop, build.id, None)
+            if self._on_build_done is not None:
+                self._on_build_done(build, time.monotonic() - began)
+
+    async def _obtain(self, build: Build, prepared: Prepared) -> tuple[BuiltLike, str]:
+        if not build.refresh:
+            for source in self.sources:
+                got = await source(prepared, build.log)
+                if got is not None:
+                    return got, "pulled"
+        built = await self._builder(prepared, build.log)
+        return built, "built"
+
+    def _row(self, key: str) -> dict[str, Any] | None:
+        cursor = self._db.execute("select * from images where key = ?", [key])
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cursor.description], row))
+
+    def _record(self, prepared: Prepared, built: BuiltLike, build: Build, previous: dict[str, Any] | None) -> ImageRecord:
+        """File the image under its key; on refresh keep the old one if the lock did not change."""
+        if previous is not None and json.loads(previous["lock"] or "{}") == (built.lock or {}):
+            if self._set_tag is not None and previous["manifest_digest"] != built.manifest_digest:
+                # The tag goes back to the image we keep.
+                self._set_tag(previous["repository"], previous["tag"], previous["manifest_digest"])
+            self._db["images"].upsert(previous, pk="key")
+            build.outcome = "unchanged"
+            return ImageRecord.from_row(previous)
+        now = time.time()
+        row = {
+            "key": prepared.key, "variant": prepared.variant, "spec_hash": prepared.spec_hash,
+            "canonical": prepared.canonical, "repository": built.repository, "tag": built.tag,
+            "manifest_digest": built.manifest_digest, "size": built.size, "created": now, "last_used": now,
+            "lock": json.dumps(built.lock or {}, sort_keys=True), "base_digest": prepared.base_digest,
+            "recipe_version": self.recipe_version,
+        }
+        self._db["images"].upsert(row, pk="key")
+        return ImageRecord.from_row(row)
+
+    def _save(self, build: Build) -> None:
+        self._db["builds"].upsert(
+            {
+                "id": build.id, "key": build.key, "variant": build.variant, "spec_hash": build.spec_hash,
+                "env_name": build.env_name, "env_version": build.env_version, "state": build.state,
+                "created": build.created, "started": build.started, "finished": build.finished,
+                "error": build.error, "log": "\n".join(build.lines) if build.done else None,
+            },
+            pk="id",
+        )
+
+    def _recover_interrupted(self) -> None:
+        """Builds left queued/running by a daemon that died are failed, not left hanging forever."""
+        with self._db.conn:
+            self._db.conn.execute(
+                "update builds set state = 'failed', error = 'interrupted: the daemon stopped during the build', "
+                "finished = ? where state in ('queued', 'running')", [time.time()]
+            )

@@ -23,6 +23,7 @@ from envcache import __version__
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.service import metrics as metrics_mod
 from envcache.service.ensure import Build, BuildError, Ensurer, ImageRecord, Outcome
+from envcache.store.gc import gc_handler
 from envcache.service.environments import Environments, check_name
 from envcache.service.keys import BaseDigestResolver
 from envcache.service.openapi import openapi_document
@@ -394,3 +395,4 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/v1/environments/{name}/versions", environment_versions)
     r.add_get("/api/v1/environments/{name}/download", download_environment)
     r.add_post("/api/v1/warm", warm)
+    r.add_post("/api/v1/gc", gc_handler)

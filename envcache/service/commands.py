@@ -14,8 +14,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _register_serve(sub, common)
     _register_gc(sub, common)
     _register_fsck(sub, common)
-    # Client-side verbs (resolve, ensure, warm, env, images, gc, status) are registered below
-    # by the service helper, one _register_<verb>(sub, common) each.
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -55,9 +53,18 @@ async def _run(config: Any) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly (store closed, sessions kept on disk)."""
     from aiohttp import web
 
+    from envcache.errors import EnvcacheError
     from envcache.service.app import create_app
 
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=5)
+    app = create_app(config)
+    if not app["store"].owner:
+        # Two daemons (or a daemon and an offline gc) writing one data directory would sweep
+        # each other's uploads; the first one keeps it.
+        app["store"].close()
+        data = config.server.data_dir
+        raise EnvcacheError(f"{data} is in use by another envcache process (it holds {Path(data) / '.lock'}); "
+                            "stop it or pass a different --data")
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()

@@ -1,0 +1,226 @@
+"""Check a data directory and repair its index from the blob files (the truth).
+
+What is checked, and what ``repair`` does about it:
+
+- every file under ``blobs/`` is re-hashed with the algorithm its path names. A file whose
+  content does not match is **quarantined** (moved to ``<data>/quarantine/``, never deleted: it
+  may be the only copy of something a person wants to look at) and its rows dropped;
+  a file whose name is not a digest at all is quarantined the same way;
+- a good file without a ``blobs`` row gets its row back (size from the file; media type from the
+  manifests that name it); a row whose size disagrees with the file is corrected;
+- a ``blobs`` row whose file is gone is dropped, with its ``repository_blobs`` links; a
+  manifest whose own body is gone is dropped with its tags (its content is unknowable);
+- every stored manifest is re-parsed and its ``repository_blobs`` links restored;
+- what cannot be repaired from the files is reported: manifests that name a missing blob
+  (re-push the blob or delete the tag), and ``images`` rows over such manifests are dropped on
+  repair so the next ``ensure`` rebuilds or pulls the image.
+
+Without ``repair`` nothing is changed. ``problems`` counts what was found; ``unrepaired`` what is
+still wrong afterwards (the CLI exits 1 when that is non-zero).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from envcache.store.blobs import fsync_dir, hash_file
+from envcache.store.digests import parse_digest
+from envcache.store.gc import iter_blob_files, manifest_refs
+
+if TYPE_CHECKING:
+    from envcache.store.store import Store
+
+
+@dataclass
+class FsckReport:
+    """Findings of one fsck run; every list holds human-readable items (digests, paths)."""
+
+    repair: bool
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    corrupt: list[str] = field(default_factory=list)          # digest: content hashes to something else
+    stray_files: list[str] = field(default_factory=list)      # files under blobs/ that are no blob
+    quarantined: list[str] = field(default_factory=list)      # where they went (repair)
+    rows_missing: list[str] = field(default_factory=list)     # good file, no blobs row
+    rows_wrong_size: list[str] = field(default_factory=list)
+    files_missing: list[str] = field(default_factory=list)    # blobs row, no file
+    manifests_missing: list[str] = field(default_factory=list)  # manifest row whose body is gone
+    links_missing: list[str] = field(default_factory=list)    # "repo digest" a manifest needs
+    tags_dangling: list[str] = field(default_factory=list)    # "repo:tag" → manifest not stored
+    dangling_manifests: list[str] = field(default_factory=list)  # "repo@digest: missing blob X"
+    images_dangling: list[str] = field(default_factory=list)  # images keys whose manifest is broken
+    unrepaired: int = 0
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> int:
+        return sum(len(items) for items in (
+            self.corrupt, self.stray_files, self.rows_missing, self.rows_wrong_size, self.files_missing,
+            self.manifests_missing, self.links_missing, self.tags_dangling, self.dangling_manifests,
+            self.images_dangling))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "problems": self.problems}
+
+    def summary(self) -> str:
+        """Human text for the CLI: one line per finding, then the verdict."""
+        lines = [f"fsck: checked {self.blobs_checked} blobs ({self.bytes_checked} bytes) in {self.seconds:.2f}s"]
+        sections = [
+            ("corrupt blob (content does not match its digest)", self.corrupt),
+            ("stray file under blobs/ (not a blob name)", self.stray_files),
+            ("quarantined", self.quarantined),
+            ("blob file without index row", self.rows_missing),
+            ("blob row with wrong size", self.rows_wrong_size),
+            ("blob row whose file is missing", self.files_missing),
+            ("manifest whose body is missing", self.manifests_missing),
+            ("missing repository link", self.links_missing),
+            ("tag pointing at a manifest that is not stored", self.tags_dangling),
+            ("manifest naming a missing blob (re-push it or delete the tag)", self.dangling_manifests),
+            ("cached image over a broken manifest", self.images_dangling),
+        ]
+        for title, items in sections:
+            lines += [f"  {title}: {item}" for item in items]
+        if not self.problems:
+            lines.append("fsck: no problems found")
+        elif not self.repair:
+            lines.append(f"fsck: {self.problems} problem(s) found; run `envcache fsck --repair` to fix the index")
+        elif self.unrepaired:
+            lines.append(f"fsck: {self.problems} problem(s) found, {self.unrepaired} could not be repaired "
+                         "from the files")
+        else:
+            lines.append(f"fsck: {self.problems} problem(s) found and repaired")
+        return "\n".join(lines)
+
+
+def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
+    """Check ``store`` (and with ``repair`` fix its index); see the module docstring."""
+    started = time.monotonic()
+    report = FsckReport(repair=repair)
+    db = store.db
+    sql = db.conn.execute
+    quarantine = store.data_dir / "quarantine"
+
+    # 1. The files: verify each against its name.
+    good: dict[str, int] = {}
+    for digest, path in iter_blob_files(store.blobs.root):
+        if digest is None:
+            if path.is_file() or path.is_symlink():
+                report.stray_files.append(str(path.relative_to(store.data_dir)))
+                if repair:
+                    report.quarantined.append(_quarantine(path, quarantine, "stray-" + path.name))
+            continue
+        actual, size = hash_file(path, parse_digest(digest)[0])
+        report.blobs_checked += 1
+        report.bytes_checked += size
+        if actual != digest:
+            report.corrupt.append(f"{digest} (content hashes to {actual})")
+            if repair:
+                report.quarantined.append(_quarantine(path, quarantine, digest.replace(":", "-")))
+            continue
+        good[digest] = size
+
+    # 2. The manifests: which blobs they need (and with what media type), which are broken.
+    media_types: dict[str, str] = {}
+    manifests = [tuple(row) for row in sql("SELECT repository, digest, media_type FROM manifests")]
+    needs: dict[tuple[str, str], list[str]] = {}
+    lost_manifests: list[tuple[str, str]] = []
+    for repo, digest, media_type in manifests:
+        media_types.setdefault(digest, media_type)
+        if digest not in good:
+            lost_manifests.append((repo, digest))
+            report.manifests_missing.append(f"{repo}@{digest}")
+            continue
+        try:
+            refs = manifest_refs(store.blobs.path(digest).read_bytes())
+        except (OSError, ValueError):
+            continue  # the bytes match the digest, so this is what was pushed: nothing to repair
+        needs[(repo, digest)] = refs.blobs
+        for blob, blob_type in refs.media_types.items():
+            media_types.setdefault(blob, blob_type)
+    lost_set = set(lost_manifests)
+
+    # 3. The blob rows against the good files.
+    rows = {d: size for d, size in sql("SELECT digest, size FROM blobs")}
+    report.rows_missing = sorted(d for d in good if d not in rows)
+    report.rows_wrong_size = sorted(f"{d} (row says {rows[d]}, file has {good[d]})"
+                                    for d in good if d in rows and rows[d] != good[d])
+    gone = sorted(d for d in rows if d not in good)
+    corrupt_digests = {item.split(" ", 1)[0] for item in report.corrupt}
+    report.files_missing = sorted(d for d in gone if d not in corrupt_digests)
+
+    # 4. Links every intact manifest needs, dangling references, dangling tags and images.
+    links = {(r, d) for r, d in sql("SELECT repository, digest FROM repository_blobs")}
+    missing_links: list[tuple[str, str]] = []
+    broken = set(lost_set)
+    for (repo, digest), blobs in sorted(needs.items()):
+        for blob in [digest, *blobs]:
+            if blob in good and (repo, blob) not in links:
+                missing_links.append((repo, blob))
+        absent = [b for b in blobs if b not in good]
+        if absent:
+            broken.add((repo, digest))
+            report.dangling_manifests.append(f"{repo}@{digest}: missing blob {', '.join(absent)}")
+    report.links_missing = [f"{r} {d}" for r, d in missing_links]
+    stored = {(r, d) for r, d, _ in manifests}
+    dangling_tags = [(r, t) for r, t, d in sql("SELECT repository, tag, digest FROM tags")
+                     if (r, d) not in stored or (r, d) in lost_set]
+    report.tags_dangling = [f"{r}:{t}" for r, t in dangling_tags]
+    images_broken = [key for key, repo, digest in sql("SELECT key, repository, manifest_digest FROM images")
+                     if (repo, digest) in broken or (repo, digest) not in stored]
+    report.images_dangling = sorted(images_broken)
+
+    if repair:
+        now = time.time()
+        # sqlite3's implicit transactions: a statement someone ran without committing would make
+        # BEGIN fail; the next ``with conn:`` would commit it anyway, so commit it now.
+        if db.conn.in_transaction:
+            db.conn.commit()
+        sql("BEGIN IMMEDIATE")
+        try:
+            for digest in report.rows_missing:
+                created = store.blobs.path(digest).stat().st_mtime
+                sql("INSERT INTO blobs (digest, size, media_type, created, last_access) VALUES (?, ?, ?, ?, ?)",
+                    [digest, good[digest], media_types.get(digest), created, now])
+            for digest in good:
+                if digest in rows and rows[digest] != good[digest]:
+                    sql("UPDATE blobs SET size = ? WHERE digest = ?", [good[digest], digest])
+            for digest in gone:
+                sql("DELETE FROM blobs WHERE digest = ?", [digest])
+                sql("DELETE FROM repository_blobs WHERE digest = ?", [digest])
+            for repo, digest in lost_manifests:
+                sql("DELETE FROM manifests WHERE repository = ? AND digest = ?", [repo, digest])
+            for repo, tag in dangling_tags:
+                sql("DELETE FROM tags WHERE repository = ? AND tag = ?", [repo, tag])
+            for repo, blob in missing_links:
+                sql("INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", [repo, now])
+                sql("INSERT OR IGNORE INTO repository_blobs (repository, digest, created) VALUES (?, ?, ?)",
+                    [repo, blob, now])
+            for key in images_broken:
+                sql("DELETE FROM images WHERE key = ?", [key])
+        except BaseException:
+            db.conn.rollback()
+            raise
+        db.conn.commit()
+        # Only a manifest naming a blob that no file holds cannot be fixed from the files.
+        report.unrepaired = len(report.dangling_manifests)
+    else:
+        report.unrepaired = report.problems
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _quarantine(path: Path, quarantine: Path, name: str) -> str:
+    """Move ``path`` out of the blob tree (same filesystem: an atomic rename); returns where to."""
+    quarantine.mkdir(exist_ok=True)
+    target = quarantine / name
+    if target.exists():
+        target = quarantine / f"{name}.{time.time_ns()}"
+    os.replace(path, target)
+    fsync_dir(quarantine)
+    fsync_dir(path.parent)
+    return str(target)
+

@@ -8,20 +8,22 @@ import importlib
 from typing import Any
 
 from envcache.build.errors import BuildFailed, EngineUnavailable
-from envcache.build.variants import DEFAULT_BASE_IMAGES, resolve_variant, variant_base_image
+from envcache.build.variants import resolve_variant, variant_base_image
 
 _LAZY = {
     "RECIPE_VERSION": "envcache.build.plan",
     "build_image": "envcache.build.builder",
     "BuiltImage": "envcache.build.builder",
     "ingest_image": "envcache.build.builder",
+    "stage_keys_for": "envcache.build.builder",
+    "lock_from_store": "envcache.build.stages",
     "detect_engine": "envcache.build.engines",
     "DockerEngine": "envcache.build.engines",
     "BuildahEngine": "envcache.build.engines",
     "Engine": "envcache.build.engines",
 }
 
-__all__ = ["BuildFailed", "DEFAULT_BASE_IMAGES", "EngineUnavailable", "resolve_variant",
+__all__ = ["BuildFailed", "EngineUnavailable", "resolve_variant",
            "variant_base_image", *_LAZY]
 
 

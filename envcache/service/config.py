@@ -47,11 +47,25 @@ class BuildConfig:
     compression: str = "zstd"
     concurrency: int = 2
     stage_timeout: int = 3600
+    # buildah's storage; unset = buildah's own defaults. vfs works everywhere (no overlay mounts).
+    buildah_root: str | None = None
+    buildah_runroot: str | None = None
+    buildah_storage_driver: str = "vfs"
+    # CA bundle handed to pip during a build only (never stored in a layer); unset = pip's own,
+    # then SSL_CERT_FILE, then the system bundle.
+    ca_bundle: str | None = None
 
 
 @dataclass
 class VariantConfig:
     base_image: str
+
+
+# Azure ML's own base images, so a definition without a base image builds like it would there.
+DEFAULT_VARIANTS = {
+    "cpu": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
+    "gpu": "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.3-cudnn8-ubuntu20.04",
+}
 
 
 @dataclass
@@ -70,7 +84,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    variants: dict[str, VariantConfig] = field(default_factory=dict)
+    variants: dict[str, VariantConfig] = field(
+        default_factory=lambda: {name: VariantConfig(image) for name, image in DEFAULT_VARIANTS.items()})
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # Shared registries to pull from / push to; model and validation owned by envcache.upstream.
@@ -165,7 +180,7 @@ def _tokens(section: dict[str, Any], source: str) -> list[Token]:
 
 
 def _variants(section: dict[str, Any], source: str) -> dict[str, VariantConfig]:
-    out = {}
+    out = Config().variants  # a variant the file does not name keeps its default
     for name, value in section.items():
         if name not in _VARIANTS:
             raise InvalidInput(f"{source}: unknown variant [variants.{name}]; valid variants: cpu, gpu")

@@ -1,0 +1,358 @@
+"""``build_image``: one definition + variant → stages in the engine → an image in the store.
+
+The build starts at the deepest stage the engine already has (tag ``envcache-stage:<chain
+key>``), builds the rest one generated Dockerfile at a time, then ingests the final image into
+the store and tags it ``envcache/env:<image key>-<variant>``. Only a complete, ingested image is
+ever tagged in the store; a failure leaves the store untouched and no stage tag for the stage
+that failed. Each stage runs under the configured time limit, and cancelling the task stops the
+engine's build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from envcache.build import ingest as ingest_mod
+from envcache.build import plan
+from envcache.build import stages as stages_mod
+from envcache.build.engines.base import Engine, ImageInfo
+from envcache.build.errors import BuildFailed
+from envcache.build.helper import HelperServer, host_ca_bundle
+from envcache.build.variants import resolve_variant, variant_base_image
+from envcache.errors import EnvcacheError
+from envcache.spec import for_variant, spec_hash, stage_chain
+from envcache.spec.model import Definition
+
+REPOSITORY = "envcache/env"
+LogFn = Callable[[str], None]
+
+# Index read-modify-write must not interleave between concurrent variant builds.
+_INDEX_LOCK = asyncio.Lock()
+
+
+@dataclass
+class BuiltImage:
+    repository: str
+    tag: str
+    manifest_digest: str
+    size: int
+    lock: dict[str, Any]
+    base_digest: str = ""
+    recipe_version: int = plan.RECIPE_VERSION
+    stage_keys: list[str] = field(default_factory=list)
+    stages_built: list[str] = field(default_factory=list)  # kinds built now (the rest were cached)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # diff_id, digest, size, reused
+
+
+def root_key(base_digest: str) -> str:
+    """The chain root: the resolved base image and the recipe that builds on it."""
+    return xxhash.xxh3_128_hexdigest(json.dumps([base_digest, plan.RECIPE_VERSION]).encode())
+
+
+class _Log:
+    """The caller's log plus a tail for failure messages."""
+
+    def __init__(self, log: LogFn) -> None:
+        self._log = log
+        self.tail: collections.deque[str] = collections.deque(maxlen=30)
+
+    def __call__(self, line: str) -> None:
+        self.tail.append(line)
+        self._log(line)
+
+
+async def ensure_base(engine: Engine, ref: str, log: LogFn) -> ImageInfo:
+    """The base image in the engine, pulled when missing."""
+    info = await engine.inspect(ref)
+    return info if info is not None else await engine.pull(ref, log)
+
+
+async def build_image(defn: Definition, variant: str, *, store: Any, engine: Engine | None, config: Any,
+                      image_key: str, log: LogFn, base_digest: str | None = None) -> BuiltImage:
+    """Build ``defn`` for ``variant`` and store it as ``envcache/env:<image_key>-<variant>``.
+
+    ``base_digest`` is what the caller resolved the base to (recorded with the image); the chain
+    root always uses the engine's own id of the base image, so stage keys match what is built.
+    """
+    if engine is None:
+        raise BuildFailed("setup", "no container engine is configured or detected: install Docker "
+                                   "(apt-get install docker.io) or buildah (apt-get install buildah), "
+                                   "or set [build] engine in the config")
+    variant = resolve_variant(variant)
+    out = _Log(log)
+    view = for_variant(defn, variant)
+    base_ref = _base_ref(view, config, variant)
+    base = await ensure_base(engine, base_ref, out)
+    stages = stage_chain(defn, variant, root_key(base.id))
+    timeout = float(config.build.stage_timeout)
+    compression = config.build.compression
+
+    start = await _deepest_available(stages, store, engine, out)
+    for stage in stages[:start]:
+        out(f"stage {stage.kind} {stage.key}: cached in {engine.name}")
+
+    has_conda = any(stage.kind == "conda" for stage in stages)
+    built: list[str] = []
+    helper = HelperServer()
+    try:
+        with tempfile.TemporaryDirectory(prefix="envcache-build-") as tmp:
+            for index in range(start, len(stages)):
+                stage = stages[index]
+                parent = plan.stage_tag(stages[index - 1].key) if index else base_ref
+                context = Path(tmp) / f"{index}-{stage.kind}"
+                context.mkdir()
+                started = time.monotonic()
+                out(f"stage {stage.kind} {stage.key}: building")
+                try:
+                    async with asyncio.timeout(timeout):
+                        recipe = await _recipe(stage.kind, view, variant, base_ref, parent, context, engine,
+                                               helper, config, has_conda)
+                        plan.write_context(context, recipe)
+                        await engine.build(context, plan.stage_tag(stage.key), network=recipe.network, log=out,
+                                           step=stage.kind)
+                except TimeoutError:
+                    raise BuildFailed(stage.kind, f"stage exceeded its time limit of {timeout:g}s",
+                                      "\n".join(out.tail)) from None
+                except EnvcacheError:
+                    raise
+                except Exception as exc:  # engine gone, disk full…: still one clear message, no traceback
+                    raise BuildFailed(stage.kind, f"{type(exc).__name__}: {exc}", "\n".join(out.tail)) from exc
+                built.append(stage.kind)
+                out(f"stage {stage.kind} {stage.key}: built in {time.monotonic() - started:.1f}s")
+    finally:
+        await helper.stop()
+
+    final = plan.stage_tag(stages[-1].key)
+    tag = f"{image_key}-{variant}"
+    target = IngestTarget(final, REPOSITORY, tag, {"envcache.variant": variant, "envcache.image-key": image_key,
+                                                   "envcache.spec-hash": spec_hash(defn)}, _expected_locks(stages))
+    try:
+        result = await _from_stored_stage(store, engine, stages[-1].key, target, compression)
+        if result is None:
+            # One export for the image and every stage the store lacks (Docker writes shared
+            # layers once); the stages' layers are a prefix of the image's, so only the image's
+            # new layers are compressed.
+            stage_targets = [IngestTarget(plan.stage_tag(s.key), stages_mod.STAGE_REPOSITORY, s.key,
+                                          {"envcache.stage": s.kind}) for s in stages[:-1]
+                             if stages_mod.stored_stage(store, s.key) is None]
+            result, *_ = await ingest_images(store, engine, [target, *stage_targets], compression, out)
+            if stages_mod.stored_stage(store, stages[-1].key) is None:
+                stages_mod.publish_stage_manifest(store, stages[-1].key, stages[-1].kind, result["manifest"])
+    except EnvcacheError:
+        raise
+    except Exception as exc:
+        raise BuildFailed("ingest", f"{type(exc).__name__}: {exc}", "\n".join(out.tail)) from exc
+    lock = {"pip": [], "conda": [], "spark": [], **result["locks"], "unpinned": plan.unpinned_requirements(view)}
+    shash = spec_hash(defn)
+    await _update_index(store, shash, variant, result["manifest_digest"], len(result["manifest"]), result["platform"],
+                        image_key)
+    image = BuiltImage(REPOSITORY, tag, result["manifest_digest"], result["size"], lock,
+                       base_digest=base_digest or base.id, stage_keys=[s.key for s in stages], stages_built=built,
+                       layers=result["layers"])
+    out(f"image {REPOSITORY}:{tag} {result['manifest_digest']} ({result['size']} bytes)")
+    return image
+
+
+async def _deepest_available(stages: list[Any], store: Any, engine: Engine, log: LogFn) -> int:
+    """Index of the first stage to build: after the deepest one the engine has, or can load
+    from the store (``envcache/stage:<key>``, e.g. pulled from an upstream)."""
+    for index in range(len(stages) - 1, -1, -1):
+        key = stages[index].key
+        if await engine.inspect(plan.stage_tag(key)) is not None:
+            return index + 1
+        if stages_mod.stored_stage(store, key) is not None and await stages_mod.load_stage(store, engine, key, log):
+            return index + 1
+    return 0
+
+
+async def stage_keys_for(defn: Definition, variant: str, *, engine: Engine, config: Any,
+                         log: LogFn = lambda line: None) -> list[str]:
+    """The chain keys ``build_image`` would use (shallowest first): the base is resolved in
+    the engine (pulled if missing), exactly as a build does."""
+    variant = resolve_variant(variant)
+    view = for_variant(defn, variant)
+    base = await ensure_base(engine, _base_ref(view, config, variant), log)
+    return [stage.key for stage in stage_chain(defn, variant, root_key(base.id))]
+
+
+def _base_ref(view: Definition, config: Any, variant: str) -> str:
+    if view.docker.base_dockerfile:
+        ref = plan.dockerfile_base_ref(view.docker.base_dockerfile)
+        if ref is None:
+            raise BuildFailed("base", "the base Dockerfile has no FROM line")
+        return ref
+    return view.docker.base_image or variant_base_image(config, variant)
+
+
+def _expected_locks(stages: list[Any]) -> set[str]:
+    names = {"conda": "conda.json", "pip": "pip-freeze.txt", "spark": "spark.json"}
+    return {names[s.kind] for s in stages if s.kind in names}
+
+
+async def _recipe(kind: str, view: Definition, variant: str, base_ref: str, parent: str, context: Path,
+                  engine: Engine, helper: HelperServer, config: Any, has_conda: bool) -> plan.StageRecipe:
+    if kind == "base":
+        return plan.base_recipe(view, base_ref)
+    if kind == "conda":
+        return await plan.conda_recipe(view, variant, parent, await engine.inspect(parent), context)
+    if kind == "pip":
+        if not helper.url:
+            await helper.start()
+        return plan.pip_recipe(view, parent, helper, host_ca_bundle(config.build.ca_bundle))
+    if kind == "spark":
+        return await plan.spark_recipe(view, parent, await engine.inspect(parent), context)
+    return plan.config_recipe(view, parent, has_conda)
+
+
+@dataclass
+class IngestTarget:
+    """An engine image to store as ``repository:tag``."""
+
+    ref: str
+    repository: str
+    tag: str
+    annotations: dict[str, str] = field(default_factory=dict)
+    expected_locks: set[str] = field(default_factory=set)
+
+
+async def ingest_image(store: Any, engine: Engine, ref: str, tag: str, compression: str, log: LogFn, *,
+                       repository: str = REPOSITORY) -> dict[str, Any]:
+    """Export ``ref`` from the engine and store it as ``repository:tag``."""
+    return (await ingest_images(store, engine, [IngestTarget(ref, repository, tag)], compression, log))[0]
+
+
+async def ingest_images(store: Any, engine: Engine, targets: list[IngestTarget], compression: str,
+                        log: LogFn) -> list[dict[str, Any]]:
+    """Export the targets from the engine and store each; per target: manifest (bytes and
+    digest), size, layers, platform and the lock files found in the image."""
+    if compression not in ingest_mod.LAYER_MEDIA:
+        raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
+    store.blobs.tmp.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="envcache-export-", dir=store.blobs.tmp) as tmp:
+        exports = await engine.export_many([t.ref for t in targets], Path(tmp))
+        with contextlib.ExitStack() as stack:
+            for target in targets:
+                source = await asyncio.to_thread(ingest_mod.open_export, exports[target.ref], stack, target.ref)
+                layers = await _ingest_layers(store, source, compression, Path(tmp), log)
+                lock_files = await asyncio.to_thread(_lock_files, source, target.expected_locks)
+                results.append(await _store_image(store, target, source.config, layers, lock_files))
+    return results
+
+
+async def _store_image(store: Any, target: IngestTarget, config: bytes, layers: list[ingest_mod.LayerBlob],
+                       lock_files: dict[str, bytes]) -> dict[str, Any]:
+    await store.blobs.write(config, expected_digest=ingest_mod.sha256_digest(config), media_type=ingest_mod.MEDIA_CONFIG)
+    manifest = ingest_mod.build_manifest(config, layers, target.annotations)
+    digest = store.put_manifest(target.repository, target.tag, manifest, ingest_mod.MEDIA_MANIFEST)
+    return {"manifest": manifest, "manifest_digest": digest, "platform": ingest_mod.platform_of(config),
+            "size": len(manifest) + len(config) + sum(layer.size for layer in layers),
+            "locks": _parse_locks(lock_files),
+            "layers": [{"diff_id": l.diff_id, "digest": l.digest, "size": l.size, "reused": l.reused} for l in layers]}
+
+
+async def _from_stored_stage(store: Any, engine: Engine, key: str, target: IngestTarget,
+                             compression: str) -> dict[str, Any] | None:
+    """When the final stage is already stored with this very config (the engine's image id is
+    the config digest) and compression, the image is that manifest re-tagged: no export."""
+    stored = stages_mod.stored_stage(store, key)
+    info = await engine.inspect(target.ref)
+    if stored is None or info is None:
+        return None
+    body = json.loads(stored.body)
+    media = ingest_mod.LAYER_MEDIA[compression]
+    if body["config"]["digest"] != info.id or any(layer["mediaType"] != media for layer in body["layers"]):
+        return None
+    digests = [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
+    if not all(store.blobs.exists(digest) for digest in digests):
+        return None
+    for digest in digests:
+        store.blobs.touch(digest)
+    source = stages_mod.stored_source(store, stored.body)
+    lock_files = await asyncio.to_thread(_lock_files, source, target.expected_locks)
+    layers = [ingest_mod.LayerBlob(diff_id, layer["digest"], layer["size"], media, True)
+              for diff_id, layer in zip(source.diff_ids, body["layers"])]
+    return await _store_image(store, target, source.config, layers, lock_files)
+
+
+async def _ingest_layers(store: Any, source: ingest_mod.SourceImage, compression: str, tmp: Path,
+                         log: LogFn) -> list[ingest_mod.LayerBlob]:
+    """Known layers by table lookup; new ones compressed in a worker thread (SQLite stays on
+    the event loop's thread)."""
+    ingest_mod.ensure_table(store.db)
+    table = store.db[ingest_mod.LAYER_TABLE]
+    media = ingest_mod.LAYER_MEDIA[compression]
+    result: list[ingest_mod.LayerBlob] = []
+    for diff_id, opener in zip(source.diff_ids, source.layers):
+        known = list(table.rows_where("diff_id = ? and compression = ?", [diff_id, compression]))
+        if known and store.blobs.exists(known[0]["blob_digest"]):
+            # Refresh last access so a concurrent GC's grace period covers the blob until our
+            # manifest references it.
+            store.blobs.touch(known[0]["blob_digest"])
+            result.append(ingest_mod.LayerBlob(diff_id, known[0]["blob_digest"], known[0]["size"], media, True))
+            continue
+        started = time.monotonic()
+        actual, digest, size = await asyncio.to_thread(_compress_and_place, store, opener, compression, tmp, diff_id)
+        store.blobs.record(digest, size, media)
+        table.upsert({"diff_id": diff_id, "compression": compression, "blob_digest": digest, "size": size,
+                      "created": time.time()}, pk=("diff_id", "compression"))
+        log(f"ingest: layer {diff_id[7:19]} → {digest[7:19]} ({compression}, {size} bytes, "
+            f"{time.monotonic() - started:.1f}s)")
+        result.append(ingest_mod.LayerBlob(diff_id, digest, size, media, False))
+    return result
+
+
+def _compress_and_place(store: Any, opener: ingest_mod.Opener, compression: str, tmp: Path,
+                        diff_id: str) -> tuple[str, str, int]:
+    with opener() as stream:
+        actual, digest, path = ingest_mod.compress_layer(stream, compression, tmp)
+    try:
+        if actual != diff_id:
+            raise BuildFailed("ingest", f"layer content hashes to {actual}, but the engine's config says {diff_id}")
+        size = path.stat().st_size
+        store.blobs.place(path, digest)
+    finally:
+        path.unlink(missing_ok=True)
+    return actual, digest, size
+
+
+def _lock_files(source: ingest_mod.SourceImage, expected: set[str]) -> dict[str, bytes]:
+    return ingest_mod.read_lock_files(source, expected) if expected else {}
+
+
+def _parse_locks(files: dict[str, bytes]) -> dict[str, Any]:
+    locks: dict[str, Any] = {}
+    if "pip-freeze.txt" in files:
+        locks["pip"] = [line.strip() for line in files["pip-freeze.txt"].decode().splitlines() if line.strip()]
+    if "conda.json" in files:
+        locks["conda"] = json.loads(files["conda.json"])
+    if "spark.json" in files:
+        locks["spark"] = json.loads(files["spark.json"])
+    return locks
+
+
+async def _update_index(store: Any, shash: str, variant: str, digest: str, size: int, platform: dict[str, str],
+                        image_key: str) -> None:
+    """``envcache/env:<spec hash>`` is an image index over the variants built for that
+    definition, each entry annotated with its variant and image key."""
+    async with _INDEX_LOCK:
+        entries: list[dict[str, Any]] = []
+        current = store.get_manifest(REPOSITORY, shash)
+        if current is not None and current.media_type == ingest_mod.MEDIA_INDEX:
+            entries = [e for e in json.loads(current.body)["manifests"]
+                       if e.get("annotations", {}).get("envcache.variant") != variant]
+        entries.append({"mediaType": ingest_mod.MEDIA_MANIFEST, "digest": digest, "size": size, "platform": platform,
+                        "annotations": {"envcache.variant": variant, "envcache.image-key": image_key}})
+        entries.sort(key=lambda e: e["annotations"]["envcache.variant"])
+        store.put_manifest(REPOSITORY, shash, ingest_mod.build_index(entries), ingest_mod.MEDIA_INDEX)

@@ -1,0 +1,63 @@
+"""The conda stage: solve and install on the host with py-rattler, copy the prefix in.
+
+rattler installs into a directory of the build context while patching the *image* path
+(``/opt/envcache/env``) into every file that embeds its prefix (``alternative_target_prefix``),
+so the result is exactly what an install inside the image would give — without needing conda, a
+solver or network access in the base image, and with ``file://`` channels readable directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from envcache.build.errors import BuildFailed
+
+PREFIX = "/opt/envcache/env"
+
+
+def virtual_packages(cuda: str | None) -> list[Any]:
+    """The image's virtual packages, not the build host's: the host's ``__cuda`` is dropped
+    (a CPU image must not get CUDA builds because the build machine has a GPU) and the GPU
+    variant declares its base image's CUDA version, so GPU images solve on hosts without one."""
+    import rattler
+
+    detected = [p.into_generic() for p in rattler.VirtualPackage.detect()]
+    packages = [p for p in detected if p.name.normalized != "__cuda"]
+    if cuda:
+        packages.append(rattler.GenericVirtualPackage(rattler.PackageName("__cuda"), rattler.Version(cuda),
+                                                      rattler.BuildString("0")))
+    return packages
+
+
+async def install_prefix(channels: list[str], specs: list[str], target: Path,
+                         cuda: str | None = None) -> list[dict[str, Any]]:
+    """Solve ``specs`` against ``channels`` for linux-64 and install into ``target`` as if it
+    were :data:`PREFIX`; returns the lock (one record per package)."""
+    import rattler
+
+    if not channels:
+        raise BuildFailed("conda", "conda packages are listed but no channel is (add python.conda_dependencies.channels)")
+    try:
+        records = await rattler.solve(
+            sources=channels, specs=specs, platforms=["linux-64", "noarch"], virtual_packages=virtual_packages(cuda),
+        )
+    except Exception as exc:  # rattler raises its own exception types per failure kind
+        raise BuildFailed("conda", f"cannot solve {', '.join(specs)} from {', '.join(channels)}: {exc}") from exc
+    try:
+        await rattler.install(records, target_prefix=target, alternative_target_prefix=PREFIX,
+                              show_progress=False, platform=rattler.Subdir("linux-64"))
+    except Exception as exc:
+        raise BuildFailed("conda", f"cannot install the solved packages: {exc}") from exc
+    return [
+        {"name": r.name.normalized, "version": str(r.version), "build": str(r.build),
+         "channel": str(r.channel) if r.channel else None, "subdir": str(r.subdir), "url": str(r.url),
+         "sha256": r.sha256.hex() if r.sha256 else None}
+        for r in sorted(records, key=lambda r: r.name.normalized)
+    ]
+
+
+def write_lock(lock: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(lock, indent=1, sort_keys=True))

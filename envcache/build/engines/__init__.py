@@ -1,0 +1,51 @@
+"""Container engines the builder can drive: Docker Engine API (aiodocker) and buildah."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from envcache.build.engines.base import Engine, ExportedImage, ImageInfo
+from envcache.build.engines.buildah import BuildahEngine
+from envcache.build.engines.docker import DockerEngine
+from envcache.build.errors import EngineUnavailable
+
+__all__ = ["BuildahEngine", "DockerEngine", "Engine", "ExportedImage", "ImageInfo", "detect_engine"]
+
+
+def _buildah(config: Any) -> BuildahEngine:
+    build = config.build
+    return BuildahEngine(root=Path(build.buildah_root) if build.buildah_root else None,
+                         runroot=Path(build.buildah_runroot) if build.buildah_runroot else None,
+                         storage_driver=build.buildah_storage_driver)
+
+
+def _docker_socket_present(docker_host: str | None) -> bool:
+    host = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        return Path(host[len("unix://"):]).exists()
+    return True  # tcp:// and friends: only a request can tell
+
+
+def detect_engine(config: Any) -> Engine | None:
+    """The engine ``[build] engine`` names; for ``auto`` Docker when its socket exists, else
+    buildah when installed, else None (lookups and pulls still work; builds fail clearly).
+
+    Synchronous and cheap: whether the Docker daemon really answers is found out on first use
+    (``DockerEngine.ping`` / the first build), where the error can name the socket.
+    """
+    choice = config.build.engine
+    docker_host = config.build.docker_host
+    if choice == "none":
+        return None
+    if choice == "buildah":
+        if not shutil.which("buildah"):
+            raise EngineUnavailable('[build] engine = "buildah" but buildah is not installed (apt-get install buildah)')
+        return _buildah(config)
+    if choice == "docker" or _docker_socket_present(docker_host):
+        return DockerEngine(docker_host)
+    if shutil.which("buildah"):
+        return _buildah(config)
+    return None

@@ -1,0 +1,143 @@
+"""What the builder needs from a container engine, whichever engine it is.
+
+The builder only ever asks an engine to: say whether an image is present (and its id and
+config), pull a base image, build one generated Dockerfile from a context directory under a
+tag, export an image for ingest, and drop a tag. Keeping the surface this small is what lets the
+Docker Engine API and daemonless buildah sit behind one interface.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import re
+import tarfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+LogFn = Callable[[str], None]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+#: Lines of output kept for a failure message.
+TAIL_LINES = 30
+
+
+@dataclass
+class ImageInfo:
+    """An image present in the engine: its id (``sha256:…``, the config digest) and its
+    runtime config (``Env``, ``Labels``, ``Cmd``…)."""
+
+    id: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        pairs = (item.split("=", 1) for item in self.config.get("Env") or [] if "=" in item)
+        return {key: value for key, value in pairs}
+
+
+@dataclass
+class ExportedImage:
+    """An image written out for ingest: a ``docker save`` tar or an OCI layout directory whose
+    layers are uncompressed tars."""
+
+    format: Literal["docker-archive", "oci"]
+    path: Path
+
+
+class LogTail:
+    """Forwards each complete output line to the caller's log and keeps the last lines for an
+    error message. Engines hand over chunks that may end mid-line; ``feed`` joins them."""
+
+    def __init__(self, log: LogFn) -> None:
+        self._log = log
+        self._partial = ""
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def feed(self, text: str) -> None:
+        text = self._partial + text.replace("\r\n", "\n")
+        *complete, self._partial = text.split("\n")
+        for line in complete:
+            self.line(line)
+
+    def line(self, line: str) -> None:
+        line = _ANSI.sub("", line).rstrip()
+        self.lines.append(line)
+        self._log(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self.line(self._partial)
+            self._partial = ""
+
+    def text(self) -> str:
+        self.flush()
+        return "\n".join(self.lines)
+
+
+def context_tar(context_dir: Path) -> bytes:
+    """The build context as an uncompressed tar, with owner and mtimes normalised so two
+    contexts with equal content give equal ``COPY`` layers."""
+
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(context_dir.iterdir()):
+            tar.add(path, arcname=path.name, filter=normalise)
+    return buffer.getvalue()
+
+
+class Engine(ABC):
+    """A container engine the builder drives."""
+
+    name: str
+
+    @abstractmethod
+    async def inspect(self, ref: str) -> ImageInfo | None:
+        """The image ``ref`` if present locally, else None (never pulls)."""
+
+    @abstractmethod
+    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
+        """Fetch ``ref`` into the engine; raises BuildFailed(step="base") when it cannot."""
+
+    @abstractmethod
+    async def build(self, context_dir: Path, tag: str, *, network: bool,
+                    log: LogFn, step: str) -> str:
+        """Build ``context_dir/Dockerfile`` and tag it ``tag``; returns the image id.
+
+        Output goes to ``log`` line by line; a failure raises BuildFailed(step, log tail) and
+        leaves ``tag`` untouched. Cancelling the awaiting task stops the build in the engine.
+        ``network`` gives RUN steps the host network (package registries), else none.
+        """
+
+    @abstractmethod
+    async def export(self, ref: str, dest_dir: Path) -> ExportedImage:
+        """Write ``ref`` under ``dest_dir`` with uncompressed layers, for ingest."""
+
+    async def export_many(self, refs: list[str], dest_dir: Path) -> dict[str, ExportedImage]:
+        """Several images at once; engines that can share one archive (Docker) override this."""
+        exported: dict[str, ExportedImage] = {}
+        for index, ref in enumerate(refs):
+            target = dest_dir / f"export-{index}"
+            target.mkdir()
+            exported[ref] = await self.export(ref, target)
+        return exported
+
+    @abstractmethod
+    async def load(self, archive: Path, tag: str) -> None:
+        """Import a ``docker save``-format archive and tag it ``tag``."""
+
+    @abstractmethod
+    async def remove(self, ref: str) -> None:
+        """Drop the tag ``ref`` (the layers stay while other tags use them)."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,168 @@
+"""The Docker Engine API, through aiodocker.
+
+Builds use the Engine's classic builder endpoint (``POST /build``) with a generated context tar:
+one request per stage, its JSON progress stream turned into log lines. Leaving the request
+(cancellation, timeout) closes the connection, which makes dockerd cancel the build and remove
+its intermediate container. Anything that speaks the Docker Engine API works here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.parse
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+
+from envcache.build.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, context_tar
+from envcache.build.errors import BuildFailed, EngineUnavailable
+
+
+_RUNNING_IN = re.compile(r"---> Running in ([0-9a-f]{12,64})")
+_RUN_FAILED = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
+
+
+class DockerEngine(Engine):
+    name = "docker"
+
+    def __init__(self, docker_host: str | None = None) -> None:
+        # aiodocker reads DOCKER_HOST itself when url is None.
+        self.docker_host = docker_host
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.docker_host)
+        return self._docker
+
+    async def ping(self) -> None:
+        """Raise EngineUnavailable unless the daemon answers."""
+        try:
+            await self.client.version()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise EngineUnavailable(f"Docker Engine at {self.docker_host or 'DOCKER_HOST/default socket'} "
+                                    f"does not answer: {exc}") from exc
+
+    async def inspect(self, ref: str) -> ImageInfo | None:
+        try:
+            data = await self.client.images.inspect(ref)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return ImageInfo(id=data["Id"], config=data.get("Config") or {})
+
+    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
+        tail = LogTail(log)
+        tail.line(f"pulling {ref}")
+        try:
+            async for event in self.client.images.pull(ref, stream=True):
+                if "error" in event:
+                    raise BuildFailed("base", f"cannot pull base image {ref}: {event['error']}", tail.text())
+                status = event.get("status")
+                if status and "progress" not in event:
+                    tail.line(f"{event.get('id', '')} {status}".strip())
+        except aiodocker.DockerError as exc:
+            raise BuildFailed("base", f"cannot pull base image {ref}: {exc.message}", tail.text()) from exc
+        info = await self.inspect(ref)
+        if info is None:
+            raise BuildFailed("base", f"base image {ref} is not present after pulling it", tail.text())
+        return info
+
+    async def build(self, context_dir: Path, tag: str, *, network: bool,
+                    log: LogFn, step: str) -> str:
+        tail = LogTail(log)
+        params = {
+            "t": tag,
+            "dockerfile": "Dockerfile",
+            "rm": "1",
+            "forcerm": "1",
+            "networkmode": "host" if network else "none",
+        }
+        image_id: str | None = None
+        error: str | None = None
+        containers: list[str] = []  # RUN containers, removed by us if the build is abandoned
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        try:
+            async with self.client._query("build", "POST", params=params, data=context_tar(context_dir),
+                                          headers={"content-type": "application/x-tar"}, timeout=timeout) as resp:
+                async for raw in resp.content:
+                    if not raw.strip():
+                        continue
+                    event = json.loads(raw)
+                    if "stream" in event:
+                        containers += _RUNNING_IN.findall(event["stream"])
+                        tail.feed(event["stream"])
+                    if "error" in event:
+                        error = event["error"]
+                        tail.feed(error + "\n")
+                    aux = event.get("aux")
+                    if isinstance(aux, dict) and "ID" in aux:
+                        image_id = aux["ID"]
+        except aiodocker.DockerError as exc:
+            raise BuildFailed(step, exc.message, tail.text()) from exc
+        except BaseException:
+            # Cancelled or timed out: closing the request stops the build, but the classic
+            # builder leaves the RUN container behind (running); remove it ourselves.
+            await asyncio.shield(self._remove_containers(containers))
+            raise
+        if error is not None:
+            # "The command '<the whole RUN line>' returned a non-zero code: 1" repeats the
+            # Dockerfile; the tail already shows the step, so keep the message short.
+            failed = _RUN_FAILED.match(error.strip())
+            message = f"a RUN step returned a non-zero code: {failed.group(1)}" if failed else error.strip()
+            raise BuildFailed(step, message, tail.text())
+        info = await self.inspect(tag)
+        if info is None or (image_id and info.id != image_id):
+            raise BuildFailed(step, "the engine finished without producing the image", tail.text())
+        tail.flush()
+        return info.id
+
+    async def _remove_containers(self, ids: list[str]) -> None:
+        for container_id in ids:
+            try:
+                await self.client.containers.container(container_id).delete(force=True)
+            except aiodocker.DockerError:
+                pass  # already gone: the builder removed it itself
+
+    async def export(self, ref: str, dest_dir: Path) -> ExportedImage:
+        return (await self.export_many([ref], dest_dir))[ref]
+
+    async def export_many(self, refs: list[str], dest_dir: Path) -> dict[str, ExportedImage]:
+        """One ``docker save`` of all ``refs``: shared layers are written once."""
+        path = dest_dir / "images.tar"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        with open(path, "wb") as out:
+            # ``names`` repeats, which aiodocker's params mapping cannot express: query in the path.
+            query = urllib.parse.urlencode([("names", ref) for ref in refs])
+            async with self.client._query(f"images/get?{query}", "GET", timeout=timeout) as resp:
+                while chunk := await resp.content.read(1 << 20):
+                    out.write(chunk)
+        exported = ExportedImage("docker-archive", path)
+        return {ref: exported for ref in refs}
+
+    async def load(self, archive: Path, tag: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        with open(archive, "rb") as data:
+            async with self.client._query("images/load", "POST", params={"quiet": "1"}, data=data,
+                                          headers={"content-type": "application/x-tar"}, timeout=timeout) as resp:
+                body = await resp.text()
+        errors = [json.loads(line).get("error") for line in body.splitlines() if line.strip().startswith("{")]
+        if any(errors) or await self.inspect(tag) is None:
+            raise BuildFailed("load", f"dockerd could not load {tag}: {'; '.join(e for e in errors if e) or body[:200]}")
+
+    async def remove(self, ref: str) -> None:
+        try:
+            await self.client.images.delete(ref, noprune=False)
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None

@@ -1,0 +1,249 @@
+"""Engine image → OCI blobs, manifest and tag in envcache's store.
+
+An engine exports images with *uncompressed* layer tars (``docker save`` or an OCI layout).
+Each layer is identified by its diff_id (sha256 of the uncompressed tar, what the image config
+lists in ``rootfs.diff_ids``); the compressed blob envcache serves is a different digest. The
+table ``build_layer_blobs`` maps one to the other per compression, so a layer ingested once
+(every base layer, every shared stage) is never read or compressed again — re-ingest costs the
+export and a lookup.
+
+The engine's config JSON is stored byte for byte: its digest is the engine's image id and its
+``rootfs.diff_ids`` are the engine's, so what a client pulls is exactly what was built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from envcache.build.engines.base import ExportedImage
+from envcache.build.errors import BuildFailed
+
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER_MEDIA = {
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+}
+LAYER_TABLE = "build_layer_blobs"
+LOCK_DIR = "opt/envcache/lock"
+CHUNK = 1 << 20
+ZSTD_LEVEL = 3
+GZIP_LEVEL = 6
+
+Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
+
+
+@dataclass
+class SourceImage:
+    """An exported image: config bytes, and per layer its diff_id and an opener that yields
+    the uncompressed tar stream."""
+
+    config: bytes
+    diff_ids: list[str]
+    layers: list[Opener]
+
+
+@dataclass
+class LayerBlob:
+    diff_id: str
+    digest: str
+    size: int
+    media_type: str
+    reused: bool
+
+
+def ensure_table(db: Any) -> None:
+    db[LAYER_TABLE].create(
+        {"diff_id": str, "compression": str, "blob_digest": str, "size": int, "created": float},
+        pk=("diff_id", "compression"), if_not_exists=True,
+    )
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- reading what the engine exported ----------------------------------------------------
+
+
+def open_export(exported: ExportedImage, stack: contextlib.ExitStack, ref: str | None = None) -> SourceImage:
+    """Read an export (the image named ``ref`` when the archive holds several); files opened
+    here stay open until ``stack`` closes."""
+    if exported.format == "docker-archive":
+        return _read_docker_archive(exported.path, stack, ref)
+    return _read_oci_layout(exported.path)
+
+
+def _read_docker_archive(path: Path, stack: contextlib.ExitStack, ref: str | None) -> SourceImage:
+    tar = stack.enter_context(tarfile.open(path, "r:"))
+    manifest = json.load(_member(tar, "manifest.json"))
+    entries = [e for e in manifest if ref is None or ref in (e.get("RepoTags") or [])] if len(manifest) > 1 else manifest
+    if len(entries) != 1:
+        raise BuildFailed("ingest", f"expected one image named {ref or '(any)'} in the engine export, "
+                                    f"found {len(entries)}")
+    entry = entries[0]
+    config = _member(tar, entry["Config"]).read()
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    if len(diff_ids) != len(entry["Layers"]):
+        raise BuildFailed("ingest", "engine export lists a different number of layers than its config")
+
+    def opener(name: str) -> Opener:
+        @contextlib.contextmanager
+        def open_layer() -> Iterator[IO[bytes]]:
+            yield _member(tar, name)
+        return open_layer
+
+    return SourceImage(config, diff_ids, [opener(name) for name in entry["Layers"]])
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = tar.extractfile(name)
+    if handle is None:
+        raise BuildFailed("ingest", f"engine export has no file {name}")
+    return handle
+
+
+def _read_oci_layout(root: Path) -> SourceImage:
+    def blob(digest: str) -> Path:
+        algorithm, hexdigest = digest.split(":", 1)
+        return root / "blobs" / algorithm / hexdigest
+
+    index = json.loads((root / "index.json").read_text())
+    manifest = json.loads(blob(index["manifests"][0]["digest"]).read_bytes())
+    config = blob(manifest["config"]["digest"]).read_bytes()
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+
+    def opener(descriptor: dict[str, Any]) -> Opener:
+        @contextlib.contextmanager
+        def open_layer() -> Iterator[IO[bytes]]:
+            with open(blob(descriptor["digest"]), "rb") as raw:
+                media = descriptor["mediaType"]
+                if media.endswith("+gzip") or media.endswith(".gzip"):
+                    with gzip.GzipFile(fileobj=raw) as stream:
+                        yield stream  # type: ignore[misc]
+                elif media.endswith("+zstd"):
+                    with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+                        yield stream  # type: ignore[misc]
+                else:
+                    yield raw
+        return open_layer
+
+    return SourceImage(config, diff_ids, [opener(d) for d in manifest["layers"]])
+
+
+# --- compressing layers into the store -----------------------------------------------------
+
+
+class _Compressor:
+    """A write-only compressed stream with deterministic output (no names, no timestamps), so
+    equal layers always become equal blobs."""
+
+    def __init__(self, compression: str, out: IO[bytes]) -> None:
+        if compression == "zstd":
+            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+            self._stream: Any = cctx.stream_writer(out, closefd=False)
+        elif compression == "gzip":
+            self._stream = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0)
+        else:
+            raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
+
+    def write(self, data: bytes) -> None:
+        self._stream.write(data)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def compress_layer(stream: IO[bytes], compression: str, tmp_dir: Path) -> tuple[str, str, Path]:
+    """Compress ``stream`` into a temp file under ``tmp_dir``; returns (diff_id, blob digest,
+    temp path). Both digests are computed in the same pass."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="layer-", dir=tmp_dir)
+    path = Path(name)
+    uncompressed = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            compressor = _Compressor(compression, hashing)
+            while chunk := stream.read(CHUNK):
+                uncompressed.update(chunk)
+                compressor.write(chunk)
+            compressor.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return "sha256:" + uncompressed.hexdigest(), "sha256:" + hashing.hasher.hexdigest(), path
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.hasher = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.hasher.update(view)
+        self.out.write(view)
+        return len(view)
+
+
+def read_lock_files(source: SourceImage, expected: set[str]) -> dict[str, bytes]:
+    """The lock files (``/opt/envcache/lock/<name>``) as the image sees them: the topmost layer
+    holding a file wins. Layers are scanned from the top only until every expected file is
+    found, so the (large) base layers are normally never read."""
+    found: dict[str, bytes] = {}
+    prefix = LOCK_DIR + "/"
+    for opener in reversed(source.layers):
+        with opener() as stream, tarfile.open(fileobj=stream, mode="r|") as layer:
+            for member in layer:
+                name = member.name.removeprefix("./").lstrip("/")
+                if name.startswith(prefix) and member.isfile() and name[len(prefix):] not in found:
+                    handle = layer.extractfile(member)
+                    if handle is not None:
+                        found[name[len(prefix):]] = handle.read()
+        if expected <= found.keys():
+            break
+    return found
+
+
+def build_manifest(config: bytes, layers: list[LayerBlob], annotations: dict[str, str]) -> bytes:
+    body = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size} for layer in layers],
+        "annotations": annotations,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def build_index(entries: list[dict[str, Any]]) -> bytes:
+    body = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def platform_of(config: bytes) -> dict[str, str]:
+    data = json.loads(config)
+    platform = {"architecture": data.get("architecture") or "amd64", "os": data.get("os") or "linux"}
+    if data.get("variant"):
+        platform["variant"] = data["variant"]
+    return platform

@@ -1,0 +1,130 @@
+"""Stages in the store: published after a build, loaded back into an engine that lacks them.
+
+Each built stage is kept in envcache's registry as ``envcache/stage:<chain key>``, so another
+machine (through an upstream registry) or this one after an engine reset can start from the
+deepest shared stage instead of the base. Loading goes through the engine's image import (a
+``docker save``-format archive rebuilt from the stored blobs, layers decompressed) because Docker
+before 23.0 cannot pull zstd layers; the config bytes are kept, so the loaded image has the same
+id as the one originally built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from envcache.build import ingest as ingest_mod
+from envcache.build import plan
+from envcache.build.engines.base import Engine
+
+STAGE_REPOSITORY = "envcache/stage"
+LogFn = Callable[[str], None]
+
+
+def stored_stage(store: Any, key: str) -> Any:
+    """The stored manifest of stage ``key``, or None."""
+    if not store.repository_exists(STAGE_REPOSITORY):
+        return None
+    manifest = store.get_manifest(STAGE_REPOSITORY, key)
+    if manifest is None or manifest.media_type != ingest_mod.MEDIA_MANIFEST:
+        return None
+    return manifest
+
+
+def publish_stage_manifest(store: Any, key: str, kind: str, manifest: bytes) -> str:
+    """Tag an already ingested image (same config and layers) as stage ``key``."""
+    body = json.loads(manifest)
+    body["annotations"] = {"envcache.stage": kind}
+    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    return store.put_manifest(STAGE_REPOSITORY, key, data, ingest_mod.MEDIA_MANIFEST)
+
+
+@contextlib.contextmanager
+def _open_layer(store: Any, descriptor: dict[str, Any]) -> Iterator[IO[bytes]]:
+    with open(store.blobs.path(descriptor["digest"]), "rb") as raw:
+        media = descriptor["mediaType"]
+        if media.endswith("+zstd"):
+            with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+                yield stream  # type: ignore[misc]
+        elif media.endswith("gzip"):
+            with gzip.GzipFile(fileobj=raw) as stream:
+                yield stream  # type: ignore[misc]
+        else:
+            yield raw
+
+
+def stored_source(store: Any, manifest_body: bytes) -> ingest_mod.SourceImage:
+    """A stored image as an ingest source (uncompressed layer streams)."""
+    manifest = json.loads(manifest_body)
+    config = store.blobs.path(manifest["config"]["digest"]).read_bytes()
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+
+    def opener(descriptor: dict[str, Any]) -> ingest_mod.Opener:
+        return lambda: _open_layer(store, descriptor)
+
+    return ingest_mod.SourceImage(config, diff_ids, [opener(d) for d in manifest["layers"]])
+
+
+def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None:
+    """A ``docker save``-format archive: what both ``docker load`` and buildah import."""
+    config_name = ingest_mod.sha256_digest(source.config).split(":", 1)[1] + ".json"
+    layer_names = [f"{diff_id.split(':', 1)[1]}/layer.tar" for diff_id in source.diff_ids]
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        written: set[str] = set()
+        for name, opener in zip(layer_names, source.layers):
+            if name in written:
+                continue
+            written.add(name)
+            with tempfile.TemporaryFile(dir=path.parent) as spool:
+                with opener() as stream:
+                    shutil.copyfileobj(stream, spool, 1 << 20)
+                info = tarfile.TarInfo(name)
+                info.size = spool.tell()
+                spool.seek(0)
+                archive.addfile(info, spool)
+        for name, data in ((config_name, source.config),
+                           ("manifest.json", json.dumps([{"Config": config_name, "RepoTags": [tag],
+                                                          "Layers": layer_names}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+async def load_stage(store: Any, engine: Engine, key: str, log: LogFn) -> bool:
+    """Load stored stage ``key`` into the engine as ``envcache-stage:<key>``; False when the
+    store does not have it."""
+    manifest = stored_stage(store, key)
+    if manifest is None:
+        return False
+    tag = plan.stage_tag(key)
+    store.blobs.tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="envcache-load-", dir=store.blobs.tmp) as tmp:
+        archive = Path(tmp) / "image.tar"
+        await asyncio.to_thread(_write_archive, stored_source(store, manifest.body), tag, archive)
+        await engine.load(archive, tag)
+    log(f"stage {key}: loaded into {engine.name} from envcache's registry")
+    return True
+
+
+def lock_from_store(store: Any, repository: str, digest: str) -> dict[str, Any]:
+    """The lock of a stored image (pip freeze, conda records, Spark jars), read from
+    ``/opt/envcache/lock/*`` in its layers — for images that were pulled rather than built."""
+    from envcache.build.builder import _parse_locks
+
+    manifest = store.get_manifest(repository, digest)
+    if manifest is None:
+        return {"pip": [], "conda": [], "spark": []}
+    source = stored_source(store, manifest.body)
+    files = ingest_mod.read_lock_files(source, {"pip-freeze.txt", "conda.json", "spark.json"})
+    return {"pip": [], "conda": [], "spark": [], **_parse_locks(files)}

@@ -37,14 +37,22 @@ def emit(args: argparse.Namespace, text: str, data: Any) -> None:
         print(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``envcache`` parser; with ``command``, only the module that owns that verb is loaded.
+
+    WHY: ``envcache resolve`` runs on every CI job and Makefile step, so its start-up is the
+    product's latency. Importing every concern's ``commands`` module (``serve`` pulls in asyncio)
+    and building every sub-parser costs more than the lookup itself. An unknown verb, ``--help``
+    or ``--version`` still builds the full parser, so help and "did you mean" stay complete.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser = _Parser(prog="envcache", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in _COMMAND_MODULES:
+    owner = _COMMAND_OWNERS.get(command or "")
+    for module in [owner] if owner else _COMMAND_MODULES:
         importlib.import_module(module).register(sub, common)
     return parser
 
@@ -64,10 +72,22 @@ _COMMAND_MODULES = [
     "envcache.service.client_commands",  # resolve, ensure, warm, env, images, status
     "envcache.upstream.commands",  # upstream list|check, push KEY, pull KEY
 ]
+# Which module registers each verb, so one invocation imports only what it runs. A verb missing
+# here still works (the full parser is built); tests/test_service_cli.py checks this map against
+# what the modules register.
+_COMMAND_OWNERS = {
+    **dict.fromkeys(("hash", "canonical", "diff", "convert"), "envcache.spec.commands"),
+    **dict.fromkeys(("serve", "gc", "fsck"), "envcache.service.commands"),
+    **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.service.client_commands"),
+    **dict.fromkeys(("upstream", "push", "pull"), "envcache.upstream.commands"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The verb comes first: the top level has no options that take values.
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -88,4 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    # ``python -m envcache.cli``: let handlers' ``from envcache.cli import emit`` find this module
+    # instead of importing (and executing) it a second time.
+    sys.modules.setdefault("envcache.cli", sys.modules[__name__])
     sys.exit(main())

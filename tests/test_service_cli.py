@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
+import aiohttp
+import pytest
 import yaml
 
 
@@ -44,3 +47,94 @@ async def test_env_register_list_show_download_and_scaffold(daemon, tmp_path: Pa
     assert proc.returncode == 0 and (tmp_path / "fresh" / "azureml_environment.json").is_file()
     code, out, err = await cli(daemon, "resolve", str(tmp_path / "missing.yml"))
     assert code == 2 and "missing.yml" in err
+
+
+@pytest.fixture
+async def offline_daemon(make_daemon):
+    """A daemon with no default variant base images: definitions without a base resolve offline."""
+    from envcache.service.config import Config
+
+    return await make_daemon(Config(variants={}))
+
+
+async def seed_hit(daemon, path: Path) -> str:
+    """File an image for ``path`` (cpu) the way a finished build does: registry tag + images row."""
+    from envcache import spec
+    from envcache.client.files import DefinitionFiles
+    from tests.fixtures.daemon import push_image
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{daemon}/api/v1/resolve", json={
+                "document": DefinitionFiles.from_path(path).to_json(), "variant": "cpu"}) as resp:
+            miss = await resp.json()
+            assert resp.status == 404, miss
+        digest, _ = await push_image(http, daemon, "envcache/env", f"{miss['key']}-cpu")
+    canonical = spec.canonical_bytes(spec.for_variant(spec.load_definition(path), "cpu"))
+    now = time.time()
+    daemon.store.db["images"].insert({
+        "key": miss["key"], "variant": "cpu", "spec_hash": miss["spec_hash"], "canonical": canonical,
+        "repository": "envcache/env", "tag": f"{miss['key']}-cpu", "manifest_digest": digest, "size": 1,
+        "created": now, "last_used": now, "lock": "{}", "base_digest": "none", "recipe_version": "1"})
+    return f"{daemon.removeprefix('http://')}/envcache/env:{miss['key']}-cpu"
+
+
+# What a cache hit must not import in the CLI process: the definition parsers and aiohttp stay
+# in the daemon, and ``serve``'s asyncio is not needed for one request.
+HEAVY = ("yaml", "packaging", "pip_requirements_parser", "aiohttp", "asyncio", "envcache.spec")
+
+
+async def test_resolve_and_ensure_hit_from_raw_files_without_importing_parsers(offline_daemon, tmp_path: Path) -> None:
+    daemon = offline_daemon
+    from tests.test_client_files import write_tree
+
+    paths = write_tree(tmp_path)
+    for label in ("yaml", "conda", "requirements", "azure-dir"):
+        image = await seed_hit(daemon, paths[label])
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-X", "importtime", "-m", "envcache.cli", "resolve", str(paths[label]), "--variant", "cpu",
+            "--url", daemon, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0 and out.decode().strip() == image, (label, err.decode()[-2000:])
+        imported = {line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines() if line.startswith("import time:")}
+        assert not {m for m in imported if m.split(".")[0] in HEAVY or m.startswith(HEAVY)}, label
+        code, out, err = await cli(daemon, "ensure", str(paths[label]), "--variant", "cpu")
+        assert code == 0 and out.strip() == image and "envcache: hit in" in err, (label, err)
+    code, out, _ = await cli(daemon, "resolve", str(paths["json"]), "--variant", "cpu")
+    assert code == 3 and out == ""
+
+
+async def test_a_bad_file_exits_2_with_the_daemons_message_naming_file_and_line(daemon, tmp_path: Path) -> None:
+    from envcache import spec
+    from envcache.errors import EnvcacheError
+
+    bad = tmp_path / "env.yml"
+    bad.write_text("docker:\n  base_image: busybox\npython:\n  conda_dependencies:\n    pip_packages: ['six ==']\n")
+    try:
+        spec.load_definition(bad)
+    except EnvcacheError as exc:
+        expected = exc.message
+    assert "line 5" in expected
+    for verb in ("resolve", "ensure"):
+        code, out, err = await cli(daemon, verb, str(bad))
+        assert code == 2 and out == "" and err.strip() == f"envcache: error: {expected}", err
+    # A relative path is named as the user typed it.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "envcache.cli", "resolve", "env.yml", "--url", daemon, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and err.decode().startswith("envcache: error: env.yml: line 5"), err
+
+
+def test_each_verb_loads_only_the_module_that_registers_it() -> None:
+    import argparse
+
+    from envcache import cli
+
+    def verbs(parser: argparse.ArgumentParser) -> set[str]:
+        return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices}
+
+    assert verbs(cli.build_parser()) == set(cli._COMMAND_OWNERS)
+    for verb in cli._COMMAND_OWNERS:
+        assert verb in verbs(cli.build_parser(verb))
+    assert verbs(cli.build_parser("no-such-verb")) == set(cli._COMMAND_OWNERS)

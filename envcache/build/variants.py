@@ -48,4 +48,8 @@ def resolve_variant(variant: str, proc_root: str | Path = "/", dev_root: str | P
 
 def variant_base_image(config: Config, variant: str) -> str:
     """The daemon's base image for ``variant`` (``[variants.<variant>]`` in the config)."""
-    return config.variants[variant].base_image
+    entry = config.variants.get(variant)
+    if entry is None:
+        raise InvalidInput(f"the definition names no base image and the daemon config has no "
+                           f"[variants.{variant}] base_image; set one of them")
+    return entry.base_image

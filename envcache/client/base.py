@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from envcache.client.files import DefinitionFiles
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 
 DEFAULT_URL = "http://127.0.0.1:5050"
@@ -59,7 +60,10 @@ def error_for(status: int, body: bytes) -> EnvcacheError:
 
 
 def definition_document(definition: Any) -> dict[str, Any]:
-    """Accepts what users have at hand: a mapping, a spec Definition, a facade Environment, a path."""
+    """Accepts what users have at hand: a mapping, a spec Definition, a facade Environment, a path.
+
+    This loads a path locally (every format); :func:`_subject` prefers sending its files.
+    """
     if isinstance(definition, dict):
         return definition
     to_dict = getattr(definition, "to_definition_dict", None)
@@ -75,9 +79,15 @@ def definition_document(definition: Any) -> dict[str, Any]:
 
 
 def _subject(definition: Any = None, environment: tuple[str, int | None] | str | None = None) -> dict[str, Any]:
+    """The request's subject. A path is sent as its raw files when that is safe (the daemon loads
+    them; see :mod:`envcache.client.files`), so looking it up imports no definition parser here."""
     if environment is not None:
         name, version = (environment, None) if isinstance(environment, str) else environment
         return {"environment": {"name": name, "version": version}}
+    if isinstance(definition, (str, os.PathLike)):
+        definition = DefinitionFiles.from_path(definition) or definition
+    if isinstance(definition, DefinitionFiles):
+        return {"document": definition.to_json()}
     return {"definition": definition_document(definition)}
 
 

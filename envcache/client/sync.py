@@ -1,10 +1,11 @@
-"""``envcache.Client``: the blocking client, on the standard library only (fast to import)."""
+"""``envcache.Client``: the blocking client, on the standard library only (``urllib``).
+
+No aiohttp or asyncio import, so a CLI process that asks one question stays fast to start.
+"""
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,11 @@ class Client(Endpoints):
         return None
 
     def _open(self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None) -> Any:
+        """One request; HTTP errors come back as :class:`_HTTPFailure`, a dead daemon as unavailable."""
+        import http.client
+        import urllib.error
+        import urllib.request
+
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path + query_string(query), data=data, method=method,
                                          headers=headers(self.token))
@@ -41,16 +47,28 @@ class Client(Endpoints):
             raise _HTTPFailure(exc.code, exc.read()) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise unavailable(self.url, getattr(exc, "reason", exc)) from None
+        except http.client.HTTPException as exc:
+            raise _malformed(self.url, exc) from None
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                  query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+        import http.client
+
         try:
             with self._open(method, path, body, query) as response:
-                return json.loads(response.read())
+                status, payload = response.status, response.read()
         except _HTTPFailure as failure:
-            if none_on_404 and failure.status == 404:
-                return None
-            raise error_for(failure.status, failure.body) from None
+            status, payload = failure.status, failure.body
+        except http.client.HTTPException as exc:  # e.g. the body was cut short
+            raise _malformed(self.url, exc) from None
+        if status < 400:
+            try:
+                return json.loads(payload)
+            except ValueError as exc:
+                raise _malformed(self.url, exc) from None
+        if none_on_404 and status == 404:
+            return None
+        raise error_for(status, payload)
 
     def build_log(self, build_id: str, follow: bool = True) -> Iterator[str]:
         """The build's log lines, as they are written while the build runs."""
@@ -79,6 +97,10 @@ class Client(Endpoints):
         if build["state"] != "succeeded":
             raise EnvcacheError(f"build {build_id} failed: {build['error']}")
         return {"status": build["outcome"], "image": build["image"], "build": build}
+
+
+def _malformed(url: str, exc: Exception) -> EnvcacheError:
+    return EnvcacheError(f"the envcache daemon at {url} gave a malformed answer: {type(exc).__name__}: {exc}")
 
 
 class _HTTPFailure(Exception):

@@ -13,13 +13,16 @@ import json
 import logging
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import xxhash
 from aiohttp import web
 
 from envcache import __version__
+from envcache.client.files import check_files
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.service import metrics as metrics_mod
 from envcache.service.ensure import Build, BuildError, Ensurer, ImageRecord, Outcome
@@ -34,7 +37,6 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024  # one definition, or a warm list of a few hundred
 MAX_WARM_ITEMS = 1000
 ENSURER = web.AppKey("envcache_ensurer", Ensurer)
-ENVIRONMENTS = web.AppKey("envcache_environments", Environments)
 _VARIANTS = ("cpu", "gpu", "auto")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,13 +66,20 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error(500, "internal error (see the daemon log)")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object, read with a hard size cap."""
+async def _raw_body(request: web.Request) -> bytes:
+    """The request body, read with a hard size cap."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
+    return raw
+
+
+async def _body(request: web.Request, raw: bytes | None = None) -> dict[str, Any]:
+    """The request's JSON object, read with a hard size cap."""
+    if raw is None:
+        raw = await _raw_body(request)
     try:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -80,10 +89,84 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Any, tuple[str, int] | None]:
-    """A Definition from ``definition`` (a document) or ``environment`` ({name, version})."""
+class _DefinitionMemo:
+    """Definitions recently parsed from resolve/ensure bodies, by the body's xxh3-128.
+
+    WHY: build tools ask about the same few definitions over and over; parsing, validating and
+    (for raw files) loading them again is most of a hit's server time. Only bodies that name
+    their definition inline are kept (an ``environment`` reference can move to a new version).
+    A memoised Definition is never mutated (``for_variant`` copies it), and every hit still
+    canonicalises it and compares the stored canonical bytes, so the memo cannot hand out a
+    wrong image.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+
+    def get(self, digest: bytes) -> Any:
+        definition = self._items.get(digest)
+        if definition is not None:
+            self._items.move_to_end(digest)
+        return definition
+
+    def put(self, digest: bytes, definition: Any) -> None:
+        self._items[digest] = definition
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+ENVIRONMENTS = web.AppKey("envcache_environments", Environments)
+MEMO = web.AppKey("envcache_definition_memo", _DefinitionMemo)
+
+
+async def _subject(request: web.Request) -> tuple[dict[str, Any], Any, tuple[str, int] | None]:
+    """(body, Definition, environment) of a resolve/ensure request, parsed once per distinct body."""
+    raw = await _raw_body(request)
+    data = await _body(request, raw)
+    if "definition" not in data and "document" not in data:
+        definition, environment = _definition(request.app, data)
+        return data, definition, environment
+    memo = request.app[MEMO]
+    digest = xxhash.xxh3_128_digest(raw)
+    definition = memo.get(digest)
+    if definition is None:
+        definition, _ = _definition(request.app, data)
+        memo.put(digest, definition)
+    return data, definition, None
+
+
+def _load_files(item: Any, where: str) -> Any:
+    """A Definition from raw files (``document``), loaded by the same loaders as a local file.
+
+    The files go into a private temporary directory (after :func:`check_files` has made sure
+    nothing they include points outside it); messages name them as the client does.
+    """
     from envcache import spec
 
+    document = check_files(item)
+    with tempfile.TemporaryDirectory(prefix="envcache-document-") as tmp:
+        for name, text in document.files.items():
+            target = Path(tmp, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        try:
+            return spec.load_definition(Path(tmp, document.path), document.format)
+        except EnvcacheError as exc:
+            message = exc.message
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # belt and braces: bad input is a 400
+            message = f"invalid definition: {exc}"
+    shown = document.display_root
+    message = message.replace(tmp + "/", shown.rstrip("/") + "/" if shown else "").replace(tmp, shown or ".")
+    raise InvalidInput(f"{where}{message}")
+
+
+def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Any, tuple[str, int] | None]:
+    """A Definition from ``definition`` (a document), ``document`` (raw files) or ``environment``."""
+    from envcache import spec
+
+    if "document" in item and "definition" not in item:
+        return _load_files(item["document"], where), None
     if "definition" in item:
         body = item["definition"]
         if not isinstance(body, dict):
@@ -102,7 +185,8 @@ def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> 
         envs = app[ENVIRONMENTS]
         record = envs.get(ref["name"], version)
         return envs.definition(record.name, record.version), (record.name, record.version)
-    raise InvalidInput(f"{where}give either 'definition' (a definition document) or 'environment' ({{name, version}})")
+    raise InvalidInput(f"{where}give either 'definition' (a definition document), 'document' (its raw files) "
+                       "or 'environment' ({name, version})")
 
 
 def _version(value: Any, field: str) -> int | None:
@@ -143,8 +227,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def resolve(request: web.Request) -> web.Response:
-    data = await _body(request)
-    definition, _ = _definition(request.app, data)
+    data, definition, _ = await _subject(request)
     variant = _variant(data.get("variant"))
     ensurer = request.app[ENSURER]
     prepared = await ensurer.prepare(definition, variant)
@@ -158,8 +241,9 @@ async def resolve(request: web.Request) -> web.Response:
     return web.json_response({"status": "hit", "image": image.to_json(request.host)})
 
 
-async def _start(request: web.Request, item: dict[str, Any], variant: str, refresh: bool, where: str = "") -> Outcome:
-    definition, environment = _definition(request.app, item, where)
+async def _start(request: web.Request, item: dict[str, Any], variant: str, refresh: bool, where: str = "",
+                 subject: tuple[Any, tuple[str, int] | None] | None = None) -> Outcome:
+    definition, environment = subject or _definition(request.app, item, where)
     outcome = await request.app[ENSURER].ensure(definition, variant, refresh=refresh, environment=environment)
     counters = metrics_mod.get(request.app)
     (counters.hits if outcome.image is not None else counters.misses).labels(variant).inc()
@@ -167,9 +251,9 @@ async def _start(request: web.Request, item: dict[str, Any], variant: str, refre
 
 
 async def ensure(request: web.Request) -> web.Response:
-    data = await _body(request)
+    data, definition, environment = await _subject(request)
     variant = _variant(data.get("variant"))
-    outcome = await _start(request, data, variant, _flag(data, "refresh"))
+    outcome = await _start(request, data, variant, _flag(data, "refresh"), subject=(definition, environment))
     host = request.host
     if outcome.image is not None:
         return web.json_response({"status": "hit", "image": outcome.image.to_json(host)})
@@ -238,7 +322,8 @@ async def image_details(request: web.Request) -> web.Response:
 async def register_environment(request: web.Request) -> web.Response:
     data = await _body(request)
     name = check_name(data.get("name"))
-    definition, _ = _definition(request.app, {"definition": data.get("definition")})
+    source = "document" if "document" in data and "definition" not in data else "definition"
+    definition, _ = _definition(request.app, {source: data.get(source)})
     record, created = request.app[ENVIRONMENTS].register(name, definition)
     return web.json_response({"environment": record.to_json(), "created": created}, status=201 if created else 200)
 
@@ -375,6 +460,7 @@ def setup(app: web.Application) -> None:
     )
     app[ENSURER] = ensurer
     app[ENVIRONMENTS] = Environments(store.db, spec)
+    app[MEMO] = _DefinitionMemo()
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     app.middlewares.append(json_errors)
     app.on_startup.append(_start_flusher)

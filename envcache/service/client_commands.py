@@ -1,8 +1,9 @@
 """CLI verbs that talk to a running daemon: resolve, ensure, warm, env …, images, status.
 
 These are what build scripts and CI call, often on every job, so the module imports only the
-standard-library client at start-up; definitions are loaded locally (every input format works)
-and sent as envcache's definition document.
+standard-library client at start-up. ``resolve`` and ``ensure`` send the definition's raw files
+and the daemon loads them (:mod:`envcache.client.files`), so a hit imports no parser here;
+``warm`` and ``env register`` load definitions locally (a bad file is reported per item).
 
 Exit codes: 0 ok, 1 failure (daemon unreachable, build failed), 2 bad input, 3 not found /
 cache miss (``resolve``), so ``envcache resolve env.yml || make-image`` works in a Makefile.
@@ -93,11 +94,18 @@ def _document(path: str, fmt: str | None) -> dict[str, Any]:
     return definition_to_dict(load_definition(path, fmt))
 
 
+def _files_or_document(path: str, fmt: str | None) -> Any:
+    """The definition's raw files for the daemon to load (the fast hit path), else the loaded document."""
+    from envcache.client.files import DefinitionFiles
+
+    return DefinitionFiles.from_path(path, fmt) or _document(path, fmt)
+
+
 def _resolve(args: argparse.Namespace) -> int:
     from envcache.cli import emit
     from envcache.errors import NotFound
 
-    answer = _client(args).resolve(_document(args.path, args.format), args.variant)
+    answer = _client(args).resolve(_files_or_document(args.path, args.format), args.variant)
     if answer is None:
         if args.json:
             emit(args, "", {"status": "miss", "path": args.path, "variant": args.variant})
@@ -114,7 +122,7 @@ def _ensure(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     # Progress and the build log go to stderr; stdout gets only the image ref (or the JSON).
     answer = _client(args).ensure_image(
-        _document(args.path, args.format), args.variant, refresh=args.refresh,
+        _files_or_document(args.path, args.format), args.variant, refresh=args.refresh,
         on_log=None if quiet else (lambda line: print(f"  | {line}", file=sys.stderr, flush=True)),
     )
     if not quiet:

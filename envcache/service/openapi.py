@@ -98,15 +98,30 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "items": {"type": "array", "items": {"allOf": [_REF, {"type": "object", "properties": {"label": {"type": "string"}}}]}},
                 "variants": {"type": "array", "items": variant}, "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
                 "refresh": {"type": "boolean"}}})},
+        "/api/v1/gc": {"post": _op(
+            "Mark and sweep the store: untagged manifests, unreferenced blobs, idle uploads (write scope)",
+            {"200": _json(_OBJ), "409": _ERR},
+            {"type": "object", "properties": {
+                "dry_run": {"type": "boolean"}, "keep_days": {"type": ["number", "null"], "minimum": 0},
+                "grace_seconds": {"type": "number", "minimum": 0}}})},
     }
     schemas = {
         "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "status": {"type": "integer"}, "message": {"type": "string"}}}}},
         "DefinitionOrEnvironment": {"type": "object", "description": (
-            "either 'definition' (envcache's definition document, see README) or 'environment' "
+            "one of 'definition' (envcache's definition document, see README), 'document' (a "
+            "definition's raw files in any input format, loaded by the daemon) or 'environment' "
             "({name, version?}) naming a registered or curated environment"),
-            "properties": {"definition": _OBJ, "environment": {"type": "object", "properties": {
-                "name": {"type": "string"}, "version": {"type": "integer"}}}}},
+            "properties": {
+                "definition": _OBJ,
+                "document": {"type": "object", "required": ["path", "files"], "properties": {
+                    "path": {"type": "string", "description": "relative file or Azure ML directory"},
+                    "format": {"type": ["string", "null"], "description": "as --format; null detects it"},
+                    "files": {"type": "object", "additionalProperties": {"type": "string"},
+                              "description": "relative name → text; includes must stay inside"},
+                    "display_root": {"type": "string", "description": "how error messages show the path"}}},
+                "environment": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "version": {"type": "integer"}}}}},
         "Image": {"type": "object", "properties": {k: {"type": t} for k, t in {
             "key": "string", "variant": "string", "spec_hash": "string", "image": "string", "repository": "string",
             "tag": "string", "digest": "string", "size": "integer", "created": "number", "last_used": "number",

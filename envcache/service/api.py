@@ -442,20 +442,27 @@ def setup(app: web.Application) -> None:
     """Add the JSON API, /metrics and the ensure machinery to the daemon's app."""
     from envcache import spec
 
+    from envcache.upstream import wiring as upstream_wiring
+
     store, config = app["store"], app["config"]
     metrics = metrics_mod.setup(app)
-    resolver = BaseDigestResolver(store.db, make_resolvers(app), float(config.resolve.base_digest_ttl))
+    # Upstream registries: pulled from on a miss (a source), pushed to after a build (the hook),
+    # and base images fetched through them (a resolver, before the plain remote lookup).
+    upstream = upstream_wiring.setup(app)
+    resolvers = make_resolvers(app)
+    resolvers.insert(2, upstream_wiring.base_resolver(app))
+    resolver = BaseDigestResolver(store.db, resolvers, float(config.resolve.base_digest_ttl))
 
     def on_build_done(build: Build, seconds: float) -> None:
         metrics.builds.labels(build.outcome if build.state == "succeeded" else "failed").inc()
         metrics.build_seconds.observe(seconds)
+        upstream.on_build_done(build, seconds)
 
-    # ``sources`` is where pulling from upstream registries plugs in (tried before building,
-    # inside the same single-flight build); none until the upstream tier is wired here.
     ensurer = Ensurer(
         db=store.db, spec=spec, resolver=resolver, builder=make_builder(app), recipe_version=recipe_version(),
         variant_bases={name: v.base_image for name, v in config.variants.items()},
-        concurrency=config.build.concurrency, sources=[], on_build_done=on_build_done, set_tag=store.set_tag,
+        concurrency=config.build.concurrency, sources=upstream.as_sources(), on_build_done=on_build_done,
+        set_tag=store.set_tag,
         has_manifest=lambda repo, tag: store.get_manifest(repo, tag, with_body=False) is not None,
     )
     app[ENSURER] = ensurer

@@ -1,0 +1,171 @@
+"""Pull-through for base images: origin (or mirror) → the daemon's own registry.
+
+A definition names its base as a normal reference (``ubuntu:22.04``,
+``registry.example.com/ml/cuda:12``). The image key needs that tag resolved to a digest, and the
+builder needs the image's bytes. Fetching both through the daemon means a team's runners ask the
+origin once per TTL, keep the base in their store for offline rebuilds, and can point at a
+mirror when the origin is far away or rate-limited.
+
+Locally a base lives at its own name with the registry host in front (``:`` becomes ``-``, which
+repository names cannot contain): ``docker.io/library/ubuntu:22.04``,
+``127.0.0.1-5000/busybox:latest``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from envcache.errors import EnvcacheError, InvalidInput
+from envcache.upstream.client import RegistryClient
+from envcache.upstream.config import Upstream
+from envcache.upstream.copy import pull_image
+
+_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._/:-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """A parsed, normalised image reference."""
+
+    host: str          # registry host[:port]; docker.io for Docker Hub
+    path: str          # repository path on that registry (library/ubuntu)
+    tag: str | None
+    digest: str | None
+
+    @property
+    def ref(self) -> str:
+        """What to ask the registry for: the digest if pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def local_repository(self) -> str:
+        return f"{self.host.replace(':', '-')}/{self.path}"
+
+    def __str__(self) -> str:
+        text = f"{self.host}/{self.path}"
+        if self.tag:
+            text += f":{self.tag}"
+        return text + (f"@{self.digest}" if self.digest else "")
+
+
+def parse_reference(reference: str) -> BaseRef:
+    """``ubuntu`` → docker.io/library/ubuntu:latest, as Docker expands short names."""
+    text = reference.strip()
+    first, sep, rest = text.partition("/")
+    if not sep or ("." not in first and ":" not in first and first != "localhost"):
+        host, remainder = "docker.io", text
+        if "/" not in remainder:
+            remainder = f"library/{remainder}"
+    else:
+        host, remainder = first, rest
+    match = _REF.match(remainder)
+    if not match or match.group("name").endswith("/"):
+        raise InvalidInput(f"invalid image reference {reference!r}")
+    name = match.group("name")
+    tag = match.group("tag")
+    digest = match.group("digest")
+    if tag is None and digest is None:
+        tag = "latest"
+    if host in _DOCKER_HUB:
+        host = "docker.io"
+    return BaseRef(host, name, tag, digest)
+
+
+def origin_upstream(ref: BaseRef, upstreams: Sequence[Upstream]) -> Upstream:
+    """The origin registry of ``ref`` as an Upstream, with credentials/TLS if one is configured."""
+    for upstream in upstreams:
+        if upstream.host == ref.host or (ref.host == "docker.io" and upstream.host in _DOCKER_HUB):
+            return upstream
+    if ref.host == "docker.io":
+        return Upstream(url="https://registry-1.docker.io", prefix="", mode="pull")
+    loopback = ref.host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
+    # Docker's own rule: loopback registries may speak plain HTTP, anything else must use TLS.
+    return Upstream(url=f"{'http' if loopback else 'https'}://{ref.host}", prefix="", mode="pull")
+
+
+@dataclass
+class BaseImage:
+    reference: str
+    digest: str
+    local_repository: str
+    source: str           # the registry the bytes came from
+    bytes_copied: int
+
+
+class BasePuller:
+    """Fetches base images into the store; also usable as a ``BaseDigestResolver`` resolver."""
+
+    def __init__(self, store: Any, upstreams: Sequence[Upstream], client_for: Any = None) -> None:
+        self.store = store
+        self.upstreams = list(upstreams)
+        self._own: dict[str, RegistryClient] = {}
+        self._client_for = client_for
+        self.__name__ = "upstream pull-through"   # how BaseDigestResolver names us in errors
+
+    def _client(self, upstream: Upstream) -> RegistryClient:
+        if self._client_for is not None:
+            return self._client_for(upstream)
+        if upstream.url not in self._own:
+            self._own[upstream.url] = RegistryClient(upstream)
+        return self._own[upstream.url]
+
+    def sources_for(self, ref: BaseRef) -> list[Upstream]:
+        """Mirrors configured for the origin first, then the origin itself."""
+        mirrors = [replace(u, prefix="") for u in self.upstreams
+                   if u.can_pull and (ref.host in u.mirror_for or (ref.host == "docker.io" and
+                                                                   _DOCKER_HUB & set(u.mirror_for)))]
+        return mirrors + [origin_upstream(ref, self.upstreams)]
+
+    async def pull(self, reference: str) -> BaseImage:
+        """Fetch ``reference`` (mirror, then origin) into the store, tagged under its own name."""
+        ref = parse_reference(reference)
+        errors: list[str] = []
+        for upstream in self.sources_for(ref):
+            try:
+                stats = await pull_image(self._client(upstream), ref.path, ref.ref, self.store,
+                                         ref.local_repository, ref.tag)
+            except EnvcacheError as exc:
+                errors.append(str(exc))
+                continue
+            if stats is None:
+                errors.append(f"{upstream.url}/{ref.path}:{ref.ref} not found")
+                continue
+            return BaseImage(str(ref), stats.digest, ref.local_repository, upstream.url, stats.bytes_copied)
+        raise BaseNotAvailable(f"cannot fetch base image {ref}: " + "; ".join(errors))
+
+    async def __call__(self, reference: str) -> str | None:
+        """Resolver protocol: the base's *config* digest (the engine's image id) after caching it.
+
+        Image keys use the config digest on every machine (a builder knows its base by engine id,
+        a pull-only laptop by registry content), so this must answer the same kind of digest as
+        the service's other resolvers; their ``config_digest`` is reused to guarantee it.
+        """
+        if reference == "scratch":
+            return None
+        from envcache.service.wiring import config_digest
+
+        pulled = await self.pull(reference)
+        manifest = self.store.get_manifest(pulled.local_repository, pulled.digest)
+        if manifest is None:
+            return None
+
+        async def child(digest: str) -> bytes | None:
+            found = self.store.get_manifest(pulled.local_repository, digest)
+            return found.body if found else None
+
+        return await config_digest(manifest.body, child)
+
+    async def aclose(self) -> None:
+        for client in self._own.values():
+            await client.close()
+        self._own.clear()
+
+
+class BaseNotAvailable(EnvcacheError):
+    """Neither a mirror nor the origin could provide the base image."""
+
+    http_status = 502

@@ -1,0 +1,192 @@
+"""``envcache upstream list|check``, ``envcache push KEY`` and ``envcache pull KEY``.
+
+These work on the daemon's data directory directly (SQLite in WAL mode tolerates a running
+daemon beside them), so a CI job can warm or publish without going through the HTTP API.
+Heavy imports stay inside the handlers so ``envcache --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from envcache.cli import emit
+from envcache.errors import InvalidInput, NotFound
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    def config_args(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", type=Path, help="daemon TOML config with [[upstreams]] tables")
+        parser.add_argument("--data", type=Path, help="data directory (overrides server.data_dir)")
+
+    up = sub.add_parser("upstream", parents=[common], help="shared upstream registries")
+    up_sub = up.add_subparsers(dest="upstream_command", metavar="ACTION")
+    up_sub.required = True
+    p = up_sub.add_parser("list", parents=[common], help="configured upstreams and recent pushes")
+    config_args(p)
+    p.set_defaults(handler=_list)
+    p = up_sub.add_parser("check", parents=[common],
+                          help="reachability, auth and what is cached on each upstream")
+    config_args(p)
+    p.set_defaults(handler=_check)
+
+    for verb, helptext in (("push", "push a cached image (and its stages) to the push upstreams"),
+                           ("pull", "pull an image from the pull upstreams into the local store")):
+        p = sub.add_parser(verb, parents=[common], help=helptext)
+        p.add_argument("key", metavar="KEY", help="image key, or the full tag KEY-VARIANT")
+        p.add_argument("--variant", choices=("cpu", "gpu"), default=None,
+                       help="variant (default: the only one cached for KEY, else cpu)")
+        p.add_argument("--upstream", metavar="URL", help="only this upstream (its url as configured)")
+        config_args(p)
+        p.set_defaults(handler=_push if verb == "push" else _pull)
+
+
+def load_settings(config_path: Path | None, data: Path | None) -> tuple[Path, list[Any]]:
+    """(data dir, upstreams) from the daemon config, read exactly as ``envcache serve`` reads it."""
+    from envcache.service.config import load_config
+
+    config = load_config(config_path)
+    return Path(data or config.server.data_dir), list(config.upstreams)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from envcache.store import Store
+    from envcache.upstream.push import push_status
+
+    data_dir, upstreams = load_settings(args.config, args.data)
+    store = Store(data_dir)
+    try:
+        pushes = push_status(store.db, limit=20)
+    finally:
+        store.close()
+    lines = [f"{u.url}  prefix={u.prefix}  mode={u.mode}  auth={u.describe()['auth']}" for u in upstreams] \
+        or ["no upstreams configured (add [[upstreams]] tables to the daemon config)"]
+    counts = pushes["counts"]
+    lines.append("pushes: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for row in pushes["recent"]:
+        if row["state"] != "done":
+            lines.append(f"  {row['state']}: {row['repository']}:{row['tag']} -> {row['upstream']} "
+                         f"(attempts {row['attempts']}){': ' + row['error'] if row['error'] else ''}")
+    emit(args, "\n".join(lines), {"upstreams": [u.describe() for u in upstreams], "pushes": pushes})
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    _, upstreams = load_settings(args.config, args.data)
+    results = asyncio.run(_check_all(upstreams))
+    lines = []
+    for r in results:
+        state = "ok" if r["ok"] else "FAILED"
+        detail = r.get("error") or f"{r['env_tags']} images, {r['stage_tags']} stages under {r['prefix']}/"
+        lines.append(f"{r['url']}: {state} ({detail})")
+    emit(args, "\n".join(lines) or "no upstreams configured", {"upstreams": results})
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+async def _check_all(upstreams: list[Any]) -> list[dict[str, Any]]:
+    from envcache.errors import EnvcacheError
+    from envcache.upstream.client import RegistryClient
+
+    results = []
+    for upstream in upstreams:
+        result: dict[str, Any] = {"url": upstream.url, "prefix": upstream.prefix, "mode": upstream.mode}
+        async with RegistryClient(upstream) as client:
+            try:
+                # Listing a real repository exercises the whole auth flow (token scopes included).
+                result["env_tags"] = len(await client.list_tags(upstream.repo("env")))
+                result["stage_tags"] = len(await client.list_tags(upstream.repo("stage")))
+                result["ok"] = True
+            except EnvcacheError as exc:
+                result.update(ok=False, error=str(exc))
+        results.append(result)
+    return results
+
+
+def _select(upstreams: list[Any], url: str | None, push: bool) -> list[Any]:
+    chosen = [u for u in upstreams if (u.can_push if push else u.can_pull) and (url is None or u.url == url.rstrip("/"))]
+    if not chosen:
+        raise InvalidInput(f"no {'push' if push else 'pull'} upstream configured"
+                           + (f" with url {url}" if url else "") + " (see [[upstreams]] in the config)")
+    return chosen
+
+
+def _tag_for(store: Any, key: str, variant: str | None) -> str:
+    """Resolve KEY (+variant) to the local tag, consulting the images table when it can."""
+    if variant:
+        return f"{key}-{variant}"
+    if key.endswith(("-cpu", "-gpu")):
+        return key
+    rows = list(store.db.query("select tag from images where key = ?", [key]))
+    return rows[0]["tag"] if rows else f"{key}-cpu"
+
+
+def _push(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from envcache.store import Store
+    from envcache.upstream.source import ENV_REPO, UpstreamSource
+
+    data_dir, upstreams = load_settings(args.config, args.data)
+    chosen = _select(upstreams, args.upstream, push=True)
+    store = Store(data_dir)
+
+    async def run() -> list[dict[str, Any]]:
+        source = UpstreamSource(store, chosen, push_attempts=3, push_backoff=0.5)
+        try:
+            tag = _tag_for(store, args.key, args.variant)
+            if store.get_manifest(ENV_REPO, tag, with_body=False) is None:
+                raise NotFound(f"image {ENV_REPO}:{tag} is not in the local store")
+            ids = source.push_after_build(ENV_REPO, tag)
+            await source.pushes.drain()
+            marks = ",".join("?" * len(ids))
+            return list(store.db.query(
+                f"select upstream, repository, tag, remote_repository, state, attempts, error, bytes, mounted "
+                f"from upstream_pushes where id in ({marks})", ids))
+        finally:
+            await source.aclose()
+
+    try:
+        rows = asyncio.run(run())
+    finally:
+        store.close()
+    lines = [f"{r['state']}: {r['repository']}:{r['tag']} -> {r['upstream']}/{r['remote_repository']} "
+             f"({r['bytes']} bytes sent, {r['mounted']} mounted)" + (f": {r['error']}" if r["error"] else "")
+             for r in rows]
+    emit(args, "\n".join(lines), {"pushes": rows})
+    return 0 if all(r["state"] == "done" for r in rows) else 1
+
+
+def _pull(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from envcache.store import Store
+    from envcache.upstream.source import UpstreamSource
+
+    data_dir, upstreams = load_settings(args.config, args.data)
+    chosen = _select(upstreams, args.upstream, push=False)
+    store = Store(data_dir)
+
+    async def run() -> tuple[Any, list[str]]:
+        source = UpstreamSource(store, chosen)
+        try:
+            tag = _tag_for(store, args.key, args.variant)
+            key, _, variant = tag.rpartition("-")
+            return await source.try_pull(key, variant), source.last_errors
+        finally:
+            await source.aclose()
+
+    try:
+        hit, errors = asyncio.run(run())
+    finally:
+        store.close()
+    if hit is None:
+        detail = f" (upstream errors: {'; '.join(errors)})" if errors else ""
+        raise NotFound(f"image {args.key}: not found on any pull upstream{detail}")
+    emit(args, f"pulled {hit.repository}:{hit.tag} {hit.manifest_digest} from {hit.upstream} "
+               f"({hit.stats.get('bytes_copied', 0)} bytes copied)",
+         {"repository": hit.repository, "tag": hit.tag, "digest": hit.manifest_digest,
+          "upstream": hit.upstream, "stats": hit.stats})
+    return 0

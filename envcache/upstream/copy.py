@@ -1,0 +1,176 @@
+"""Copy images between an upstream registry and the local store.
+
+Pull order is bottom-up: blobs first (each verified by digest as it streams into the store),
+then the per-platform manifests by digest, and the tag last. The tag is the only thing other
+code looks up, so an interrupted or lying upstream can leave at most some verified, unreferenced
+blobs (collected by GC) — never a tag pointing at something incomplete or unverified.
+
+Push order is the same, so a registry never sees a manifest whose blobs it lacks: blobs (HEAD
+first, then a cross-repository mount from a sibling repository, then an upload), manifests, and
+the index under its tag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from envcache.errors import InvalidInput
+from envcache.upstream.client import INDEX_TYPES, RegistryClient, RemoteManifest, UpstreamError
+
+
+@dataclass
+class CopyStats:
+    """What a copy moved; pull-vs-build benchmarks and ``envcache pull`` report it."""
+
+    manifests: int = 0
+    blobs_copied: int = 0
+    blobs_skipped: int = 0     # already present on the destination (or mounted)
+    blobs_mounted: int = 0
+    bytes_copied: int = 0
+    digest: str = ""
+    media_type: str = ""
+    size: int = 0              # sum of the image's config + layer sizes (all platforms)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _descriptors(doc: Any, where: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(child manifests, blobs) named by a manifest document; validates what we will trust."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{where}: manifest is not a JSON object")
+    children = doc.get("manifests") if isinstance(doc.get("manifests"), list) else []
+    blobs: list[dict[str, Any]] = []
+    if isinstance(doc.get("config"), dict):
+        blobs.append(doc["config"])
+    if isinstance(doc.get("layers"), list):
+        blobs.extend(doc["layers"])
+    for desc in children + blobs:
+        if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str) \
+                or not isinstance(desc.get("size"), int) or desc["size"] < 0:
+            raise InvalidInput(f"{where}: malformed descriptor {str(desc)[:200]}")
+    return children, blobs
+
+
+async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: Any,
+                     local_repo: str, local_tag: str | None = None) -> CopyStats | None:
+    """Copy ``remote_repo:ref`` into ``store`` as ``local_repo:local_tag``; ``None`` if absent upstream."""
+    top = await client.get_manifest(remote_repo, ref)
+    if top is None:
+        return None
+    stats = CopyStats(digest=top.digest, media_type=top.media_type)
+    todo: list[RemoteManifest] = [top]
+    ordered: list[RemoteManifest] = []
+    while todo:
+        manifest = todo.pop()
+        ordered.append(manifest)
+        try:
+            children, blobs = _descriptors(_json(manifest, client), f"{remote_repo}@{manifest.digest}")
+        except InvalidInput as exc:
+            raise UpstreamError(f"upstream {client.upstream.url}: {exc}") from exc
+        if manifest.media_type not in INDEX_TYPES and children:
+            raise UpstreamError(f"upstream {client.upstream.url}: {manifest.digest} is an image manifest with children")
+        for child in children:
+            if store.get_manifest(local_repo, child["digest"]) is not None:
+                stats.notes.append(f"manifest {child['digest']} already local")
+                stats.size += image_size(store, local_repo, child["digest"])
+                continue
+            fetched = await client.get_manifest(remote_repo, child["digest"])
+            if fetched is None:
+                raise UpstreamError(f"upstream {client.upstream.url}: index {manifest.digest} names "
+                                    f"{child['digest']}, which is missing")
+            todo.append(fetched)
+        for blob in blobs:
+            stats.size += blob["size"]
+            if store.blobs.exists(blob["digest"]):
+                stats.blobs_skipped += 1
+                continue
+            _, chunks = await client.blob_stream(remote_repo, blob["digest"], blob["size"])
+            try:
+                await store.blobs.write(chunks, expected_digest=blob["digest"], expected_size=blob["size"],
+                                        media_type=blob.get("mediaType"))
+            except InvalidInput as exc:   # digest or size mismatch: the store kept nothing
+                raise UpstreamError(f"upstream {client.upstream.url}: blob {blob['digest']} "
+                                    f"failed verification: {exc}") from exc
+            finally:
+                await chunks.aclose()
+            stats.blobs_copied += 1
+            stats.bytes_copied += blob["size"]
+    # Children before parents: the tag (on the top manifest) goes in last.
+    for manifest in reversed(ordered):
+        is_top = manifest is top
+        store.put_manifest(local_repo, manifest.digest, manifest.body, manifest.media_type)
+        stats.manifests += 1
+        if is_top and local_tag:
+            store.set_tag(local_repo, local_tag, manifest.digest)
+    return stats
+
+
+async def push_image(client: RegistryClient, store: Any, local_repo: str, ref: str, remote_repo: str,
+                     remote_tag: str | None = None, mount_from: tuple[str, ...] = ()) -> CopyStats:
+    """Push ``local_repo:ref`` from ``store`` to ``remote_repo:remote_tag`` (or by digest)."""
+    top = store.get_manifest(local_repo, ref)
+    if top is None:
+        raise InvalidInput(f"{local_repo}:{ref} is not in the local store")
+    stats = CopyStats(digest=top.digest, media_type=top.media_type)
+    await _push_manifest(client, store, local_repo, top.digest, top.media_type, top.body,
+                         remote_repo, remote_tag or top.digest, mount_from, stats)
+    return stats
+
+
+async def _push_manifest(client: RegistryClient, store: Any, local_repo: str, digest: str, media_type: str,
+                         body: bytes, remote_repo: str, remote_ref: str, mount_from: tuple[str, ...],
+                         stats: CopyStats) -> None:
+    children, blobs = _descriptors(json.loads(body), f"{local_repo}@{digest}")
+    for child in children:
+        local = store.get_manifest(local_repo, child["digest"])
+        if local is None:
+            raise InvalidInput(f"{local_repo}@{digest} names {child['digest']}, which is not in the local store")
+        await _push_manifest(client, store, local_repo, local.digest, local.media_type, local.body,
+                             remote_repo, local.digest, mount_from, stats)
+    for blob in blobs:
+        d = blob["digest"]
+        stats.size += blob["size"]
+        if await client.blob_exists(remote_repo, d):
+            stats.blobs_skipped += 1
+            continue
+        path = store.blobs.path(d)
+        if not path.is_file():
+            raise InvalidInput(f"blob {d} of {local_repo}@{digest} is not in the local store")
+        mounted, session = False, None
+        for source in mount_from:
+            if source != remote_repo:
+                mounted, session = await client.mount_blob(remote_repo, d, source)
+                if mounted or session is not None:
+                    break
+        if mounted:
+            stats.blobs_mounted += 1
+            continue
+        # A refused mount already opened an upload session: upload into it.
+        await client.upload_blob(remote_repo, d, path, session)
+        stats.blobs_copied += 1
+        stats.bytes_copied += blob["size"]
+    await client.put_manifest(remote_repo, remote_ref, body, media_type)
+    stats.manifests += 1
+
+
+def _json(manifest: RemoteManifest, client: RegistryClient) -> Any:
+    try:
+        return json.loads(manifest.body)
+    except ValueError as exc:
+        raise UpstreamError(f"upstream {client.upstream.url}: manifest {manifest.digest} is not JSON") from exc
+
+
+def image_size(store: Any, repo: str, digest: str) -> int:
+    """Config + layer bytes of a local image (all platforms of an index)."""
+    manifest = store.get_manifest(repo, digest)
+    if manifest is None:
+        return 0
+    try:
+        children, blobs = _descriptors(json.loads(manifest.body), digest)
+    except (InvalidInput, ValueError):
+        return 0
+    return sum(b["size"] for b in blobs) + sum(image_size(store, repo, c["digest"]) for c in children)

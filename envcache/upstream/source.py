@@ -1,0 +1,231 @@
+"""The upstream tier as the daemon sees it: a source tried before building, and a push hook.
+
+``UpstreamSource`` plugs into :class:`envcache.service.ensure.Ensurer` as one of its
+``sources`` (it is called with the prepared request and the build log) and as its
+``on_build_done`` hook (push what was just built). Upstream trouble — unreachable, stalled,
+refusing, or answering garbage — is logged to the build log and kept in ``last_errors``; it
+never fails the ensure: the daemon then builds, as it would with no upstream at all.
+
+Naming: locally an image is ``envcache/env:<key>-<variant>`` and a stage image
+``envcache/stage:<chain key>``; on an upstream they live under the upstream's prefix
+(``<prefix>/env``, ``<prefix>/stage``) with the same tags, so any OCI client can list them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from envcache.errors import EnvcacheError
+from envcache.upstream.client import RegistryClient, Timeouts
+from envcache.upstream.config import Upstream
+from envcache.upstream.copy import image_size, pull_image
+from envcache.upstream.push import PushQueue, push_status
+
+log = logging.getLogger(__name__)
+
+ENV_REPO = "envcache/env"
+STAGE_REPO = "envcache/stage"
+LogFn = Callable[[str], None]
+
+
+def image_tag(key: str, variant: str) -> str:
+    """The tag an image key is filed under (DESIGN.md: ``envcache/env:<image key>-<variant>``)."""
+    return f"{key}-{variant}"
+
+
+@dataclass
+class PulledImage:
+    """What the ensure machinery records for an image obtained by pull (``BuiltLike``)."""
+
+    repository: str
+    tag: str
+    manifest_digest: str
+    size: int
+    lock: dict = field(default_factory=dict)
+    upstream: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+class UpstreamSource:
+    """Pull on a miss (whole image, else deepest shared stage) and push after a build."""
+
+    def __init__(self, store: Any, upstreams: Sequence[Upstream], *, timeouts: Timeouts | None = None,
+                 stage_keys: Callable[[Any], list[str] | Awaitable[list[str]]] | None = None,
+                 lock_reader: Callable[[Any, str, str], dict] | None = None, push_attempts: int = 5,
+                 push_backoff: float = 1.0) -> None:
+        self.store = store
+        self.upstreams = list(upstreams)
+        self.timeouts = timeouts
+        # Chain keys of the request's stages, shallowest first (supplied by the build side,
+        # which owns the root key formula); without it only whole images are pulled.
+        self.stage_keys = stage_keys
+        # Reads the lock (pip freeze / conda list) a pulled image carries in its layers; the
+        # build side owns that format.
+        self.lock_reader = lock_reader
+        self._clients: dict[str, RegistryClient] = {}
+        self.pushes = PushQueue(store, self.client, max_attempts=push_attempts, backoff=push_backoff)
+        self.last_errors: list[str] = []
+        self.counters = {"pull_hits": 0, "pull_misses": 0, "pull_errors": 0, "stage_pulls": 0,
+                         "bytes_pulled": 0}
+
+    def client(self, upstream: Upstream) -> RegistryClient:
+        if upstream.url not in self._clients:
+            self._clients[upstream.url] = RegistryClient(upstream, timeouts=self.timeouts)
+        return self._clients[upstream.url]
+
+    @property
+    def pull_upstreams(self) -> list[Upstream]:
+        return [u for u in self.upstreams if u.can_pull]
+
+    @property
+    def push_upstreams(self) -> list[Upstream]:
+        return [u for u in self.upstreams if u.can_push]
+
+    # ------------------------------------------------------------------ the ensure seam
+
+    def as_sources(self) -> list[UpstreamSource]:
+        """What to pass as the Ensurer's ``sources``: nothing when no upstream can be pulled from."""
+        return [self] if self.pull_upstreams else []
+
+    async def __call__(self, prepared: Any, log_fn: LogFn) -> PulledImage | None:
+        """``Source`` for the Ensurer: the whole image, or else warm the deepest shared stage."""
+        hit = await self.try_pull(prepared.key, prepared.variant, log_fn=log_fn)
+        if hit is not None:
+            return hit
+        if self.stage_keys is not None:
+            try:
+                keys = self.stage_keys(prepared)
+                if inspect.isawaitable(keys):
+                    keys = await keys
+            except Exception as exc:  # noqa: BLE001 - a source never fails the ensure: build all stages
+                log_fn(f"upstream: cannot compute stage keys ({exc}); building every stage")
+                return None
+            await self.try_pull_stage(keys, log_fn=log_fn)
+        return None
+
+    def on_build_done(self, build: Any, _seconds: float = 0.0) -> None:
+        """``Ensurer(on_build_done=...)`` hook: push images this daemon built (not pulled ones)."""
+        image = getattr(build, "image", None)
+        if getattr(build, "state", None) == "succeeded" and getattr(build, "outcome", None) == "built" and image:
+            self.push_after_build(image.repository, image.tag)
+
+    async def try_pull(self, image_key: str, variant: str, *, log_fn: LogFn | None = None) -> PulledImage | None:
+        """Look the image up on each pull upstream in order; copy it in on the first hit."""
+        hit = await self._pull_first(ENV_REPO, image_tag(image_key, variant), "env", log_fn)
+        self.counters["pull_hits" if hit is not None else "pull_misses"] += 1
+        return hit
+
+    async def try_pull_stage(self, stage_keys: Sequence[str], *, log_fn: LogFn | None = None) -> PulledImage | None:
+        """Pull the deepest stage image (``envcache/stage:<chain key>``) any upstream has."""
+        for key in reversed(list(stage_keys)):
+            if self.store.get_manifest(STAGE_REPO, key, with_body=False) is not None:
+                return None        # already local at this depth: the builder will find it
+            hit = await self._pull_first(STAGE_REPO, key, "stage", log_fn)
+            if hit is not None:
+                self.counters["stage_pulls"] += 1
+                return hit
+        return None
+
+    async def _pull_first(self, local_repo: str, tag: str, kind: str, log_fn: LogFn | None) -> PulledImage | None:
+        say = log_fn or (lambda _line: None)
+        local = self.store.get_manifest(local_repo, tag, with_body=False)
+        if local is not None:      # pulled earlier (``envcache pull``) but not yet filed as an image
+            say(f"upstream: {local_repo}:{tag} already in the local store")
+            return PulledImage(local_repo, tag, local.digest, _size(self.store, local_repo, tag),
+                               lock=self._lock_of(local_repo, local.digest))
+        for upstream in self.pull_upstreams:
+            remote = upstream.repo(kind)
+            began = time.monotonic()
+            try:
+                stats = await pull_image(self.client(upstream), remote, tag, self.store, local_repo, tag)
+            except EnvcacheError as exc:
+                self._error(f"pull {remote}:{tag} from {upstream.url}: {exc}", say)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any upstream failure means "build instead"
+                self._error(f"pull {remote}:{tag} from {upstream.url}: {type(exc).__name__}: {exc}", say)
+                continue
+            if stats is None:
+                say(f"upstream: {upstream.url}/{remote}:{tag} not found")
+                continue
+            self.counters["bytes_pulled"] += stats.bytes_copied
+            say(f"upstream: pulled {upstream.url}/{remote}:{tag} {stats.digest} "
+                f"({stats.blobs_copied} blobs, {stats.bytes_copied} bytes copied, "
+                f"{stats.blobs_skipped} already local) in {time.monotonic() - began:.2f}s")
+            return PulledImage(local_repo, tag, stats.digest, stats.size, lock=self._lock_of(local_repo, stats.digest),
+                               upstream=upstream.url, stats=stats.as_dict())
+        return None
+
+    def _lock_of(self, repository: str, digest: str) -> dict:
+        """Resolved package versions of a pulled image, read by the build side's lock reader."""
+        if self.lock_reader is None:
+            return {}
+        try:
+            return self.lock_reader(self.store, repository, digest) or {}
+        except Exception as exc:  # noqa: BLE001 - a missing lock must not turn a hit into a miss
+            log.warning("cannot read the lock of %s@%s: %s", repository, digest, exc)
+            return {}
+
+    def _error(self, message: str, say: LogFn) -> None:
+        self.counters["pull_errors"] += 1
+        self.last_errors = (self.last_errors + [message])[-20:]
+        say(f"upstream: {message}; falling back")
+        log.warning("upstream %s", message)
+
+    # ------------------------------------------------------------------ pushes
+
+    def push_after_build(self, repository: str, tag: str) -> list[str]:
+        """Push an image and the stage images it was built on to every push upstream (background)."""
+        ids: list[str] = []
+        stages = self.stages_of(repository, tag)
+        for upstream in self.push_upstreams:
+            items = [(STAGE_REPO, stage_tag, ()) for stage_tag in stages]
+            # Layers shared with the stage images are mounted from <prefix>/stage, not re-sent.
+            items.append((repository, tag, (upstream.repo("stage"),)))
+            ids.extend(self.pushes.schedule_many(upstream, items))
+        return ids
+
+    def stages_of(self, repository: str, tag: str) -> list[str]:
+        """Local stage tags whose layers are a prefix of the image's layers (what it was built on)."""
+        layers = _layers(self.store, repository, tag)
+        if not layers:
+            return []
+        found = []
+        for stage_tag in self.store.list_tags(STAGE_REPO):
+            stage_layers = _layers(self.store, STAGE_REPO, stage_tag)
+            if stage_layers and len(stage_layers) <= len(layers) and layers[:len(stage_layers)] == stage_layers:
+                found.append(stage_tag)
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return {"upstreams": [u.describe() for u in self.upstreams], "counters": dict(self.counters),
+                "last_errors": list(self.last_errors), "pushes": push_status(self.store.db, limit=20)}
+
+    async def aclose(self) -> None:
+        await self.pushes.aclose()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+def _size(store: Any, repository: str, ref: str) -> int:
+    manifest = store.get_manifest(repository, ref, with_body=False)
+    return image_size(store, repository, manifest.digest) if manifest else 0
+
+
+def _layers(store: Any, repository: str, ref: str) -> list[str]:
+    """Layer digests of the first platform manifest of ``repository:ref`` (empty if unknown)."""
+    manifest = store.get_manifest(repository, ref)
+    try:
+        doc = json.loads(manifest.body) if manifest else {}
+        if doc.get("manifests"):
+            child = store.get_manifest(repository, doc["manifests"][0]["digest"])
+            doc = json.loads(child.body) if child else {}
+        return [layer["digest"] for layer in doc.get("layers", [])]
+    except (KeyError, TypeError, ValueError):
+        return []

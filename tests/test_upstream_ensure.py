@@ -1,0 +1,172 @@
+"""End to end through the daemons' ``/api/v1/ensure``: two daemons sharing one upstream.
+
+Daemon A has an engine (the session's dockerd): it builds and pushes. Daemon B has none
+(``engine = "none"``): its only way to answer is to pull, so ``"status": "pulled"`` proves it
+never touched an engine. The base image comes from a plain origin registry on loopback (as a
+public base would), the shared tier is a separate registry with htpasswd over TLS — or another
+envcache daemon with tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import aiohttp
+import pytest
+
+from envcache.service.config import AuthConfig, Config, Token
+from envcache.store import Store
+from envcache.upstream.config import parse_upstream
+from envcache.upstream.wiring import UPSTREAM
+from tests.fixtures.engines import Dockerd, OciImage, free_port, skopeo
+from tests.test_upstream_source import garbage_registry, stalled_server  # noqa: F401 - fixtures
+
+
+@pytest.fixture(scope="module")
+def origin_base(reference_registry: str, busybox_oci_layout: OciImage) -> str:
+    """The busybox test image published on a plain origin registry; returns its reference."""
+    host = reference_registry.removeprefix("http://")
+    ref = f"{host}/base/busybox:upstream-e2e"
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{busybox_oci_layout.layout}:{busybox_oci_layout.tag}",
+           f"docker://{ref}")
+    return ref
+
+
+def _config(*, engine: str, upstreams: list[dict[str, Any]], dockerd: Dockerd | None = None,
+            tokens: list[Token] | None = None) -> Config:
+    config = Config()
+    config.build.engine = engine
+    if dockerd is not None:
+        config.build.docker_host = dockerd.host
+    config.build.compression = "gzip"
+    config.upstreams = [parse_upstream(u) for u in upstreams]
+    if tokens:
+        config.auth = AuthConfig(tokens=tokens)
+    return config
+
+
+async def _ensure(url: str, definition: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{url}/api/v1/ensure", json={"definition": definition, "variant": "cpu",
+                                                          "wait": True}) as resp:
+            body = await resp.json()
+            if "build" in body:
+                async with http.get(f"{url}/api/v1/builds/{body['build']['id']}/log",
+                                    params={"follow": "false"}) as log:
+                    body["log"] = await log.text()
+            body["http_status"] = resp.status
+            return body
+
+
+def _layers(store: Store, repo: str, digest: str) -> list[str]:
+    doc = json.loads(store.get_manifest(repo, digest).body)
+    if "manifests" in doc:
+        doc = json.loads(store.get_manifest(repo, doc["manifests"][0]["digest"]).body)
+    return [layer["digest"] for layer in doc["layers"]]
+
+
+def _definition(origin_base: str, marker: str) -> dict[str, Any]:
+    return {"docker": {"base_dockerfile": f"FROM {origin_base}\nRUN echo {marker} > /marker"}}
+
+
+async def _share(make_daemon, dockerd: Dockerd, origin_base: str, shared_a: dict, shared_b: dict,
+                 token: str | None = None) -> None:
+    daemon_a = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[shared_a]))
+    daemon_b = await make_daemon(_config(engine="none", upstreams=[shared_b]))
+    definition = _definition(origin_base, os.urandom(8).hex())
+
+    built = await _ensure(daemon_a, definition)
+    assert built["status"] == "built", built
+    await daemon_a.app[UPSTREAM].pushes.drain(timeout=120)
+    pushes = daemon_a.app[UPSTREAM].status()["pushes"]
+    assert pushes["counts"]["done"] >= 1 and pushes["counts"]["failed"] == 0, pushes
+
+    pulled = await _ensure(daemon_b, definition)
+    # Same definition, same base → same image key on both machines (else B could never hit).
+    assert pulled.get("build", {}).get("key") == built["image"]["key"], (built, pulled)
+    assert pulled["status"] == "pulled", pulled.get("log", pulled)    # engine "none": no build possible
+    assert pulled["image"]["digest"] == built["image"]["digest"]
+    assert _layers(daemon_a.store, "envcache/env", built["image"]["digest"]) == \
+        _layers(daemon_b.store, "envcache/env", pulled["image"]["digest"])
+    hit = await _ensure(daemon_b, definition)
+    assert hit["status"] == "hit"
+
+
+@pytest.mark.engine
+async def test_two_daemons_share_a_tls_htpasswd_distribution(make_daemon, dockerd: Dockerd, origin_base: str,
+                                                            reference_registry_factory) -> None:
+    shared = reference_registry_factory(htpasswd={"ci": "ci-pw", "laptop": "laptop-pw"}, tls=True)
+    common = {"url": shared.url, "prefix": "team/envcache", "ca_file": str(shared.ca_cert)}
+    await _share(make_daemon, dockerd, origin_base,
+                 {**common, "username": "ci", "password": "ci-pw"},
+                 {**common, "mode": "pull", "username": "laptop", "password": "laptop-pw"})
+
+
+@pytest.mark.engine
+async def test_two_daemons_share_an_envcache_daemon(make_daemon, dockerd: Dockerd, origin_base: str) -> None:
+    hub = await make_daemon(_config(engine="none", upstreams=[], tokens=[
+        Token(token="ci-token", scopes=["read", "write"]), Token(token="laptop-token", scopes=["read"])]))
+    await _share(make_daemon, dockerd, origin_base,
+                 {"url": str(hub), "prefix": "team", "token": "ci-token"},
+                 {"url": str(hub), "prefix": "team", "mode": "pull", "token": "laptop-token"})
+
+
+@pytest.mark.engine
+async def test_broken_upstreams_fall_back_to_building(make_daemon, dockerd: Dockerd, origin_base: str,
+                                                      stalled_server: str, garbage_registry) -> None:
+    garbage_url, _ = garbage_registry
+    down = f"http://127.0.0.1:{free_port()}"
+    daemon = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[
+        {"url": down, "mode": "pull", "timeout": 2},
+        {"url": stalled_server, "mode": "pull", "timeout": 1},
+        {"url": garbage_url, "mode": "pull", "prefix": "", "timeout": 2},
+    ]))
+    before = {p.name for p in (daemon.data_dir / "blobs").rglob("*") if p.is_file()}
+    answer = await _ensure(daemon, _definition(origin_base, os.urandom(8).hex()))
+    assert answer["status"] == "built", answer
+    log = answer["log"]
+    assert "cannot connect" in log and "timed out" in log and "falling back" in log
+    errors = daemon.app[UPSTREAM].status()["last_errors"]
+    # The image, then each stage key, was asked of every upstream; every one failed, reported.
+    for url in (down, stalled_server, garbage_url):
+        assert any(f"from {url}:" in error for error in errors), (url, errors)
+    # Every blob file in the store hashes to its name: nothing unverified landed.
+    import hashlib
+    for path in (daemon.data_dir / "blobs" / "sha256").rglob("*"):
+        if path.is_file() and path.name not in before:
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+
+
+@pytest.mark.engine
+async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dockerd: Dockerd, origin_base: str,
+                                                              reference_registry_factory) -> None:
+    shared = reference_registry_factory()
+    up = {"url": shared.url, "prefix": "prefix"}
+    daemon_a = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[up]))
+    marker = os.urandom(8).hex()
+    first = {**_definition(origin_base, marker), "environment_variables": {"FLAVOUR": "one"}}
+    built = await _ensure(daemon_a, first)
+    assert built["status"] == "built", built.get("log", built)
+    await daemon_a.app[UPSTREAM].pushes.drain(timeout=120)
+    stage_tags = daemon_a.store.list_tags("envcache/stage")
+    assert len(stage_tags) == 2                                   # base (Dockerfile) + config
+    # Machine B's engine has never built these stages: drop their tags from the shared dockerd.
+    for key in stage_tags:
+        dockerd.docker("rmi", f"envcache-stage:{key}")
+
+    daemon_b = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[{**up, "mode": "pull"}]))
+    second = {**_definition(origin_base, marker), "environment_variables": {"FLAVOUR": "two"}}
+    answer = await _ensure(daemon_b, second)
+    assert answer["status"] == "built", answer.get("log", answer)
+    log = answer["log"]
+    base_key = next(k for k in stage_tags if f"stage base {k}" in built["log"])
+    assert f"upstream: pulled {shared.url}/prefix/stage:{base_key}" in log
+    assert f"stage {base_key}: loaded into" in log and f"stage base {base_key}: building" not in log
+    assert "stage config" in log and ": building" in log          # only the rest was built
+    layers_a = _layers(daemon_a.store, "envcache/env", built["image"]["digest"])
+    layers_b = _layers(daemon_b.store, "envcache/env", answer["image"]["digest"])
+    # The config stage adds no layer: B's image is A's layers, from the pulled base stage.
+    assert layers_b == layers_a and answer["image"]["key"] != built["image"]["key"]

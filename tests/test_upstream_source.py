@@ -1,0 +1,260 @@
+"""The upstream source and push queue against a real registry, and against broken upstreams.
+
+Broken upstreams are real loopback servers: a closed port (down), a TCP server that accepts and
+never answers (stalled), and an aiohttp app that answers with wrong bytes (garbage). In each
+case the source must answer "miss" quickly, report why, and leave no unverified blob or tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from envcache.store import Store
+from envcache.upstream.config import parse_upstream
+from envcache.upstream.push import push_status
+from envcache.upstream.source import ENV_REPO, STAGE_REPO, UpstreamSource
+from tests.fixtures.engines import free_port
+from tests.test_upstream_copy import image_blobs, make_image, make_layer
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[Store, Store]:
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    yield a, b
+    a.close()
+    b.close()
+
+
+class _Prepared:
+    """The two fields of envcache.service.ensure.Prepared the source reads."""
+
+    def __init__(self, key: str, variant: str = "cpu") -> None:
+        self.key, self.variant = key, variant
+
+
+async def test_push_after_build_then_pull_by_another_store(stores: tuple[Store, Store],
+                                                           reference_registry: str) -> None:
+    a, b = stores
+    base, conda, top = (make_layer({n: os.urandom(128)}) for n in ("base", "conda", "top"))
+    await make_image(a, STAGE_REPO, "stagekey1", [base])
+    await make_image(a, STAGE_REPO, "stagekey2", [base, conda])
+    await make_image(a, STAGE_REPO, "unrelated", [make_layer({"other": b"x"})])
+    digest = await make_image(a, ENV_REPO, "imgkey-cpu", [base, conda, top])
+    upstream = parse_upstream({"url": reference_registry, "prefix": "share1"})
+
+    source_a = UpstreamSource(a, [upstream])
+    try:
+        assert sorted(source_a.stages_of(ENV_REPO, "imgkey-cpu")) == ["stagekey1", "stagekey2"]
+        ids = source_a.push_after_build(ENV_REPO, "imgkey-cpu")
+        assert len(ids) == 3
+        await source_a.pushes.drain(timeout=60)
+        status = push_status(a.db)
+        assert status["counts"]["done"] == 3 and status["counts"]["failed"] == 0
+        env_row = next(r for r in status["recent"] if r["repository"] == ENV_REPO)
+        # Stages went first; the image's shared layers were mounted from share1/stage, not re-sent.
+        assert env_row["digest"] == digest and env_row["mounted"] == 2
+        assert env_row["bytes"] < len(top) + 400                   # top layer + config only
+    finally:
+        await source_a.aclose()
+
+    lines: list[str] = []
+    source_b = UpstreamSource(b, [upstream], lock_reader=lambda store, repo, d: {"read": f"{repo}@{d}"})
+    try:
+        assert await source_b(_Prepared("nosuchkey"), lines.append) is None
+        assert any("not found" in line for line in lines)
+        hit = await source_b(_Prepared("imgkey"), lines.append)
+        assert hit is not None and hit.manifest_digest == digest and hit.tag == "imgkey-cpu"
+        assert hit.lock == {"read": f"{ENV_REPO}@{digest}"}
+        assert hit.size > len(base) + len(conda) + len(top)
+        assert image_blobs(a, ENV_REPO, "imgkey-cpu") == image_blobs(b, ENV_REPO, "imgkey-cpu")
+        assert source_b.counters["pull_hits"] == 1 and source_b.counters["pull_misses"] == 1
+        # Stage reuse: a miss on the whole image still pulls the deepest stage upstream has.
+        stage = await source_b.try_pull_stage(["stagekey1", "stagekey2", "notbuiltyet"])
+        assert stage is not None and stage.tag == "stagekey2"
+        assert b.get_manifest(STAGE_REPO, "stagekey2") is not None
+        assert b.get_manifest(STAGE_REPO, "stagekey1") is None
+    finally:
+        await source_b.aclose()
+
+
+async def test_stage_keys_hook_pulls_prefix_on_image_miss(stores: tuple[Store, Store], reference_registry: str) -> None:
+    a, b = stores
+    await make_image(a, STAGE_REPO, "pfx-base", [make_layer({"b": b"base"})])
+    upstream = parse_upstream({"url": reference_registry, "prefix": "share2"})
+    source_a = UpstreamSource(a, [upstream])
+    source_a.pushes.schedule(upstream, STAGE_REPO, "pfx-base")
+    await source_a.pushes.drain(timeout=60)
+    await source_a.aclose()
+    async def stage_keys(prepared: _Prepared) -> list[str]:     # the build side computes them async
+        return ["pfx-base", f"{prepared.key}-pip"]
+
+    source_b = UpstreamSource(b, [upstream], stage_keys=stage_keys)
+    try:
+        lines: list[str] = []
+        assert await source_b(_Prepared("fresh"), lines.append) is None   # image: miss → build
+        assert b.get_manifest(STAGE_REPO, "pfx-base") is not None        # but the prefix is here
+        assert source_b.counters["stage_pulls"] == 1
+    finally:
+        await source_b.aclose()
+
+
+async def test_upstream_down_is_a_reported_miss(stores: tuple[Store, Store]) -> None:
+    _, b = stores
+    upstream = parse_upstream({"url": f"http://127.0.0.1:{free_port()}", "timeout": 2})
+    source = UpstreamSource(b, [upstream])
+    lines: list[str] = []
+    try:
+        assert await source(_Prepared("k"), lines.append) is None
+    finally:
+        await source.aclose()
+    assert "cannot connect" in source.last_errors[0] and source.counters["pull_errors"] == 1
+    assert any("falling back" in line for line in lines)
+
+
+@pytest.fixture
+async def stalled_server() -> AsyncIterator[str]:
+    """Accepts TCP connections, reads, and never writes a byte back."""
+    hold: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hold.append(writer)
+        await reader.read(65536)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    for writer in hold:
+        writer.close()
+    server.close()
+
+
+async def test_stalled_upstream_times_out(stores: tuple[Store, Store], stalled_server: str) -> None:
+    _, b = stores
+    source = UpstreamSource(b, [parse_upstream({"url": stalled_server, "timeout": 0.5})])
+    began = time.monotonic()
+    try:
+        assert await source(_Prepared("k"), lambda _l: None) is None
+    finally:
+        await source.aclose()
+    assert time.monotonic() - began < 5
+    assert "timed out" in source.last_errors[0]
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+async def garbage_registry() -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A /v2 server that lies: every tag has a well-formed manifest whose layer bytes do not
+    match their digest; ``notjson*``, ``liar*`` and ``servererror*`` tags fail in other ways."""
+    real_layer = make_layer({"real": b"content"})
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": _sha(config), "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": _sha(real_layer), "size": len(real_layer)}]}).encode()
+
+    big = _sha(b"oversize")      # declared 8 bytes, served as 1 MiB: must be cut off early
+    oversize = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": _sha(config), "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": big, "size": 8}]}).encode()
+
+    async def manifests(request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+        if ref.startswith("oversize"):
+            return web.Response(body=oversize, content_type="application/vnd.oci.image.manifest.v1+json")
+        if ref.startswith("servererror"):
+            return web.Response(status=500, text="internal error")
+        if ref.startswith("notjson"):
+            return web.Response(body=b"<html>proxy error</html>", content_type="application/vnd.oci.image.manifest.v1+json")
+        if ref.startswith("liar"):   # header digest does not match the body
+            return web.Response(body=manifest, content_type="application/vnd.oci.image.manifest.v1+json",
+                                headers={"Docker-Content-Digest": _sha(b"something else")})
+        # Anything else: a well-formed manifest whose layer blob will not match its digest.
+        return web.Response(body=manifest, content_type="application/vnd.oci.image.manifest.v1+json")
+
+    async def blobs(request: web.Request) -> web.Response:
+        digest = request.match_info["digest"]
+        if digest == _sha(config):
+            return web.Response(body=config)
+        if digest == big:
+            return web.Response(body=os.urandom(1 << 20))
+        return web.Response(body=os.urandom(len(real_layer)))   # right size, wrong bytes
+
+    app = web.Application()
+    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", manifests)
+    app.router.add_get("/v2/{repo:.+}/blobs/{digest}", blobs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", {"layer": _sha(real_layer), "config": _sha(config)}
+    await runner.cleanup()
+
+
+async def test_garbage_upstream_stores_nothing_unverified(stores: tuple[Store, Store],
+                                                         garbage_registry: tuple[str, dict[str, str]]) -> None:
+    _, b = stores
+    url, digests = garbage_registry
+    source = UpstreamSource(b, [parse_upstream({"url": url, "timeout": 5})])
+    try:
+        for key in ("badlayer", "notjson", "liar", "servererror", "oversize"):
+            assert await source.try_pull(key, "cpu") is None
+    finally:
+        await source.aclose()
+    errors = "\n".join(source.last_errors)
+    assert "failed verification" in errors and "not JSON" in errors
+    assert "digest mismatch" in errors and "HTTP 500" in errors
+    assert "sent more than the 8 bytes its manifest declares" in errors
+    assert not b.blobs.exists(digests["layer"])                   # the lying blob never landed
+    assert b.list_tags(ENV_REPO) == []
+    assert list((b.data_dir / "tmp").iterdir()) == []             # no half-written temp files
+
+
+async def test_failed_push_is_retried_then_visible(stores: tuple[Store, Store]) -> None:
+    a, _ = stores
+    await make_image(a, ENV_REPO, "k-cpu", [make_layer({"x": b"1"})])
+    down = parse_upstream({"url": f"http://127.0.0.1:{free_port()}", "timeout": 2})
+    source = UpstreamSource(a, [down], push_attempts=3, push_backoff=0.05)
+    try:
+        began = time.monotonic()
+        [push_id] = source.push_after_build(ENV_REPO, "k-cpu")
+        await source.pushes.drain(timeout=30)
+        assert time.monotonic() - began >= 0.05 + 0.1           # backoff 0.05 then 0.1 was honoured
+    finally:
+        await source.aclose()
+    row = a.db["upstream_pushes"].get(push_id)
+    assert row["state"] == "failed" and row["attempts"] == 3 and "cannot connect" in row["error"]
+    assert source.status()["pushes"]["counts"]["failed"] == 1
+
+
+async def test_unfinished_pushes_resume_after_restart(stores: tuple[Store, Store], reference_registry: str) -> None:
+    a, _ = stores
+    await make_image(a, ENV_REPO, "resume-cpu", [make_layer({"r": b"resume"})])
+    upstream = parse_upstream({"url": reference_registry, "prefix": "resume"})
+    stopping = UpstreamSource(a, [upstream])
+    [push_id] = stopping.push_after_build(ENV_REPO, "resume-cpu")
+    await stopping.aclose()                       # the daemon stops before the push ran
+    assert a.db["upstream_pushes"].get(push_id)["state"] == "queued"
+    restarted = UpstreamSource(a, [upstream])
+    try:
+        assert restarted.pushes.resume(restarted.upstreams) == 1
+        await restarted.pushes.drain(timeout=60)
+    finally:
+        await restarted.aclose()
+    row = a.db["upstream_pushes"].get(push_id)
+    assert row["state"] == "done" and row["digest"] == a.get_manifest(ENV_REPO, "resume-cpu").digest

@@ -61,6 +61,12 @@ async def _ensure(url: str, definition: dict[str, Any], token: str | None = None
             return body
 
 
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/metrics") as resp:
+            return await resp.text()
+
+
 def _layers(store: Store, repo: str, digest: str) -> list[str]:
     doc = json.loads(store.get_manifest(repo, digest).body)
     if "manifests" in doc:
@@ -93,6 +99,10 @@ async def _share(make_daemon, dockerd: Dockerd, origin_base: str, shared_a: dict
         _layers(daemon_b.store, "envcache/env", pulled["image"]["digest"])
     hit = await _ensure(daemon_b, definition)
     assert hit["status"] == "hit"
+    # Visible in metrics: B's pull, A's finished pushes.
+    assert 'envcache_upstream_pulls_total{result="hit"} 1.0' in await _metrics(daemon_b)
+    assert 'envcache_upstream_pushes{state="failed"} 0.0' in await _metrics(daemon_a)
+    assert f'envcache_upstream_pushes{{state="done"}} {float(pushes["counts"]["done"])}' in await _metrics(daemon_a)
 
 
 @pytest.mark.engine
@@ -133,6 +143,9 @@ async def test_broken_upstreams_fall_back_to_building(make_daemon, dockerd: Dock
     # The image, then each stage key, was asked of every upstream; every one failed, reported.
     for url in (down, stalled_server, garbage_url):
         assert any(f"from {url}:" in error for error in errors), (url, errors)
+    metrics = await _metrics(daemon)
+    assert 'envcache_upstream_pulls_total{result="miss"} 1.0' in metrics
+    assert f'envcache_upstream_pulls_total{{result="error"}} {float(len(errors))}' in metrics
     # Every blob file in the store hashes to its name: nothing unverified landed.
     import hashlib
     for path in (daemon.data_dir / "blobs" / "sha256").rglob("*"):

@@ -21,16 +21,17 @@ from typing import Any
 import xxhash
 from aiohttp import web
 
-from envcache import __version__
+from envcache import __version__, spec
 from envcache.client.files import check_files
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.service import metrics as metrics_mod
 from envcache.service.ensure import Build, BuildError, Ensurer, ImageRecord, Outcome
-from envcache.store.gc import gc_handler
 from envcache.service.environments import Environments, check_name
 from envcache.service.keys import BaseDigestResolver
 from envcache.service.openapi import openapi_document
 from envcache.service.wiring import make_builder, make_resolvers, recipe_version, resolve_auto_variant
+from envcache.store.gc import gc_handler
+from envcache.upstream import wiring as upstream_wiring
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,6 @@ def _load_files(item: Any, where: str) -> Any:
     The files go into a private temporary directory (after :func:`check_files` has made sure
     nothing they include points outside it); messages name them as the client does.
     """
-    from envcache import spec
-
     document = check_files(item)
     with tempfile.TemporaryDirectory(prefix="envcache-document-") as tmp:
         for name, text in document.files.items():
@@ -163,8 +162,6 @@ def _load_files(item: Any, where: str) -> Any:
 
 def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Any, tuple[str, int] | None]:
     """A Definition from ``definition`` (a document), ``document`` (raw files) or ``environment``."""
-    from envcache import spec
-
     if "document" in item and "definition" not in item:
         return _load_files(item["document"], where), None
     if "definition" in item:
@@ -216,9 +213,13 @@ def _flag(data: dict[str, Any], name: str) -> bool:
 
 async def health(request: web.Request) -> web.Response:
     ensurer = request.app[ENSURER]
+    upstream = request.app[upstream_wiring.UPSTREAM].status()
     return web.json_response({
         "status": "ok", "version": __version__, "queue_depth": ensurer.queue_depth(),
         "builds_running": ensurer.running(), "recipe_version": ensurer.recipe_version,
+        # Counts only (health is public): details are in `envcache upstream list`.
+        "upstream": {"configured": len(upstream["upstreams"]), "pulls": upstream["counters"],
+                     "pushes": upstream["pushes"]["counts"], "recent_errors": len(upstream["last_errors"])},
     })
 
 
@@ -344,8 +345,6 @@ async def environment_versions(request: web.Request) -> web.Response:
 
 async def download_environment(request: web.Request) -> web.Response:
     """The version as an Azure ML scaffold (``azureml_environment.json`` …), files as JSON."""
-    from envcache import spec
-
     version = _version(request.query.get("version"), "version")
     envs = request.app[ENVIRONMENTS]
     record = envs.get(request.match_info["name"], version)
@@ -440,10 +439,6 @@ async def _shutdown(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     """Add the JSON API, /metrics and the ensure machinery to the daemon's app."""
-    from envcache import spec
-
-    from envcache.upstream import wiring as upstream_wiring
-
     store, config = app["store"], app["config"]
     metrics = metrics_mod.setup(app)
     # Upstream registries: pulled from on a miss (a source), pushed to after a build (the hook),

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from envcache.upstream.base import BasePuller
+from envcache.upstream.push import push_status
 from envcache.upstream.source import UpstreamSource
 
 UPSTREAM = web.AppKey("envcache_upstream", UpstreamSource)
@@ -48,6 +49,7 @@ def setup(app: web.Application) -> UpstreamSource:
     source = UpstreamSource(store, upstreams, stage_keys=stage_keys if stage_keys_for else None,
                             lock_reader=lock_from_store)
     app[UPSTREAM] = source
+    _register_metrics(app, source)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         source.pushes.resume(upstreams)
@@ -59,6 +61,49 @@ def setup(app: web.Application) -> UpstreamSource:
 
     app.cleanup_ctx.append(lifecycle)
     return source
+
+
+class _UpstreamCollector:
+    """Prometheus collector read at scrape time: pulls by result, bytes, and pushes by state.
+
+    Push states come from the ``upstream_pushes`` table, so a push that failed before a restart
+    still shows up as failed until it is retried or pruned.
+    """
+
+    def __init__(self, source: UpstreamSource) -> None:
+        self.source = source
+
+    def describe(self) -> list[Any]:
+        return []   # values are read live in collect(); nothing to pre-register
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counters = self.source.counters
+        pulls = CounterMetricFamily("envcache_upstream_pulls", "Image lookups on upstream registries, by result",
+                                    labels=["result"])
+        pulls.add_metric(["hit"], counters["pull_hits"])
+        pulls.add_metric(["miss"], counters["pull_misses"])
+        pulls.add_metric(["error"], counters["pull_errors"])
+        yield pulls
+        yield CounterMetricFamily("envcache_upstream_stage_pulls", "Shared stage images pulled before a build",
+                                  value=counters["stage_pulls"])
+        yield CounterMetricFamily("envcache_upstream_pulled_bytes", "Blob bytes copied from upstream registries",
+                                  value=counters["bytes_pulled"])
+        pushes = GaugeMetricFamily("envcache_upstream_pushes", "Pushes to upstream registries, by state",
+                                   labels=["state"])
+        for state, count in push_status(self.source.store.db, limit=0)["counts"].items():
+            pushes.add_metric([state], count)
+        yield pushes
+
+
+def _register_metrics(app: web.Application, source: UpstreamSource) -> None:
+    """Add the upstream collector to the daemon's own Prometheus registry, if it has one."""
+    from envcache.service.metrics import METRICS_KEY
+
+    metrics = app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.registry.register(_UpstreamCollector(source))  # type: ignore[attr-defined]
 
 
 def base_resolver(app: web.Application) -> BasePuller:

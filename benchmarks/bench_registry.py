@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 
 
 @contextmanager
-def envcache_server(root: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "envcache.cli", "serve", "--data", str(root / "envcache"),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def serving(cmd: list[str], port: int) -> Iterator[str]:
+    """Run one registry process on ``port`` until the block ends; yields its base URL."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc)
@@ -78,8 +77,13 @@ def envcache_server(root: Path) -> Iterator[str]:
         proc.wait(30)
 
 
-@contextmanager
-def distribution_server(root: Path) -> Iterator[str]:
+def envcache_server(root: Path) -> AbstractContextManager[str]:
+    port = free_port()
+    return serving([sys.executable, "-m", "envcache.cli", "serve", "--data", str(root / "envcache"),
+                    "--port", str(port)], port)
+
+
+def distribution_server(root: Path) -> AbstractContextManager[str]:
     port = free_port()
     config = root / "distribution.yml"
     config.write_text(
@@ -89,14 +93,7 @@ def distribution_server(root: Path) -> Iterator[str]:
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return serving([binary, "serve", str(config)], port)
 
 
 def digest(data: bytes | bytearray) -> str:

@@ -11,22 +11,17 @@ start) stays cheap: no aiohttp import until a client is actually made.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Client": "envcache.client.sync",
-    "AsyncClient": "envcache.client.aio",
-    "Environment": "envcache.client.facade",
-    "CondaDependencies": "envcache.client.facade",
-}
-__all__ = ["__version__", *_LAZY]
+_CLIENT_NAMES = ("Client", "AsyncClient", "Environment", "CondaDependencies")
+__all__ = ["__version__", *_CLIENT_NAMES]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in _CLIENT_NAMES:
         raise AttributeError(f"module 'envcache' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    from envcache import client  # its own lazy table says which module holds each name
+
+    return getattr(client, name)

@@ -66,21 +66,15 @@ def _version() -> str:
 # Each concern keeps its sub-commands next to the code they drive, in a ``commands`` module
 # with ``register(subparsers, common)``. Handlers import heavy dependencies lazily so that
 # ``envcache resolve`` on a cache hit starts fast.
-_COMMAND_MODULES = [
-    "envcache.spec.commands",      # hash, canonical, diff, convert
-    "envcache.service.commands",   # serve
-    "envcache.service.client_commands",  # resolve, ensure, warm, env, images, status
-    "envcache.upstream.commands",  # upstream list|check, push KEY, pull KEY
-]
-# Which module registers each verb, so one invocation imports only what it runs. A verb missing
-# here still works (the full parser is built); tests/test_service_cli.py checks this map against
-# what the modules register.
+# Which module registers each verb, so one invocation imports only what it runs;
+# tests/test_service_cli.py checks this map against what the modules register.
 _COMMAND_OWNERS = {
     **dict.fromkeys(("hash", "canonical", "diff", "convert"), "envcache.spec.commands"),
     **dict.fromkeys(("serve", "gc", "fsck"), "envcache.service.commands"),
     **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.service.client_commands"),
     **dict.fromkeys(("upstream", "push", "pull"), "envcache.upstream.commands"),
 }
+_COMMAND_MODULES = list(dict.fromkeys(_COMMAND_OWNERS.values()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,16 +21,15 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from aiohttp import web
 
 from envcache.build import (
     BuildahEngine, BuildFailed, DockerEngine, Engine, build_image, lock_from_store, stage_keys_for,
 )
 from envcache.build.builder import BuiltImage
-from envcache.service.app import create_app
 from envcache.service.config import Config
 from envcache.spec import Definition, definition_from_dict
 from envcache.store import Store
+from tests.fixtures.daemon import DaemonURL, running_daemon
 from tests.fixtures.engines import Buildah, Dockerd, PythonBase, skopeo
 from tests.fixtures.testdata import MAVEN_GROUP, CondaChannel, MavenRepo
 
@@ -39,33 +38,19 @@ pytestmark = pytest.mark.engine
 CORE = f"{MAVEN_GROUP}:envcache-core:1.0.0"
 
 
-@dataclass
-class Registry:
-    host: str
-    store: Store
-
-
-@contextlib.asynccontextmanager
-async def running_daemon(data_dir: Path) -> AsyncIterator[Registry]:
+def registry_daemon(data_dir: Path) -> contextlib.AbstractAsyncContextManager[DaemonURL]:
+    """A daemon used only as a registry (no engine of its own: the tests drive the engines)."""
     config = Config()
     config.server.data_dir = data_dir
     config.build.engine = "none"
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield Registry(f"127.0.0.1:{runner.addresses[0][1]}", app["store"])
-    finally:
-        await runner.cleanup()
+    return running_daemon(config)
 
 
 @pytest.fixture(scope="module")
-async def registry(tmp_path_factory: pytest.TempPathFactory, python_base: PythonBase) -> AsyncIterator[Registry]:
+async def registry(tmp_path_factory: pytest.TempPathFactory, python_base: PythonBase) -> AsyncIterator[DaemonURL]:
     """A real envcache daemon on loopback holding the cpu and gpu python bases (and the
     images of the docker-only tests)."""
-    async with running_daemon(tmp_path_factory.mktemp("build-registry")) as daemon:
+    async with registry_daemon(tmp_path_factory.mktemp("build-registry")) as daemon:
         for variant in ("cpu", "gpu"):
             await asyncio.to_thread(skopeo, "copy", "--quiet", "--dest-tls-verify=false",
                                     python_base.image(variant).ref, f"docker://{daemon.host}/base/python:{variant}")
@@ -73,10 +58,10 @@ async def registry(tmp_path_factory: pytest.TempPathFactory, python_base: Python
 
 
 @pytest.fixture(scope="module")
-async def target(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Registry]:
+async def target(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DaemonURL]:
     """A fresh envcache daemon per engine for the built images: stages stored by one engine's
     build must not turn the other engine's build into a load."""
-    async with running_daemon(tmp_path_factory.mktemp(f"build-target-{engine.name}")) as daemon:
+    async with registry_daemon(tmp_path_factory.mktemp(f"build-target-{engine.name}")) as daemon:
         yield daemon
 
 
@@ -128,7 +113,7 @@ class Built:
     seconds: float = 0.0
 
 
-async def run_build(defn: Definition, variant: str, *, engine: Engine, registry: Registry, key: str,
+async def run_build(defn: Definition, variant: str, *, engine: Engine, registry: DaemonURL, key: str,
                     config: Config) -> Built:
     lines: list[str] = []
     started = time.monotonic()
@@ -144,7 +129,7 @@ def compression_for(engine: Engine) -> str:
 
 
 @pytest.fixture(scope="module")
-async def built(engine: Engine, registry: Registry, target: Registry, conda_channel: CondaChannel,
+async def built(engine: Engine, registry: DaemonURL, target: DaemonURL, conda_channel: CondaChannel,
                 maven_repo: MavenRepo) -> Built:
     defn = full_definition(registry.host, conda_channel, maven_repo, "six==1.16.0")
     return await run_build(defn, "cpu", engine=engine, registry=target, key=f"full-{engine.name}",
@@ -158,7 +143,7 @@ CHECK_SCRIPT = (
 )
 
 
-async def run_in_image(engine: Engine, request: pytest.FixtureRequest, registry: Registry, tag: str,
+async def run_in_image(engine: Engine, request: pytest.FixtureRequest, registry: DaemonURL, tag: str,
                        script: str) -> str:
     """Pull ``envcache/env:<tag>`` from the envcache registry into the engine and run ``script``."""
     ref = f"{registry.host}/envcache/env:{tag}"
@@ -178,7 +163,7 @@ async def run_in_image(engine: Engine, request: pytest.FixtureRequest, registry:
         await asyncio.to_thread(buildah.buildah, "rm", container)
 
 
-async def test_full_build_runs_with_every_stage(engine: Engine, built: Built, target: Registry,
+async def test_full_build_runs_with_every_stage(engine: Engine, built: Built, target: DaemonURL,
                                                 maven_repo: MavenRepo, request: pytest.FixtureRequest) -> None:
     image = built.image
     assert image.repository == "envcache/env" and image.tag == f"full-{engine.name}-cpu"
@@ -211,7 +196,7 @@ def _engine_diff_ids(engine: Engine, request: pytest.FixtureRequest, ref: str) -
 
 
 async def test_ingested_image_pulls_back_with_skopeo_and_matches_engine(
-        engine: Engine, built: Built, target: Registry, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        engine: Engine, built: Built, target: DaemonURL, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     layout = tmp_path / "pulled"
     await asyncio.to_thread(skopeo, "copy", "--quiet", "--src-tls-verify=false",
                             f"docker://{target.host}/envcache/env:{built.image.tag}", f"oci:{layout}:x")
@@ -235,7 +220,7 @@ async def test_ingested_image_pulls_back_with_skopeo_and_matches_engine(
         assert "sha256:" + hashlib.sha256(raw).hexdigest() == diff_id
 
 
-async def test_rebuilding_the_same_definition_builds_nothing(engine: Engine, built: Built, target: Registry) -> None:
+async def test_rebuilding_the_same_definition_builds_nothing(engine: Engine, built: Built, target: DaemonURL) -> None:
     again = await run_build(built.defn, "cpu", engine=engine, registry=target, key=f"full-{engine.name}",
                             config=build_config(compression_for(engine)))
     assert again.image.stages_built == []
@@ -244,8 +229,8 @@ async def test_rebuilding_the_same_definition_builds_nothing(engine: Engine, bui
     assert all(layer["reused"] for layer in again.image.layers)
 
 
-async def test_prefix_reuse_when_one_pip_package_changes(engine: Engine, built: Built, registry: Registry,
-                                                        target: Registry, conda_channel: CondaChannel,
+async def test_prefix_reuse_when_one_pip_package_changes(engine: Engine, built: Built, registry: DaemonURL,
+                                                        target: DaemonURL, conda_channel: CondaChannel,
                                                         maven_repo: MavenRepo) -> None:
     other = full_definition(registry.host, conda_channel, maven_repo, "six==1.15.0")
     result = await run_build(other, "cpu", engine=engine, registry=target, key=f"pipchange-{engine.name}",
@@ -263,7 +248,7 @@ async def test_prefix_reuse_when_one_pip_package_changes(engine: Engine, built: 
 
 
 async def test_stages_are_stored_and_load_back_into_an_engine_that_lost_them(
-        engine: Engine, built: Built, target: Registry) -> None:
+        engine: Engine, built: Built, target: DaemonURL) -> None:
     store = target.store
     keys = built.image.stage_keys
     assert await stage_keys_for(built.defn, "cpu", engine=engine, config=build_config()) == keys
@@ -287,7 +272,7 @@ async def test_stages_are_stored_and_load_back_into_an_engine_that_lost_them(
 # --- docker-only checks (variants, failures, cancellation) ---------------------------------------------
 
 
-async def test_cpu_and_gpu_variants_differ_in_base(docker_engine: Engine, registry: Registry,
+async def test_cpu_and_gpu_variants_differ_in_base(docker_engine: Engine, registry: DaemonURL,
                                                    python_base: PythonBase) -> None:
     defn = definition_from_dict({
         "docker": {"base_image": f"{registry.host}/base/python:cpu"},
@@ -324,7 +309,7 @@ def _store_tags(store: Store) -> set[str]:
     return set(store.list_tags("envcache/env")) if store.repository_exists("envcache/env") else set()
 
 
-async def _assert_fails(defn: Definition, step: str, needle: str, *, engine: Engine, registry: Registry,
+async def _assert_fails(defn: Definition, step: str, needle: str, *, engine: Engine, registry: DaemonURL,
                         key: str, config: Config | None = None) -> BuildFailed:
     before = _store_tags(registry.store)
     with pytest.raises(BuildFailed) as info:
@@ -337,7 +322,7 @@ async def _assert_fails(defn: Definition, step: str, needle: str, *, engine: Eng
 
 
 async def test_failing_run_step_reports_step_and_tail_and_tags_nothing(docker_engine: Engine,
-                                                                      registry: Registry) -> None:
+                                                                      registry: DaemonURL) -> None:
     defn = definition_from_dict({"docker": {"base_dockerfile": (
         f"FROM {registry.host}/base/python:cpu\nRUN echo about-to-fail && exit 7\n")}})
     error = await _assert_fails(defn, "base", "non-zero code: 7", engine=docker_engine, registry=registry,
@@ -352,13 +337,13 @@ async def test_failing_run_step_reports_step_and_tail_and_tags_nothing(docker_en
     assert await docker_engine.inspect(f"envcache-stage:{failed_stage.key}") is None
 
 
-async def test_missing_base_image_is_a_clear_error(docker_engine: Engine, registry: Registry) -> None:
+async def test_missing_base_image_is_a_clear_error(docker_engine: Engine, registry: DaemonURL) -> None:
     defn = definition_from_dict({"docker": {"base_image": f"{registry.host}/base/nope:1"}})
     await _assert_fails(defn, "base", f"cannot pull base image {registry.host}/base/nope:1", engine=docker_engine,
                         registry=registry, key="missing-base")
 
 
-async def test_bad_maven_coordinate_is_a_clear_error(docker_engine: Engine, registry: Registry,
+async def test_bad_maven_coordinate_is_a_clear_error(docker_engine: Engine, registry: DaemonURL,
                                                      maven_repo: MavenRepo) -> None:
     defn = definition_from_dict({
         "docker": {"base_image": f"{registry.host}/base/python:cpu"},
@@ -369,7 +354,7 @@ async def test_bad_maven_coordinate_is_a_clear_error(docker_engine: Engine, regi
                         registry=registry, key="bad-maven")
 
 
-async def test_cancelling_a_build_stops_the_engine_build(docker_engine: Engine, registry: Registry,
+async def test_cancelling_a_build_stops_the_engine_build(docker_engine: Engine, registry: DaemonURL,
                                                          request: pytest.FixtureRequest) -> None:
     dockerd: Dockerd = request.getfixturevalue("dockerd")
     defn = definition_from_dict({"docker": {"base_dockerfile": (
@@ -400,7 +385,7 @@ def _leftover_containers(engine: Engine, request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("buildah").buildah("containers", "-q").stdout.strip()
 
 
-async def test_stage_time_limit_stops_the_stage(engine: Engine, registry: Registry,
+async def test_stage_time_limit_stops_the_stage(engine: Engine, registry: DaemonURL,
                                                 request: pytest.FixtureRequest) -> None:
     defn = definition_from_dict({"docker": {"base_dockerfile": (
         f"FROM {registry.host}/base/python:cpu\nRUN echo slow-step && sleep 120\n")}})

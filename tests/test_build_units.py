@@ -23,7 +23,7 @@ from envcache.build import (
 from envcache.service.config import Config
 from envcache.build.builder import _ingest_layers
 from envcache.build.engines.base import ExportedImage, ImageInfo, context_tar
-from envcache.build.ingest import LAYER_MEDIA, LAYER_TABLE, open_export, read_lock_files
+from envcache.build.ingest import LAYER_MEDIA, open_export, read_lock_files
 from envcache.build.maven import fetch_jars
 from envcache.build.plan import (
     conda_recipe, config_recipe, pip_recipe, quote, spark_recipe, unpinned_requirements,
@@ -33,6 +33,7 @@ from envcache.errors import InvalidInput
 from envcache.spec import definition_from_dict
 from envcache.spec.model import SparkPackage
 from envcache.store import Store
+from envcache.store.schema import LAYER_BLOBS
 from tests.fixtures.engines import make_tar, write_oci_layout
 from tests.fixtures.testdata import MAVEN_GROUP, CondaPackage, MavenRepo, make_conda_channel, make_maven_repo
 
@@ -206,7 +207,7 @@ async def test_ingest_verifies_diff_ids_and_reuses_known_layers(tmp_path: Path, 
             assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.digest
             raw = gzip.decompress(data) if compression == "gzip" else zstandard.ZstdDecompressor().stream_reader(data).read()
             assert "sha256:" + hashlib.sha256(raw).hexdigest() == layer.diff_id
-        rows = list(store.db[LAYER_TABLE].rows_where("compression = ?", [compression]))
+        rows = list(store.db[LAYER_BLOBS].rows_where("compression = ?", [compression]))
         assert {row["diff_id"] for row in rows} == set(source.diff_ids)
         assert locks == {"pip-freeze.txt": b"six==1.16.0\n"}
     finally:
@@ -225,7 +226,7 @@ async def test_ingest_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: 
         with contextlib.ExitStack() as stack, pytest.raises(BuildFailed, match="the engine's config says"):
             source = open_export(exported, stack)
             await _ingest_layers(store, source, "zstd", tmp_path / "tmp", lambda line: None)
-        assert list(store.db[LAYER_TABLE].rows) == []
+        assert list(store.db[LAYER_BLOBS].rows) == []
     finally:
         store.close()
 

@@ -13,6 +13,7 @@ from yarl import URL
 
 from envcache.service.config import Config
 from tests.fixtures.daemon import (
+    EMPTY_JSON,
     OCI_INDEX,
     OCI_MANIFEST,
     error_code,
@@ -268,7 +269,7 @@ async def test_subject_and_referrers_with_filter(daemon: str, http: aiohttp.Clie
     referrers = {}
     for artifact_type in ("application/vnd.example.sbom", "application/vnd.example.signature"):
         doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
-               "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+               "config": {"mediaType": EMPTY_JSON, "digest": empty, "size": 2},
                "layers": [], "subject": subject, "annotations": {"kind": artifact_type}}
         body = json.dumps(doc).encode()
         async with http.put(f"{daemon}/v2/app/manifests/{sha256(body)}", data=body,

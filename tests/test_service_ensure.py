@@ -65,7 +65,7 @@ async def fixed(reference: str) -> str:
 def make(tmp_path: Path, work: Work, concurrency: int = 2, resolvers=(fixed,)) -> tuple[Ensurer, Store]:
     store = Store(tmp_path)
     resolver = BaseDigestResolver(store.db, list(resolvers), ttl=3600)
-    ensurer = Ensurer(db=store.db, spec=spec, resolver=resolver, builder=work, recipe_version="1",
+    ensurer = Ensurer(db=store.db, resolver=resolver, builder=work, recipe_version="1",
                       variant_bases={}, concurrency=concurrency)
     return ensurer, store
 

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,9 +183,13 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "cannot tell the format from the name; pass --format" in result.stderr
 
 
-def test_cli_format_choices_match_the_loaders() -> None:
-    """The CLI keeps its own copy so that starting ``envcache`` does not import the parsers."""
-    from envcache.spec import FORMATS
-    from envcache.spec.commands import _FORMATS
+def test_cli_format_choices_are_the_loaders_and_load_no_parser() -> None:
+    """``--format`` offers exactly what ``load_definition`` takes, without importing the parsers."""
+    code = ("import sys; from envcache.cli import build_parser; parser = build_parser('hash'); "
+            "action = next(a for a in parser._subparsers._group_actions[0].choices['hash']._actions "
+            "if '--format' in a.option_strings); "
+            "print(list(action.choices)); print(sorted(m for m in ('envcache.spec.loaders', 'yaml') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from envcache.spec.loaders import FORMATS
 
-    assert _FORMATS == FORMATS
+    assert result.stdout.splitlines() == [str(list(FORMATS)), "[]"]

@@ -19,7 +19,7 @@ from envcache.store import (
     Store,
     digest_bytes,
 )
-from envcache.store.schema import MIGRATIONS
+from envcache.store.schema import BASE_DIGESTS, LAYER_BLOBS, MIGRATIONS, UPSTREAM_PUSHES
 
 
 @pytest.fixture
@@ -38,7 +38,8 @@ async def _chunks(data: bytes, size: int = 4096):
 def test_schema_created_in_wal_mode_and_versioned(store: Store, tmp_path: Path) -> None:
     tables = set(store.db.table_names())
     assert {"repositories", "manifests", "tags", "blobs", "repository_blobs", "upload_sessions",
-            "images", "environments", "builds", "schema_version"} <= tables
+            "images", "environments", "builds", "schema_version",
+            LAYER_BLOBS, BASE_DIGESTS, UPSTREAM_PUSHES} <= tables
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db["schema_version"].get(1)["version"] == len(MIGRATIONS)
     assert set(store.db["images"].columns_dict) == {
@@ -49,6 +50,23 @@ def test_schema_created_in_wal_mode_and_versioned(store: Store, tmp_path: Path) 
     again = Store(tmp_path / "data")
     assert again.schema_version == len(MIGRATIONS)
     again.close()
+
+
+def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_path: Path) -> None:
+    # A version-1 database may already hold a component table its module created on first use;
+    # the migration keeps that table and its rows and adds the missing ones.
+    Store(tmp_path / "d").close()
+    with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:
+        conn.execute(f"DROP TABLE {LAYER_BLOBS}")
+        conn.execute(f"DROP TABLE {BASE_DIGESTS}")
+        conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
+        conn.execute("UPDATE schema_version SET version = 1")
+    store = Store(tmp_path / "d")
+    assert store.schema_version == len(MIGRATIONS) == 2
+    assert {LAYER_BLOBS, BASE_DIGESTS, UPSTREAM_PUSHES} <= set(store.db.table_names())
+    assert set(store.db[LAYER_BLOBS].pks) == {"diff_id", "compression"}
+    assert [row["id"] for row in store.db[UPSTREAM_PUSHES].rows] == ["p1"]
+    store.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

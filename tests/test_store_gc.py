@@ -21,7 +21,7 @@ from envcache.service.app import create_app
 from envcache.service.config import Config
 from envcache.store import Store
 from envcache.store.gc import GcAborted, gc_handler, run_gc
-from tests.fixtures.daemon import OCI_INDEX, OCI_MANIFEST, push_blob, push_image, sha256
+from tests.fixtures.daemon import EMPTY_JSON, OCI_INDEX, OCI_MANIFEST, push_blob, push_image, sha256
 
 LATER = 2 * 3600.0  # past the default one-hour grace period
 SHARED = b"shared-base-layer" * 100
@@ -132,7 +132,7 @@ async def test_referrers_and_index_children_are_kept_through_their_root(daemon) 
         await push_blob(http, daemon, "team/app", b"{}")
         sig_layer = await push_blob(http, daemon, "team/app", b"signature-bytes")
         sig = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/example.sig",
-               "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2},
+               "config": {"mediaType": EMPTY_JSON, "digest": sha256(b"{}"), "size": 2},
                "layers": [{"mediaType": "application/octet-stream", "digest": sig_layer, "size": 15}],
                "subject": {"mediaType": OCI_MANIFEST, "digest": image, "size": len(body)}}
         sig_body = json.dumps(sig).encode()

@@ -21,7 +21,6 @@ from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.wiring import UPSTREAM
 from tests.fixtures.engines import Dockerd, OciImage, free_port, skopeo
-from tests.test_upstream_source import garbage_registry, stalled_server  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")

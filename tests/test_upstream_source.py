@@ -7,16 +7,11 @@ case the source must answer "miss" quickly, report why, and leave no unverified 
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from envcache.store import Store
 from envcache.upstream.config import parse_upstream
@@ -120,23 +115,6 @@ async def test_upstream_down_is_a_reported_miss(stores: tuple[Store, Store]) -> 
     assert any("falling back" in line for line in lines)
 
 
-@pytest.fixture
-async def stalled_server() -> AsyncIterator[str]:
-    """Accepts TCP connections, reads, and never writes a byte back."""
-    hold: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hold.append(writer)
-        await reader.read(65536)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    for writer in hold:
-        writer.close()
-    server.close()
-
-
 async def test_stalled_upstream_times_out(stores: tuple[Store, Store], stalled_server: str) -> None:
     _, b = stores
     source = UpstreamSource(b, [parse_upstream({"url": stalled_server, "timeout": 0.5})])
@@ -147,63 +125,6 @@ async def test_stalled_upstream_times_out(stores: tuple[Store, Store], stalled_s
         await source.aclose()
     assert time.monotonic() - began < 5
     assert "timed out" in source.last_errors[0]
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-async def garbage_registry() -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """A /v2 server that lies: every tag has a well-formed manifest whose layer bytes do not
-    match their digest; ``notjson*``, ``liar*`` and ``servererror*`` tags fail in other ways."""
-    real_layer = make_layer({"real": b"content"})
-    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": _sha(config), "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                       "digest": _sha(real_layer), "size": len(real_layer)}]}).encode()
-
-    big = _sha(b"oversize")      # declared 8 bytes, served as 1 MiB: must be cut off early
-    oversize = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": _sha(config), "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                       "digest": big, "size": 8}]}).encode()
-
-    async def manifests(request: web.Request) -> web.Response:
-        ref = request.match_info["ref"]
-        if ref.startswith("oversize"):
-            return web.Response(body=oversize, content_type="application/vnd.oci.image.manifest.v1+json")
-        if ref.startswith("servererror"):
-            return web.Response(status=500, text="internal error")
-        if ref.startswith("notjson"):
-            return web.Response(body=b"<html>proxy error</html>", content_type="application/vnd.oci.image.manifest.v1+json")
-        if ref.startswith("liar"):   # header digest does not match the body
-            return web.Response(body=manifest, content_type="application/vnd.oci.image.manifest.v1+json",
-                                headers={"Docker-Content-Digest": _sha(b"something else")})
-        # Anything else: a well-formed manifest whose layer blob will not match its digest.
-        return web.Response(body=manifest, content_type="application/vnd.oci.image.manifest.v1+json")
-
-    async def blobs(request: web.Request) -> web.Response:
-        digest = request.match_info["digest"]
-        if digest == _sha(config):
-            return web.Response(body=config)
-        if digest == big:
-            return web.Response(body=os.urandom(1 << 20))
-        return web.Response(body=os.urandom(len(real_layer)))   # right size, wrong bytes
-
-    app = web.Application()
-    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", manifests)
-    app.router.add_get("/v2/{repo:.+}/blobs/{digest}", blobs)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", {"layer": _sha(real_layer), "config": _sha(config)}
-    await runner.cleanup()
 
 
 async def test_garbage_upstream_stores_nothing_unverified(stores: tuple[Store, Store],

@@ -11,31 +11,34 @@ engine's build.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from envcache.build import ingest as ingest_mod
 from envcache.build import plan
 from envcache.build import stages as stages_mod
-from envcache.build.engines.base import Engine, ImageInfo
+from envcache.build.engines.base import Engine, ImageInfo, LogFn, LogTail
 from envcache.build.errors import BuildFailed
 from envcache.build.helper import HelperServer, host_ca_bundle
 from envcache.build.variants import resolve_variant, variant_base_image
 from envcache.errors import EnvcacheError
-from envcache.spec import for_variant, spec_hash, stage_chain
+from envcache.spec import Stage, for_variant, spec_hash, stage_chain
 from envcache.spec.model import Definition
+from envcache.store.digests import digest_bytes
+from envcache.store.schema import LAYER_BLOBS
+
+if TYPE_CHECKING:
+    from envcache.service.config import Config
+    from envcache.store import Store
 
 REPOSITORY = "envcache/env"
-LogFn = Callable[[str], None]
 
 # Index read-modify-write must not interleave between concurrent variant builds.
 _INDEX_LOCK = asyncio.Lock()
@@ -60,25 +63,13 @@ def root_key(base_digest: str) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps([base_digest, plan.RECIPE_VERSION]).encode())
 
 
-class _Log:
-    """The caller's log plus a tail for failure messages."""
-
-    def __init__(self, log: LogFn) -> None:
-        self._log = log
-        self.tail: collections.deque[str] = collections.deque(maxlen=30)
-
-    def __call__(self, line: str) -> None:
-        self.tail.append(line)
-        self._log(line)
-
-
 async def ensure_base(engine: Engine, ref: str, log: LogFn) -> ImageInfo:
     """The base image in the engine, pulled when missing."""
     info = await engine.inspect(ref)
     return info if info is not None else await engine.pull(ref, log)
 
 
-async def build_image(defn: Definition, variant: str, *, store: Any, engine: Engine | None, config: Any,
+async def build_image(defn: Definition, variant: str, *, store: Store, engine: Engine | None, config: Config,
                       image_key: str, log: LogFn, base_digest: str | None = None) -> BuiltImage:
     """Build ``defn`` for ``variant`` and store it as ``envcache/env:<image_key>-<variant>``.
 
@@ -90,7 +81,8 @@ async def build_image(defn: Definition, variant: str, *, store: Any, engine: Eng
                                    "(apt-get install docker.io) or buildah (apt-get install buildah), "
                                    "or set [build] engine in the config")
     variant = resolve_variant(variant)
-    out = _Log(log)
+    tail = LogTail(log)  # the caller's log, plus the last lines for a failure message
+    out = tail.line
     view = for_variant(defn, variant)
     base_ref = _base_ref(view, config, variant)
     base = await ensure_base(engine, base_ref, out)
@@ -123,11 +115,11 @@ async def build_image(defn: Definition, variant: str, *, store: Any, engine: Eng
                                            step=stage.kind)
                 except TimeoutError:
                     raise BuildFailed(stage.kind, f"stage exceeded its time limit of {timeout:g}s",
-                                      "\n".join(out.tail)) from None
+                                      tail.text()) from None
                 except EnvcacheError:
                     raise
                 except Exception as exc:  # engine gone, disk full…: still one clear message, no traceback
-                    raise BuildFailed(stage.kind, f"{type(exc).__name__}: {exc}", "\n".join(out.tail)) from exc
+                    raise BuildFailed(stage.kind, f"{type(exc).__name__}: {exc}", tail.text()) from exc
                 built.append(stage.kind)
                 out(f"stage {stage.kind} {stage.key}: built in {time.monotonic() - started:.1f}s")
     finally:
@@ -152,8 +144,8 @@ async def build_image(defn: Definition, variant: str, *, store: Any, engine: Eng
     except EnvcacheError:
         raise
     except Exception as exc:
-        raise BuildFailed("ingest", f"{type(exc).__name__}: {exc}", "\n".join(out.tail)) from exc
-    lock = {"pip": [], "conda": [], "spark": [], **result["locks"], "unpinned": plan.unpinned_requirements(view)}
+        raise BuildFailed("ingest", f"{type(exc).__name__}: {exc}", tail.text()) from exc
+    lock = {**result["locks"], "unpinned": plan.unpinned_requirements(view)}
     shash = spec_hash(defn)
     await _update_index(store, shash, variant, result["manifest_digest"], len(result["manifest"]), result["platform"],
                         image_key)
@@ -164,7 +156,7 @@ async def build_image(defn: Definition, variant: str, *, store: Any, engine: Eng
     return image
 
 
-async def _deepest_available(stages: list[Any], store: Any, engine: Engine, log: LogFn) -> int:
+async def _deepest_available(stages: list[Stage], store: Store, engine: Engine, log: LogFn) -> int:
     """Index of the first stage to build: after the deepest one the engine has, or can load
     from the store (``envcache/stage:<key>``, e.g. pulled from an upstream)."""
     for index in range(len(stages) - 1, -1, -1):
@@ -176,7 +168,7 @@ async def _deepest_available(stages: list[Any], store: Any, engine: Engine, log:
     return 0
 
 
-async def stage_keys_for(defn: Definition, variant: str, *, engine: Engine, config: Any,
+async def stage_keys_for(defn: Definition, variant: str, *, engine: Engine, config: Config,
                          log: LogFn = lambda line: None) -> list[str]:
     """The chain keys ``build_image`` would use (shallowest first): the base is resolved in
     the engine (pulled if missing), exactly as a build does."""
@@ -186,7 +178,7 @@ async def stage_keys_for(defn: Definition, variant: str, *, engine: Engine, conf
     return [stage.key for stage in stage_chain(defn, variant, root_key(base.id))]
 
 
-def _base_ref(view: Definition, config: Any, variant: str) -> str:
+def _base_ref(view: Definition, config: Config, variant: str) -> str:
     if view.docker.base_dockerfile:
         ref = plan.dockerfile_base_ref(view.docker.base_dockerfile)
         if ref is None:
@@ -195,13 +187,12 @@ def _base_ref(view: Definition, config: Any, variant: str) -> str:
     return view.docker.base_image or variant_base_image(config, variant)
 
 
-def _expected_locks(stages: list[Any]) -> set[str]:
-    names = {"conda": "conda.json", "pip": "pip-freeze.txt", "spark": "spark.json"}
-    return {names[s.kind] for s in stages if s.kind in names}
+def _expected_locks(stages: list[Stage]) -> set[str]:
+    return {plan.LOCK_FILES[s.kind] for s in stages if s.kind in plan.LOCK_FILES}
 
 
 async def _recipe(kind: str, view: Definition, variant: str, base_ref: str, parent: str, context: Path,
-                  engine: Engine, helper: HelperServer, config: Any, has_conda: bool) -> plan.StageRecipe:
+                  engine: Engine, helper: HelperServer, config: Config, has_conda: bool) -> plan.StageRecipe:
     if kind == "base":
         return plan.base_recipe(view, base_ref)
     if kind == "conda":
@@ -226,13 +217,13 @@ class IngestTarget:
     expected_locks: set[str] = field(default_factory=set)
 
 
-async def ingest_image(store: Any, engine: Engine, ref: str, tag: str, compression: str, log: LogFn, *,
+async def ingest_image(store: Store, engine: Engine, ref: str, tag: str, compression: str, log: LogFn, *,
                        repository: str = REPOSITORY) -> dict[str, Any]:
     """Export ``ref`` from the engine and store it as ``repository:tag``."""
     return (await ingest_images(store, engine, [IngestTarget(ref, repository, tag)], compression, log))[0]
 
 
-async def ingest_images(store: Any, engine: Engine, targets: list[IngestTarget], compression: str,
+async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget], compression: str,
                         log: LogFn) -> list[dict[str, Any]]:
     """Export the targets from the engine and store each; per target: manifest (bytes and
     digest), size, layers, platform and the lock files found in the image."""
@@ -246,23 +237,23 @@ async def ingest_images(store: Any, engine: Engine, targets: list[IngestTarget],
             for target in targets:
                 source = await asyncio.to_thread(ingest_mod.open_export, exports[target.ref], stack, target.ref)
                 layers = await _ingest_layers(store, source, compression, Path(tmp), log)
-                lock_files = await asyncio.to_thread(_lock_files, source, target.expected_locks)
+                lock_files = await asyncio.to_thread(ingest_mod.read_lock_files, source, target.expected_locks)
                 results.append(await _store_image(store, target, source.config, layers, lock_files))
     return results
 
 
-async def _store_image(store: Any, target: IngestTarget, config: bytes, layers: list[ingest_mod.LayerBlob],
+async def _store_image(store: Store, target: IngestTarget, config: bytes, layers: list[ingest_mod.LayerBlob],
                        lock_files: dict[str, bytes]) -> dict[str, Any]:
-    await store.blobs.write(config, expected_digest=ingest_mod.sha256_digest(config), media_type=ingest_mod.MEDIA_CONFIG)
+    await store.blobs.write(config, expected_digest=digest_bytes(config), media_type=ingest_mod.MEDIA_CONFIG)
     manifest = ingest_mod.build_manifest(config, layers, target.annotations)
     digest = store.put_manifest(target.repository, target.tag, manifest, ingest_mod.MEDIA_MANIFEST)
     return {"manifest": manifest, "manifest_digest": digest, "platform": ingest_mod.platform_of(config),
             "size": len(manifest) + len(config) + sum(layer.size for layer in layers),
-            "locks": _parse_locks(lock_files),
+            "locks": ingest_mod.parse_locks(lock_files),
             "layers": [{"diff_id": l.diff_id, "digest": l.digest, "size": l.size, "reused": l.reused} for l in layers]}
 
 
-async def _from_stored_stage(store: Any, engine: Engine, key: str, target: IngestTarget,
+async def _from_stored_stage(store: Store, engine: Engine, key: str, target: IngestTarget,
                              compression: str) -> dict[str, Any] | None:
     """When the final stage is already stored with this very config (the engine's image id is
     the config digest) and compression, the image is that manifest re-tagged: no export."""
@@ -280,18 +271,17 @@ async def _from_stored_stage(store: Any, engine: Engine, key: str, target: Inges
     for digest in digests:
         store.blobs.touch(digest)
     source = stages_mod.stored_source(store, stored.body)
-    lock_files = await asyncio.to_thread(_lock_files, source, target.expected_locks)
+    lock_files = await asyncio.to_thread(ingest_mod.read_lock_files, source, target.expected_locks)
     layers = [ingest_mod.LayerBlob(diff_id, layer["digest"], layer["size"], media, True)
               for diff_id, layer in zip(source.diff_ids, body["layers"])]
     return await _store_image(store, target, source.config, layers, lock_files)
 
 
-async def _ingest_layers(store: Any, source: ingest_mod.SourceImage, compression: str, tmp: Path,
+async def _ingest_layers(store: Store, source: ingest_mod.SourceImage, compression: str, tmp: Path,
                          log: LogFn) -> list[ingest_mod.LayerBlob]:
     """Known layers by table lookup; new ones compressed in a worker thread (SQLite stays on
     the event loop's thread)."""
-    ingest_mod.ensure_table(store.db)
-    table = store.db[ingest_mod.LAYER_TABLE]
+    table = store.db[LAYER_BLOBS]
     media = ingest_mod.LAYER_MEDIA[compression]
     result: list[ingest_mod.LayerBlob] = []
     for diff_id, opener in zip(source.diff_ids, source.layers):
@@ -303,7 +293,7 @@ async def _ingest_layers(store: Any, source: ingest_mod.SourceImage, compression
             result.append(ingest_mod.LayerBlob(diff_id, known[0]["blob_digest"], known[0]["size"], media, True))
             continue
         started = time.monotonic()
-        actual, digest, size = await asyncio.to_thread(_compress_and_place, store, opener, compression, tmp, diff_id)
+        digest, size = await asyncio.to_thread(_compress_and_place, store, opener, compression, tmp, diff_id)
         store.blobs.record(digest, size, media)
         table.upsert({"diff_id": diff_id, "compression": compression, "blob_digest": digest, "size": size,
                       "created": time.time()}, pk=("diff_id", "compression"))
@@ -313,8 +303,10 @@ async def _ingest_layers(store: Any, source: ingest_mod.SourceImage, compression
     return result
 
 
-def _compress_and_place(store: Any, opener: ingest_mod.Opener, compression: str, tmp: Path,
-                        diff_id: str) -> tuple[str, str, int]:
+def _compress_and_place(store: Store, opener: ingest_mod.Opener, compression: str, tmp: Path,
+                        diff_id: str) -> tuple[str, int]:
+    """Compress one layer and publish it as a blob (worker thread: no SQLite here); returns
+    (blob digest, size). The layer must hash to the diff_id the engine's config names."""
     with opener() as stream:
         actual, digest, path = ingest_mod.compress_layer(stream, compression, tmp)
     try:
@@ -324,25 +316,10 @@ def _compress_and_place(store: Any, opener: ingest_mod.Opener, compression: str,
         store.blobs.place(path, digest)
     finally:
         path.unlink(missing_ok=True)
-    return actual, digest, size
+    return digest, size
 
 
-def _lock_files(source: ingest_mod.SourceImage, expected: set[str]) -> dict[str, bytes]:
-    return ingest_mod.read_lock_files(source, expected) if expected else {}
-
-
-def _parse_locks(files: dict[str, bytes]) -> dict[str, Any]:
-    locks: dict[str, Any] = {}
-    if "pip-freeze.txt" in files:
-        locks["pip"] = [line.strip() for line in files["pip-freeze.txt"].decode().splitlines() if line.strip()]
-    if "conda.json" in files:
-        locks["conda"] = json.loads(files["conda.json"])
-    if "spark.json" in files:
-        locks["spark"] = json.loads(files["spark.json"])
-    return locks
-
-
-async def _update_index(store: Any, shash: str, variant: str, digest: str, size: int, platform: dict[str, str],
+async def _update_index(store: Store, shash: str, variant: str, digest: str, size: int, platform: dict[str, str],
                         image_key: str) -> None:
     """``envcache/env:<spec hash>`` is an image index over the variants built for that
     definition, each entry annotated with its variant and image key."""

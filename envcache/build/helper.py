@@ -52,9 +52,8 @@ class HelperServer:
         app.router.add_get("/{token}/{name:.+}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}/{self.token}"
 
     async def stop(self) -> None:

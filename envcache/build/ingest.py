@@ -3,9 +3,9 @@
 An engine exports images with *uncompressed* layer tars (``docker save`` or an OCI layout).
 Each layer is identified by its diff_id (sha256 of the uncompressed tar, what the image config
 lists in ``rootfs.diff_ids``); the compressed blob envcache serves is a different digest. The
-table ``build_layer_blobs`` maps one to the other per compression, so a layer ingested once
-(every base layer, every shared stage) is never read or compressed again — re-ingest costs the
-export and a lookup.
+table ``build_layer_blobs`` (part of the store's schema) maps one to the other per compression,
+so a layer ingested once (every base layer, every shared stage) is never read or compressed
+again — re-ingest costs the export and a lookup.
 
 The engine's config JSON is stored byte for byte: its digest is the engine's image id and its
 ``rootfs.diff_ids`` are the engine's, so what a client pulls is exactly what was built.
@@ -14,6 +14,7 @@ The engine's config JSON is stored byte for byte: its digest is the engine's ima
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -30,6 +31,8 @@ import zstandard
 
 from envcache.build.engines.base import ExportedImage
 from envcache.build.errors import BuildFailed
+from envcache.build.plan import LOCK_DIR, LOCK_FILES
+from envcache.store.digests import digest_bytes
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -38,8 +41,6 @@ LAYER_MEDIA = {
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
     "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
 }
-LAYER_TABLE = "build_layer_blobs"
-LOCK_DIR = "opt/envcache/lock"
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -64,17 +65,6 @@ class LayerBlob:
     size: int
     media_type: str
     reused: bool
-
-
-def ensure_table(db: Any) -> None:
-    db[LAYER_TABLE].create(
-        {"diff_id": str, "compression": str, "blob_digest": str, "size": int, "created": float},
-        pk=("diff_id", "compression"), if_not_exists=True,
-    )
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --- reading what the engine exported ----------------------------------------------------
@@ -127,22 +117,23 @@ def _read_oci_layout(root: Path) -> SourceImage:
     config = blob(manifest["config"]["digest"]).read_bytes()
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
 
-    def opener(descriptor: dict[str, Any]) -> Opener:
-        @contextlib.contextmanager
-        def open_layer() -> Iterator[IO[bytes]]:
-            with open(blob(descriptor["digest"]), "rb") as raw:
-                media = descriptor["mediaType"]
-                if media.endswith("+gzip") or media.endswith(".gzip"):
-                    with gzip.GzipFile(fileobj=raw) as stream:
-                        yield stream  # type: ignore[misc]
-                elif media.endswith("+zstd"):
-                    with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-                        yield stream  # type: ignore[misc]
-                else:
-                    yield raw
-        return open_layer
+    layers = [functools.partial(open_layer_blob, blob(d["digest"]), d["mediaType"]) for d in manifest["layers"]]
+    return SourceImage(config, diff_ids, layers)
 
-    return SourceImage(config, diff_ids, [opener(d) for d in manifest["layers"]])
+
+@contextlib.contextmanager
+def open_layer_blob(path: Path, media_type: str) -> Iterator[IO[bytes]]:
+    """A layer blob as its uncompressed tar stream, whatever compression its media type names
+    (``+gzip`` and Docker's ``.gzip``, ``+zstd``, or none)."""
+    with open(path, "rb") as raw:
+        if media_type.endswith("gzip"):
+            with gzip.GzipFile(fileobj=raw) as stream:
+                yield stream  # type: ignore[misc]
+        elif media_type.endswith("+zstd"):
+            with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+                yield stream  # type: ignore[misc]
+        else:
+            yield raw
 
 
 # --- compressing layers into the store -----------------------------------------------------
@@ -211,7 +202,9 @@ def read_lock_files(source: SourceImage, expected: set[str]) -> dict[str, bytes]
     holding a file wins. Layers are scanned from the top only until every expected file is
     found, so the (large) base layers are normally never read."""
     found: dict[str, bytes] = {}
-    prefix = LOCK_DIR + "/"
+    if not expected:
+        return found
+    prefix = LOCK_DIR.lstrip("/") + "/"
     for opener in reversed(source.layers):
         with opener() as stream, tarfile.open(fileobj=stream, mode="r|") as layer:
             for member in layer:
@@ -225,11 +218,23 @@ def read_lock_files(source: SourceImage, expected: set[str]) -> dict[str, bytes]
     return found
 
 
+def parse_locks(files: dict[str, bytes]) -> dict[str, Any]:
+    """Lock files (from :func:`read_lock_files`) as the lock is reported: pip freeze lines,
+    conda and Spark records; a kind whose stage the image lacks is an empty list."""
+    locks: dict[str, Any] = {"pip": [], "conda": [], "spark": []}
+    if LOCK_FILES["pip"] in files:
+        locks["pip"] = [line.strip() for line in files[LOCK_FILES["pip"]].decode().splitlines() if line.strip()]
+    for kind in ("conda", "spark"):
+        if LOCK_FILES[kind] in files:
+            locks[kind] = json.loads(files[LOCK_FILES[kind]])
+    return locks
+
+
 def build_manifest(config: bytes, layers: list[LayerBlob], annotations: dict[str, str]) -> bytes:
     body = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "config": {"mediaType": MEDIA_CONFIG, "digest": digest_bytes(config), "size": len(config)},
         "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size} for layer in layers],
         "annotations": annotations,
     }

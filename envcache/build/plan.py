@@ -26,7 +26,10 @@ from envcache.spec.model import Definition
 RECIPE_VERSION = 1
 
 STAGE_REPO = "envcache-stage"
+#: Where each stage writes what it installed (read back by ingest as the image's lock).
 LOCK_DIR = "/opt/envcache/lock"
+#: The file under ``LOCK_DIR`` per lock kind (the stage that writes it).
+LOCK_FILES = {"conda": "conda.json", "pip": "pip-freeze.txt", "spark": "spark.json"}
 DEFAULT_SPARK_JARS = "/opt/spark/jars"
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 
@@ -79,7 +82,7 @@ async def conda_recipe(view: Definition, variant: str, parent: str, parent_info:
     prefix = root / conda.PREFIX.lstrip("/")
     lock = await conda.install_prefix(list(deps.channels), list(deps.conda_packages), prefix,
                                       cuda=cuda_version(variant, parent_info))
-    conda.write_lock(lock, root / LOCK_DIR.lstrip("/") / "conda.json")
+    conda.write_lock(lock, root / LOCK_DIR.lstrip("/") / LOCK_FILES["conda"])
     # The prefix's PATH entry is set by the config stage (one ENV for all); the pip stage puts
     # it first on PATH for its own RUN.
     return StageRecipe(f"FROM {parent}\nCOPY root/ /\n")
@@ -104,7 +107,7 @@ def pip_recipe(view: Definition, parent: str, helper: HelperServer, ca_bundle: P
         'if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi;',
         "PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore",
         f'"$PY" -m pip install --no-input --progress-bar off -r "{helper.url}/requirements.txt";',
-        f'mkdir -p {LOCK_DIR}; "$PY" -m pip freeze --all > {LOCK_DIR}/pip-freeze.txt',
+        f'mkdir -p {LOCK_DIR}; "$PY" -m pip freeze --all > {LOCK_DIR}/{LOCK_FILES["pip"]}',
     ])
     # The helper URL (random port and token, dead after the build) is written into the RUN
     # line rather than passed as an ARG: an ARG costs one more container on the classic builder.
@@ -124,7 +127,7 @@ async def spark_recipe(view: Definition, parent: str, parent_info: ImageInfo | N
         lock = [{**jar.as_dict(), "path": f"{jars_dir}/{jar.file_name}"} for jar in jars]
     else:
         lock = [{"coordinate": c, "precached": False} for c in coordinates]
-    lock_path = root / LOCK_DIR.lstrip("/") / "spark.json"
+    lock_path = root / LOCK_DIR.lstrip("/") / LOCK_FILES["spark"]
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path.write_text(json.dumps(lock, indent=1, sort_keys=True))
     return StageRecipe(f"FROM {parent}\nCOPY root/ /\n")

@@ -11,28 +11,27 @@ id as the one originally built.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gzip
+import functools
 import io
 import json
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
-
-import zstandard
+from typing import TYPE_CHECKING, Any
 
 from envcache.build import ingest as ingest_mod
 from envcache.build import plan
-from envcache.build.engines.base import Engine
+from envcache.build.engines.base import Engine, LogFn
+from envcache.store.digests import digest_bytes
+
+if TYPE_CHECKING:
+    from envcache.store import Manifest, Store
 
 STAGE_REPOSITORY = "envcache/stage"
-LogFn = Callable[[str], None]
 
 
-def stored_stage(store: Any, key: str) -> Any:
+def stored_stage(store: Store, key: str) -> Manifest | None:
     """The stored manifest of stage ``key``, or None."""
     if not store.repository_exists(STAGE_REPOSITORY):
         return None
@@ -42,7 +41,7 @@ def stored_stage(store: Any, key: str) -> Any:
     return manifest
 
 
-def publish_stage_manifest(store: Any, key: str, kind: str, manifest: bytes) -> str:
+def publish_stage_manifest(store: Store, key: str, kind: str, manifest: bytes) -> str:
     """Tag an already ingested image (same config and layers) as stage ``key``."""
     body = json.loads(manifest)
     body["annotations"] = {"envcache.stage": kind}
@@ -50,35 +49,19 @@ def publish_stage_manifest(store: Any, key: str, kind: str, manifest: bytes) -> 
     return store.put_manifest(STAGE_REPOSITORY, key, data, ingest_mod.MEDIA_MANIFEST)
 
 
-@contextlib.contextmanager
-def _open_layer(store: Any, descriptor: dict[str, Any]) -> Iterator[IO[bytes]]:
-    with open(store.blobs.path(descriptor["digest"]), "rb") as raw:
-        media = descriptor["mediaType"]
-        if media.endswith("+zstd"):
-            with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-                yield stream  # type: ignore[misc]
-        elif media.endswith("gzip"):
-            with gzip.GzipFile(fileobj=raw) as stream:
-                yield stream  # type: ignore[misc]
-        else:
-            yield raw
-
-
-def stored_source(store: Any, manifest_body: bytes) -> ingest_mod.SourceImage:
+def stored_source(store: Store, manifest_body: bytes) -> ingest_mod.SourceImage:
     """A stored image as an ingest source (uncompressed layer streams)."""
     manifest = json.loads(manifest_body)
     config = store.blobs.path(manifest["config"]["digest"]).read_bytes()
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-
-    def opener(descriptor: dict[str, Any]) -> ingest_mod.Opener:
-        return lambda: _open_layer(store, descriptor)
-
-    return ingest_mod.SourceImage(config, diff_ids, [opener(d) for d in manifest["layers"]])
+    layers = [functools.partial(ingest_mod.open_layer_blob, store.blobs.path(d["digest"]), d["mediaType"])
+              for d in manifest["layers"]]
+    return ingest_mod.SourceImage(config, diff_ids, layers)
 
 
 def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None:
     """A ``docker save``-format archive: what both ``docker load`` and buildah import."""
-    config_name = ingest_mod.sha256_digest(source.config).split(":", 1)[1] + ".json"
+    config_name = digest_bytes(source.config).split(":", 1)[1] + ".json"
     layer_names = [f"{diff_id.split(':', 1)[1]}/layer.tar" for diff_id in source.diff_ids]
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
         written: set[str] = set()
@@ -101,7 +84,7 @@ def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None
             archive.addfile(info, io.BytesIO(data))
 
 
-async def load_stage(store: Any, engine: Engine, key: str, log: LogFn) -> bool:
+async def load_stage(store: Store, engine: Engine, key: str, log: LogFn) -> bool:
     """Load stored stage ``key`` into the engine as ``envcache-stage:<key>``; False when the
     store does not have it."""
     manifest = stored_stage(store, key)
@@ -117,14 +100,11 @@ async def load_stage(store: Any, engine: Engine, key: str, log: LogFn) -> bool:
     return True
 
 
-def lock_from_store(store: Any, repository: str, digest: str) -> dict[str, Any]:
+def lock_from_store(store: Store, repository: str, digest: str) -> dict[str, Any]:
     """The lock of a stored image (pip freeze, conda records, Spark jars), read from
     ``/opt/envcache/lock/*`` in its layers — for images that were pulled rather than built."""
-    from envcache.build.builder import _parse_locks
-
     manifest = store.get_manifest(repository, digest)
     if manifest is None:
-        return {"pip": [], "conda": [], "spark": []}
+        return ingest_mod.parse_locks({})
     source = stored_source(store, manifest.body)
-    files = ingest_mod.read_lock_files(source, {"pip-freeze.txt", "conda.json", "spark.json"})
-    return {"pip": [], "conda": [], "spark": [], **_parse_locks(files)}
+    return ingest_mod.parse_locks(ingest_mod.read_lock_files(source, set(plan.LOCK_FILES.values())))

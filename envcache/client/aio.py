@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from envcache.client.base import Endpoints, daemon_url, error_for, headers, query_string, unavailable
-from envcache.errors import EnvcacheError
+from envcache.client.base import Endpoints, daemon_url, error_for, finished, headers, query_string, unavailable
+
+if TYPE_CHECKING:
+    from envcache.client.base import DefinitionLike, EnvironmentRef
 
 
 class AsyncClient(Endpoints):
@@ -68,17 +70,21 @@ class AsyncClient(Endpoints):
             async for raw in response.content:
                 yield raw.decode("utf-8", "replace").rstrip("\n")
 
-    async def ensure_image(self, definition: Any = None, variant: str = "auto", *, refresh: bool = False,
-                           environment: Any = None, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """ensure, then follow the build (if any) to its end; the final answer with ``image``."""
-        answer = await self.ensure(definition, variant, refresh=refresh, environment=environment)
-        if answer["status"] == "hit":
-            return answer
-        build_id = answer["build"]["id"]
+    async def follow_build(self, build_id: str, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Wait for the build to end, passing each log line to ``on_log``; its final document."""
         async for line in self.build_log(build_id):
             if on_log is not None:
                 on_log(line)
-        build = await self.build(build_id)
-        if build["state"] != "succeeded":
-            raise EnvcacheError(f"build {build_id} failed: {build['error']}")
-        return {"status": build["outcome"], "image": build["image"], "build": build}
+        return await self.build(build_id)
+
+    async def ensure_image(self, definition: DefinitionLike | None = None, variant: str = "auto", *,
+                           refresh: bool = False, environment: EnvironmentRef | None = None,
+                           on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """ensure, then follow the build (if any) to its end; the final answer with ``image``.
+
+        Raises :class:`~envcache.errors.EnvcacheError` when the build failed.
+        """
+        answer = await self.ensure(definition, variant, refresh=refresh, environment=environment)
+        if answer["status"] == "hit":
+            return answer
+        return finished(await self.follow_build(answer["build"]["id"], on_log))

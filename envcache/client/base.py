@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.client.files import DefinitionFiles
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
+
+if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must load no parser
+    from envcache import spec
+    from envcache.client.facade import Environment
+
+    # What the calls accept as a definition; a path is sent as its files when it can be.
+    DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | Environment | DefinitionFiles
+    # A registered environment: its name (latest version) or (name, version).
+    EnvironmentRef = str | tuple[str, int | None]
 
 DEFAULT_URL = "http://127.0.0.1:5050"
 
@@ -59,26 +67,33 @@ def error_for(status: int, body: bytes) -> EnvcacheError:
     return RequestFailed(status, message, data if isinstance(data, dict) else None)
 
 
-def definition_document(definition: Any) -> dict[str, Any]:
+def finished(build: dict[str, Any]) -> dict[str, Any]:
+    """``ensure_image``'s answer for a build that has ended; raises if it did not succeed."""
+    if build["state"] != "succeeded":
+        raise EnvcacheError(f"build {build['id']} failed: {build['error']}")
+    return {"status": build["outcome"], "image": build["image"], "build": build}
+
+
+def definition_document(definition: DefinitionLike) -> dict[str, Any]:
     """Accepts what users have at hand: a mapping, a spec Definition, a facade Environment, a path.
 
     This loads a path locally (every format); :func:`_subject` prefers sending its files.
     """
     if isinstance(definition, dict):
         return definition
-    to_dict = getattr(definition, "to_definition_dict", None)
-    if to_dict is not None:
-        return to_dict()
     from envcache import spec
+    from envcache.client.facade import Environment
 
-    if isinstance(definition, (str, Path)):
+    if isinstance(definition, Environment):
+        return definition.to_definition_dict()
+    if isinstance(definition, (str, os.PathLike)):
         definition = spec.load_definition(definition)
     if isinstance(definition, spec.Definition):
         return spec.definition_to_dict(definition)
     raise InvalidInput(f"cannot use a {type(definition).__name__} as a definition: give a dict, a path or a Definition")
 
 
-def _subject(definition: Any = None, environment: tuple[str, int | None] | str | None = None) -> dict[str, Any]:
+def _subject(definition: DefinitionLike | None = None, environment: EnvironmentRef | None = None) -> dict[str, Any]:
     """The request's subject. A path is sent as its raw files when that is safe (the daemon loads
     them; see :mod:`envcache.client.files`), so looking it up imports no definition parser here."""
     if environment is not None:
@@ -103,13 +118,14 @@ class Endpoints:
     def health(self) -> Any:
         return self._request("GET", "/api/v1/health")
 
-    def resolve(self, definition: Any = None, variant: str = "auto", *, environment: Any = None) -> Any:
+    def resolve(self, definition: DefinitionLike | None = None, variant: str = "auto", *,
+                environment: EnvironmentRef | None = None) -> Any:
         """The cached image document, or None on a miss (never builds)."""
         body = {**_subject(definition, environment), "variant": variant}
         return self._request("POST", "/api/v1/resolve", body, none_on_404=True)
 
-    def ensure(self, definition: Any = None, variant: str = "auto", *, refresh: bool = False, wait: bool = False,
-               environment: Any = None) -> Any:
+    def ensure(self, definition: DefinitionLike | None = None, variant: str = "auto", *, refresh: bool = False,
+               wait: bool = False, environment: EnvironmentRef | None = None) -> Any:
         """``{"status": "hit", "image"}`` or ``{"status": "building", "build"}`` (or the result with wait)."""
         body = {**_subject(definition, environment), "variant": variant, "refresh": refresh, "wait": wait}
         return self._request("POST", "/api/v1/ensure", body)
@@ -126,7 +142,7 @@ class Endpoints:
     def image(self, key: str) -> Any:
         return self._request("GET", f"/api/v1/images/{key}")
 
-    def register_environment(self, name: str, definition: Any) -> Any:
+    def register_environment(self, name: str, definition: DefinitionLike) -> Any:
         return self._request("POST", "/api/v1/environments", {"name": name, "definition": definition_document(definition)})
 
     def environments(self) -> Any:

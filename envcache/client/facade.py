@@ -17,13 +17,16 @@ document, so everything the daemon accepts round-trips through them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envcache import spec
 from envcache.client.sync import Client
-from envcache.errors import InvalidInput
+from envcache.spec.model import DEFAULT_INTERPRETER_PATH
+from envcache.errors import EnvcacheError, InvalidInput
 
 ClientLike = Client | str | None
 
@@ -33,11 +36,11 @@ def _client(client: ClientLike) -> Client:
     return client if isinstance(client, Client) else Client(client)
 
 
-def _name_of(spec: str) -> str:
+def _name_of(entry: str) -> str:
     """The package name of a conda/pip spec (``numpy>=1.2`` → ``numpy``), for replace/remove."""
     for stop in "=<>!~[ ;@":
-        spec = spec.split(stop, 1)[0]
-    return spec.split("::")[-1].strip().lower().replace("_", "-")
+        entry = entry.split(stop, 1)[0]
+    return entry.split("::")[-1].strip().lower().replace("_", "-")
 
 
 class CondaDependencies:
@@ -125,11 +128,13 @@ class CondaDependencies:
         return f"CondaDependencies(conda={self._conda!r}, pip={self._pip!r}, channels={self._channels!r})"
 
 
+# The sections mirror Azure's attribute names and hold the facade's mutable CondaDependencies;
+# they are converted to envcache's definition document (spec.model's sections) at the daemon calls.
 @dataclass
 class PythonSection:
     conda_dependencies: CondaDependencies = field(default_factory=CondaDependencies)
     user_managed_dependencies: bool = False
-    interpreter_path: str = "python"
+    interpreter_path: str = DEFAULT_INTERPRETER_PATH
 
 
 @dataclass
@@ -164,21 +169,20 @@ class ImageBuildDetails:
         Returns the image details; raises :class:`~envcache.errors.EnvcacheError` if the build failed.
         """
         if self.build_id is not None:
-            for line in self._client.build_log(self.build_id):
-                self.log.append(line)
-                if show_output:
-                    print(line, flush=True)
-            build = self._client.build(self.build_id)
+            build = self._client.follow_build(self.build_id, on_log=lambda line: self._log(line, show_output))
             self.status = "Succeeded" if build["state"] == "succeeded" else "Failed"
             if self.status == "Failed":
-                from envcache.errors import EnvcacheError
-
                 raise EnvcacheError(f"image build {self.build_id} failed: {build['error']}")
             self.image_details = build["image"]
         elif show_output:
             print(f"image already cached: {self.image_details['image']}", flush=True)  # type: ignore[index]
         assert self.image_details is not None
         return self.image_details
+
+    def _log(self, line: str, show_output: bool) -> None:
+        self.log.append(line)
+        if show_output:
+            print(line, flush=True)
 
     def get_log(self) -> list[str]:
         return list(self.log)
@@ -222,7 +226,7 @@ class Environment:
         python = data.get("python") or {}
         env.python = PythonSection(CondaDependencies.from_dict(python.get("conda_dependencies") or {}),
                                    bool(python.get("user_managed_dependencies", False)),
-                                   python.get("interpreter_path") or "python")
+                                   python.get("interpreter_path") or DEFAULT_INTERPRETER_PATH)
         docker = data.get("docker") or {}
         env.docker = DockerSection(docker.get("base_image"), docker.get("base_dockerfile"), docker.get("shm_size"),
                                    list(docker.get("arguments") or []))
@@ -233,9 +237,7 @@ class Environment:
         return env
 
     @classmethod
-    def _from_spec(cls, name: str, definition: Any) -> Environment:
-        from envcache import spec
-
+    def _from_spec(cls, name: str, definition: spec.Definition) -> Environment:
         return cls._from_definition_dict(name, spec.definition_to_dict(definition))
 
     # ---- constructors from files ---------------------------------------------------------
@@ -243,15 +245,11 @@ class Environment:
     @classmethod
     def from_conda_specification(cls, name: str, file_path: str | Path) -> Environment:
         """From a conda ``environment.yml`` (channels, dependencies, nested ``pip:``)."""
-        from envcache import spec
-
         return cls._from_spec(name, spec.load_definition(file_path, format="conda"))
 
     @classmethod
     def from_pip_requirements(cls, name: str, file_path: str | Path, pip_version: str | None = None) -> Environment:
         """From a pip ``requirements.txt`` (``-r`` includes, index options, markers…)."""
-        from envcache import spec
-
         env = cls._from_spec(name, spec.load_definition(file_path, format="requirements"))
         if pip_version:
             env.python.conda_dependencies.add_conda_package(f"pip={pip_version}")
@@ -274,7 +272,7 @@ class Environment:
                 deps.add_channel(channel)
         for installer in prefix.glob("lib/python*/site-packages/*.dist-info/INSTALLER"):
             if installer.read_text(encoding="utf-8").strip() == "pip":
-                from email.parser import Parser
+                from email.parser import Parser  # ~10 ms to import: only here, where it is needed
 
                 info = Parser().parsestr((installer.parent / "METADATA").read_text(encoding="utf-8"), headersonly=True)
                 deps.add_pip_package(f"{info['Name']}=={info['Version']}")
@@ -320,8 +318,6 @@ class Environment:
 
     def save_to_directory(self, path: str | Path, overwrite: bool = False) -> None:
         """Write the Azure ML directory layout (``azureml_environment.json`` …), offline."""
-        from envcache import spec
-
         out = Path(path)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise InvalidInput(f"{out} is not empty (pass overwrite=True)")
@@ -331,8 +327,6 @@ class Environment:
 
     @classmethod
     def load_from_directory(cls, path: str | Path) -> Environment:
-        from envcache import spec
-
         definition = spec.load_definition(path, format="azure-dir")
         return cls._from_spec(definition.name or Path(path).name, definition)
 
@@ -341,8 +335,6 @@ def _find_conda_prefix(name_or_path: str) -> Path:
     candidate = Path(name_or_path).expanduser()
     if (candidate / "conda-meta").is_dir():
         return candidate
-    import os
-
     roots = [os.environ.get("CONDA_PREFIX"), os.environ.get("CONDA_ROOT"), os.environ.get("MAMBA_ROOT_PREFIX"),
              "~/.conda", "~/miniconda3", "~/anaconda3", "~/miniforge3", "/opt/conda"]
     for root in filter(None, roots):

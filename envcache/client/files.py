@@ -14,6 +14,10 @@ in an unusual form, a URL, an absolute path, non-UTF-8 text, a huge file — mak
 :meth:`DefinitionFiles.from_path` return ``None`` and the caller loads the definition locally
 as before. The daemon applies the same scan (:func:`check_files`) before touching a file, so a
 crafted document cannot make it read anything outside the files it was sent.
+
+Both sides live here because they must agree: the daemon refuses exactly the includes the
+client would never send, and both rest on :func:`scan_includes`. The client side uses the
+standard library only; the daemon side imports YAML and the conda loader's rules when it runs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import posixpath
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from envcache.errors import InvalidInput
 
@@ -37,7 +41,8 @@ MAX_CHARS = 512 * 1024                  # well under the API's body cap, JSON es
 # a requirements file (``-r base.txt``, ``--constraint=c.txt``; relative to that file) and the
 # ``pip:`` list of a conda file (``- -r base.txt``; relative to the conda file's directory, or
 # the Azure directory). The target may not contain quotes, spaces or ``#``.
-# (Compiled on first use: most definitions have no include, and compiling is import time.)
+# (Kept as strings for ``re``'s own cache: most definitions have no include, so compiling them at
+# import would only slow the CLI down.)
 _REQUIREMENTS_LINE = r"^\s*(?:-r|--requirement|-c|--constraint)(?:\s*=\s*|\s+)([^\s#\"']+)\s*(?:\s#.*)?$"
 _CONDA_LINE = r"^\s*-\s+([\"']?)(?:-r|--requirement)(?:\s+|=)([^\s#\"']+)\1\s*(?:#.*)?$"
 _TOKENS = r"[\s\"'\[\](){},]+"
@@ -55,13 +60,12 @@ class Unfollowable(Exception):
     """An include we cannot follow safely here (the caller loads locally, the daemon refuses)."""
 
 
-class Include:
+class Include(NamedTuple):
     """One ``-r``/``-c`` include: its line, its target, and whether it sits in a conda ``pip:`` list."""
 
-    __slots__ = ("line", "target", "conda_style")
-
-    def __init__(self, line: int, target: str, conda_style: bool) -> None:
-        self.line, self.target, self.conda_style = line, target, conda_style
+    line: int
+    target: str
+    conda_style: bool
 
 
 def scan_includes(text: str) -> list[Include]:
@@ -112,28 +116,6 @@ def _lines(text: str) -> list[tuple[int, str]]:
     return numbered
 
 
-def _listed_includes(data: Any) -> list[str]:
-    """Targets of ``-r`` entries in every list of parsed YAML/JSON, read as the conda loader reads them."""
-    found: list[str] = []
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            for entry in item:
-                if isinstance(entry, str):
-                    text = entry.strip()
-                    option = text.split(None, 1)[0] if text else ""
-                    if text.startswith("--requirement="):
-                        found.append(text.split("=", 1)[1].strip())
-                    elif option in ("-r", "--requirement"):
-                        found.append(text.split(None, 1)[-1].strip())
-                else:
-                    stack.append(entry)
-    return found
-
-
 class DefinitionFiles:
     """A definition as its files: ``path`` (a file or Azure directory) relative to the files' root.
 
@@ -155,7 +137,7 @@ class DefinitionFiles:
         """The files of the definition at ``path``, or None when they must be loaded locally."""
         try:
             return _Collector(Path(path), format).collect()
-        except (Unfollowable, OSError, UnicodeDecodeError, ValueError):
+        except (Unfollowable, OSError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
 
 
@@ -195,10 +177,8 @@ class _Collector:
         if not json_file.is_file():
             return  # the loader reports the missing file
         self._add(str(json_file), os.path.join(base, ENV_JSON), base)
-        try:
-            python = json.loads(self.read[os.path.join(base, ENV_JSON)][0]).get("python") or {}
-            deps_file = python.get("condaDependenciesFile") or CONDA_YML
-        except (ValueError, AttributeError):
+        deps_file = _conda_file_named(self.read[os.path.join(base, ENV_JSON)][0])
+        if deps_file is None:
             return  # invalid JSON or shape: the loader stops there, no other file is read
         if not isinstance(deps_file, str) or _unsafe(deps_file):
             raise Unfollowable(f"condaDependenciesFile {deps_file!r}")
@@ -232,6 +212,16 @@ class _Collector:
                     self._add(candidate, os.path.normpath(os.path.join(lex_dir, include.target)), conda_base)
 
 
+def _conda_file_named(azure_json: str) -> object:
+    """What the Azure JSON names as its conda file (not checked yet), or None if the loader
+    would stop at the JSON itself."""
+    try:
+        python = json.loads(azure_json).get("python") or {}
+        return python.get("condaDependenciesFile") or CONDA_YML
+    except (ValueError, AttributeError):
+        return None
+
+
 def _lexical(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
@@ -262,15 +252,14 @@ def check_files(document: Any) -> DefinitionFiles:
     if not isinstance(shown, str):
         raise InvalidInput("document.display_root must be a string")
     names = set(files)
-    for name in names:
-        if posixpath.basename(name) == ENV_JSON:
-            _check_conda_file(name, files[name], shown)
     for name, text in files.items():
         if _bad_name(name) or not isinstance(text, str):
             raise InvalidInput(f"document.files[{name[:80]!r}]: names must be relative paths without '..', "
                                "values the file's text")
         if any(other.startswith(name + "/") for other in names):
             raise InvalidInput(f"document.files[{name[:80]!r}] is both a file and a directory")
+        if posixpath.basename(name) == ENV_JSON:
+            _check_conda_file(name, text, shown)
         try:
             includes = scan_includes(text)
         except Unfollowable as exc:
@@ -305,12 +294,29 @@ def _parsed(text: str) -> Any:
         return None  # the loaders stop at the same error, before reading any include
 
 
-def _check_conda_file(name: str, text: Any, shown: str) -> None:
+def _listed_includes(data: Any) -> list[str]:
+    """Targets of ``-r`` entries in every list of parsed YAML/JSON, read as the conda loader reads them."""
+    from envcache.spec.conda_env import pip_include
+
+    found: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            for entry in item:
+                if not isinstance(entry, str):
+                    stack.append(entry)
+                elif (target := pip_include(entry)) is not None:
+                    found.append(target)
+    return found
+
+
+def _check_conda_file(name: str, text: str, shown: str) -> None:
     """The Azure JSON names its conda file; it must be one of the files sent, not any path."""
-    try:
-        python = json.loads(text).get("python") or {}
-        deps_file = python.get("condaDependenciesFile") or CONDA_YML
-    except (ValueError, AttributeError, TypeError):
+    deps_file = _conda_file_named(text)
+    if deps_file is None:
         return  # the loader reports the JSON itself, before any other file is read
     if not isinstance(deps_file, str) or _unsafe(posixpath.join(posixpath.dirname(name), deps_file)):
         raise InvalidInput(f"{posixpath.join(shown, name)}: python.condaDependenciesFile {str(deps_file)[:80]!r} "

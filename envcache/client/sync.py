@@ -6,11 +6,15 @@ No aiohttp or asyncio import, so a CLI process that asks one question stays fast
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from envcache.client.base import Endpoints, daemon_url, error_for, headers, query_string, unavailable
+from envcache.client.base import Endpoints, daemon_url, error_for, finished, headers, query_string, unavailable
 from envcache.errors import EnvcacheError
+
+if TYPE_CHECKING:
+    from envcache.client.base import DefinitionLike, EnvironmentRef
 
 
 class Client(Endpoints):
@@ -18,8 +22,6 @@ class Client(Endpoints):
     ``token`` to ``$ENVCACHE_TOKEN`` (needed only when the daemon has auth configured)."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = 3600) -> None:
-        import os
-
         self.url = daemon_url(url)
         self.token = token or os.environ.get("ENVCACHE_TOKEN")
         self.timeout = timeout
@@ -80,8 +82,16 @@ class Client(Endpoints):
             for raw in response:
                 yield raw.decode("utf-8", "replace").rstrip("\n")
 
-    def ensure_image(self, definition: Any = None, variant: str = "auto", *, refresh: bool = False,
-                     environment: Any = None, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def follow_build(self, build_id: str, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Wait for the build to end, passing each log line to ``on_log``; its final document."""
+        for line in self.build_log(build_id):
+            if on_log is not None:
+                on_log(line)
+        return self.build(build_id)
+
+    def ensure_image(self, definition: DefinitionLike | None = None, variant: str = "auto", *,
+                     refresh: bool = False, environment: EnvironmentRef | None = None,
+                     on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
         """ensure, then follow the build (if any) to its end; the final answer with ``image``.
 
         Raises :class:`~envcache.errors.EnvcacheError` when the build failed.
@@ -89,14 +99,7 @@ class Client(Endpoints):
         answer = self.ensure(definition, variant, refresh=refresh, environment=environment)
         if answer["status"] == "hit":
             return answer
-        build_id = answer["build"]["id"]
-        for line in self.build_log(build_id):
-            if on_log is not None:
-                on_log(line)
-        build = self.build(build_id)
-        if build["state"] != "succeeded":
-            raise EnvcacheError(f"build {build_id} failed: {build['error']}")
-        return {"status": build["outcome"], "image": build["image"], "build": build}
+        return finished(self.follow_build(answer["build"]["id"], on_log))
 
 
 def _malformed(url: str, exc: Exception) -> EnvcacheError:

@@ -13,10 +13,10 @@ import json
 import logging
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 from aiohttp import web
@@ -25,13 +25,16 @@ from envcache import __version__, spec
 from envcache.client.files import check_files
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.service import metrics as metrics_mod
-from envcache.service.ensure import Build, BuildError, Ensurer, ImageRecord, Outcome
+from envcache.service.ensure import Build, BuildError, Ensurer, Outcome
 from envcache.service.environments import Environments, check_name
 from envcache.service.keys import BaseDigestResolver
 from envcache.service.openapi import openapi_document
-from envcache.service.wiring import make_builder, make_resolvers, recipe_version, resolve_auto_variant
+from envcache.service.wiring import ENGINE, EngineHandle, make_builder, make_resolvers, recipe_version, resolve_auto_variant
 from envcache.store.gc import gc_handler
 from envcache.upstream import wiring as upstream_wiring
+
+if TYPE_CHECKING:
+    from envcache.spec.model import Definition
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +106,15 @@ class _DefinitionMemo:
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._items: OrderedDict[bytes, Any] = OrderedDict()
+        self._items: OrderedDict[bytes, Definition] = OrderedDict()
 
-    def get(self, digest: bytes) -> Any:
+    def get(self, digest: bytes) -> Definition | None:
         definition = self._items.get(digest)
         if definition is not None:
             self._items.move_to_end(digest)
         return definition
 
-    def put(self, digest: bytes, definition: Any) -> None:
+    def put(self, digest: bytes, definition: Definition) -> None:
         self._items[digest] = definition
         if len(self._items) > self._size:
             self._items.popitem(last=False)
@@ -121,7 +124,7 @@ ENVIRONMENTS = web.AppKey("envcache_environments", Environments)
 MEMO = web.AppKey("envcache_definition_memo", _DefinitionMemo)
 
 
-async def _subject(request: web.Request) -> tuple[dict[str, Any], Any, tuple[str, int] | None]:
+async def _subject(request: web.Request) -> tuple[dict[str, Any], Definition, tuple[str, int] | None]:
     """(body, Definition, environment) of a resolve/ensure request, parsed once per distinct body."""
     raw = await _raw_body(request)
     data = await _body(request, raw)
@@ -137,7 +140,7 @@ async def _subject(request: web.Request) -> tuple[dict[str, Any], Any, tuple[str
     return data, definition, None
 
 
-def _load_files(item: Any, where: str) -> Any:
+def _load_files(item: Any, where: str) -> Definition:
     """A Definition from raw files (``document``), loaded by the same loaders as a local file.
 
     The files go into a private temporary directory (after :func:`check_files` has made sure
@@ -160,7 +163,7 @@ def _load_files(item: Any, where: str) -> Any:
     raise InvalidInput(f"{where}{message}")
 
 
-def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Any, tuple[str, int] | None]:
+def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Definition, tuple[str, int] | None]:
     """A Definition from ``definition`` (a document), ``document`` (raw files) or ``environment``."""
     if "document" in item and "definition" not in item:
         return _load_files(item["document"], where), None
@@ -233,7 +236,7 @@ async def resolve(request: web.Request) -> web.Response:
     ensurer = request.app[ENSURER]
     prepared = await ensurer.prepare(definition, variant)
     image = ensurer.lookup(prepared)
-    counters = metrics_mod.get(request.app)
+    counters = request.app[metrics_mod.METRICS_KEY]
     if image is None:
         counters.misses.labels(variant).inc()
         return _error(404, f"no cached image for this definition ({variant})", status="miss", key=prepared.key,
@@ -243,10 +246,10 @@ async def resolve(request: web.Request) -> web.Response:
 
 
 async def _start(request: web.Request, item: dict[str, Any], variant: str, refresh: bool, where: str = "",
-                 subject: tuple[Any, tuple[str, int] | None] | None = None) -> Outcome:
+                 subject: tuple[Definition, tuple[str, int] | None] | None = None) -> Outcome:
     definition, environment = subject or _definition(request.app, item, where)
     outcome = await request.app[ENSURER].ensure(definition, variant, refresh=refresh, environment=environment)
-    counters = metrics_mod.get(request.app)
+    counters = request.app[metrics_mod.METRICS_KEY]
     (counters.hits if outcome.image is not None else counters.misses).labels(variant).inc()
     return outcome
 
@@ -300,24 +303,15 @@ async def build_environment(request: web.Request) -> web.Response:
 
 
 async def images(request: web.Request) -> web.Response:
-    db = request.app["store"].db
     limit = _version(request.query.get("limit", "1000"), "limit") or 1000
-    cursor = db.execute("select * from images order by last_used desc limit ?", [limit])
-    columns = [c[0] for c in cursor.description]
     host = request.host
-    return web.json_response({"images": [ImageRecord.from_row(dict(zip(columns, r))).to_json(host) for r in cursor]})
+    return web.json_response({"images": [image.to_json(host) for image in request.app[ENSURER].images(limit)]})
 
 
 async def image_details(request: web.Request) -> web.Response:
     """Azure's ``get_image_details``: one image by key (or by ``<key>-<variant>`` tag)."""
-    db = request.app["store"].db
     key = request.match_info["key"].split("-")[0]
-    cursor = db.execute("select * from images where key = ?", [key])
-    row = cursor.fetchone()
-    if row is None:
-        raise NotFound(f"no image with key {key[:80]!r}")
-    columns = [c[0] for c in cursor.description]
-    return web.json_response(ImageRecord.from_row(dict(zip(columns, row))).to_json(request.host))
+    return web.json_response(request.app[ENSURER].image(key).to_json(request.host))
 
 
 async def register_environment(request: web.Request) -> web.Response:
@@ -403,9 +397,7 @@ async def warm(request: web.Request) -> web.Response:
             return result
 
     results = await asyncio.gather(*(one(label, item, v) for label, item in parsed for v in variants))
-    summary: dict[str, int] = {}
-    for result in results:
-        summary[result["outcome"]] = summary.get(result["outcome"], 0) + 1
+    summary = dict(Counter(result["outcome"] for result in results))
     return web.json_response({"results": results, "summary": summary, "ok": "failed" not in summary})
 
 
@@ -441,11 +433,12 @@ def setup(app: web.Application) -> None:
     """Add the JSON API, /metrics and the ensure machinery to the daemon's app."""
     store, config = app["store"], app["config"]
     metrics = metrics_mod.setup(app)
+    engine = app[ENGINE] = EngineHandle(config)
     # Upstream registries: pulled from on a miss (a source), pushed to after a build (the hook),
     # and base images fetched through them (a resolver, before the plain remote lookup).
-    upstream = upstream_wiring.setup(app)
+    upstream = upstream_wiring.setup(app, engine.get)
     resolvers = make_resolvers(app)
-    resolvers.insert(2, upstream_wiring.base_resolver(app))
+    resolvers.insert(2, app[upstream_wiring.BASE_PULLER])
     resolver = BaseDigestResolver(store.db, resolvers, float(config.resolve.base_digest_ttl))
 
     def on_build_done(build: Build, seconds: float) -> None:
@@ -454,14 +447,14 @@ def setup(app: web.Application) -> None:
         upstream.on_build_done(build, seconds)
 
     ensurer = Ensurer(
-        db=store.db, spec=spec, resolver=resolver, builder=make_builder(app), recipe_version=recipe_version(),
+        db=store.db, resolver=resolver, builder=make_builder(app), recipe_version=recipe_version(),
         variant_bases={name: v.base_image for name, v in config.variants.items()},
         concurrency=config.build.concurrency, sources=upstream.as_sources(), on_build_done=on_build_done,
         set_tag=store.set_tag,
         has_manifest=lambda repo, tag: store.get_manifest(repo, tag, with_body=False) is not None,
     )
     app[ENSURER] = ensurer
-    app[ENVIRONMENTS] = Environments(store.db, spec)
+    app[ENVIRONMENTS] = Environments(store.db)
     app[MEMO] = _DefinitionMemo()
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     app.middlewares.append(json_errors)

@@ -18,12 +18,10 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-
 from aiohttp import web
 
 from envcache.errors import InvalidInput
-from envcache.service.config import check_bind
+from envcache.service.config import Config, check_bind
 
 READ, WRITE = "read", "write"
 # Endpoints anyone may call: liveness probes and the API description carry no data.
@@ -34,20 +32,20 @@ _READ_POSTS = {"/api/v1/resolve"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _tokens(config: Any) -> dict[str, set[str]]:
-    """token → scopes, from ``config.auth.tokens`` (dicts or objects with token/scopes)."""
-    auth = getattr(config, "auth", None)
-    raw = getattr(auth, "tokens", None) if auth is not None else None
+def _tokens(config: Config) -> dict[str, set[str]]:
+    """token → scopes, from ``config.auth.tokens``.
+
+    Checked again here because a Config can be built in code (embedders, tests), not only
+    through ``config_from_dict``, and a bad token must stop the daemon, not weaken it.
+    """
     result: dict[str, set[str]] = {}
-    for item in raw or []:
-        token = item.get("token") if isinstance(item, dict) else getattr(item, "token", None)
-        scopes = item.get("scopes", [READ, WRITE]) if isinstance(item, dict) else getattr(item, "scopes", [READ, WRITE])
-        if not token:
+    for item in config.auth.tokens:
+        if not item.token:
             raise InvalidInput("auth.tokens: every entry needs a non-empty 'token'")
-        bad = set(scopes) - {READ, WRITE}
+        bad = set(item.scopes) - {READ, WRITE}
         if bad:
             raise InvalidInput(f"auth.tokens: unknown scope(s) {sorted(bad)}; valid scopes are 'read' and 'write'")
-        result[token] = set(scopes)
+        result[item.token] = set(item.scopes)
     return result
 
 
@@ -77,6 +75,8 @@ def presented_token(request: web.Request) -> str | None:
 
 
 class TokenAuth:
+    """The token check shared by the JSON API and /v2, and the Docker token-flow endpoint."""
+
     def __init__(self, tokens: dict[str, set[str]]) -> None:
         self._tokens = tokens
 

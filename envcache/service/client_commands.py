@@ -12,11 +12,14 @@ cache miss (``resolve``), so ``envcache resolve env.yml || make-image`` works in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from envcache.client.sync import Client
 
 _DEFINITION_SUFFIXES = (".yml", ".yaml", ".json", ".txt")
 _AZURE_JSON = "azureml_environment.json"
@@ -82,7 +85,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_status)
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> Client:
     from envcache.client.sync import Client
 
     return Client(args.url, args.token)
@@ -149,6 +152,7 @@ def collect_definitions(paths: list[str]) -> list[tuple[str, Path]]:
 
 
 def _warm(args: argparse.Namespace) -> int:
+    from envcache.cli import emit
     from envcache.errors import EnvcacheError, InvalidInput
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -169,18 +173,14 @@ def _warm(args: argparse.Namespace) -> int:
         results = report["results"] + failed
     if not results:
         raise InvalidInput(f"no definitions found under {', '.join(args.paths)}")
-    summary: dict[str, int] = {}
-    for result in results:
-        summary[result["outcome"]] = summary.get(result["outcome"], 0) + 1
+    summary = dict(Counter(result["outcome"] for result in results))
     ok = "failed" not in summary
-    if args.json:
-        print(json.dumps({"results": results, "summary": summary, "ok": ok}, indent=2, sort_keys=True))
-    else:
-        print(_table(["DEFINITION", "VARIANT", "OUTCOME", "SECONDS", "IMAGE / ERROR"],
-                     [[r["label"], r["variant"], r["outcome"], f"{r.get('seconds', 0):.1f}",
-                       r["image"]["image"] if r.get("image") else r.get("error", "").splitlines()[0][:120]]
-                      for r in results]))
-        print(", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items())))
+    table = _table(["DEFINITION", "VARIANT", "OUTCOME", "SECONDS", "IMAGE / ERROR"],
+                   [[r["label"], r["variant"], r["outcome"], f"{r.get('seconds', 0):.1f}",
+                     r["image"]["image"] if r.get("image") else (r.get("error") or "").partition("\n")[0][:120]]
+                    for r in results])
+    totals = ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items()))
+    emit(args, f"{table}\n{totals}", {"results": results, "summary": summary, "ok": ok})
     return 0 if ok else 1
 
 

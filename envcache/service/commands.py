@@ -6,7 +6,11 @@ import argparse
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from envcache.service.config import Config
+    from envcache.store import Store
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -49,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(config: Any) -> None:
+async def _run(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly (store closed, sessions kept on disk)."""
     from aiohttp import web
 
@@ -95,8 +99,7 @@ def _register_gc(sub: Any, common: argparse.ArgumentParser) -> None:
                         help="first expire cached images not used for N days (their tags go, then the sweep)")
     parser.add_argument("--grace", type=_non_negative, default=3600.0, metavar="SECONDS",
                         help="keep anything touched more recently than this (default: 3600)")
-    parser.add_argument("--config", type=Path, help="TOML config file (for server.data_dir)")
-    parser.add_argument("--data", type=Path, help="data directory (overrides server.data_dir)")
+    _data_args(parser)
     parser.add_argument("--url", help="run gc inside the daemon at this URL (POST /api/v1/gc) instead")
     parser.add_argument("--token", help="auth token for --url (default: $ENVCACHE_TOKEN)")
     parser.set_defaults(handler=_gc)
@@ -111,9 +114,14 @@ def _register_fsck(sub: Any, common: argparse.ArgumentParser) -> None:
                     "remain.",
     )
     parser.add_argument("--repair", action="store_true", help="fix the index (needs the daemon stopped)")
+    _data_args(parser)
+    parser.set_defaults(handler=_fsck)
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    """``--config``/``--data``: which data directory a maintenance verb works on (see :func:`_data_dir`)."""
     parser.add_argument("--config", type=Path, help="TOML config file (for server.data_dir)")
     parser.add_argument("--data", type=Path, help="data directory (overrides server.data_dir)")
-    parser.set_defaults(handler=_fsck)
 
 
 def _non_negative(text: str) -> float:
@@ -136,7 +144,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(data)
 
 
-def _open_owned(args: argparse.Namespace, verb: str) -> Any:
+def _open_owned(args: argparse.Namespace, verb: str) -> Store:
     """The store, opened only when no daemon holds the data directory's lock."""
     from envcache.store import Store
     from envcache.store.gc import GcAborted

@@ -11,9 +11,12 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from envcache.upstream.config import Upstream
 
 
 def _default_data_dir() -> Path:
@@ -88,8 +91,8 @@ class Config:
         default_factory=lambda: {name: VariantConfig(image) for name, image in DEFAULT_VARIANTS.items()})
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
-    # Shared registries to pull from / push to; model and validation owned by envcache.upstream.
-    upstreams: list[Any] = field(default_factory=list)
+    # Shared registries to pull from / push to; their model and validation live in envcache.upstream.config.
+    upstreams: list[Upstream] = field(default_factory=list)
 
 
 _CHOICES = {

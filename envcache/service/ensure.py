@@ -1,16 +1,22 @@
 """ensure(definition, variant): lookup → sources → build, with single-flight and a build queue.
 
-The hit path is the product (build tools call it before every job), so it does no I/O beyond one
-indexed SQLite read: the base digest comes from the resolver's memory cache and ``last_used``
-is batched in memory and flushed periodically instead of written per hit.
+The hit path is the product (build tools call it before every job), so it does no I/O beyond two
+indexed SQLite reads (the image row, and that its tag still names a manifest): the base digest
+comes from the resolver's memory cache, and ``last_used`` is batched in memory and flushed
+periodically instead of written per hit.
 
 On a miss the work runs in a :class:`Build` task owned by the daemon, never by the request that
 asked for it: every concurrent request for the same key attaches to the same task
 (single-flight), reads the same log, and gets the same answer, and a client that hangs up
 merely stops listening — the build goes on for the others and for the cache.
 
-``sources`` are tried before building, inside the same single-flight task; they are how pulling
-from upstream registries plugs in (an empty list until that lands).
+``sources`` are tried before building, inside the same single-flight task: that is how pulling
+from upstream registries plugs in (:class:`envcache.upstream.source.UpstreamSource`). The
+machinery itself only knows callables (builder, sources, hooks), so the tests drive it with
+small real ones and :mod:`envcache.service.wiring` connects it to the engine and the store.
+
+This module is the only writer of the ``images`` table: the builder and the sources put
+manifests in the store and hand back what they made; filing it under its key happens here.
 """
 
 from __future__ import annotations
@@ -22,10 +28,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import xxhash
 
 from envcache.errors import EnvcacheError, NotFound
 from envcache.service.keys import BaseDigestResolver, base_reference, image_key
+from envcache.spec import canonical_bytes, for_variant
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from envcache.spec.model import Definition
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +117,7 @@ class ImageRecord:
 class Prepared:
     """A request reduced to what the cache needs: variant-applied definition, bytes, key."""
 
-    definition: Any
+    definition: Definition
     variant: str
     spec_hash: str
     canonical: bytes
@@ -200,8 +214,7 @@ class Ensurer:
     def __init__(
         self,
         *,
-        db: Any,
-        spec: Any,
+        db: Database,
         resolver: BaseDigestResolver,
         builder: Builder,
         recipe_version: str | int,
@@ -213,7 +226,6 @@ class Ensurer:
         has_manifest: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._db = db
-        self._spec = spec  # the envcache.spec module, passed in so tests see the same code path
         self.resolver = resolver
         self._builder = builder
         self.recipe_version = str(recipe_version)
@@ -231,11 +243,11 @@ class Ensurer:
 
     # ---- lookup -------------------------------------------------------------------------
 
-    async def prepare(self, definition: Any, variant: str) -> Prepared:
+    async def prepare(self, definition: Definition, variant: str) -> Prepared:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
-        vdef = self._spec.for_variant(definition, variant)
-        canonical = self._spec.canonical_bytes(vdef)
-        shash = self._spec.spec_hash(vdef)
+        vdef = for_variant(definition, variant)
+        canonical = canonical_bytes(vdef)
+        shash = xxhash.xxh3_128_hexdigest(canonical)  # = spec.spec_hash(vdef), without canonicalising twice
         ref = base_reference(vdef, self._variant_bases.get(variant))
         digest = "none" if ref is None else await self.resolver.resolve(ref)
         return Prepared(vdef, variant, shash, canonical, ref, digest, image_key(shash, variant, digest, self.recipe_version))
@@ -271,7 +283,7 @@ class Ensurer:
     # ---- ensure -------------------------------------------------------------------------
 
     async def ensure(
-        self, definition: Any, variant: str, *, refresh: bool = False,
+        self, definition: Definition, variant: str, *, refresh: bool = False,
         environment: tuple[str, int] | None = None,
     ) -> Outcome:
         """Answer a hit at once; otherwise start (or join) the build for this key."""
@@ -337,11 +349,8 @@ class Ensurer:
             async with self._slots:
                 build.state, build.started = "running", time.time()
                 self._save(build)
-                # Snapshot before building: the builder may file the new image under the key itself.
-                previous = self._row(prepared.key) if build.refresh else None
                 built, outcome = await self._obtain(build, prepared)
-            build.image = self._record(prepared, built, build, previous)
-            build.outcome = outcome if build.outcome is None else build.outcome
+            build.image, build.outcome = self._record(prepared, built, outcome, build.refresh)
             build.log(f"envcache: {build.outcome}: {build.image.repository}:{build.image.tag} {build.image.manifest_digest}")
             build.finish("succeeded")
         except asyncio.CancelledError:
@@ -349,9 +358,7 @@ class Ensurer:
             raise
         except Exception as exc:  # a failed build is an outcome to report, not a crash
             message = str(exc) if isinstance(exc, EnvcacheError) else f"{type(exc).__name__}: {exc}"
-            tail = getattr(exc, "log_tail", None)
-            if tail:
-                build.log(tail if isinstance(tail, str) else "\n".join(tail))
+            # A BuildFailed message already ends with the log's last lines (which the log has too).
             build.log(f"envcache: build failed: {message}")
             build.finish("failed", message)
             log.info("build %s failed: %s", build.id, message)
@@ -373,20 +380,34 @@ class Ensurer:
         built = await self._builder(prepared, build.log)
         return built, "built"
 
-    def _row(self, key: str) -> dict[str, Any] | None:
-        cursor = self._db.execute("select * from images where key = ?", [key])
-        row = cursor.fetchone()
-        return None if row is None else dict(zip([c[0] for c in cursor.description], row))
+    def images(self, limit: int) -> list[ImageRecord]:
+        """Cached images, most recently used first (as of the last flush of ``last_used``)."""
+        return [ImageRecord.from_row(row) for row in
+                self._db.query("select * from images order by last_used desc limit ?", [limit])]
 
-    def _record(self, prepared: Prepared, built: BuiltLike, build: Build, previous: dict[str, Any] | None) -> ImageRecord:
-        """File the image under its key; on refresh keep the old one if the lock did not change."""
+    def image(self, key: str) -> ImageRecord:
+        """One cached image by key, as filed (no registry check: that is :meth:`lookup`'s job)."""
+        row = self._row(key)
+        if row is None:
+            raise NotFound(f"no image with key {key[:80]!r}")
+        return ImageRecord.from_row(row)
+
+    def _row(self, key: str) -> dict[str, Any] | None:
+        rows = list(self._db.query("select * from images where key = ?", [key]))  # key is the pk: 0 or 1 row
+        return rows[0] if rows else None
+
+    def _record(self, prepared: Prepared, built: BuiltLike, outcome: str, refresh: bool) -> tuple[ImageRecord, str]:
+        """File the image under its key → (record, outcome).
+
+        A refresh that resolved exactly the same versions keeps the image already filed (its
+        row stays as it is; the tag the builder moved goes back to it), so clients holding the
+        old digest are not told about a "new" image that differs only in timestamps.
+        """
+        previous = self._row(prepared.key) if refresh else None
         if previous is not None and json.loads(previous["lock"] or "{}") == (built.lock or {}):
             if self._set_tag is not None and previous["manifest_digest"] != built.manifest_digest:
-                # The tag goes back to the image we keep.
                 self._set_tag(previous["repository"], previous["tag"], previous["manifest_digest"])
-            self._db["images"].upsert(previous, pk="key")
-            build.outcome = "unchanged"
-            return ImageRecord.from_row(previous)
+            return ImageRecord.from_row(previous), "unchanged"
         now = time.time()
         row = {
             "key": prepared.key, "variant": prepared.variant, "spec_hash": prepared.spec_hash,
@@ -396,7 +417,7 @@ class Ensurer:
             "recipe_version": self.recipe_version,
         }
         self._db["images"].upsert(row, pk="key")
-        return ImageRecord.from_row(row)
+        return ImageRecord.from_row(row), outcome
 
     def _save(self, build: Build) -> None:
         self._db["builds"].upsert(

@@ -15,9 +15,15 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.errors import InvalidInput, NotFound
+from envcache.spec import definition_from_dict, definition_to_dict, load_definition, spec_hash
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from envcache.spec.model import Definition
 
 RESERVED_PREFIX = "envcache-"
 CURATED_DIR = Path(__file__).resolve().parents[2] / "config" / "curated"
@@ -51,9 +57,8 @@ def check_name(name: Any) -> str:
 class Environments:
     """Registered environments in the ``environments`` table, curated ones from files."""
 
-    def __init__(self, db: Any, spec: Any, curated_dir: Path = CURATED_DIR) -> None:
+    def __init__(self, db: Database, curated_dir: Path = CURATED_DIR) -> None:
         self._db = db
-        self._spec = spec
         self._curated = self._load_curated(curated_dir)
 
     def _load_curated(self, directory: Path) -> dict[str, EnvironmentRecord]:
@@ -61,19 +66,19 @@ class Environments:
         if not directory.is_dir():
             return curated
         for path in sorted(directory.glob("*.y*ml")):
-            defn = self._spec.load_definition(path)
+            defn = load_definition(path)
             name = path.name.split(".")[0]
             curated[name] = EnvironmentRecord(
-                name, 1, self._spec.spec_hash(defn), self._spec.definition_to_dict(defn, redact=True), path.stat().st_mtime, True
+                name, 1, spec_hash(defn), definition_to_dict(defn, redact=True), path.stat().st_mtime, True
             )
         return curated
 
-    def register(self, name: str, definition: Any) -> tuple[EnvironmentRecord, bool]:
+    def register(self, name: str, definition: Definition) -> tuple[EnvironmentRecord, bool]:
         """Store ``definition`` under ``name``; returns (record, True if a new version was made)."""
         check_name(name)
         if name.startswith(RESERVED_PREFIX):
             raise InvalidInput(f"environment names starting with {RESERVED_PREFIX!r} are reserved for curated environments")
-        shash = self._spec.spec_hash(definition)
+        shash = spec_hash(definition)
         with self._db.conn:  # one transaction: two registrations cannot both take version N+1
             latest = self._db.execute(
                 "select version, spec_hash from environments where name = ? order by version desc limit 1", [name]
@@ -81,7 +86,7 @@ class Environments:
             if latest is not None and latest[1] == shash:
                 return self.get(name, latest[0]), False
             version = 1 if latest is None else latest[0] + 1
-            body = self._spec.definition_to_dict(definition, redact=True)  # never store secrets in clear
+            body = definition_to_dict(definition, redact=True)  # never store secrets in clear
             body["name"], body["version"] = name, str(version)  # the labels follow the registry
             now = time.time()
             self._db.conn.execute(
@@ -133,7 +138,7 @@ class Environments:
         registered = [EnvironmentRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
         return [*self._curated.values(), *registered]
 
-    def definition(self, name: str, version: int | None = None) -> Any:
+    def definition(self, name: str, version: int | None = None) -> Definition:
         """The stored definition of a version, as a spec Definition ready for ensure."""
         record = self.get(name, version)
-        return self._spec.definition_from_dict(record.definition, source=f"environment {name}:{record.version}")
+        return definition_from_dict(record.definition, source=f"environment {name}:{record.version}")

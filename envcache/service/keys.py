@@ -20,22 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from envcache.errors import EnvcacheError
+from envcache.spec.canonical import canonical_image_ref
+from envcache.store.schema import BASE_DIGESTS as _TABLE
+from envcache.upstream.client import INDEX_TYPES
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from envcache.spec.model import Definition
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
 Resolver = Callable[[str], Awaitable[str | None]]
 
 _DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})$")
 _FROM_RE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
-_TABLE = "service_base_digests"
 
 
 class BaseImageUnresolvable(EnvcacheError):
@@ -60,36 +68,68 @@ def image_ref(host: str, repository: str, tag: str) -> str:
 
 
 def normalise_reference(ref: str) -> str:
-    """``ubuntu`` → ``docker.io/library/ubuntu:latest``, as Docker itself expands short names."""
-    ref = ref.strip()
-    name, digest = (ref.split("@", 1) + [""])[:2]
-    first, _, rest = name.partition("/")
-    if not rest or ("." not in first and ":" not in first and first != "localhost"):
-        name = f"docker.io/{name}" if rest else f"docker.io/library/{name}"
-    if not digest and ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    return f"{name}@{digest}" if digest else name
+    """``ubuntu`` → ``docker.io/library/ubuntu:latest``, the same normalisation the canonical form uses.
+
+    A ``FROM`` that is not a plain reference (``FROM $BASE``) is passed on as written: no
+    resolver knows it, so the request ends in :class:`BaseImageUnresolvable`, a clear 502.
+    """
+    try:
+        return canonical_image_ref(ref)
+    except ValueError:
+        return ref.strip()
 
 
-def base_reference(defn: Any, variant_base: str | None) -> str | None:
+def base_reference(defn: Definition, variant_base: str | None) -> str | None:
     """The base image a (variant-applied) definition builds on.
 
     A Dockerfile's first ``FROM`` wins over ``docker.base_image`` because that is what the
     engine will actually start from; the daemon's per-variant default applies when the
     definition names neither.
     """
-    docker = getattr(defn, "docker", None)
-    dockerfile = getattr(docker, "base_dockerfile", None) if docker is not None else None
-    if dockerfile:
-        match = _FROM_RE.search(dockerfile if isinstance(dockerfile, str) else "\n".join(dockerfile))
+    docker = defn.docker
+    if docker.base_dockerfile:
+        match = _FROM_RE.search(docker.base_dockerfile)
         if match and match.group(1).lower() != "scratch":
             return normalise_reference(match.group(1))
         if match:
             return "scratch"
-    image = getattr(docker, "base_image", None) if docker is not None else None
-    if image:
-        return normalise_reference(image)
+    if docker.base_image:
+        return normalise_reference(docker.base_image)
     return normalise_reference(variant_base) if variant_base else None
+
+
+def _host_platform() -> tuple[str, str]:
+    machine = platform.machine().lower()
+    return "linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+async def config_digest(body: bytes, fetch: Callable[[str], Awaitable[bytes | None]]) -> str | None:
+    """The image's config digest from its manifest (through an index, for the host platform).
+
+    The config digest is what an engine calls the image id, and it does not depend on how the
+    layers were compressed: every machine — one that builds, one that only pulls — computes
+    the same image key from it. Every resolver answers through this function.
+    """
+    doc = json.loads(body)
+    if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
+        children = [m for m in doc.get("manifests", []) if isinstance(m, dict) and m.get("digest")]
+        wanted = _host_platform()
+
+        def platform_of(m: dict[str, Any]) -> tuple[str, str]:
+            p = m.get("platform") or {}
+            return p.get("os", ""), p.get("architecture", "")
+
+        chosen = next((m for m in children if platform_of(m) == wanted), None) or \
+            next((m for m in children if platform_of(m) == ("linux", "amd64")), None) or \
+            (children[0] if children else None)
+        if chosen is None:
+            return None
+        child = await fetch(chosen["digest"])
+        if child is None:
+            return None
+        doc = json.loads(child)
+    config = doc.get("config") or {}
+    return config.get("digest")
 
 
 @dataclass
@@ -106,13 +146,12 @@ class BaseDigestResolver:
     one lookup so a burst of ensures does not fan out into a burst of registry requests.
     """
 
-    def __init__(self, db: Any, resolvers: Sequence[Resolver], ttl: float) -> None:
+    def __init__(self, db: Database, resolvers: Sequence[Resolver], ttl: float) -> None:
         self._db = db
         self._resolvers = list(resolvers)
         self._ttl = ttl
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Future[str]] = {}
-        db[_TABLE].create({"reference": str, "digest": str, "resolved": float}, pk="reference", if_not_exists=True)
 
     def cached(self, reference: str) -> str | None:
         """The digest if it is known and fresh — the synchronous fast path of every lookup."""

@@ -6,16 +6,14 @@ process (the test suite runs several) never share or double-register counters.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-METRICS_KEY = web.AppKey("envcache_metrics", object)
-
 
 class Metrics:
-    """The daemon's counters; the service code calls the ``record_*`` methods."""
+    """The daemon's counters and gauges; handlers increment them, gauges read live values."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -41,9 +39,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+METRICS_KEY = web.AppKey("envcache_metrics", Metrics)
+
+
 async def _metrics_handler(request: web.Request) -> web.Response:
-    metrics: Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
-    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _count_blob_bytes(request: web.Request, response: web.StreamResponse) -> None:
@@ -51,7 +51,7 @@ async def _count_blob_bytes(request: web.Request, response: web.StreamResponse) 
     if request.method == "GET" and request.path.startswith("/v2/") and "/blobs/" in request.path:
         length = response.content_length
         if length and 200 <= response.status < 300:
-            request.app[METRICS_KEY].bytes_served.inc(length)  # type: ignore[attr-defined]
+            request.app[METRICS_KEY].bytes_served.inc(length)
 
 
 def setup(app: web.Application) -> Metrics:
@@ -62,6 +62,3 @@ def setup(app: web.Application) -> Metrics:
     app.on_response_prepare.append(_count_blob_bytes)
     return metrics
 
-
-def get(app: Any) -> Metrics:
-    return app[METRICS_KEY]

@@ -1,23 +1,31 @@
-"""Connects the ensure machinery to the real parts: the store, the engine, remote registries.
+"""Connects the ensure machinery to the build side: the engine, the base resolvers, the builder.
 
 Kept apart from ``ensure.py`` so that the machinery depends only on callables, and apart from
-``api.py`` so the HTTP layer does not know how images are built. Engine detection is done once,
-lazily, on the first build or base lookup: a daemon used only for lookups never touches it.
+``api.py`` so the HTTP layer does not know how images are built. (The upstream tier plugs in
+the same way from its own side, :mod:`envcache.upstream.wiring`.) Engine detection is done
+once, lazily, on the first build or base lookup: a daemon used only for lookups never touches
+it, and the engine's heavy client library is only imported then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import platform
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from envcache.build import resolve_variant
+from envcache.build.plan import RECIPE_VERSION
 from envcache.errors import EnvcacheError
-from envcache.service.keys import Resolver
+from envcache.service.keys import Resolver, config_digest
+from envcache.upstream.base import origin_upstream, parse_reference
+
+if TYPE_CHECKING:
+    from envcache.build.builder import BuiltImage
+    from envcache.build.engines import Engine
+    from envcache.service.config import Config
+    from envcache.service.ensure import Builder, LogFn, Prepared
 
 
 class NoEngine(EnvcacheError):
@@ -27,34 +35,29 @@ class NoEngine(EnvcacheError):
 @functools.cache
 def resolve_auto_variant() -> str:
     """``auto`` → the daemon host's variant (GPU present or not); the host does not change."""
-    from envcache.build.variants import resolve_variant
-
     return resolve_variant("auto")
 
 
 def recipe_version() -> str:
     """The build recipe version, part of every image key (a new recipe → new images)."""
-    from envcache import build
-
-    return str(build.RECIPE_VERSION)
+    return str(RECIPE_VERSION)
 
 
 class EngineHandle:
     """The daemon's engine, detected on first use; None when no engine is available."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         self._config = config
-        self._engine: Any = None
+        self._engine: Engine | None = None
         self._detected = False
         self._lock = asyncio.Lock()
 
-    async def get(self) -> Any:
+    async def get(self) -> Engine | None:
         async with self._lock:
             if not self._detected:
-                from envcache.build import detect_engine
+                from envcache.build.engines import detect_engine
 
-                engine = detect_engine(self._config)
-                self._engine = await engine if asyncio.iscoroutine(engine) else engine
+                self._engine = detect_engine(self._config)
                 self._detected = True
         return self._engine
 
@@ -62,56 +65,9 @@ class EngineHandle:
 ENGINE = web.AppKey("envcache_engine", EngineHandle)
 
 
-def _own_hosts(config: Any) -> set[str]:
+def _own_hosts(config: Config) -> set[str]:
     port = config.server.port
     return {f"{config.server.host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
-
-
-def _split(reference: str) -> tuple[str, str, str]:
-    """``host/repo:tag`` or ``host/repo@digest`` → (host, repo, tag-or-digest); already normalised."""
-    host, _, rest = reference.partition("/")
-    if "@" in rest:
-        repo, _, ref = rest.partition("@")
-        return host, repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo, ref
-    repo, _, tag = rest.rpartition(":")
-    return host, repo, tag
-
-
-_INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
-
-
-def _host_platform() -> tuple[str, str]:
-    machine = platform.machine().lower()
-    return "linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
-
-
-async def config_digest(body: bytes, fetch: Callable[[str], Awaitable[bytes | None]]) -> str | None:
-    """The image's config digest from its manifest (through an index, for the host platform).
-
-    The config digest is what an engine calls the image id, and it does not depend on how the
-    layers were compressed: every machine — one that builds, one that only pulls — computes
-    the same image key from it (lead decision, 19:02).
-    """
-    doc = json.loads(body)
-    if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
-        children = [m for m in doc.get("manifests", []) if isinstance(m, dict) and m.get("digest")]
-        wanted = _host_platform()
-
-        def platform_of(m: dict[str, Any]) -> tuple[str, str]:
-            p = m.get("platform") or {}
-            return p.get("os", ""), p.get("architecture", "")
-
-        chosen = next((m for m in children if platform_of(m) == wanted), None) or \
-            next((m for m in children if platform_of(m) == ("linux", "amd64")), None) or \
-            (children[0] if children else None)
-        if chosen is None:
-            return None
-        child = await fetch(chosen["digest"])
-        if child is None:
-            return None
-        doc = json.loads(child)
-    config = doc.get("config") or {}
-    return config.get("digest")
 
 
 def make_resolvers(app: web.Application) -> list[Resolver]:
@@ -120,24 +76,21 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
     All three answer the same value for the same image (its config digest), so the order only
     decides which is asked first, never which key comes out.
     """
-    store, config = app["store"], app["config"]
-    handle = app.get(ENGINE)
-    if handle is None:
-        handle = app[ENGINE] = EngineHandle(config)
+    store, config, handle = app["store"], app["config"], app[ENGINE]
     own = _own_hosts(config)
 
     async def own_registry(reference: str) -> str | None:
         # Any loopback host:port counts: in-process daemons listen on a port the config never
         # saw, and a loopback reference that names content we hold is ours to answer.
-        host, repo, tag = _split(reference)
-        if host not in own and host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+        ref = parse_reference(reference)
+        if ref.host not in own and ref.host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
             return None
-        manifest = store.get_manifest(repo, tag)
+        manifest = store.get_manifest(ref.path, ref.ref)
         if manifest is None:
             return None
 
         async def child(digest: str) -> bytes | None:
-            found = store.get_manifest(repo, digest)
+            found = store.get_manifest(ref.path, digest)
             return found.body if found else None
 
         return await config_digest(manifest.body, child)
@@ -152,18 +105,16 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
 
     async def remote_registry(reference: str) -> str | None:
         from envcache.upstream.client import RegistryClient, Timeouts
-        from envcache.upstream.config import Upstream
 
-        host, repo, tag = _split(reference)
-        registry = "registry-1.docker.io" if host == "docker.io" else host
-        scheme = "http" if registry.split(":")[0] in ("127.0.0.1", "localhost") else "https"
-        async with RegistryClient(Upstream(url=f"{scheme}://{registry}"), timeouts=Timeouts(connect=3.0, read=10.0)) as client:
-            manifest = await client.get_manifest(repo, tag)
+        ref = parse_reference(reference)
+        # The image's own registry, anonymously (configured upstreams are asked before this).
+        async with RegistryClient(origin_upstream(ref, []), timeouts=Timeouts(connect=3.0, read=10.0)) as client:
+            manifest = await client.get_manifest(ref.path, ref.ref)
             if manifest is None:
                 return None
 
             async def child(digest: str) -> bytes | None:
-                found = await client.get_manifest(repo, digest)
+                found = await client.get_manifest(ref.path, digest)
                 return found.body if found else None
 
             return await config_digest(manifest.body, child)
@@ -171,14 +122,14 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
     return [own_registry, local_engine, remote_registry]
 
 
-def make_builder(app: web.Application) -> Any:
+def make_builder(app: web.Application) -> Builder:
     """The ensure machinery's builder: ``envcache.build.build_image`` on the detected engine."""
-    store, config = app["store"], app["config"]
+    store, config, handle = app["store"], app["config"], app[ENGINE]
 
-    async def builder(prepared: Any, log: Any) -> Any:
-        from envcache.build import build_image
+    async def builder(prepared: Prepared, log: LogFn) -> BuiltImage:
+        from envcache.build.builder import build_image
 
-        engine = await app[ENGINE].get()
+        engine = await handle.get()
         if engine is None:
             raise NoEngine(
                 "no container engine available to build this image: install Docker (and start dockerd) or "

@@ -16,11 +16,14 @@ _EXPORTS = {
     "envcache.spec.azure": ("read_azure_dir", "write_azure_dir"),
     "envcache.spec.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
     "envcache.spec.keys": ("Stage", "for_variant", "stage_chain"),
-    "envcache.spec.loaders": ("FORMATS", "load_definition"),
+    "envcache.spec.loaders": ("load_definition",),
     "envcache.spec.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
                             "RegistryCredentials", "SparkPackage", "SparkSection", "VariantOverride"),
     "envcache.spec.reference": ("definition_from_dict", "definition_to_dict"),
 }
+# Here rather than in ``loaders``: the CLI offers them as ``--format`` choices without loading a parser.
+FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
+
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "CANONICAL_VERSION", "FORMATS", "VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
@@ -47,7 +50,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from envcache.spec.azure import read_azure_dir, write_azure_dir
     from envcache.spec.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
     from envcache.spec.keys import Stage, for_variant, stage_chain
-    from envcache.spec.loaders import FORMATS, load_definition
+    from envcache.spec.loaders import load_definition
     from envcache.spec.model import (
         VARIANTS, CondaDependencies, Definition, DockerSection, PythonSection, RegistryCredentials, SparkPackage,
         SparkSection, VariantOverride,

@@ -314,6 +314,15 @@ def spark_content(defn: Definition) -> dict[str, Any]:
     }
 
 
+def config_content(defn: Definition) -> dict[str, Any]:
+    """What the image is configured with (no layer): variables, interpreter, who manages packages."""
+    return {
+        "environment_variables": {str(k): str(v) for k, v in defn.environment_variables.items()},
+        "interpreter_path": defn.python.interpreter_path.strip(),
+        "user_managed_dependencies": defn.python.user_managed_dependencies,
+    }
+
+
 def canonical_form(defn: Definition) -> dict[str, Any]:
     """The definition as plain data, normalised; every default written out explicitly.
 
@@ -327,10 +336,11 @@ def canonical_form(defn: Definition) -> dict[str, Any]:
 
 
 def _canonical_form(defn: Definition) -> dict[str, Any]:
-    user_managed = defn.python.user_managed_dependencies
+    config = config_content(defn)
+    user_managed = config["user_managed_dependencies"]
     python: dict[str, Any] = {
         "user_managed_dependencies": user_managed,
-        "interpreter_path": defn.python.interpreter_path.strip(),
+        "interpreter_path": config["interpreter_path"],
         # Not installed when user-managed, so not content.
         "conda_dependencies": None if user_managed else {**conda_content(defn), **pip_content(defn)},
     }
@@ -340,7 +350,7 @@ def _canonical_form(defn: Definition) -> dict[str, Any]:
         "docker": base_content(defn),
         "python": python,
         "spark": spark_content(defn),
-        "environment_variables": {str(k): str(v) for k, v in defn.environment_variables.items()},
+        "environment_variables": config["environment_variables"],
         "variants": {name: body for name, body in variants.items() if body},
     }
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")  # == envcache.spec.FORMATS
+from envcache.spec import FORMATS
+
+if TYPE_CHECKING:
+    from envcache.spec import Definition
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the definition sub-commands to the ``envcache`` parser."""
     fmt = argparse.ArgumentParser(add_help=False)
-    fmt.add_argument("--format", choices=_FORMATS, help="input format (default: detected from the path)")
+    fmt.add_argument("--format", choices=FORMATS, help="input format (default: detected from the path)")
 
     p = sub.add_parser("hash", parents=[common, fmt], help="print the spec hash of definitions")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -41,7 +44,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_convert)
 
 
-def _load(path: str, args: argparse.Namespace) -> Any:
+def _load(path: str, args: argparse.Namespace) -> Definition:
+    """The definition at ``path``, as built for ``--variant`` when the verb has one and it is given."""
     from envcache.spec import for_variant, load_definition
 
     defn = load_definition(path, args.format)

@@ -80,9 +80,9 @@ def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: P
             raise fail(where, f"expected a pip requirement string, got {type(entry).__name__}")
         text = entry.strip()
         option = text.split(None, 1)[0] if text else ""
-        if option in ("-r", "--requirement") or text.startswith("--requirement="):
-            included = text.split("=", 1)[1] if text.startswith("--requirement=") else text.split(None, 1)[-1]
-            packages, options = read_requirements(base_dir / included.strip())
+        included = pip_include(text)
+        if included is not None:
+            packages, options = read_requirements(base_dir / included)
             deps.pip_packages.extend(packages)
             deps.pip_options.extend(options)
         elif text.startswith("-") and option not in ("-e", "--editable") and not text.startswith("--editable="):
@@ -91,6 +91,20 @@ def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: P
         else:
             _check(parse_pip_requirement, text, where, fail)
             deps.pip_packages.append(text)
+
+
+def pip_include(entry: str) -> str | None:
+    """The file a ``pip:`` entry includes (``-r base.txt``, ``--requirement=base.txt``), else None.
+
+    The daemon's check of raw files (:func:`envcache.client.files.check_files`) reads entries
+    with this same rule, so it sees every file this loader would open.
+    """
+    text = entry.strip()
+    if text.startswith("--requirement="):
+        return text.split("=", 1)[1].strip()
+    if text.split(None, 1)[:1] in (["-r"], ["--requirement"]):
+        return text.split(None, 1)[-1].strip()
+    return None
 
 
 def _string_list(value: Any, path: str, fail: Any) -> list[str]:

@@ -6,12 +6,14 @@ is no difference at all, a reordered channel list is one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from envcache.spec.canonical import parse_pip_requirement
+from envcache.spec.canonical import conda_package_name, pip_package_name
 
 
 def explain(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The differences between two canonical forms, one line each (empty when they are equal)."""
     out: list[str] = []
     if a["canonical_version"] != b["canonical_version"]:
         out.append(f"canonical format version: {a['canonical_version']} → {b['canonical_version']}")
@@ -50,23 +52,15 @@ def _base(a: dict[str, Any], b: dict[str, Any], prefix: str, out: list[str]) -> 
     if a["base_image"] != b["base_image"]:
         out.append(f"{prefix}base image: {a['base_image'] or '(variant default)'} → {b['base_image'] or '(variant default)'}")
     sa, sb = a["base_dockerfile"], b["base_dockerfile"]
-    if sa == sb:
-        return
     if sa is None or sb is None:
-        out.append(f"{prefix}base Dockerfile: {'none' if sa is None else 'set'} → {'none' if sb is None else 'set'}")
-        return
-    for step in sa:
-        if step not in sb:
-            out.append(f"{prefix}Dockerfile step removed: {step}")
-    for step in sb:
-        if step not in sa:
-            out.append(f"{prefix}Dockerfile step added: {step}")
-    if sorted(sa) == sorted(sb):
-        out.append(f"{prefix}Dockerfile step order changed")
+        if sa != sb:
+            out.append(f"{prefix}base Dockerfile: {'none' if sa is None else 'set'} → {'none' if sb is None else 'set'}")
+    else:
+        _ordered(sa, sb, "Dockerfile step", prefix, out)
 
 
 def _ordered(a: list[str], b: list[str], what: str, prefix: str, out: list[str]) -> None:
-    """Lists whose order matters (channels, pip options, Spark repositories)."""
+    """Lists whose order matters (channels, pip options, Spark repositories, Dockerfile steps)."""
     for item in a:
         if item not in b:
             out.append(f"{prefix}{what} removed: {item}")
@@ -79,7 +73,8 @@ def _ordered(a: list[str], b: list[str], what: str, prefix: str, out: list[str])
         out.append(f"{prefix}{what} order changed: {', '.join(common_a)} → {', '.join(common_b)}")
 
 
-def _by_name(a: list[str], b: list[str], what: str, name_of: Any, prefix: str, out: list[str]) -> None:
+def _by_name(a: list[str], b: list[str], what: str, name_of: Callable[[str], str], prefix: str,
+             out: list[str]) -> None:
     """Sets of packages: report added / removed / changed per package name."""
     ga: dict[str, list[str]] = {}
     gb: dict[str, list[str]] = {}
@@ -98,17 +93,14 @@ def _by_name(a: list[str], b: list[str], what: str, name_of: Any, prefix: str, o
             out.append(f"{prefix}{what} changed: {'; '.join(xa)} → {'; '.join(xb)}")
 
 
-def _conda_name(spec: str) -> str:
-    return spec.split("::", 1)[-1].split(" ", 1)[0]
-
-
 def _pip_name(entry: str) -> str:
-    return parse_pip_requirement(entry).name or entry
+    """Verbatim entries (URLs, paths) have no name: each one is its own group."""
+    return pip_package_name(entry) or entry
 
 
 def _packages(a: dict[str, Any], b: dict[str, Any], prefix: str, out: list[str]) -> None:
     _ordered(a["channels"], b["channels"], "conda channel", prefix, out)
-    _by_name(a["conda_packages"], b["conda_packages"], "conda package", _conda_name, prefix, out)
+    _by_name(a["conda_packages"], b["conda_packages"], "conda package", conda_package_name, prefix, out)
     _by_name(a["pip_packages"], b["pip_packages"], "pip package", _pip_name, prefix, out)
     _ordered(a["pip_options"], b["pip_options"], "pip option", prefix, out)
 

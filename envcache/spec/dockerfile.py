@@ -11,10 +11,10 @@ content and are kept verbatim.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _DIRECTIVE = re.compile(r"^#\s*([A-Za-z]+)\s*=\s*(.*?)\s*$")
 _KNOWN_DIRECTIVES = {"syntax", "escape", "check"}
-_HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\2")
 
 
 def normalise_dockerfile(text: str) -> list[str]:
@@ -82,26 +82,7 @@ def _takes_heredoc(step: str) -> bool:
 
 def _heredoc_terminators(step: str, escape: str) -> list[str]:
     """Terminators of the ``<<WORD`` markers outside quotes (``echo "a <<b"`` is no heredoc)."""
-    found: list[str] = []
-    quote: str | None = None
-    i = 0
-    while i < len(step):
-        ch = step[i]
-        if ch == escape:
-            i += 2
-            continue
-        if quote is None and ch in "'\"":
-            quote = ch
-        elif ch == quote:
-            quote = None
-        elif quote is None and step.startswith("<<", i):
-            match = _HEREDOC.match(step, i)
-            if match:
-                found.append(match.group(3))
-                i = match.end()
-                continue
-        i += 1
-    return found
+    return [token.group(2) for token in _token_pattern(escape).finditer(step) if token.group(2)]
 
 
 def _normalise_instruction(line: str, escape: str) -> str:
@@ -114,27 +95,19 @@ def _normalise_instruction(line: str, escape: str) -> str:
 
 
 def _collapse(text: str, escape: str) -> str:
-    out: list[str] = []
-    quote: str | None = None
-    pending_space = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote is None and ch in " \t":
-            pending_space = True
-            i += 1
-            continue
-        if pending_space:
-            out.append(" ")
-            pending_space = False
-        if ch == escape and i + 1 < len(text):
-            out.append(text[i:i + 2])
-            i += 2
-            continue
-        if quote is None and ch in "'\"":
-            quote = ch
-        elif ch == quote:
-            quote = None
-        out.append(ch)
-        i += 1
-    return "".join(out)
+    """Each run of blanks outside quotes becomes one space (``text`` comes stripped); quoted text
+    and escaped characters stay as written."""
+    return "".join(" " if token.group(3) else token.group(0) for token in _token_pattern(escape).finditer(text))
+
+
+@lru_cache(maxsize=2)
+def _token_pattern(escape: str) -> re.Pattern[str]:
+    r"""One instruction's tokens, as the builder reads quotes: an escaped character, a quoted
+    string (escapes inside it too; unterminated runs to the end), a heredoc marker (group 2 is
+    its word), a run of blanks (group 3), or any other single character. Both the heredoc scan
+    and the whitespace collapse walk these, so they agree on what is quoted."""
+    esc = re.escape(escape)
+    return re.compile(
+        rf"{esc}.|\"(?:{esc}.|[^\"{esc}])*\"?|'(?:{esc}.|[^'{esc}])*'?"
+        r"|<<-?([\"']?)([A-Za-z_][A-Za-z0-9_]*)\1|([ \t]+)|.",
+        re.DOTALL)

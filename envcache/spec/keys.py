@@ -16,7 +16,7 @@ import xxhash
 
 from envcache.errors import DefinitionError
 from envcache.spec.canonical import (
-    CANONICAL_VERSION, base_content, conda_content, conda_package_name, dumps_canonical, pip_content,
+    CANONICAL_VERSION, base_content, conda_content, conda_package_name, config_content, dumps_canonical, pip_content,
     pip_package_name, spark_content,
 )
 from envcache.spec.model import VARIANTS, Definition, VariantOverride
@@ -92,11 +92,7 @@ def _stage_chain(view: Definition, root_key: str) -> list[Stage]:
         planned.append(("pip", pip_content(view)))
     if view.spark.packages:
         planned.append(("spark", spark_content(view)))
-    planned.append(("config", {
-        "environment_variables": {str(k): str(v) for k, v in view.environment_variables.items()},
-        "interpreter_path": view.python.interpreter_path.strip(),
-        "user_managed_dependencies": user_managed,
-    }))
+    planned.append(("config", config_content(view)))
     stages: list[Stage] = []
     parent = root_key
     for kind, content in planned:

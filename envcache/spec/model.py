@@ -10,10 +10,8 @@ written back without surprises.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
-from typing import Literal
+from dataclasses import dataclass, field
 
-Variant = Literal["cpu", "gpu"]
 VARIANTS: tuple[str, ...] = ("cpu", "gpu")
 
 DEFAULT_INTERPRETER_PATH = "python"
@@ -100,10 +98,6 @@ class SparkPackage:
     artifact: str
     version: str
 
-    @property
-    def coordinate(self) -> str:
-        return f"{self.group}:{self.artifact}:{self.version}"
-
 
 @dataclass
 class SparkSection:
@@ -149,13 +143,8 @@ class Definition:
     variants: dict[str, VariantOverride] = field(default_factory=dict)
 
 
-def field_names(cls: type) -> list[str]:
-    """The public field names of a section class, for "valid fields are …" messages."""
-    return [f.name for f in fields(cls)]
-
-
 __all__ = [
     "CondaDependencies", "Definition", "DockerSection", "PythonSection", "RegistryCredentials",
-    "SparkPackage", "SparkSection", "VariantOverride", "Variant", "VARIANTS",
-    "DEFAULT_INTERPRETER_PATH", "redact_url_credentials", "field_names",
+    "SparkPackage", "SparkSection", "VariantOverride", "VARIANTS",
+    "DEFAULT_INTERPRETER_PATH", "redact_url_credentials",
 ]

@@ -9,12 +9,16 @@ not required would silently vanish, so that is an error that says what to do). G
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from envcache.errors import DefinitionError
 from envcache.spec.canonical import canonical_pip_option, parse_pip_requirement
 from envcache.spec.model import CondaDependencies, Definition, PythonSection
 from envcache.spec.sources import read_text
+
+T = TypeVar("T")
 
 
 def load_requirements(path: Path) -> Definition:
@@ -95,7 +99,8 @@ def _requirement_text(line: str) -> str:
     return text.split(" #", 1)[0].strip()
 
 
-def _checked(check, text: str, filename: str, line: int):  # type: ignore[no-untyped-def]
+def _checked(check: Callable[[str], T], text: str, filename: str, line: int) -> T:
+    """``check(text)``, its ValueError reported at the file and line the text came from."""
     try:
         return check(text)
     except ValueError as exc:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.store.digests import DigestError, is_digest
+from envcache.store.schema import LAYER_BLOBS
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 DEFAULT_GRACE = 3600.0
 DEFAULT_UPLOAD_TTL = 3600.0
-# The build's diff_id → blob map (envcache/build/ingest.py); rows for swept blobs are dropped.
-_LAYER_TABLE = "build_layer_blobs"
 
 
 class GcAborted(EnvcacheError):
@@ -273,10 +272,9 @@ def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = Non
                 report.tmp_bytes_freed += _tree_size(entry)
                 doomed_files.append(entry)
 
-        layer_rows = 0
-        if _LAYER_TABLE in db.table_names():
-            layer_rows = sum(1 for (d,) in sql(f"SELECT blob_digest FROM {_LAYER_TABLE}")
-                             if d in dead_blob_set or (d not in rows and d not in files))
+        # The build's diff_id → blob map must not point ingest at a swept blob.
+        layer_rows = sum(1 for (d,) in sql(f"SELECT blob_digest FROM {LAYER_BLOBS}")
+                         if d in dead_blob_set or (d not in rows and d not in files))
         report.layer_rows_deleted = layer_rows
 
         if not dry_run:
@@ -295,7 +293,7 @@ def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = Non
             for session_id in dead_sessions:
                 sql("DELETE FROM upload_sessions WHERE id = ?", [session_id])
             if layer_rows:
-                sql(f"DELETE FROM {_LAYER_TABLE} WHERE blob_digest NOT IN (SELECT digest FROM blobs)")
+                sql(f"DELETE FROM {LAYER_BLOBS} WHERE blob_digest NOT IN (SELECT digest FROM blobs)")
             cursor = sql(
                 "DELETE FROM repositories WHERE created < ? "
                 "AND name NOT IN (SELECT repository FROM manifests) AND name NOT IN (SELECT repository FROM tags) "

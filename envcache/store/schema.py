@@ -4,6 +4,11 @@
 after that number runs in order inside one transaction each, so a database written by an older
 envcache is brought forward and a new one is created by the same code path. Never edit a
 migration that has shipped: append a new one.
+
+Every table in ``envcache.db`` is created here, including those only one part of the daemon
+reads (the build's layer map, the base-digest cache, the upstream push log), so the whole
+on-disk schema is written down in one place; those parts name their tables with the constants
+below.
 """
 
 from __future__ import annotations
@@ -11,6 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sqlite_utils
+
+#: diff_id (uncompressed layer) → stored blob, per compression: lets ingest skip known layers.
+LAYER_BLOBS = "build_layer_blobs"
+#: Last resolved digest of each base-image reference: the offline fallback of base resolution.
+BASE_DIGESTS = "service_base_digests"
+#: One row per background push to an upstream registry, with its state and attempts.
+UPSTREAM_PUSHES = "upstream_pushes"
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
@@ -95,7 +107,28 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db["builds"].create_index(["key"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+def _m2_component_tables(db: sqlite_utils.Database) -> None:
+    """The build's layer map, the base-digest cache and the upstream push log.
+
+    Databases from before this migration may already hold these tables (their modules once
+    created them on first use), hence ``if_not_exists``.
+    """
+    db[LAYER_BLOBS].create(
+        {"diff_id": str, "compression": str, "blob_digest": str, "size": int, "created": float},
+        pk=("diff_id", "compression"), if_not_exists=True,
+    )
+    db[BASE_DIGESTS].create({"reference": str, "digest": str, "resolved": float}, pk="reference",
+                            if_not_exists=True)
+    db[UPSTREAM_PUSHES].create(
+        {"id": str, "upstream": str, "repository": str, "tag": str, "remote_repository": str,
+         "digest": str, "state": str, "attempts": int, "error": str, "bytes": int, "mounted": int,
+         "created": float, "updated": float},
+        pk="id", if_not_exists=True,
+    )
+    db[UPSTREAM_PUSHES].create_index(["state"], if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

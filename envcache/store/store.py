@@ -154,10 +154,6 @@ class Store:
             )
         return cursor.rowcount > 0
 
-    def blob_media_type(self, digest: str) -> str | None:
-        row = self.db.execute("SELECT media_type FROM blobs WHERE digest = ?", [digest]).fetchone()
-        return row[0] if row else None
-
     # -- manifests and tags ------------------------------------------------------------------
     def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
         """Store ``body`` byte-for-byte under ``repo``; ``ref`` is a tag (set) or the digest (checked)."""
@@ -250,28 +246,19 @@ class Store:
         return cursor.rowcount > 0
 
     def list_tags(self, repo: str, n: int | None = None, last: str | None = None) -> list[str]:
-        sql = "SELECT tag FROM tags WHERE repository = ?"
-        params: list[Any] = [repo]
-        if last:
-            sql += " AND tag > ?"
-            params.append(last)
-        sql += " ORDER BY tag"
-        if n is not None:
-            sql += " LIMIT ?"
-            params.append(n)
-        return [row[0] for row in self.db.execute(sql, params).fetchall()]
+        """Tags of ``repo`` in order, after ``last``, at most ``n`` (the OCI pagination)."""
+        return self._page("SELECT tag FROM tags WHERE repository = ? AND tag > ? ORDER BY tag LIMIT ?",
+                          [repo], n, last)
 
     def list_repositories(self, n: int | None = None, last: str | None = None) -> list[str]:
-        sql = "SELECT name FROM repositories"
-        params: list[Any] = []
-        if last:
-            sql += " WHERE name > ?"
-            params.append(last)
-        sql += " ORDER BY name"
-        if n is not None:
-            sql += " LIMIT ?"
-            params.append(n)
-        return [row[0] for row in self.db.execute(sql, params).fetchall()]
+        """Repository names in order, after ``last``, at most ``n`` (the catalog pagination)."""
+        return self._page("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", [], n, last)
+
+    def _page(self, sql: str, params: list[Any], n: int | None, last: str | None) -> list[str]:
+        # Names and tags are never empty, so '' as ``last`` means "from the start"; LIMIT -1 is
+        # SQLite's "no limit". One statement instead of SQL assembled per optional argument.
+        rows = self.db.execute(sql, [*params, last or "", -1 if n is None else n])
+        return [row[0] for row in rows]
 
     def referrers(self, repo: str, subject: str, artifact_type: str | None = None) -> list[dict[str, Any]]:
         """Descriptors of the manifests in ``repo`` whose ``subject`` is ``subject``."""

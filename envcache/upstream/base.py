@@ -14,14 +14,17 @@ repository names cannot contain): ``docker.io/library/ubuntu:22.04``,
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import pull_image
+
+if TYPE_CHECKING:
+    from envcache.store import Store
 
 _DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._/:-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
@@ -99,7 +102,8 @@ class BaseImage:
 class BasePuller:
     """Fetches base images into the store; also usable as a ``BaseDigestResolver`` resolver."""
 
-    def __init__(self, store: Any, upstreams: Sequence[Upstream], client_for: Any = None) -> None:
+    def __init__(self, store: Store, upstreams: Sequence[Upstream],
+                 client_for: Callable[[Upstream], RegistryClient] | None = None) -> None:
         self.store = store
         self.upstreams = list(upstreams)
         self._own: dict[str, RegistryClient] = {}
@@ -146,7 +150,7 @@ class BasePuller:
         """
         if reference == "scratch":
             return None
-        from envcache.service.wiring import config_digest
+        from envcache.service.keys import config_digest
 
         pulled = await self.pull(reference)
         manifest = self.store.get_manifest(pulled.local_repository, pulled.digest)

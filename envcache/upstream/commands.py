@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.cli import emit
 from envcache.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from envcache.store import Store
+    from envcache.upstream.config import Upstream
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -42,7 +46,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         p.set_defaults(handler=_push if verb == "push" else _pull)
 
 
-def load_settings(config_path: Path | None, data: Path | None) -> tuple[Path, list[Any]]:
+def load_settings(config_path: Path | None, data: Path | None) -> tuple[Path, list[Upstream]]:
     """(data dir, upstreams) from the daemon config, read exactly as ``envcache serve`` reads it."""
     from envcache.service.config import load_config
 
@@ -105,7 +109,7 @@ async def _check_all(upstreams: list[Any]) -> list[dict[str, Any]]:
     return results
 
 
-def _select(upstreams: list[Any], url: str | None, push: bool) -> list[Any]:
+def _select(upstreams: list[Upstream], url: str | None, push: bool) -> list[Upstream]:
     chosen = [u for u in upstreams if (u.can_push if push else u.can_pull) and (url is None or u.url == url.rstrip("/"))]
     if not chosen:
         raise InvalidInput(f"no {'push' if push else 'pull'} upstream configured"
@@ -113,7 +117,7 @@ def _select(upstreams: list[Any], url: str | None, push: bool) -> list[Any]:
     return chosen
 
 
-def _tag_for(store: Any, key: str, variant: str | None) -> str:
+def _tag_for(store: Store, key: str, variant: str | None) -> str:
     """Resolve KEY (+variant) to the local tag, consulting the images table when it can."""
     if variant:
         return f"{key}-{variant}"

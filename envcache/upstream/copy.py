@@ -12,12 +12,16 @@ the index under its tag.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.errors import InvalidInput
 from envcache.upstream.client import INDEX_TYPES, RegistryClient, RemoteManifest, UpstreamError
+
+if TYPE_CHECKING:
+    from envcache.store import Store
 
 
 @dataclass
@@ -35,7 +39,7 @@ class CopyStats:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return dataclasses.asdict(self)
 
 
 def _descriptors(doc: Any, where: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -55,7 +59,7 @@ def _descriptors(doc: Any, where: str) -> tuple[list[dict[str, Any]], list[dict[
     return children, blobs
 
 
-async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: Any,
+async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: Store,
                      local_repo: str, local_tag: str | None = None) -> CopyStats | None:
     """Copy ``remote_repo:ref`` into ``store`` as ``local_repo:local_tag``; ``None`` if absent upstream."""
     top = await client.get_manifest(remote_repo, ref)
@@ -109,7 +113,7 @@ async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: 
     return stats
 
 
-async def push_image(client: RegistryClient, store: Any, local_repo: str, ref: str, remote_repo: str,
+async def push_image(client: RegistryClient, store: Store, local_repo: str, ref: str, remote_repo: str,
                      remote_tag: str | None = None, mount_from: tuple[str, ...] = ()) -> CopyStats:
     """Push ``local_repo:ref`` from ``store`` to ``remote_repo:remote_tag`` (or by digest)."""
     top = store.get_manifest(local_repo, ref)
@@ -121,7 +125,7 @@ async def push_image(client: RegistryClient, store: Any, local_repo: str, ref: s
     return stats
 
 
-async def _push_manifest(client: RegistryClient, store: Any, local_repo: str, digest: str, media_type: str,
+async def _push_manifest(client: RegistryClient, store: Store, local_repo: str, digest: str, media_type: str,
                          body: bytes, remote_repo: str, remote_ref: str, mount_from: tuple[str, ...],
                          stats: CopyStats) -> None:
     children, blobs = _descriptors(json.loads(body), f"{local_repo}@{digest}")
@@ -164,7 +168,7 @@ def _json(manifest: RemoteManifest, client: RegistryClient) -> Any:
         raise UpstreamError(f"upstream {client.upstream.url}: manifest {manifest.digest} is not JSON") from exc
 
 
-def image_size(store: Any, repo: str, digest: str) -> int:
+def image_size(store: Store, repo: str, digest: str) -> int:
     """Config + layer bytes of a local image (all platforms of an index)."""
     manifest = store.get_manifest(repo, digest)
     if manifest is None:

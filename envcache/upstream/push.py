@@ -2,8 +2,9 @@
 
 A push must never slow down or fail a build: the image is already in the local store and
 answering. So pushes run as daemon-owned tasks; each attempt's outcome is written to the
-``upstream_pushes`` table, which is what ``status``/metrics read. A push that is still pending
-when the daemon stops is picked up again by :meth:`PushQueue.resume` on the next start.
+``upstream_pushes`` table (part of the store's schema), which is what ``status``/metrics read.
+A push that is still pending when the daemon stops is picked up again by
+:meth:`PushQueue.resume` on the next start.
 """
 
 from __future__ import annotations
@@ -13,28 +14,22 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.errors import EnvcacheError
+from envcache.store.schema import UPSTREAM_PUSHES as TABLE
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import push_image
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from envcache.store import Store
+
 log = logging.getLogger(__name__)
 
-TABLE = "upstream_pushes"
 STATES = ("queued", "running", "retrying", "done", "failed")
-
-
-def ensure_table(db: Any) -> None:
-    """Create the push status table (idempotent; the store's migrations do not own it)."""
-    db[TABLE].create(
-        {"id": str, "upstream": str, "repository": str, "tag": str, "remote_repository": str,
-         "digest": str, "state": str, "attempts": int, "error": str, "bytes": int, "mounted": int,
-         "created": float, "updated": float},
-        pk="id", if_not_exists=True,
-    )
-    db[TABLE].create_index(["state"], if_not_exists=True)
 
 
 def remote_repository(upstream: Upstream, local_repository: str) -> str:
@@ -46,7 +41,7 @@ def remote_repository(upstream: Upstream, local_repository: str) -> str:
 class PushQueue:
     """Pushes images to push-mode upstreams in background tasks with exponential backoff."""
 
-    def __init__(self, store: Any, client_for: Callable[[Upstream], RegistryClient], *,
+    def __init__(self, store: Store, client_for: Callable[[Upstream], RegistryClient], *,
                  max_attempts: int = 5, backoff: float = 1.0, max_backoff: float = 60.0) -> None:
         self.store = store
         self._client_for = client_for
@@ -54,7 +49,6 @@ class PushQueue:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._tasks: set[asyncio.Task[None]] = set()
-        ensure_table(store.db)
 
     def schedule(self, upstream: Upstream, repository: str, tag: str, mount_from: tuple[str, ...] = ()) -> str:
         """Queue one image for one upstream; returns the push id."""
@@ -140,9 +134,8 @@ class PushQueue:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def push_status(db: Any, limit: int = 50) -> dict[str, Any]:
+def push_status(db: Database, limit: int = 50) -> dict[str, Any]:
     """Counts per state and the latest pushes — for ``status``, ``upstream list`` and metrics."""
-    ensure_table(db)
     counts = {state: 0 for state in STATES}
     for row in db.query(f"select state, count(*) as n from {TABLE} group by state"):
         counts[row["state"]] = row["n"]

@@ -13,19 +13,22 @@ Naming: locally an image is ``envcache/env:<key>-<variant>`` and a stage image
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envcache.errors import EnvcacheError
 from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import image_size, pull_image
 from envcache.upstream.push import PushQueue, push_status
+
+if TYPE_CHECKING:
+    from envcache.service.ensure import Build, Prepared
+    from envcache.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,9 @@ class PulledImage:
 class UpstreamSource:
     """Pull on a miss (whole image, else deepest shared stage) and push after a build."""
 
-    def __init__(self, store: Any, upstreams: Sequence[Upstream], *, timeouts: Timeouts | None = None,
-                 stage_keys: Callable[[Any], list[str] | Awaitable[list[str]]] | None = None,
-                 lock_reader: Callable[[Any, str, str], dict] | None = None, push_attempts: int = 5,
+    def __init__(self, store: Store, upstreams: Sequence[Upstream], *, timeouts: Timeouts | None = None,
+                 stage_keys: Callable[[Prepared], Awaitable[list[str]]] | None = None,
+                 lock_reader: Callable[[Store, str, str], dict] | None = None, push_attempts: int = 5,
                  push_backoff: float = 1.0) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -93,27 +96,24 @@ class UpstreamSource:
         """What to pass as the Ensurer's ``sources``: nothing when no upstream can be pulled from."""
         return [self] if self.pull_upstreams else []
 
-    async def __call__(self, prepared: Any, log_fn: LogFn) -> PulledImage | None:
+    async def __call__(self, prepared: Prepared, log_fn: LogFn) -> PulledImage | None:
         """``Source`` for the Ensurer: the whole image, or else warm the deepest shared stage."""
         hit = await self.try_pull(prepared.key, prepared.variant, log_fn=log_fn)
         if hit is not None:
             return hit
         if self.stage_keys is not None:
             try:
-                keys = self.stage_keys(prepared)
-                if inspect.isawaitable(keys):
-                    keys = await keys
+                keys = await self.stage_keys(prepared)
             except Exception as exc:  # noqa: BLE001 - a source never fails the ensure: build all stages
                 log_fn(f"upstream: cannot compute stage keys ({exc}); building every stage")
                 return None
             await self.try_pull_stage(keys, log_fn=log_fn)
         return None
 
-    def on_build_done(self, build: Any, _seconds: float = 0.0) -> None:
+    def on_build_done(self, build: Build, _seconds: float = 0.0) -> None:
         """``Ensurer(on_build_done=...)`` hook: push images this daemon built (not pulled ones)."""
-        image = getattr(build, "image", None)
-        if getattr(build, "state", None) == "succeeded" and getattr(build, "outcome", None) == "built" and image:
-            self.push_after_build(image.repository, image.tag)
+        if build.state == "succeeded" and build.outcome == "built" and build.image is not None:
+            self.push_after_build(build.image.repository, build.image.tag)
 
     async def try_pull(self, image_key: str, variant: str, *, log_fn: LogFn | None = None) -> PulledImage | None:
         """Look the image up on each pull upstream in order; copy it in on the first hit."""
@@ -213,12 +213,12 @@ class UpstreamSource:
         self._clients.clear()
 
 
-def _size(store: Any, repository: str, ref: str) -> int:
+def _size(store: Store, repository: str, ref: str) -> int:
     manifest = store.get_manifest(repository, ref, with_body=False)
     return image_size(store, repository, manifest.digest) if manifest else 0
 
 
-def _layers(store: Any, repository: str, ref: str) -> list[str]:
+def _layers(store: Store, repository: str, ref: str) -> list[str]:
     """Layer digests of the first platform manifest of ``repository:ref`` (empty if unknown)."""
     manifest = store.get_manifest(repository, ref)
     try:

@@ -1,17 +1,15 @@
 """Plugging the upstream tier into the daemon's app, in one call the service makes.
 
-Kept here (not in the service) so the service needs three lines: ``source = setup(app)``, pass
-``source.as_sources()`` and ``source.on_build_done`` to its Ensurer, and put
-``base_resolver(app)`` in its resolver chain. The build side's optional helpers (stage keys
-before a build, the lock of a stored image) are looked up by name so that they plug in as soon
-as they exist, without another change here or in the service.
+The service's counterpart, :mod:`envcache.service.wiring`, connects the ensure machinery to the
+engine; this module connects it to the shared registries. It lives here (not in the service)
+so the service needs only this: ``source = setup(app, engine)``, then ``source.as_sources()``
+and ``source.on_build_done`` for its Ensurer and ``app[BASE_PULLER]`` in its resolver chain.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -19,45 +17,43 @@ from envcache.upstream.base import BasePuller
 from envcache.upstream.push import push_status
 from envcache.upstream.source import UpstreamSource
 
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from envcache.build.engines import Engine
+    from envcache.service.ensure import Prepared
+
 UPSTREAM = web.AppKey("envcache_upstream", UpstreamSource)
 BASE_PULLER = web.AppKey("envcache_base_puller", BasePuller)
 
 
-def _build_helper(name: str) -> Any:
-    try:
-        return getattr(importlib.import_module("envcache.build"), name, None)
-    except ImportError:
-        return None
+def setup(app: web.Application, engine: Callable[[], Awaitable[Engine | None]]) -> UpstreamSource:
+    """Create the daemon's upstream source and base puller from ``config.upstreams``, for the app's lifetime.
 
+    ``engine`` returns the daemon's engine (None without one): stage keys are computed the way
+    a build computes them, from the base image as the engine has it.
+    """
+    from envcache.build.builder import stage_keys_for
+    from envcache.build.stages import lock_from_store
 
-def setup(app: web.Application) -> UpstreamSource:
-    """Create the daemon's upstream source from ``config.upstreams`` and manage its lifetime."""
     store, config = app["store"], app["config"]
-    upstreams = list(getattr(config, "upstreams", None) or [])
-    stage_keys_for = _build_helper("stage_keys_for")
-    lock_from_store = _build_helper("lock_from_store")
+    upstreams = list(config.upstreams)
 
-    async def stage_keys(prepared: Any) -> list[str]:
-        from envcache.service.wiring import ENGINE
-
-        handle = app.get(ENGINE)
-        engine = await handle.get() if handle is not None else None
-        if engine is None:
+    async def stage_keys(prepared: Prepared) -> list[str]:
+        found = await engine()
+        if found is None:
             return []
-        return list(await stage_keys_for(prepared.definition, prepared.variant, engine=engine, config=config))
+        return await stage_keys_for(prepared.definition, prepared.variant, engine=found, config=config)
 
-    source = UpstreamSource(store, upstreams, stage_keys=stage_keys if stage_keys_for else None,
-                            lock_reader=lock_from_store)
-    app[UPSTREAM] = source
+    source = app[UPSTREAM] = UpstreamSource(store, upstreams, stage_keys=stage_keys, lock_reader=lock_from_store)
+    puller = app[BASE_PULLER] = BasePuller(store, upstreams)
     _register_metrics(app, source)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         source.pushes.resume(upstreams)
         yield
         await source.aclose()
-        puller = _app.get(BASE_PULLER)
-        if puller is not None:
-            await puller.aclose()
+        await puller.aclose()
 
     app.cleanup_ctx.append(lifecycle)
     return source
@@ -76,7 +72,7 @@ class _UpstreamCollector:
     def describe(self) -> list[Any]:
         return []   # values are read live in collect(); nothing to pre-register
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         counters = self.source.counters
@@ -98,16 +94,7 @@ class _UpstreamCollector:
 
 
 def _register_metrics(app: web.Application, source: UpstreamSource) -> None:
-    """Add the upstream collector to the daemon's own Prometheus registry, if it has one."""
+    """Add the upstream collector to the daemon's own Prometheus registry."""
     from envcache.service.metrics import METRICS_KEY
 
-    metrics = app.get(METRICS_KEY)
-    if metrics is not None:
-        metrics.registry.register(_UpstreamCollector(source))  # type: ignore[attr-defined]
-
-
-def base_resolver(app: web.Application) -> BasePuller:
-    """Pull-through resolver for base images (mirrors first, then the origin)."""
-    puller = BasePuller(app["store"], list(getattr(app["config"], "upstreams", None) or []))
-    app[BASE_PULLER] = puller
-    return puller
+    app[METRICS_KEY].registry.register(_UpstreamCollector(source))

@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from envcache.build.engines.base import Engine, ExportedImage, ImageInfo
 from envcache.build.engines.buildah import BuildahEngine
 from envcache.build.engines.docker import DockerEngine
 from envcache.build.errors import EngineUnavailable
 
+if TYPE_CHECKING:
+    from envcache.service.config import Config
+
 __all__ = ["BuildahEngine", "DockerEngine", "Engine", "ExportedImage", "ImageInfo", "detect_engine"]
 
 
-def _buildah(config: Any) -> BuildahEngine:
+def _buildah(config: Config) -> BuildahEngine:
     build = config.build
     return BuildahEngine(root=Path(build.buildah_root) if build.buildah_root else None,
                          runroot=Path(build.buildah_runroot) if build.buildah_runroot else None,
@@ -29,7 +32,7 @@ def _docker_socket_present(docker_host: str | None) -> bool:
     return True  # tcp:// and friends: only a request can tell
 
 
-def detect_engine(config: Any) -> Engine | None:
+def detect_engine(config: Config) -> Engine | None:
     """The engine ``[build] engine`` names; for ``auto`` Docker when its socket exists, else
     buildah when installed, else None (lookups and pulls still work; builds fail clearly).
 

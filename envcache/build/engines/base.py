@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from envcache.build.errors import BuildFailed
+
 LogFn = Callable[[str], None]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -141,3 +143,11 @@ class Engine(ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+    async def _pulled(self, ref: str, tail: LogTail) -> ImageInfo:
+        """``ref`` as the engine has it after a pull that reported success; shared by the
+        engines so a pull that leaves nothing behind fails as a pull, not later as a build."""
+        info = await self.inspect(ref)
+        if info is None:
+            raise BuildFailed("base", f"base image {ref} is not present after pulling it", tail.text())
+        return info

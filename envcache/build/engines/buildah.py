@@ -106,10 +106,7 @@ class BuildahEngine(Engine):
         status, _ = await self._run([*args, ref], tail)
         if status != 0:
             raise BuildFailed("base", f"cannot pull base image {ref}", tail.text())
-        info = await self.inspect(ref)
-        if info is None:
-            raise BuildFailed("base", f"base image {ref} is not present after pulling it", tail.text())
-        return info
+        return await self._pulled(ref, tail)
 
     async def build(self, context_dir: Path, tag: str, *, network: bool,
                     log: LogFn, step: str) -> str:

@@ -20,7 +20,9 @@ import aiohttp
 from envcache.build.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, context_tar
 from envcache.build.errors import BuildFailed, EngineUnavailable
 
-
+# Builds, saves and loads take as long as they take: the only time limit is the builder's
+# per-stage one (cancelling the request stops the engine's work), not a socket timeout.
+_UNLIMITED = aiohttp.ClientTimeout(total=None, sock_read=None)
 _RUNNING_IN = re.compile(r"---> Running in ([0-9a-f]{12,64})")
 _RUN_FAILED = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
 
@@ -68,10 +70,7 @@ class DockerEngine(Engine):
                     tail.line(f"{event.get('id', '')} {status}".strip())
         except aiodocker.DockerError as exc:
             raise BuildFailed("base", f"cannot pull base image {ref}: {exc.message}", tail.text()) from exc
-        info = await self.inspect(ref)
-        if info is None:
-            raise BuildFailed("base", f"base image {ref} is not present after pulling it", tail.text())
-        return info
+        return await self._pulled(ref, tail)
 
     async def build(self, context_dir: Path, tag: str, *, network: bool,
                     log: LogFn, step: str) -> str:
@@ -86,10 +85,9 @@ class DockerEngine(Engine):
         image_id: str | None = None
         error: str | None = None
         containers: list[str] = []  # RUN containers, removed by us if the build is abandoned
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
         try:
             async with self.client._query("build", "POST", params=params, data=context_tar(context_dir),
-                                          headers={"content-type": "application/x-tar"}, timeout=timeout) as resp:
+                                          headers={"content-type": "application/x-tar"}, timeout=_UNLIMITED) as resp:
                 async for raw in resp.content:
                     if not raw.strip():
                         continue
@@ -135,21 +133,19 @@ class DockerEngine(Engine):
     async def export_many(self, refs: list[str], dest_dir: Path) -> dict[str, ExportedImage]:
         """One ``docker save`` of all ``refs``: shared layers are written once."""
         path = dest_dir / "images.tar"
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
         with open(path, "wb") as out:
             # ``names`` repeats, which aiodocker's params mapping cannot express: query in the path.
             query = urllib.parse.urlencode([("names", ref) for ref in refs])
-            async with self.client._query(f"images/get?{query}", "GET", timeout=timeout) as resp:
+            async with self.client._query(f"images/get?{query}", "GET", timeout=_UNLIMITED) as resp:
                 while chunk := await resp.content.read(1 << 20):
                     out.write(chunk)
         exported = ExportedImage("docker-archive", path)
         return {ref: exported for ref in refs}
 
     async def load(self, archive: Path, tag: str) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
         with open(archive, "rb") as data:
             async with self.client._query("images/load", "POST", params={"quiet": "1"}, data=data,
-                                          headers={"content-type": "application/x-tar"}, timeout=timeout) as resp:
+                                          headers={"content-type": "application/x-tar"}, timeout=_UNLIMITED) as resp:
                 body = await resp.text()
         errors = [json.loads(line).get("error") for line in body.splitlines() if line.strip().startswith("{")]
         if any(errors) or await self.inspect(tag) is None:

@@ -89,7 +89,7 @@ async def test_stage_keys_hook_pulls_prefix_on_image_miss(stores: tuple[Store, S
     source_a.pushes.schedule(upstream, STAGE_REPO, "pfx-base")
     await source_a.pushes.drain(timeout=60)
     await source_a.aclose()
-    async def stage_keys(prepared: _Prepared) -> list[str]:     # the build side computes them async
+    async def stage_keys(prepared: _Prepared, log: object) -> list[str]:     # the build side computes them async
         return ["pfx-base", f"{prepared.key}-pip"]
 
     source_b = UpstreamSource(b, [upstream], stage_keys=stage_keys)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 
 REPOSITORY = "envcache/env"
 
+# Where the store keeps a base image pulled through the daemon: reference → (repository,
+# digest of a single-platform manifest), or None. The service passes one in, built from the
+# upstream tier's naming (``envcache.upstream.base.stored_copy``), so the build side never
+# imports the upstream tier.
+StoredBase = Callable[[str], Awaitable[tuple[str, str] | None]]
+
 # Index read-modify-write must not interleave between concurrent variant builds.
 _INDEX_LOCK = asyncio.Lock()
 
@@ -63,18 +70,61 @@ def root_key(base_digest: str) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps([base_digest, plan.RECIPE_VERSION]).encode())
 
 
-async def ensure_base(engine: Engine, ref: str, log: LogFn) -> ImageInfo:
-    """The base image in the engine, pulled when missing."""
+async def ensure_base(engine: Engine, ref: str, log: LogFn, *, store: Store | None = None,
+                      stored_base: StoredBase | None = None) -> ImageInfo:
+    """The base image in the engine: as it is, else loaded from envcache's own registry, else
+    pulled by the engine from its origin.
+
+    The store's copy (pulled through the daemon from a mirror or the origin, with the daemon's
+    credentials and TLS settings) comes first, so the engine needs neither, and the image the
+    key was resolved from is the one built on. It is loaded under the very name the definition
+    uses, so the generated ``FROM`` resolves locally. A digest-pinned name cannot be given to a
+    loaded image (engines record digests only on pull): such bases are pulled by the engine.
+    """
     info = await engine.inspect(ref)
-    return info if info is not None else await engine.pull(ref, log)
+    if info is not None:
+        return info
+    if store is not None and stored_base is not None and "@" not in ref:
+        info = await _load_stored_base(engine, ref, log, store, stored_base)
+        if info is not None:
+            return info
+    return await engine.pull(ref, log)
+
+
+async def _load_stored_base(engine: Engine, ref: str, log: LogFn, store: Store,
+                            stored_base: StoredBase) -> ImageInfo | None:
+    """The store's copy of base ``ref`` loaded into the engine; None (pull instead) when the
+    store has none or the engine will not take it."""
+    found = await stored_base(ref)
+    manifest = store.get_manifest(*found) if found is not None else None
+    if found is None or manifest is None:
+        return None
+    try:
+        await stages_mod.load_image(store, engine, manifest, _tagged(ref))
+    except EnvcacheError as exc:
+        log(f"base {ref}: cannot load the copy in envcache's registry ({exc}); pulling it instead")
+        return None
+    info = await engine.inspect(ref)
+    if info is None:
+        log(f"base {ref}: loaded from envcache's registry but {engine.name} does not find it; pulling it instead")
+        return None
+    log(f"base {ref}: loaded into {engine.name} from envcache's registry ({found[0]}@{found[1]})")
+    return info
+
+
+def _tagged(ref: str) -> str:
+    """``busybox`` → ``busybox:latest``: an image archive's tag must name a tag, as a pull would."""
+    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
 async def build_image(defn: Definition, variant: str, *, store: Store, engine: Engine | None, config: Config,
-                      image_key: str, log: LogFn, base_digest: str | None = None) -> BuiltImage:
+                      image_key: str, log: LogFn, base_digest: str | None = None,
+                      stored_base: StoredBase | None = None) -> BuiltImage:
     """Build ``defn`` for ``variant`` and store it as ``envcache/env:<image_key>-<variant>``.
 
     ``base_digest`` is what the caller resolved the base to (recorded with the image); the chain
     root always uses the engine's own id of the base image, so stage keys match what is built.
+    ``stored_base`` finds a base the engine lacks in the store (see ``ensure_base``).
     """
     if engine is None:
         raise BuildFailed("setup", "no container engine is configured or detected: install Docker "
@@ -85,7 +135,7 @@ async def build_image(defn: Definition, variant: str, *, store: Store, engine: E
     out = tail.line
     view = for_variant(defn, variant)
     base_ref = _base_ref(view, config, variant)
-    base = await ensure_base(engine, base_ref, out)
+    base = await ensure_base(engine, base_ref, out, store=store, stored_base=stored_base)
     stages = stage_chain(defn, variant, root_key(base.id))
     timeout = float(config.build.stage_timeout)
     compression = config.build.compression
@@ -163,18 +213,22 @@ async def _deepest_available(stages: list[Stage], store: Store, engine: Engine, 
         key = stages[index].key
         if await engine.inspect(plan.stage_tag(key)) is not None:
             return index + 1
-        if stages_mod.stored_stage(store, key) is not None and await stages_mod.load_stage(store, engine, key, log):
+        stored = stages_mod.stored_stage(store, key)
+        if stored is not None:
+            await stages_mod.load_image(store, engine, stored, plan.stage_tag(key))
+            log(f"stage {key}: loaded into {engine.name} from envcache's registry")
             return index + 1
     return 0
 
 
 async def stage_keys_for(defn: Definition, variant: str, *, engine: Engine, config: Config,
-                         log: LogFn = lambda line: None) -> list[str]:
+                         log: LogFn = lambda line: None, store: Store | None = None,
+                         stored_base: StoredBase | None = None) -> list[str]:
     """The chain keys ``build_image`` would use (shallowest first): the base is resolved in
-    the engine (pulled if missing), exactly as a build does."""
+    the engine (loaded from the store or pulled if missing), exactly as a build does."""
     variant = resolve_variant(variant)
     view = for_variant(defn, variant)
-    base = await ensure_base(engine, _base_ref(view, config, variant), log)
+    base = await ensure_base(engine, _base_ref(view, config, variant), log, store=store, stored_base=stored_base)
     return [stage.key for stage in stage_chain(defn, variant, root_key(base.id))]
 
 

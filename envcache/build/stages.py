@@ -2,7 +2,8 @@
 
 Each built stage is kept in envcache's registry as ``envcache/stage:<chain key>``, so another
 machine (through an upstream registry) or this one after an engine reset can start from the
-deepest shared stage instead of the base. Loading goes through the engine's image import (a
+deepest shared stage instead of the base. Base images pulled through the daemon's registry are
+loaded the same way (``load_image``). Loading goes through the engine's image import (a
 ``docker save``-format archive rebuilt from the stored blobs, layers decompressed) because Docker
 before 23.0 cannot pull zstd layers; the config bytes are kept, so the loaded image has the same
 id as the one originally built.
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from envcache.build import ingest as ingest_mod
 from envcache.build import plan
-from envcache.build.engines.base import Engine, LogFn
+from envcache.build.engines.base import Engine
 from envcache.store.digests import digest_bytes
 
 if TYPE_CHECKING:
@@ -84,20 +85,18 @@ def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None
             archive.addfile(info, io.BytesIO(data))
 
 
-async def load_stage(store: Store, engine: Engine, key: str, log: LogFn) -> bool:
-    """Load stored stage ``key`` into the engine as ``envcache-stage:<key>``; False when the
-    store does not have it."""
-    manifest = stored_stage(store, key)
-    if manifest is None:
-        return False
-    tag = plan.stage_tag(key)
+async def load_image(store: Store, engine: Engine, manifest: Manifest, tag: str) -> None:
+    """Load a stored single-platform image into the engine under ``tag``.
+
+    One path for everything the engine gets from the store — stage images and pulled-through
+    base images alike — so both keep their config bytes (the engine id stays the config digest
+    the image key was computed from) and both avoid the engine's own registry client.
+    """
     store.blobs.tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="envcache-load-", dir=store.blobs.tmp) as tmp:
         archive = Path(tmp) / "image.tar"
         await asyncio.to_thread(_write_archive, stored_source(store, manifest.body), tag, archive)
         await engine.load(archive, tag)
-    log(f"stage {key}: loaded into {engine.name} from envcache's registry")
-    return True
 
 
 def lock_from_store(store: Store, repository: str, digest: str) -> dict[str, Any]:

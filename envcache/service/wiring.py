@@ -19,7 +19,7 @@ from envcache.build import resolve_variant
 from envcache.build.plan import RECIPE_VERSION
 from envcache.errors import EnvcacheError
 from envcache.service.keys import Resolver, config_digest
-from envcache.upstream.base import origin_upstream, parse_reference
+from envcache.upstream.base import origin_upstream, parse_reference, stored_copy
 
 if TYPE_CHECKING:
     from envcache.build.builder import BuiltImage
@@ -123,8 +123,10 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
 
 
 def make_builder(app: web.Application) -> Builder:
-    """The ensure machinery's builder: ``envcache.build.build_image`` on the detected engine."""
+    """The ensure machinery's builder: ``envcache.build.build_image`` on the detected engine, with
+    bases the engine lacks loaded from their pulled-through copy in the store."""
     store, config, handle = app["store"], app["config"], app[ENGINE]
+    stored_base = stored_copy(store)
 
     async def builder(prepared: Prepared, log: LogFn) -> BuiltImage:
         from envcache.build.builder import build_image
@@ -136,6 +138,7 @@ def make_builder(app: web.Application) -> Builder:
                 "buildah, or set [build] engine / docker_host in the daemon config"
             )
         return await build_image(prepared.definition, prepared.variant, store=store, engine=engine, config=config,
-                                 image_key=prepared.key, log=log, base_digest=prepared.base_digest)
+                                 image_key=prepared.key, log=log, base_digest=prepared.base_digest,
+                                 stored_base=stored_base)
 
     return builder

@@ -14,7 +14,7 @@ repository names cannot contain): ``docker.io/library/ubuntu:22.04``,
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -167,6 +167,38 @@ class BasePuller:
         for client in self._own.values():
             await client.close()
         self._own.clear()
+
+
+def stored_copy(store: Store) -> Callable[[str], Awaitable[tuple[str, str] | None]]:
+    """``reference`` → (repository, manifest digest) of its pulled-through copy in ``store``, or None.
+
+    What the builder is given to load a base the engine lacks from the store instead of letting
+    the engine pull it from the origin (it needs the daemon's credentials, TLS settings and
+    mirrors for that). An index is narrowed to one platform by ``config_digest``'s own choice, so
+    the image loaded is exactly the one whose config digest went into the image key.
+    """
+    from envcache.service.keys import config_digest
+
+    async def stored(reference: str) -> tuple[str, str] | None:
+        try:
+            ref = parse_reference(reference)
+        except InvalidInput:
+            return None
+        repository = ref.local_repository
+        manifest = store.get_manifest(repository, ref.ref) if store.repository_exists(repository) else None
+        if manifest is None:
+            return None
+        chosen = manifest.digest
+
+        async def child(digest: str) -> bytes | None:
+            nonlocal chosen
+            chosen = digest                  # the platform entry config_digest picked from an index
+            found = store.get_manifest(repository, digest)
+            return found.body if found else None
+
+        return (repository, chosen) if await config_digest(manifest.body, child) else None
+
+    return stored
 
 
 class BaseNotAvailable(EnvcacheError):

@@ -59,7 +59,7 @@ class UpstreamSource:
     """Pull on a miss (whole image, else deepest shared stage) and push after a build."""
 
     def __init__(self, store: Store, upstreams: Sequence[Upstream], *, timeouts: Timeouts | None = None,
-                 stage_keys: Callable[[Prepared], Awaitable[list[str]]] | None = None,
+                 stage_keys: Callable[[Prepared, LogFn], Awaitable[list[str]]] | None = None,
                  lock_reader: Callable[[Store, str, str], dict] | None = None, push_attempts: int = 5,
                  push_backoff: float = 1.0) -> None:
         self.store = store
@@ -103,7 +103,7 @@ class UpstreamSource:
             return hit
         if self.stage_keys is not None:
             try:
-                keys = await self.stage_keys(prepared)
+                keys = await self.stage_keys(prepared, log_fn)
             except Exception as exc:  # noqa: BLE001 - a source never fails the ensure: build all stages
                 log_fn(f"upstream: cannot compute stage keys ({exc}); building every stage")
                 return None

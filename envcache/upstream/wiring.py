@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from envcache.upstream.base import BasePuller
+from envcache.upstream.base import BasePuller, stored_copy
 from envcache.upstream.push import push_status
-from envcache.upstream.source import UpstreamSource
+from envcache.upstream.source import LogFn, UpstreamSource
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -38,12 +38,15 @@ def setup(app: web.Application, engine: Callable[[], Awaitable[Engine | None]]) 
 
     store, config = app["store"], app["config"]
     upstreams = list(config.upstreams)
+    stored_base = stored_copy(store)
 
-    async def stage_keys(prepared: Prepared) -> list[str]:
+    async def stage_keys(prepared: Prepared, log: LogFn) -> list[str]:
         found = await engine()
         if found is None:
             return []
-        return await stage_keys_for(prepared.definition, prepared.variant, engine=found, config=config)
+        # Same base handling as a build: the engine's copy, else the one pulled through the store.
+        return await stage_keys_for(prepared.definition, prepared.variant, engine=found, config=config,
+                                    log=log, store=store, stored_base=stored_base)
 
     source = app[UPSTREAM] = UpstreamSource(store, upstreams, stage_keys=stage_keys, lock_reader=lock_from_store)
     puller = app[BASE_PULLER] = BasePuller(store, upstreams)

@@ -288,6 +288,8 @@ def _parsed(text: str) -> Any:
         return json.loads(text)  # the Azure JSON is read as JSON, which YAML does not always accept
     except ValueError:
         pass
+    except RecursionError:
+        raise InvalidInput("definition is nested too deeply") from None
     try:
         return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
@@ -300,8 +302,13 @@ def _listed_includes(data: Any) -> list[str]:
 
     found: list[str] = []
     stack = [data]
+    seen: set[int] = set()  # YAML aliases share (even contain) nodes: walk each container once
     while stack:
         item = stack.pop()
+        if isinstance(item, (dict, list)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):

@@ -35,7 +35,9 @@ from envcache.store import (
 )
 from envcache.store.blobs import hash_file, pump
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
+# ASCII digits, at most 19 (an int64 offset): "\d+" took any Unicode digit and any length,
+# and int() of thousands of digits raises instead of answering 400.
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})$")
 
 
 @dataclass

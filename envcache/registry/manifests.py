@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -140,7 +141,7 @@ def _page(request: web.Request) -> tuple[int | None, str | None]:
     raw_n = request.query.get("n")
     n = None
     if raw_n is not None:
-        if not raw_n.isdigit() or len(raw_n) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", raw_n):  # ASCII only: "²".isdigit() is True, int("²") fails
             raise RegistryError(400, "PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, not {raw_n[:50]!r}")
         n = int(raw_n)
     return n, request.query.get("last") or None

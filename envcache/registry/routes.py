@@ -8,6 +8,8 @@ else happens) and turns every failure into the spec's error body.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +30,8 @@ from envcache.store import (
     TagInvalid,
     check_name,
 )
+
+log = logging.getLogger(__name__)
 
 UPLOADS = web.AppKey("registry.uploads", UploadState)
 _DEFAULT_UPLOAD_TTL = 3600.0
@@ -94,6 +98,16 @@ async def _dispatch(request: web.Request, store: Store, uploads: UploadState) ->
         return exc.response(head=head)
     except EnvcacheError as exc:  # store-level validation that a handler did not map itself
         return RegistryError(exc.http_status, _CODES.get(type(exc), "UNSUPPORTED"), str(exc)).response(head=head)
+    except web.RequestPayloadError as exc:  # a body that cannot be read (bad Content-Encoding, cut short)
+        detail = str(exc).splitlines()[-1].strip() or str(exc)
+        return RegistryError(400, "BLOB_UPLOAD_INVALID", f"request body could not be read: {detail}").response(head=head)
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:  # a bug of ours: log it, but answer in the spec's shape so clients show a reason
+        log.exception("internal error on %s %s", request.method, request.path[:300])
+        return RegistryError(500, "UNKNOWN", "internal error (see the daemon log)").response(head=head)
 
 
 async def _route(request: web.Request, store: Store, uploads: UploadState) -> web.StreamResponse:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections import Counter, OrderedDict
@@ -63,6 +64,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason if exc.status != 404 else f"no such endpoint: {request.method} {request.path}")
+    except web.RequestPayloadError as exc:  # a body that cannot be read (bad gzip, cut short)
+        return _error(400, f"request body could not be read: {str(exc).splitlines()[-1].strip() or exc}")
+    except RecursionError:  # JSON/YAML nested past Python's recursion limit, wherever it was parsed
+        return _error(400, "request body is nested too deeply")
     except asyncio.CancelledError:
         raise
     except Exception:  # a bug of ours: log it, answer JSON, keep serving
@@ -88,9 +93,25 @@ async def _body(request: web.Request, raw: bytes | None = None) -> dict[str, Any
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(data):
+        # JSON may spell half a UTF-16 pair (\ud800); such a string cannot be written to a file,
+        # SQLite or a log line later, so it is refused here, where the caller can still be told.
+        raise InvalidInput("request body contains a lone UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode text")
     return data
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except RecursionError:
+        raise InvalidInput("request body is nested too deeply") from None
+    return False
 
 
 class _DefinitionMemo:
@@ -146,12 +167,20 @@ def _load_files(item: Any, where: str) -> Definition:
     The files go into a private temporary directory (after :func:`check_files` has made sure
     nothing they include points outside it); messages name them as the client does.
     """
+    if isinstance(item, dict) and isinstance(item.get("files"), dict):
+        for name, text in item["files"].items():
+            if isinstance(text, str):
+                _check_yaml_aliases(f"{where}document.files[{name[:80]!r}]", text)
     document = check_files(item)
     with tempfile.TemporaryDirectory(prefix="envcache-document-") as tmp:
         for name, text in document.files.items():
             target = Path(tmp, name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+            except OSError as exc:  # a name too long for the file system, a file where a directory goes
+                raise InvalidInput(f"{where}document.files[{name[:80]!r}]: cannot be written as a file: "
+                                   f"{exc.strerror or exc}") from None
         try:
             return spec.load_definition(Path(tmp, document.path), document.format)
         except EnvcacheError as exc:
@@ -163,8 +192,63 @@ def _load_files(item: Any, where: str) -> Definition:
     raise InvalidInput(f"{where}{message}")
 
 
+MAX_YAML_NODES = 100_000  # far beyond any real definition; a "billion laughs" file is far beyond it
+
+
+def _check_yaml_aliases(field: str, text: str) -> None:
+    """Refuse YAML whose aliases loop back into themselves or expand past :data:`MAX_YAML_NODES`.
+
+    WHY: the loaders walk the parsed data as a tree, so a recursive alias (``a: &a [*a]``) or a
+    few nested aliases ("billion laughs", billions of nodes) would tie up the daemon's event
+    loop for every client. A definition never needs that; the node graph is checked here at the
+    boundary, counting each shared node once per use, before anything walks it. Only files
+    that use both anchors and aliases pay.
+    """
+    if "&" not in text or "*" not in text:
+        return
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return  # not (single-document) YAML: the loaders report it with its line
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise InvalidInput(f"{field}: a YAML alias refers to the node that contains it (a recursive alias)")
+        active.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise InvalidInput(f"{field}: YAML aliases expand to more than {MAX_YAML_NODES} nodes")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        if root is not None:
+            size(root)
+    except RecursionError:
+        raise InvalidInput(f"{field}: YAML nested too deeply") from None
+
+
 def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> tuple[Definition, tuple[str, int] | None]:
     """A Definition from ``definition`` (a document), ``document`` (raw files) or ``environment``."""
+    try:
+        return _definition_of(app, item, where)
+    except RecursionError:  # deeply nested JSON/YAML inside a file or the definition: bad input
+        raise InvalidInput(f"{where}definition is nested too deeply") from None
+
+
+def _definition_of(app: web.Application, item: dict[str, Any], where: str) -> tuple[Definition, tuple[str, int] | None]:
     if "document" in item and "definition" not in item:
         return _load_files(item["document"], where), None
     if "definition" in item:
@@ -189,12 +273,18 @@ def _definition(app: web.Application, item: dict[str, Any], where: str = "") -> 
                        "or 'environment' ({name, version})")
 
 
+_MAX_INT = 2**63 - 1  # SQLite's INTEGER: a larger number cannot even be looked up
+
+
 def _version(value: Any, field: str) -> int | None:
+    """A positive integer from JSON or a query string; ASCII digits only (``"²".isdigit()`` is True)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) < 1:
-        raise InvalidInput(f"{field} must be a positive integer")
-    return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,19}", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_INT:
+        raise InvalidInput(f"{field} must be a positive integer (at most {_MAX_INT})")
+    return value
 
 
 def _variant(value: Any, field: str = "variant") -> str:

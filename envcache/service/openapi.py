@@ -30,8 +30,11 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+_POSITIVE = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}  # what SQLite's INTEGER holds
+
+
 def _query(name: str, kind: str = "integer") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+    return {"name": name, "in": "query", "required": False, "schema": _POSITIVE if kind == "integer" else {"type": kind}}
 
 
 _OBJ = {"type": "object"}
@@ -121,7 +124,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                               "description": "relative name → text; includes must stay inside"},
                     "display_root": {"type": "string", "description": "how error messages show the path"}}},
                 "environment": {"type": "object", "properties": {
-                    "name": {"type": "string"}, "version": {"type": "integer"}}}}},
+                    "name": {"type": "string"}, "version": _POSITIVE}}}},
         "Image": {"type": "object", "properties": {k: {"type": t} for k, t in {
             "key": "string", "variant": "string", "spec_hash": "string", "image": "string", "repository": "string",
             "tag": "string", "digest": "string", "size": "integer", "created": "number", "last_used": "number",

@@ -325,8 +325,13 @@ def _parse_manifest(body: bytes, media_type: str) -> dict[str, Any]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest must be a JSON object")
+    for key in ("layers", "manifests"):
+        if doc.get(key) is not None and not isinstance(doc[key], list):
+            raise ManifestInvalid(f"manifest {key} must be a list of descriptors")
     declared = doc.get("mediaType")
     if declared is not None and declared != media_type:
         raise ManifestInvalid(f"manifest mediaType {declared!r} does not match Content-Type {media_type!r}")

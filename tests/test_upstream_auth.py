@@ -34,7 +34,7 @@ from envcache.upstream.config import parse_upstream
 from envcache.upstream.copy import pull_image, push_image
 from tests.fixtures.engines import DOCKER_REGISTRY, _registry_answers, _stop_process, free_port, \
     RegistryServer, remove_tree, short_tempdir
-from tests.test_upstream_copy import image_blobs, make_image, make_layer
+from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 SERVICE, ISSUER, USER, PASSWORD = "envcache-test-registry", "envcache-test-issuer", "ci", "t0ken-pw"
 

@@ -13,7 +13,7 @@ from envcache.errors import InvalidInput
 from envcache.store import Store
 from envcache.upstream.config import parse_upstreams
 from tests.fixtures.engines import free_port
-from tests.test_upstream_copy import make_image, make_layer
+from tests.fixtures.upstream import make_image, make_layer
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -1,93 +1,17 @@
-"""Pull and push between the local store and a real CNCF distribution 2.8 registry.
-
-Also home of :func:`make_image`, the tiny-image maker the other upstream test modules import:
-real gzip'd tar layers, a real OCI config, manifests per platform and an index, written through
-the real Store — small enough to keep the suite fast on two cores.
-"""
+"""Pull and push between the local store and a real CNCF distribution 2.8 registry."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import os
-import tarfile
-from pathlib import Path
 
 import pytest
 
 from envcache.store import Store
-from envcache.upstream.client import OCI_INDEX, OCI_MANIFEST, RegistryClient
+from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream, parse_upstream
 from envcache.upstream.copy import pull_image, push_image
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def make_layer(files: dict[str, bytes]) -> bytes:
-    """A gzip'd tar layer with ``files`` (deterministic: fixed mtime)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
-async def make_image(store: Store, repo: str, tag: str, layers: list[bytes],
-                           platforms: tuple[str, ...] = ("amd64",)) -> str:
-    """Write an OCI index over one manifest per platform into ``store``; returns the index digest."""
-    descriptors = []
-    for layer in layers:
-        digest, size = await store.blobs.write(layer)
-        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "digest": digest, "size": size})
-    entries = []
-    for arch in platforms:
-        diff_ids = [_digest(gzip.decompress(layer)) for layer in layers]
-        config = json.dumps({"architecture": arch, "os": "linux",
-                             "rootfs": {"type": "layers", "diff_ids": diff_ids},
-                             "config": {"Env": ["PATH=/bin"]}}, sort_keys=True).encode()
-        cdigest, csize = await store.blobs.write(config)
-        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                          "digest": cdigest, "size": csize},
-                               "layers": descriptors}, sort_keys=True).encode()
-        mdigest = store.put_manifest(repo, _digest(manifest), manifest, OCI_MANIFEST)
-        entries.append({"mediaType": OCI_MANIFEST, "digest": mdigest, "size": len(manifest),
-                        "platform": {"architecture": arch, "os": "linux"}})
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
-                       sort_keys=True).encode()
-    return store.put_manifest(repo, tag, index, OCI_INDEX)
-
-
-def image_blobs(store: Store, repo: str, ref: str) -> set[str]:
-    """Every digest (manifests, configs, layers) reachable from ``repo:ref`` in ``store``."""
-    found: set[str] = set()
-    todo = [ref]
-    while todo:
-        manifest = store.get_manifest(repo, todo.pop())
-        assert manifest is not None
-        found.add(manifest.digest)
-        doc = json.loads(manifest.body)
-        todo.extend(m["digest"] for m in doc.get("manifests", []))
-        for blob in [doc["config"], *doc["layers"]] if "config" in doc else []:
-            assert store.blobs.exists(blob["digest"])
-            found.add(blob["digest"])
-    return found
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> tuple[Store, Store]:
-    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
-    yield a, b
-    a.close()
-    b.close()
+from tests.fixtures.upstream import digest_of, image_blobs, make_image, make_layer
 
 
 async def _roundtrip(upstream: Upstream, a: Store, b: Store) -> None:
@@ -170,4 +94,4 @@ async def test_chunked_upload_and_cross_repo_mount(stores: tuple[Store, Store], 
                                   mount_from=("mnt/stage",))
         assert second.blobs_mounted == 1          # the big layer: linked, not sent
         pulled = await pull_image(client, "mnt/env", "e1", b, "envcache/env", "e1")
-    assert pulled is not None and b.blobs.exists(_digest(big))
+    assert pulled is not None and b.blobs.exists(digest_of(big))

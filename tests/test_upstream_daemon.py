@@ -14,7 +14,7 @@ from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.push import push_status
 from envcache.upstream.source import ENV_REPO, STAGE_REPO, UpstreamSource
-from tests.test_upstream_copy import image_blobs, make_image, make_layer
+from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 
 async def test_envcache_daemon_as_upstream_with_tokens(tmp_path: Path, make_daemon) -> None:

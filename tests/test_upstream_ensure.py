@@ -21,6 +21,7 @@ from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.wiring import UPSTREAM
 from tests.fixtures.engines import Dockerd, OciImage, free_port, skopeo
+from tests.fixtures.upstream import ensure_and_log
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +47,6 @@ def _config(*, engine: str, upstreams: list[dict[str, Any]], dockerd: Dockerd | 
     return config
 
 
-async def _ensure(url: str, definition: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{url}/api/v1/ensure", json={"definition": definition, "variant": "cpu",
-                                                          "wait": True}) as resp:
-            body = await resp.json()
-            if "build" in body:
-                async with http.get(f"{url}/api/v1/builds/{body['build']['id']}/log",
-                                    params={"follow": "false"}) as log:
-                    body["log"] = await log.text()
-            body["http_status"] = resp.status
-            return body
 
 
 async def _metrics(url: str) -> str:
@@ -83,20 +72,20 @@ async def _share(make_daemon, dockerd: Dockerd, origin_base: str, shared_a: dict
     daemon_b = await make_daemon(_config(engine="none", upstreams=[shared_b]))
     definition = _definition(origin_base, os.urandom(8).hex())
 
-    built = await _ensure(daemon_a, definition)
+    built = await ensure_and_log(daemon_a, definition)
     assert built["status"] == "built", built
     await daemon_a.app[UPSTREAM].pushes.drain(timeout=120)
     pushes = daemon_a.app[UPSTREAM].status()["pushes"]
     assert pushes["counts"]["done"] >= 1 and pushes["counts"]["failed"] == 0, pushes
 
-    pulled = await _ensure(daemon_b, definition)
+    pulled = await ensure_and_log(daemon_b, definition)
     # Same definition, same base → same image key on both machines (else B could never hit).
     assert pulled.get("build", {}).get("key") == built["image"]["key"], (built, pulled)
     assert pulled["status"] == "pulled", pulled.get("log", pulled)    # engine "none": no build possible
     assert pulled["image"]["digest"] == built["image"]["digest"]
     assert _layers(daemon_a.store, "envcache/env", built["image"]["digest"]) == \
         _layers(daemon_b.store, "envcache/env", pulled["image"]["digest"])
-    hit = await _ensure(daemon_b, definition)
+    hit = await ensure_and_log(daemon_b, definition)
     assert hit["status"] == "hit"
     # Visible in metrics: B's pull, A's finished pushes.
     assert 'envcache_upstream_pulls_total{result="hit"} 1.0' in await _metrics(daemon_b)
@@ -134,7 +123,7 @@ async def test_broken_upstreams_fall_back_to_building(make_daemon, dockerd: Dock
         {"url": garbage_url, "mode": "pull", "prefix": "", "timeout": 2},
     ]))
     before = {p.name for p in (daemon.data_dir / "blobs").rglob("*") if p.is_file()}
-    answer = await _ensure(daemon, _definition(origin_base, os.urandom(8).hex()))
+    answer = await ensure_and_log(daemon, _definition(origin_base, os.urandom(8).hex()))
     assert answer["status"] == "built", answer
     log = answer["log"]
     assert "cannot connect" in log and "timed out" in log and "falling back" in log
@@ -160,7 +149,7 @@ async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dock
     daemon_a = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[up]))
     marker = os.urandom(8).hex()
     first = {**_definition(origin_base, marker), "environment_variables": {"FLAVOUR": "one"}}
-    built = await _ensure(daemon_a, first)
+    built = await ensure_and_log(daemon_a, first)
     assert built["status"] == "built", built.get("log", built)
     await daemon_a.app[UPSTREAM].pushes.drain(timeout=120)
     stage_tags = daemon_a.store.list_tags("envcache/stage")
@@ -171,7 +160,7 @@ async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dock
 
     daemon_b = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[{**up, "mode": "pull"}]))
     second = {**_definition(origin_base, marker), "environment_variables": {"FLAVOUR": "two"}}
-    answer = await _ensure(daemon_b, second)
+    answer = await ensure_and_log(daemon_b, second)
     assert answer["status"] == "built", answer.get("log", answer)
     log = answer["log"]
     base_key = next(k for k in stage_tags if f"stage base {k}" in built["log"])

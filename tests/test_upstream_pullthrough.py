@@ -17,7 +17,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from envcache.build.builder import ensure_base
@@ -29,21 +28,11 @@ from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.copy import push_image
 from tests.fixtures.engines import Buildah, Dockerd, OciImage, free_port, push_oci_image
-from tests.test_upstream_copy import make_image, make_layer
+from tests.fixtures.upstream import ensure_and_log, make_image, make_layer
 
 USER, PASSWORD = "reader", "s3cret-pw"
 
 
-async def _ensure(url: str, definition: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/v1/ensure", json={"definition": definition, "variant": "cpu",
-                                                          "wait": True}) as resp:
-            body = await resp.json()
-        if "build" in body:
-            async with http.get(f"{url}/api/v1/builds/{body['build']['id']}/log",
-                                params={"follow": "false"}) as log:
-                body["log"] = await log.text()
-        return body
 
 
 def _config(upstreams: list[dict[str, Any]], **build: Any) -> Config:
@@ -87,7 +76,7 @@ async def test_docker_builds_on_a_base_only_the_daemon_can_fetch(make_daemon, do
                                          "username": USER, "password": PASSWORD}],
                                        engine="docker", docker_host=dockerd.host))
     try:
-        answer = await _ensure(daemon, {"docker": {"base_image": base}})
+        answer = await ensure_and_log(daemon, {"docker": {"base_image": base}})
         assert answer["status"] == "built", answer.get("log", answer)
         local_repo = f"{origin.host.replace(':', '-')}/private/busybox"
         stored = daemon.store.get_manifest(local_repo, base.rsplit(":", 1)[1])
@@ -118,7 +107,7 @@ async def test_buildah_builds_from_a_mirror_when_the_origin_is_down(make_daemon,
                                        buildah_runroot=str(buildah.run_root),
                                        buildah_storage_driver=buildah.storage_driver))
     marker = os.urandom(8).hex()
-    answer = await _ensure(daemon, {"docker": {"base_dockerfile": f"FROM {base}\nRUN echo {marker} > /marker"}})
+    answer = await ensure_and_log(daemon, {"docker": {"base_dockerfile": f"FROM {base}\nRUN echo {marker} > /marker"}})
     assert answer["status"] == "built", answer.get("log", answer)
     local_repo = f"{origin.replace(':', '-')}/private/busybox"
     stored = daemon.store.get_manifest(local_repo, tag)

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
-import pytest
 
 from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.push import push_status
 from envcache.upstream.source import ENV_REPO, STAGE_REPO, UpstreamSource
 from tests.fixtures.engines import free_port
-from tests.test_upstream_copy import image_blobs, make_image, make_layer
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> tuple[Store, Store]:
-    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
-    yield a, b
-    a.close()
-    b.close()
+from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 
 class _Prepared:

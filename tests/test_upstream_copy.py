@@ -8,10 +8,11 @@ import os
 import pytest
 
 from envcache.store import Store
+from envcache.store.digests import digest_bytes
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream, parse_upstream
 from envcache.upstream.copy import pull_image, push_image
-from tests.fixtures.upstream import digest_of, image_blobs, make_image, make_layer
+from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 
 async def _roundtrip(upstream: Upstream, a: Store, b: Store) -> None:
@@ -94,4 +95,4 @@ async def test_chunked_upload_and_cross_repo_mount(stores: tuple[Store, Store], 
                                   mount_from=("mnt/stage",))
         assert second.blobs_mounted == 1          # the big layer: linked, not sent
         pulled = await pull_image(client, "mnt/env", "e1", b, "envcache/env", "e1")
-    assert pulled is not None and b.blobs.exists(digest_of(big))
+    assert pulled is not None and b.blobs.exists(digest_bytes(big))

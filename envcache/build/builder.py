@@ -32,7 +32,6 @@ from envcache.build.variants import resolve_variant, variant_base_image
 from envcache.errors import EnvcacheError
 from envcache.spec import Stage, for_variant, spec_hash, stage_chain
 from envcache.spec.model import Definition
-from envcache.store.digests import digest_bytes
 from envcache.store.schema import LAYER_BLOBS
 
 if TYPE_CHECKING:
@@ -298,7 +297,8 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
 
 async def _store_image(store: Store, target: IngestTarget, config: bytes, layers: list[ingest_mod.LayerBlob],
                        lock_files: dict[str, bytes]) -> dict[str, Any]:
-    await store.blobs.write(config, expected_digest=digest_bytes(config), media_type=ingest_mod.MEDIA_CONFIG)
+    # write_bytes skips the temp file when the config is stored already (every re-ingest).
+    store.blobs.write_bytes(config, media_type=ingest_mod.MEDIA_CONFIG)
     manifest = ingest_mod.build_manifest(config, layers, target.annotations)
     digest = store.put_manifest(target.repository, target.tag, manifest, ingest_mod.MEDIA_MANIFEST)
     return {"manifest": manifest, "manifest_digest": digest, "platform": ingest_mod.platform_of(config),

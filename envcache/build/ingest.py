@@ -113,10 +113,15 @@ def _read_oci_layout(root: Path) -> SourceImage:
         return root / "blobs" / algorithm / hexdigest
 
     index = json.loads((root / "index.json").read_text())
-    manifest = json.loads(blob(index["manifests"][0]["digest"]).read_bytes())
+    return source_from_manifest(blob(index["manifests"][0]["digest"]).read_bytes(), blob)
+
+
+def source_from_manifest(manifest_body: bytes, blob: Callable[[str], Path]) -> SourceImage:
+    """An OCI image manifest whose blobs are files (``blob(digest)`` is the path) as an ingest
+    source: one reader for an engine's OCI layout and for images in envcache's own store."""
+    manifest = json.loads(manifest_body)
     config = blob(manifest["config"]["digest"]).read_bytes()
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-
     layers = [functools.partial(open_layer_blob, blob(d["digest"]), d["mediaType"]) for d in manifest["layers"]]
     return SourceImage(config, diff_ids, layers)
 

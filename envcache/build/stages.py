@@ -12,7 +12,6 @@ id as the one originally built.
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import json
 import shutil
@@ -52,12 +51,7 @@ def publish_stage_manifest(store: Store, key: str, kind: str, manifest: bytes) -
 
 def stored_source(store: Store, manifest_body: bytes) -> ingest_mod.SourceImage:
     """A stored image as an ingest source (uncompressed layer streams)."""
-    manifest = json.loads(manifest_body)
-    config = store.blobs.path(manifest["config"]["digest"]).read_bytes()
-    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    layers = [functools.partial(ingest_mod.open_layer_blob, store.blobs.path(d["digest"]), d["mediaType"])
-              for d in manifest["layers"]]
-    return ingest_mod.SourceImage(config, diff_ids, layers)
+    return ingest_mod.source_from_manifest(manifest_body, store.blobs.path)
 
 
 def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None:

@@ -93,8 +93,6 @@ async def _body(request: web.Request, raw: bytes | None = None) -> dict[str, Any
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidInput("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
     if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(data):
@@ -105,12 +103,14 @@ async def _body(request: web.Request, raw: bytes | None = None) -> dict[str, Any
 
 
 def _has_lone_surrogate(data: Any) -> bool:
+    """True if a string in ``data`` holds half a UTF-16 pair, which UTF-8 cannot encode.
+
+    Data nested too deeply raises RecursionError here, answered as a 400 by :func:`json_errors`.
+    """
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return True
-    except RecursionError:
-        raise InvalidInput("request body is nested too deeply") from None
     return False
 
 
@@ -268,7 +268,7 @@ def _definition_of(app: web.Application, item: dict[str, Any], where: str) -> tu
         version = _version(ref.get("version"), f"{where}environment.version")
         envs = app[ENVIRONMENTS]
         record = envs.get(ref["name"], version)
-        return envs.definition(record.name, record.version), (record.name, record.version)
+        return record.as_definition(), (record.name, record.version)
     raise InvalidInput(f"{where}give either 'definition' (a definition document), 'document' (its raw files) "
                        "or 'environment' ({name, version})")
 
@@ -335,9 +335,9 @@ async def resolve(request: web.Request) -> web.Response:
     return web.json_response({"status": "hit", "image": image.to_json(request.host)})
 
 
-async def _start(request: web.Request, item: dict[str, Any], variant: str, refresh: bool, where: str = "",
-                 subject: tuple[Definition, tuple[str, int] | None] | None = None) -> Outcome:
-    definition, environment = subject or _definition(request.app, item, where)
+async def _start(request: web.Request, subject: tuple[Definition, tuple[str, int] | None], variant: str,
+                 refresh: bool) -> Outcome:
+    definition, environment = subject
     outcome = await request.app[ENSURER].ensure(definition, variant, refresh=refresh, environment=environment)
     counters = request.app[metrics_mod.METRICS_KEY]
     (counters.hits if outcome.image is not None else counters.misses).labels(variant).inc()
@@ -347,7 +347,7 @@ async def _start(request: web.Request, item: dict[str, Any], variant: str, refre
 async def ensure(request: web.Request) -> web.Response:
     data, definition, environment = await _subject(request)
     variant = _variant(data.get("variant"))
-    outcome = await _start(request, data, variant, _flag(data, "refresh"), subject=(definition, environment))
+    outcome = await _start(request, (definition, environment), variant, _flag(data, "refresh"))
     host = request.host
     if outcome.image is not None:
         return web.json_response({"status": "hit", "image": outcome.image.to_json(host)})
@@ -430,9 +430,8 @@ async def environment_versions(request: web.Request) -> web.Response:
 async def download_environment(request: web.Request) -> web.Response:
     """The version as an Azure ML scaffold (``azureml_environment.json`` …), files as JSON."""
     version = _version(request.query.get("version"), "version")
-    envs = request.app[ENVIRONMENTS]
-    record = envs.get(request.match_info["name"], version)
-    definition = envs.definition(record.name, record.version)
+    record = request.app[ENVIRONMENTS].get(request.match_info["name"], version)
+    definition = record.as_definition()
     definition.name, definition.version = record.name, str(record.version)
     with tempfile.TemporaryDirectory(prefix="envcache-scaffold-") as tmp:
         spec.write_azure_dir(definition, Path(tmp))
@@ -457,22 +456,22 @@ async def warm(request: web.Request) -> web.Response:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
         raise InvalidInput("concurrency must be an integer from 1 to 64")
     refresh = _flag(data, "refresh")
-    # Validate everything first: a typo in item 40 should fail the request, not half a warm-up.
+    # Parse everything first (once; every variant shares it): a typo in item 40 should fail the
+    # request, not half a warm-up.
     parsed = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidInput(f"items[{index}] must be an object")
         label = item.get("label", f"items[{index}]")
-        _definition(request.app, item, f"items[{index}]: ")
-        parsed.append((str(label), item))
+        parsed.append((str(label), _definition(request.app, item, f"items[{index}]: ")))
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(label: str, item: dict[str, Any], variant: str) -> dict[str, Any]:
+    async def one(label: str, subject: tuple[Definition, tuple[str, int] | None], variant: str) -> dict[str, Any]:
         async with gate:
             began = time.monotonic()
             result: dict[str, Any] = {"label": label, "variant": variant}
             try:
-                outcome = await _start(request, item, variant, refresh)
+                outcome = await _start(request, subject, variant, refresh)
                 if outcome.image is not None:
                     result.update(outcome="hit", image=outcome.image.to_json(request.host))
                 else:
@@ -486,7 +485,7 @@ async def warm(request: web.Request) -> web.Response:
             result["seconds"] = round(time.monotonic() - began, 3)
             return result
 
-    results = await asyncio.gather(*(one(label, item, v) for label, item in parsed for v in variants))
+    results = await asyncio.gather(*(one(label, subject, v) for label, subject in parsed for v in variants))
     summary = dict(Counter(result["outcome"] for result in results))
     return web.json_response({"results": results, "summary": summary, "ok": "failed" not in summary})
 

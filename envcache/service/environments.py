@@ -39,6 +39,10 @@ class EnvironmentRecord:
     created: float
     curated: bool = False
 
+    def as_definition(self) -> Definition:
+        """The stored definition as a spec Definition ready for ensure (no second read of the row)."""
+        return definition_from_dict(self.definition, source=f"environment {self.name}:{self.version}")
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "spec_hash": self.spec_hash,
                 "definition": self.definition, "created": self.created, "curated": self.curated}
@@ -137,8 +141,3 @@ class Environments:
         ).fetchall()
         registered = [EnvironmentRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
         return [*self._curated.values(), *registered]
-
-    def definition(self, name: str, version: int | None = None) -> Definition:
-        """The stored definition of a version, as a spec Definition ready for ensure."""
-        record = self.get(name, version)
-        return definition_from_dict(record.definition, source=f"environment {name}:{record.version}")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from envcache.spec.model import Definition
+    from envcache.store import Store
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
 Resolver = Callable[[str], Awaitable[str | None]]
@@ -60,11 +61,6 @@ def image_key(spec_hash: str, variant: str, base_digest: str, recipe_version: st
     """
     payload = json.dumps([spec_hash, variant, base_digest, str(recipe_version)], separators=(",", ":"))
     return xxhash.xxh3_128_hexdigest(payload.encode())
-
-
-def image_ref(host: str, repository: str, tag: str) -> str:
-    """``host:port/repository:tag`` — what ``docker pull`` takes."""
-    return f"{host}/{repository}:{tag}"
 
 
 def normalise_reference(ref: str) -> str:
@@ -130,6 +126,27 @@ async def config_digest(body: bytes, fetch: Callable[[str], Awaitable[bytes | No
         doc = json.loads(child)
     config = doc.get("config") or {}
     return config.get("digest")
+
+
+async def stored_config_digest(store: Store, repository: str, ref: str) -> tuple[str, str] | None:
+    """(manifest digest, config digest) of ``repository:ref`` in the daemon's store, or None.
+
+    The manifest digest is the platform entry :func:`config_digest` picked when ``ref`` names
+    an index, so an image loaded by it is exactly the one whose config digest keys the image.
+    """
+    manifest = store.get_manifest(repository, ref)
+    if manifest is None:
+        return None
+    chosen = manifest.digest
+
+    async def child(digest: str) -> bytes | None:
+        nonlocal chosen
+        chosen = digest
+        found = store.get_manifest(repository, digest)
+        return found.body if found else None
+
+    digest = await config_digest(manifest.body, child)
+    return (chosen, digest) if digest else None
 
 
 @dataclass

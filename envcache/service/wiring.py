@@ -18,7 +18,7 @@ from aiohttp import web
 from envcache.build import resolve_variant
 from envcache.build.plan import RECIPE_VERSION
 from envcache.errors import EnvcacheError
-from envcache.service.keys import Resolver, config_digest
+from envcache.service.keys import Resolver, config_digest, stored_config_digest
 from envcache.upstream.base import origin_upstream, parse_reference, stored_copy
 
 if TYPE_CHECKING:
@@ -85,15 +85,8 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
         ref = parse_reference(reference)
         if ref.host not in own and ref.host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
             return None
-        manifest = store.get_manifest(ref.path, ref.ref)
-        if manifest is None:
-            return None
-
-        async def child(digest: str) -> bytes | None:
-            found = store.get_manifest(ref.path, digest)
-            return found.body if found else None
-
-        return await config_digest(manifest.body, child)
+        found = await stored_config_digest(store, ref.path, ref.ref)
+        return found[1] if found else None
 
     async def local_engine(reference: str) -> str | None:
         # What a build will start from when the image is already in the engine (no pull).

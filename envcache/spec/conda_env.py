@@ -19,8 +19,9 @@ from envcache.spec.sources import Located, load_yaml
 CONDA_FIELDS = ("name", "channels", "dependencies", "variables", "prefix")
 
 
-def load_conda_env(path: Path) -> Definition:
-    located = load_yaml(path)
+def load_conda_env(path: Path, located: Located | None = None) -> Definition:
+    """``located``: the file already parsed (by format detection), else it is read here."""
+    located = located or load_yaml(path)
     deps, variables, name = conda_dependencies_from_yaml(located, path.parent)
     return Definition(name=name, python=PythonSection(conda_dependencies=deps), environment_variables=variables)
 

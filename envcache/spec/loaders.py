@@ -19,19 +19,21 @@ from envcache.spec.requirements import load_requirements
 from envcache.spec.sources import Located, load_json, load_yaml
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path) -> tuple[str, Located | None]:
+    """The format, and for YAML the file as loaded to tell which (so it is not parsed twice)."""
     if path.is_dir() or path.name == ENV_JSON:
-        return "azure-dir"
+        return "azure-dir", None
     suffix = path.suffix.lower()
     if suffix == ".txt" or path.name.startswith("requirements"):
-        return "requirements"
+        return "requirements", None
     if suffix == ".json":
-        return "json"
+        return "json", None
     if suffix in (".yml", ".yaml"):
-        data = load_yaml(path).data
+        located = load_yaml(path)
+        data = located.data
         if isinstance(data, dict) and "dependencies" in data:
-            return "conda-export" if "prefix" in data else "conda"
-        return "yaml"
+            return ("conda-export" if "prefix" in data else "conda"), located
+        return "yaml", located
     if not path.exists():
         raise DefinitionError("file not found", source=str(path))
     raise DefinitionError(f"cannot tell the format from the name; pass --format ({', '.join(FORMATS)})",
@@ -45,7 +47,7 @@ def load_definition(path: Path | str, format: str | None = None) -> Definition: 
         raise DefinitionError(f"unknown format {format!r}; valid formats: {', '.join(FORMATS)}", location="--format")
     if not path.exists():
         raise DefinitionError("file not found", source=str(path))
-    kind = format or detect_format(path)
+    kind, located = (format, None) if format else detect_format(path)
     if kind == "azure-dir":
         return read_azure_dir(path)
     if path.is_dir():
@@ -53,6 +55,7 @@ def load_definition(path: Path | str, format: str | None = None) -> Definition: 
     if kind == "requirements":
         return load_requirements(path)
     if kind in ("conda", "conda-export"):
-        return load_conda_env(path)
-    located: Located = load_json(path) if kind == "json" else load_yaml(path)
+        return load_conda_env(path, located)
+    if located is None:
+        located = load_json(path) if kind == "json" else load_yaml(path)
     return definition_from_dict(located.data, source=located.source, locate=located.locate)

@@ -150,18 +150,11 @@ class BasePuller:
         """
         if reference == "scratch":
             return None
-        from envcache.service.keys import config_digest
+        from envcache.service.keys import stored_config_digest
 
         pulled = await self.pull(reference)
-        manifest = self.store.get_manifest(pulled.local_repository, pulled.digest)
-        if manifest is None:
-            return None
-
-        async def child(digest: str) -> bytes | None:
-            found = self.store.get_manifest(pulled.local_repository, digest)
-            return found.body if found else None
-
-        return await config_digest(manifest.body, child)
+        found = await stored_config_digest(self.store, pulled.local_repository, pulled.digest)
+        return found[1] if found else None
 
     async def aclose(self) -> None:
         for client in self._own.values():
@@ -177,7 +170,7 @@ def stored_copy(store: Store) -> Callable[[str], Awaitable[tuple[str, str] | Non
     mirrors for that). An index is narrowed to one platform by ``config_digest``'s own choice, so
     the image loaded is exactly the one whose config digest went into the image key.
     """
-    from envcache.service.keys import config_digest
+    from envcache.service.keys import stored_config_digest
 
     async def stored(reference: str) -> tuple[str, str] | None:
         try:
@@ -185,18 +178,8 @@ def stored_copy(store: Store) -> Callable[[str], Awaitable[tuple[str, str] | Non
         except InvalidInput:
             return None
         repository = ref.local_repository
-        manifest = store.get_manifest(repository, ref.ref) if store.repository_exists(repository) else None
-        if manifest is None:
-            return None
-        chosen = manifest.digest
-
-        async def child(digest: str) -> bytes | None:
-            nonlocal chosen
-            chosen = digest                  # the platform entry config_digest picked from an index
-            found = store.get_manifest(repository, digest)
-            return found.body if found else None
-
-        return (repository, chosen) if await config_digest(manifest.body, child) else None
+        found = await stored_config_digest(store, repository, ref.ref) if store.repository_exists(repository) else None
+        return (repository, found[0]) if found else None
 
     return stored
 

@@ -9,7 +9,6 @@ then says nothing (a stalled socket) must not hang a build.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +20,7 @@ import aiohttp
 from yarl import URL
 
 from envcache.errors import EnvcacheError
+from envcache.store.digests import digest_bytes
 from envcache.upstream.auth import CachedToken, basic_header, parse_challenge, token_from_response
 from envcache.upstream.config import Upstream
 
@@ -53,10 +53,6 @@ class RemoteManifest:
 class Timeouts:
     connect: float = 5.0
     read: float = 30.0      # longest silence tolerated inside one response
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def ssl_context(upstream: Upstream) -> ssl.SSLContext | bool:
@@ -233,7 +229,7 @@ class RegistryClient:
         self.bytes_in += len(body)
         if len(body) > MAX_MANIFEST:
             raise self._error(what, "manifest larger than 4 MiB")
-        digest = sha256_digest(body)
+        digest = digest_bytes(body)
         if ref.startswith("sha256:") and digest != ref:
             raise self._error(what, f"manifest digest mismatch: got {digest}")
         if header_digest and header_digest.startswith("sha256:") and header_digest != digest:
@@ -368,7 +364,7 @@ class RegistryClient:
         async with resp:
             if resp.status != 201:
                 raise await self._fail(resp, what)
-        return sha256_digest(body)
+        return digest_bytes(body)
 
 
 def _scope(repo: str, actions: str) -> str:

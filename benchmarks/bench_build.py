@@ -49,14 +49,14 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from envcache.build import DockerEngine, build_image  # noqa: E402
-from envcache.build import conda as conda_stage  # noqa: E402
-from envcache.build import ingest  # noqa: E402
-from envcache.build.builder import ingest_image  # noqa: E402
-from envcache.build.helper import host_ca_bundle  # noqa: E402
-from envcache.build.maven import fetch_jars  # noqa: E402
+from envcache.builder import DockerEngine, build_image  # noqa: E402
+from envcache.builder import conda as conda_stage  # noqa: E402
+from envcache.builder import ingest  # noqa: E402
+from envcache.builder.builder import ingest_image  # noqa: E402
+from envcache.builder.helper import host_ca_bundle  # noqa: E402
+from envcache.builder.maven import fetch_jars  # noqa: E402
 from envcache.service.config import Config  # noqa: E402
-from envcache.spec import definition_from_dict  # noqa: E402
+from envcache.definition import definition_from_dict  # noqa: E402
 from envcache.store import Store  # noqa: E402
 from tests.fixtures.engines import build_python_base, load_into_dockerd, start_dockerd  # noqa: E402
 from tests.fixtures.testdata import MAVEN_GROUP, make_conda_channel, make_maven_repo  # noqa: E402

@@ -158,7 +158,7 @@ def fill_images(db_path: Path, count: int, start: int) -> None:
 
 
 async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[str, Any]:
-    from envcache import spec
+    from envcache import definition as spec
 
     port = free_port()
     data = work / "envcache-data"

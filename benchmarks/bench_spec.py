@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from envcache.spec import CondaDependencies, Definition, DockerSection, PythonSection, definition_to_dict, spec_hash
-from envcache.spec.canonical import clear_caches
+from envcache.definition import CondaDependencies, Definition, DockerSection, PythonSection, definition_to_dict, spec_hash
+from envcache.definition.canonical import clear_caches
 
 SIZES = (10, 100, 1000)
 RESULTS = Path(__file__).parent / "results"

@@ -69,7 +69,7 @@ def _version() -> str:
 # Which module registers each verb, so one invocation imports only what it runs;
 # tests/test_service_cli.py checks this map against what the modules register.
 _COMMAND_OWNERS = {
-    **dict.fromkeys(("hash", "canonical", "diff", "convert"), "envcache.spec.commands"),
+    **dict.fromkeys(("hash", "canonical", "diff", "convert"), "envcache.definition.commands"),
     **dict.fromkeys(("serve", "gc", "fsck"), "envcache.service.commands"),
     **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.service.client_commands"),
     **dict.fromkeys(("upstream", "push", "pull"), "envcache.upstream.commands"),

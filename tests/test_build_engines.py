@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from envcache.build import (
+from envcache.builder import (
     BuildahEngine, BuildFailed, DockerEngine, Engine, build_image, lock_from_store, stage_keys_for,
 )
-from envcache.build.builder import BuiltImage
+from envcache.builder.builder import BuiltImage
 from envcache.service.config import Config
-from envcache.spec import Definition, definition_from_dict
+from envcache.definition import Definition, definition_from_dict
 from envcache.store import Store
 from tests.fixtures.daemon import DaemonURL, running_daemon
 from tests.fixtures.engines import Buildah, Dockerd, PythonBase, skopeo
@@ -297,7 +297,7 @@ async def test_cpu_and_gpu_variants_differ_in_base(docker_engine: Engine, regist
     assert "CUDA_VERSION" not in " ".join(configs["variants-cpu"]["config"]["Env"])
     assert "WHICH=variant-test" in configs["variants-cpu"]["config"]["Env"]
     # One image index over the built variants, tagged by spec hash.
-    from envcache.spec import spec_hash
+    from envcache.definition import spec_hash
 
     index = store.get_manifest("envcache/env", spec_hash(defn))
     assert index is not None and index.media_type == "application/vnd.oci.image.index.v1+json"
@@ -328,8 +328,8 @@ async def test_failing_run_step_reports_step_and_tail_and_tags_nothing(docker_en
     error = await _assert_fails(defn, "base", "non-zero code: 7", engine=docker_engine, registry=registry,
                                 key="failing-run")
     assert "about-to-fail" in error.log_tail
-    from envcache.build.builder import root_key
-    from envcache.spec import stage_chain
+    from envcache.builder.builder import root_key
+    from envcache.definition import stage_chain
 
     base = await docker_engine.inspect(f"{registry.host}/base/python:cpu")
     assert base is not None

@@ -17,21 +17,21 @@ import pytest
 import zstandard
 from aiohttp import web
 
-from envcache.build import (
+from envcache.builder import (
     BuildahEngine, BuildFailed, DockerEngine, EngineUnavailable, build_image, detect_engine, resolve_variant,
 )
 from envcache.service.config import Config
-from envcache.build.builder import _ingest_layers
-from envcache.build.engines.base import ExportedImage, ImageInfo, context_tar
-from envcache.build.ingest import LAYER_MEDIA, open_export, read_lock_files
-from envcache.build.maven import fetch_jars
-from envcache.build.plan import (
+from envcache.builder.builder import _ingest_layers
+from envcache.builder.engines.base import ExportedImage, ImageInfo, context_tar
+from envcache.builder.ingest import LAYER_MEDIA, open_export, read_lock_files
+from envcache.builder.maven import fetch_jars
+from envcache.builder.plan import (
     conda_recipe, config_recipe, pip_recipe, quote, spark_recipe, unpinned_requirements,
 )
-from envcache.build.helper import HelperServer
+from envcache.builder.helper import HelperServer
 from envcache.errors import InvalidInput
-from envcache.spec import definition_from_dict
-from envcache.spec.model import SparkPackage
+from envcache.definition import definition_from_dict
+from envcache.definition.model import SparkPackage
 from envcache.store import Store
 from envcache.store.schema import LAYER_BLOBS
 from tests.fixtures.engines import make_tar, write_oci_layout

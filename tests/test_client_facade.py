@@ -18,7 +18,7 @@ from envcache.client.facade import CondaDependencies, Environment
 from envcache.client.sync import Client
 from envcache.errors import NotFound
 from envcache.service.config import Config
-from envcache import spec
+from envcache import definition as spec
 
 
 def test_conda_dependencies_behave_like_azures() -> None:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yaml
 
-from envcache import spec
+from envcache import definition as spec
 from envcache.client.files import DefinitionFiles, check_files
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.service.api import _load_files

@@ -59,7 +59,7 @@ async def offline_daemon(make_daemon):
 
 async def seed_hit(daemon, path: Path) -> str:
     """File an image for ``path`` (cpu) the way a finished build does: registry tag + images row."""
-    from envcache import spec
+    from envcache import definition as spec
     from envcache.client.files import DefinitionFiles
     from tests.fixtures.daemon import push_image
 
@@ -80,7 +80,7 @@ async def seed_hit(daemon, path: Path) -> str:
 
 # What a cache hit must not import in the CLI process: the definition parsers and aiohttp stay
 # in the daemon, and ``serve``'s asyncio is not needed for one request.
-HEAVY = ("yaml", "packaging", "pip_requirements_parser", "aiohttp", "asyncio", "envcache.spec")
+HEAVY = ("yaml", "packaging", "pip_requirements_parser", "aiohttp", "asyncio", "envcache.definition")
 
 
 async def test_resolve_and_ensure_hit_from_raw_files_without_importing_parsers(offline_daemon, tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ async def test_resolve_and_ensure_hit_from_raw_files_without_importing_parsers(o
 
 
 async def test_a_bad_file_exits_2_with_the_daemons_message_naming_file_and_line(daemon, tmp_path: Path) -> None:
-    from envcache import spec
+    from envcache import definition as spec
     from envcache.errors import EnvcacheError
 
     bad = tmp_path / "env.yml"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from envcache import spec
+from envcache import definition as spec
 from envcache.service.ensure import BuildError, Ensurer, KeyCollision
 from envcache.service.keys import BaseDigestResolver, BaseImageUnresolvable, image_key, normalise_reference
 from envcache.store import Store

@@ -188,8 +188,8 @@ def test_cli_format_choices_are_the_loaders_and_load_no_parser() -> None:
     code = ("import sys; from envcache.cli import build_parser; parser = build_parser('hash'); "
             "action = next(a for a in parser._subparsers._group_actions[0].choices['hash']._actions "
             "if '--format' in a.option_strings); "
-            "print(list(action.choices)); print(sorted(m for m in ('envcache.spec.loaders', 'yaml') if m in sys.modules))")
+            "print(list(action.choices)); print(sorted(m for m in ('envcache.definition.loaders', 'yaml') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    from envcache.spec.loaders import FORMATS
+    from envcache.definition.loaders import FORMATS
 
     assert result.stdout.splitlines() == [str(list(FORMATS)), "[]"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from envcache.errors import DefinitionError
-from envcache.spec import (
+from envcache.definition import (
     CANONICAL_VERSION, CondaDependencies, Definition, DockerSection, PythonSection, SparkPackage, SparkSection,
     VariantOverride, canonical_form, definition_from_dict, for_variant, spec_hash, stage_chain,
 )
-from envcache.spec.canonical import canonical_image_ref, canonical_pip_packages
-from envcache.spec.dockerfile import normalise_dockerfile
+from envcache.definition.canonical import canonical_image_ref, canonical_pip_packages
+from envcache.definition.dockerfile import normalise_dockerfile
 
 
 def _defn(pip: list[str] | None = None, conda: list[str] | None = None, **kw: object) -> Definition:
@@ -147,7 +147,7 @@ def test_credentials_in_channel_and_repository_urls_are_not_hashed() -> None:
 def test_azure_inline_conda_dependencies(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from envcache.spec import load_definition
+    from envcache.definition import load_definition
 
     (tmp_path / "azureml_environment.json").write_text(json.dumps({
         "name": "runconfig-style",

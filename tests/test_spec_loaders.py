@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envcache.spec import (
+from envcache.definition import (
     Definition, canonical_bytes, definition_from_dict, definition_to_dict, load_definition, spec_hash, write_azure_dir,
 )
 
@@ -169,7 +169,7 @@ dependencies:
 prefix: /opt/conda
 """)
     defn = load_definition(env)
-    from envcache.spec import canonical_form
+    from envcache.definition import canonical_form
 
     conda = canonical_form(defn)["python"]["conda_dependencies"]
     assert conda["conda_packages"] == ["_libgcc_mutex ==0.1 conda_forge", "numpy ==1.26.4 py311h64a7726_0",
@@ -194,7 +194,7 @@ git+https://github.com/pallets/flask.git@2.3.0#egg=flask
 mypkg @ https://example.com/mypkg-1.0.tar.gz
 """)
     defn = load_definition(req)
-    from envcache.spec import canonical_form
+    from envcache.definition import canonical_form
 
     conda = canonical_form(defn)["python"]["conda_dependencies"]
     assert conda["pip_options"] == ["--index-url https://pypi.example.com/simple",
@@ -223,7 +223,7 @@ VECTOR_PATHS = ["minimal.yaml", "full.yaml", "dockerfile.yaml", "user_managed.js
 @pytest.mark.parametrize("path", VECTOR_PATHS)
 def test_every_format_converts_losslessly(tmp_path: Path, path: str) -> None:
     """Any input → envcache YAML / JSON / Azure dir → back: the same model, so the same hash."""
-    from envcache.spec.commands import _yaml_dump
+    from envcache.definition.commands import _yaml_dump
 
     defn = load_definition(Path(__file__).parent / "vectors" / path)
     as_yaml = _write(tmp_path / "out.yaml", _yaml_dump(definition_to_dict(defn)))

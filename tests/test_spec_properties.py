@@ -12,7 +12,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envcache.spec import (
+from envcache.definition import (
     CondaDependencies, Definition, DockerSection, PythonSection, SparkPackage, SparkSection, spec_hash,
 )
 
@@ -263,7 +263,7 @@ near_valid = st.recursive(
 @given(st.one_of(json_values, near_valid))
 def test_any_mapping_either_loads_or_raises_definition_error(data: object) -> None:
     from envcache.errors import DefinitionError
-    from envcache.spec import definition_from_dict
+    from envcache.definition import definition_from_dict
 
     try:
         defn = definition_from_dict(data)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from envcache.build.builder import ensure_base
-from envcache.build.engines import BuildahEngine, DockerEngine, Engine
+from envcache.builder.builder import ensure_base
+from envcache.builder.engines import BuildahEngine, DockerEngine, Engine
 from envcache.service.config import Config
 from envcache.store import Store
 from envcache.upstream.base import BasePuller, stored_copy

@@ -15,7 +15,7 @@ from envcache.client.files import DefinitionFiles
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 
 if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must load no parser
-    from envcache import spec
+    from envcache import definition as spec
     from envcache.client.facade import Environment
 
     # What the calls accept as a definition; a path is sent as its files when it can be.
@@ -81,7 +81,7 @@ def definition_document(definition: DefinitionLike) -> dict[str, Any]:
     """
     if isinstance(definition, dict):
         return definition
-    from envcache import spec
+    from envcache import definition as spec
     from envcache.client.facade import Environment
 
     if isinstance(definition, Environment):

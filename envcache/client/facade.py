@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envcache import spec
+from envcache import definition as spec
 from envcache.client.sync import Client
-from envcache.spec.model import DEFAULT_INTERPRETER_PATH
+from envcache.definition.model import DEFAULT_INTERPRETER_PATH
 from envcache.errors import EnvcacheError, InvalidInput
 
 ClientLike = Client | str | None

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from envcache.errors import InvalidInput
 
-ENV_JSON = "azureml_environment.json"   # as envcache.spec.azure (not imported: it pulls in YAML)
+ENV_JSON = "azureml_environment.json"   # as envcache.definition.azure (not imported: it pulls in YAML)
 CONDA_YML = "conda_dependencies.yml"
 DOCKERFILE = "BaseDockerfile"
 MAX_FILES = 64
@@ -298,7 +298,7 @@ def _parsed(text: str) -> Any:
 
 def _listed_includes(data: Any) -> list[str]:
     """Targets of ``-r`` entries in every list of parsed YAML/JSON, read as the conda loader reads them."""
-    from envcache.spec.conda_env import pip_include
+    from envcache.definition.conda_env import pip_include
 
     found: list[str] = []
     stack = [data]

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 from aiohttp import web
 
-from envcache import __version__, spec
+from envcache import __version__
+from envcache import definition as spec
 from envcache.client.files import check_files
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.service import metrics as metrics_mod
@@ -35,7 +36,7 @@ from envcache.store.gc import gc_handler
 from envcache.upstream import wiring as upstream_wiring
 
 if TYPE_CHECKING:
-    from envcache.spec.model import Definition
+    from envcache.definition.model import Definition
 
 log = logging.getLogger(__name__)
 

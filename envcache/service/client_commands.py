@@ -92,7 +92,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _document(path: str, fmt: str | None) -> dict[str, Any]:
-    from envcache.spec import definition_to_dict, load_definition
+    from envcache.definition import definition_to_dict, load_definition
 
     return definition_to_dict(load_definition(path, fmt))
 
@@ -223,7 +223,7 @@ def _env_show(args: argparse.Namespace) -> int:
 def _env_download(args: argparse.Namespace) -> int:
     from envcache.cli import emit
     from envcache.errors import InvalidInput
-    from envcache.spec.files import atomic_write
+    from envcache.definition.files import atomic_write
 
     answer = _client(args).download_environment(args.name, args.version)
     out = Path(args.directory)
@@ -242,7 +242,7 @@ def _env_download(args: argparse.Namespace) -> int:
 def _env_scaffold(args: argparse.Namespace) -> int:
     from envcache.cli import emit
     from envcache.errors import InvalidInput
-    from envcache.spec import Definition, write_azure_dir
+    from envcache.definition import Definition, write_azure_dir
 
     out = Path(args.directory)
     if out.exists() and any(out.iterdir()):

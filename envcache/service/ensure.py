@@ -34,12 +34,12 @@ import xxhash
 
 from envcache.errors import EnvcacheError, NotFound
 from envcache.service.keys import BaseDigestResolver, base_reference, image_key
-from envcache.spec import canonical_bytes, for_variant
+from envcache.definition import canonical_bytes, for_variant
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from envcache.spec.model import Definition
+    from envcache.definition.model import Definition
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ FINISHED_RETENTION = 300.0  # seconds a finished build stays in memory
 
 
 class BuiltLike(Protocol):
-    """What a builder or a source hands back (``envcache.build.BuiltImage`` has this shape)."""
+    """What a builder or a source hands back (``envcache.builder.BuiltImage`` has this shape)."""
 
     repository: str
     tag: str

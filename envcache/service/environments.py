@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.errors import InvalidInput, NotFound
-from envcache.spec import definition_from_dict, definition_to_dict, load_definition, spec_hash
+from envcache.definition import definition_from_dict, definition_to_dict, load_definition, spec_hash
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from envcache.spec.model import Definition
+    from envcache.definition.model import Definition
 
 RESERVED_PREFIX = "envcache-"
 CURATED_DIR = Path(__file__).resolve().parents[2] / "config" / "curated"

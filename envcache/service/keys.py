@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from envcache.errors import EnvcacheError
-from envcache.spec.canonical import canonical_image_ref
+from envcache.definition.canonical import canonical_image_ref
 from envcache.store.schema import BASE_DIGESTS as _TABLE
 from envcache.upstream.client import INDEX_TYPES
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from envcache.spec.model import Definition
+    from envcache.definition.model import Definition
     from envcache.store import Store
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.

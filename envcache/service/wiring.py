@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from envcache.build import resolve_variant
-from envcache.build.plan import RECIPE_VERSION
+from envcache.builder import resolve_variant
+from envcache.builder.plan import RECIPE_VERSION
 from envcache.errors import EnvcacheError
 from envcache.service.keys import Resolver, config_digest, stored_config_digest
 from envcache.upstream.base import origin_upstream, parse_reference, stored_copy
 
 if TYPE_CHECKING:
-    from envcache.build.builder import BuiltImage
-    from envcache.build.engines import Engine
+    from envcache.builder.builder import BuiltImage
+    from envcache.builder.engines import Engine
     from envcache.service.config import Config
     from envcache.service.ensure import Builder, LogFn, Prepared
 
@@ -55,7 +55,7 @@ class EngineHandle:
     async def get(self) -> Engine | None:
         async with self._lock:
             if not self._detected:
-                from envcache.build.engines import detect_engine
+                from envcache.builder.engines import detect_engine
 
                 self._engine = detect_engine(self._config)
                 self._detected = True
@@ -116,13 +116,13 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
 
 
 def make_builder(app: web.Application) -> Builder:
-    """The ensure machinery's builder: ``envcache.build.build_image`` on the detected engine, with
+    """The ensure machinery's builder: ``envcache.builder.build_image`` on the detected engine, with
     bases the engine lacks loaded from their pulled-through copy in the store."""
     store, config, handle = app["store"], app["config"], app[ENGINE]
     stored_base = stored_copy(store)
 
     async def builder(prepared: Prepared, log: LogFn) -> BuiltImage:
-        from envcache.build.builder import build_image
+        from envcache.builder.builder import build_image
 
         engine = await handle.get()
         if engine is None:

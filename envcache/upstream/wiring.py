@@ -20,7 +20,7 @@ from envcache.upstream.source import LogFn, UpstreamSource
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from envcache.build.engines import Engine
+    from envcache.builder.engines import Engine
     from envcache.service.ensure import Prepared
 
 UPSTREAM = web.AppKey("envcache_upstream", UpstreamSource)
@@ -33,8 +33,8 @@ def setup(app: web.Application, engine: Callable[[], Awaitable[Engine | None]]) 
     ``engine`` returns the daemon's engine (None without one): stage keys are computed the way
     a build computes them, from the base image as the engine has it.
     """
-    from envcache.build.builder import stage_keys_for
-    from envcache.build.stages import lock_from_store
+    from envcache.builder.builder import stage_keys_for
+    from envcache.builder.stages import lock_from_store
 
     store, config = app["store"], app["config"]
     upstreams = list(config.upstreams)

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from envcache.build.engines.base import Engine, ExportedImage, ImageInfo
-from envcache.build.engines.buildah import BuildahEngine
-from envcache.build.engines.docker import DockerEngine
-from envcache.build.errors import EngineUnavailable
+from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo
+from envcache.builder.engines.buildah import BuildahEngine
+from envcache.builder.engines.docker import DockerEngine
+from envcache.builder.errors import EngineUnavailable
 
 if TYPE_CHECKING:
     from envcache.service.config import Config

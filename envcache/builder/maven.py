@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from envcache.build.errors import BuildFailed
-from envcache.spec.model import redact_url_credentials
+from envcache.builder.errors import BuildFailed
+from envcache.definition.model import redact_url_credentials
 
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 _CHECKSUMS = (("sha256", "sha256"), ("sha512", "sha512"), ("sha1", "sha1"))

@@ -29,9 +29,9 @@ from typing import IO, Any
 
 import zstandard
 
-from envcache.build.engines.base import ExportedImage
-from envcache.build.errors import BuildFailed
-from envcache.build.plan import LOCK_DIR, LOCK_FILES
+from envcache.builder.engines.base import ExportedImage
+from envcache.builder.errors import BuildFailed
+from envcache.builder.plan import LOCK_DIR, LOCK_FILES
 from envcache.store.digests import digest_bytes
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -16,8 +16,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from envcache.build.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail
-from envcache.build.errors import BuildFailed, EngineUnavailable
+from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail
+from envcache.builder.errors import BuildFailed, EngineUnavailable
 
 
 def _is_loopback_registry(ref: str) -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from envcache.errors import DefinitionError
-from envcache.spec.canonical import canonical_channel, canonical_conda_package, canonical_pip_option, parse_pip_requirement
-from envcache.spec.model import CondaDependencies, Definition, PythonSection
-from envcache.spec.sources import Located, load_yaml
+from envcache.definition.canonical import canonical_channel, canonical_conda_package, canonical_pip_option, parse_pip_requirement
+from envcache.definition.model import CondaDependencies, Definition, PythonSection
+from envcache.definition.sources import Located, load_yaml
 
 CONDA_FIELDS = ("name", "channels", "dependencies", "variables", "prefix")
 
@@ -71,7 +71,7 @@ def conda_dependencies_from_yaml(located: Located, base_dir: Path) -> tuple[Cond
 
 
 def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: Path, fail: Any) -> None:
-    from envcache.spec.requirements import read_requirements
+    from envcache.definition.requirements import read_requirements
 
     if not isinstance(entries, list):
         raise fail(path, "expected a list of pip requirements")

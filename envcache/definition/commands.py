@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envcache.spec import FORMATS
+from envcache.definition import FORMATS
 
 if TYPE_CHECKING:
-    from envcache.spec import Definition
+    from envcache.definition import Definition
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _load(path: str, args: argparse.Namespace) -> Definition:
     """The definition at ``path``, as built for ``--variant`` when the verb has one and it is given."""
-    from envcache.spec import for_variant, load_definition
+    from envcache.definition import for_variant, load_definition
 
     defn = load_definition(path, args.format)
     variant = getattr(args, "variant", None)
@@ -55,7 +55,7 @@ def _load(path: str, args: argparse.Namespace) -> Definition:
 
 def _hash(args: argparse.Namespace) -> int:
     from envcache.cli import emit
-    from envcache.spec import spec_hash
+    from envcache.definition import spec_hash
 
     rows = [{"path": path, "spec_hash": spec_hash(_load(path, args))} for path in args.paths]
     emit(args, "\n".join(f"{row['spec_hash']}  {row['path']}" for row in rows), rows)
@@ -64,7 +64,7 @@ def _hash(args: argparse.Namespace) -> int:
 
 def _canonical(args: argparse.Namespace) -> int:
     from envcache.cli import emit
-    from envcache.spec import canonical_bytes, canonical_form, spec_hash
+    from envcache.definition import canonical_bytes, canonical_form, spec_hash
 
     defn = _load(args.path, args)
     form = canonical_form(defn)
@@ -76,8 +76,8 @@ def _canonical(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     """Exit 0 when the definitions hash the same, 1 when they differ (as diff(1)); 2 on bad input."""
     from envcache.cli import emit
-    from envcache.spec import canonical_form, spec_hash
-    from envcache.spec.diff import explain
+    from envcache.definition import canonical_form, spec_hash
+    from envcache.definition.diff import explain
 
     a, b = _load(args.path_a, args), _load(args.path_b, args)
     hash_a, hash_b = spec_hash(a), spec_hash(b)
@@ -91,8 +91,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from envcache.cli import emit
-    from envcache.spec import definition_to_dict, spec_hash, write_azure_dir
-    from envcache.spec.files import atomic_write
+    from envcache.definition import definition_to_dict, spec_hash, write_azure_dir
+    from envcache.definition.files import atomic_write
 
     defn = _load(args.path, args)
     out = Path(args.out)

@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from envcache.build import ingest as ingest_mod
-from envcache.build import plan
-from envcache.build import stages as stages_mod
-from envcache.build.engines.base import Engine, ImageInfo, LogFn, LogTail
-from envcache.build.errors import BuildFailed
-from envcache.build.helper import HelperServer, host_ca_bundle
-from envcache.build.variants import resolve_variant, variant_base_image
+from envcache.builder import ingest as ingest_mod
+from envcache.builder import plan
+from envcache.builder import stages as stages_mod
+from envcache.builder.engines.base import Engine, ImageInfo, LogFn, LogTail
+from envcache.builder.errors import BuildFailed
+from envcache.builder.helper import HelperServer, host_ca_bundle
+from envcache.builder.variants import resolve_variant, variant_base_image
 from envcache.errors import EnvcacheError
-from envcache.spec import Stage, for_variant, spec_hash, stage_chain
-from envcache.spec.model import Definition
+from envcache.definition import Stage, for_variant, spec_hash, stage_chain
+from envcache.definition.model import Definition
 from envcache.store.schema import LAYER_BLOBS
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ async def build_image(defn: Definition, variant: str, *, store: Store, engine: E
     final = plan.stage_tag(stages[-1].key)
     tag = f"{image_key}-{variant}"
     target = IngestTarget(final, REPOSITORY, tag, {"envcache.variant": variant, "envcache.image-key": image_key,
-                                                   "envcache.spec-hash": spec_hash(defn)}, _expected_locks(stages))
+                                                   "envcache.definition-hash": spec_hash(defn)}, _expected_locks(stages))
     try:
         result = await _from_stored_stage(store, engine, stages[-1].key, target, compression)
         if result is None:

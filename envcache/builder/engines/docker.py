@@ -17,8 +17,8 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 
-from envcache.build.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, context_tar
-from envcache.build.errors import BuildFailed, EngineUnavailable
+from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, context_tar
+from envcache.builder.errors import BuildFailed, EngineUnavailable
 
 # Builds, saves and loads take as long as they take: the only time limit is the builder's
 # per-stage one (cancelling the request stops the engine's work), not a socket timeout.

@@ -22,8 +22,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from envcache.errors import DefinitionError
-from envcache.spec.dockerfile import normalise_dockerfile
-from envcache.spec.model import Definition, VariantOverride, redact_url_credentials
+from envcache.definition.dockerfile import normalise_dockerfile
+from envcache.definition.model import Definition, VariantOverride, redact_url_credentials
 
 # Bump whenever a rule below changes what bytes a definition canonicalises to: it is part of the
 # hashed bytes, so old hashes can never be confused with new ones.

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from envcache.errors import DefinitionError
-from envcache.spec import FORMATS
-from envcache.spec.azure import ENV_JSON, read_azure_dir
-from envcache.spec.conda_env import load_conda_env
-from envcache.spec.model import Definition
-from envcache.spec.reference import definition_from_dict
-from envcache.spec.requirements import load_requirements
-from envcache.spec.sources import Located, load_json, load_yaml
+from envcache.definition import FORMATS
+from envcache.definition.azure import ENV_JSON, read_azure_dir
+from envcache.definition.conda_env import load_conda_env
+from envcache.definition.model import Definition
+from envcache.definition.reference import definition_from_dict
+from envcache.definition.requirements import load_requirements
+from envcache.definition.sources import Located, load_json, load_yaml
 
 
 def detect_format(path: Path) -> tuple[str, Located | None]:

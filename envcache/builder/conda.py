@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envcache.build.errors import BuildFailed
+from envcache.builder.errors import BuildFailed
 
 PREFIX = "/opt/envcache/env"
 

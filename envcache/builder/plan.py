@@ -4,7 +4,7 @@ Each stage is a tiny Dockerfile ``FROM <previous stage>`` plus its own steps, bu
 ``envcache-stage:<chain key>`` in the engine. Stable things come first (base, conda, pip,
 spark, config) so definitions that share a prefix share those stages. Everything a stage
 installs is decided by the (variant-applied) definition; the chain keys come from
-``envcache.spec.stage_chain``.
+``envcache.definition.stage_chain``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from envcache.build import conda, maven
-from envcache.build.engines.base import ImageInfo
-from envcache.build.helper import HelperServer
+from envcache.builder import conda, maven
+from envcache.builder.engines.base import ImageInfo
+from envcache.builder.helper import HelperServer
 from envcache.errors import InvalidInput
-from envcache.spec.model import Definition
+from envcache.definition.model import Definition
 
 #: Bumped whenever the generated Dockerfiles or stage procedures change what gets built: it is
 #: part of every root key (and so of every stage and image key).

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from envcache.errors import DefinitionError
-from envcache.spec.canonical import (
+from envcache.definition.canonical import (
     canonical_channel, canonical_conda_package, canonical_image_ref, canonical_pip_option, parse_pip_requirement,
 )
-from envcache.spec.model import (
+from envcache.definition.model import (
     VARIANTS, Definition, SparkPackage, VariantOverride, redact_url_credentials,
 )
 

@@ -15,11 +15,11 @@ from typing import Any, Literal
 import xxhash
 
 from envcache.errors import DefinitionError
-from envcache.spec.canonical import (
+from envcache.definition.canonical import (
     CANONICAL_VERSION, base_content, conda_content, conda_package_name, config_content, dumps_canonical, pip_content,
     pip_package_name, spark_content,
 )
-from envcache.spec.model import VARIANTS, Definition, VariantOverride
+from envcache.definition.model import VARIANTS, Definition, VariantOverride
 
 StageKind = Literal["base", "conda", "pip", "spark", "config"]
 

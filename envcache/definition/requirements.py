@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from envcache.errors import DefinitionError
-from envcache.spec.canonical import canonical_pip_option, parse_pip_requirement
-from envcache.spec.model import CondaDependencies, Definition, PythonSection
-from envcache.spec.sources import read_text
+from envcache.definition.canonical import canonical_pip_option, parse_pip_requirement
+from envcache.definition.model import CondaDependencies, Definition, PythonSection
+from envcache.definition.sources import read_text
 
 T = TypeVar("T")
 

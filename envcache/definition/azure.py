@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from envcache.errors import DefinitionError
-from envcache.spec.conda_env import conda_dependencies_from_yaml, conda_env_to_dict
-from envcache.spec.files import atomic_write
-from envcache.spec.model import Definition
-from envcache.spec.reference import definition_from_dict
-from envcache.spec.sources import Located, load_json, load_yaml, read_text
+from envcache.definition.conda_env import conda_dependencies_from_yaml, conda_env_to_dict
+from envcache.definition.files import atomic_write
+from envcache.definition.model import Definition
+from envcache.definition.reference import definition_from_dict
+from envcache.definition.sources import Located, load_json, load_yaml, read_text
 
 ENV_JSON = "azureml_environment.json"
 CONDA_YML = "conda_dependencies.yml"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from envcache.spec.canonical import conda_package_name, pip_package_name
+from envcache.definition.canonical import conda_package_name, pip_package_name
 
 
 def explain(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envcache.build import ingest as ingest_mod
-from envcache.build import plan
-from envcache.build.engines.base import Engine
+from envcache.builder import ingest as ingest_mod
+from envcache.builder import plan
+from envcache.builder.engines.base import Engine
 from envcache.store.digests import digest_bytes
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from envcache.build.errors import BuildFailed
+from envcache.builder.errors import BuildFailed
 
 LogFn = Callable[[str], None]
 

@@ -13,13 +13,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "envcache.spec.azure": ("read_azure_dir", "write_azure_dir"),
-    "envcache.spec.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
-    "envcache.spec.keys": ("Stage", "for_variant", "stage_chain"),
-    "envcache.spec.loaders": ("load_definition",),
-    "envcache.spec.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
+    "envcache.definition.azure": ("read_azure_dir", "write_azure_dir"),
+    "envcache.definition.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
+    "envcache.definition.keys": ("Stage", "for_variant", "stage_chain"),
+    "envcache.definition.loaders": ("load_definition",),
+    "envcache.definition.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
                             "RegistryCredentials", "SparkPackage", "SparkSection", "VariantOverride"),
-    "envcache.spec.reference": ("definition_from_dict", "definition_to_dict"),
+    "envcache.definition.reference": ("definition_from_dict", "definition_to_dict"),
 }
 # Here rather than in ``loaders``: the CLI offers them as ``--format`` choices without loading a parser.
 FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
@@ -36,7 +36,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'envcache.spec' has no attribute {name!r}")
+        raise AttributeError(f"module 'envcache.definition' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -47,12 +47,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from envcache.spec.azure import read_azure_dir, write_azure_dir
-    from envcache.spec.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
-    from envcache.spec.keys import Stage, for_variant, stage_chain
-    from envcache.spec.loaders import load_definition
-    from envcache.spec.model import (
+    from envcache.definition.azure import read_azure_dir, write_azure_dir
+    from envcache.definition.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
+    from envcache.definition.keys import Stage, for_variant, stage_chain
+    from envcache.definition.loaders import load_definition
+    from envcache.definition.model import (
         VARIANTS, CondaDependencies, Definition, DockerSection, PythonSection, RegistryCredentials, SparkPackage,
         SparkSection, VariantOverride,
     )
-    from envcache.spec.reference import definition_from_dict, definition_to_dict
+    from envcache.definition.reference import definition_from_dict, definition_to_dict

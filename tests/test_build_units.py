@@ -23,7 +23,8 @@ from envcache.builder import (
 from envcache.service.config import Config
 from envcache.builder.builder import _ingest_layers
 from envcache.builder.engines.base import ExportedImage, ImageInfo, context_tar
-from envcache.builder.ingest import LAYER_MEDIA, open_export, read_lock_files
+from envcache.builder.ingest import open_export, read_lock_files
+from envcache.oci import LAYER_MEDIA
 from envcache.builder.maven import fetch_jars
 from envcache.builder.plan import (
     conda_recipe, config_recipe, pip_recipe, quote, spark_recipe, unpinned_requirements,

@@ -17,7 +17,8 @@ import pytest
 
 from envcache import definition as spec
 from envcache.service.ensure import BuildError, Ensurer, KeyCollision
-from envcache.service.keys import BaseDigestResolver, BaseImageUnresolvable, image_key, normalise_reference
+from envcache.oci import normalise_reference
+from envcache.service.keys import BaseDigestResolver, BaseImageUnresolvable, image_key
 from envcache.store import Store
 
 DIGEST = "sha256:" + "ab" * 32

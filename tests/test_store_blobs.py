@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from envcache.store import (
-    DigestError,
-    DigestMismatch,
-    ManifestBlobUnknown,
-    SizeMismatch,
-    Store,
-    digest_bytes,
-)
+from envcache.oci import DigestError, digest_bytes
+from envcache.store import DigestMismatch, ManifestBlobUnknown, SizeMismatch, Store
 from envcache.store.schema import BASE_DIGESTS, LAYER_BLOBS, MIGRATIONS, UPSTREAM_PUSHES
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from envcache.errors import InvalidInput
 from envcache.store import Store
-from envcache.upstream.base import BaseNotAvailable, BasePuller, parse_reference
+from envcache.oci import parse_reference
+from envcache.upstream.base import BaseNotAvailable, BasePuller
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.copy import push_image

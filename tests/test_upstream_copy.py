@@ -8,7 +8,7 @@ import os
 import pytest
 
 from envcache.store import Store
-from envcache.store.digests import digest_bytes
+from envcache.oci import digest_bytes
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream, parse_upstream
 from envcache.upstream.copy import pull_image, push_image

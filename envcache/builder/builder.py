@@ -29,7 +29,12 @@ from envcache.builder.engines.base import Engine, ImageInfo, LogFn, LogTail
 from envcache.builder.errors import BuildFailed
 from envcache.builder.helper import HelperServer, host_ca_bundle
 from envcache.builder.variants import resolve_variant, variant_base_image
+from envcache.definition.dockerfile import dockerfile_base
 from envcache.errors import EnvcacheError
+from envcache.oci import (
+    LAYER_MEDIA, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Descriptor, image_index, image_manifest, parse_manifest,
+    platform_of_config,
+)
 from envcache.definition import Stage, for_variant, spec_hash, stage_chain
 from envcache.definition.model import Definition
 from envcache.store.schema import LAYER_BLOBS
@@ -233,7 +238,7 @@ async def stage_keys_for(defn: Definition, variant: str, *, engine: Engine, conf
 
 def _base_ref(view: Definition, config: Config, variant: str) -> str:
     if view.docker.base_dockerfile:
-        ref = plan.dockerfile_base_ref(view.docker.base_dockerfile)
+        ref = dockerfile_base(view.docker.base_dockerfile)
         if ref is None:
             raise BuildFailed("base", "the base Dockerfile has no FROM line")
         return ref
@@ -280,7 +285,7 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
                         log: LogFn) -> list[dict[str, Any]]:
     """Export the targets from the engine and store each; per target: manifest (bytes and
     digest), size, layers, platform and the lock files found in the image."""
-    if compression not in ingest_mod.LAYER_MEDIA:
+    if compression not in LAYER_MEDIA:
         raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
     store.blobs.tmp.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -298,10 +303,10 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
 async def _store_image(store: Store, target: IngestTarget, config: bytes, layers: list[ingest_mod.LayerBlob],
                        lock_files: dict[str, bytes]) -> dict[str, Any]:
     # write_bytes skips the temp file when the config is stored already (every re-ingest).
-    store.blobs.write_bytes(config, media_type=ingest_mod.MEDIA_CONFIG)
-    manifest = ingest_mod.build_manifest(config, layers, target.annotations)
-    digest = store.put_manifest(target.repository, target.tag, manifest, ingest_mod.MEDIA_MANIFEST)
-    return {"manifest": manifest, "manifest_digest": digest, "platform": ingest_mod.platform_of(config),
+    store.blobs.write_bytes(config, media_type=OCI_CONFIG)
+    manifest = image_manifest(config, [Descriptor(l.digest, l.media_type, l.size) for l in layers], target.annotations)
+    digest = store.put_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
+    return {"manifest": manifest, "manifest_digest": digest, "platform": platform_of_config(config),
             "size": len(manifest) + len(config) + sum(layer.size for layer in layers),
             "locks": ingest_mod.parse_locks(lock_files),
             "layers": [{"diff_id": l.diff_id, "digest": l.digest, "size": l.size, "reused": l.reused} for l in layers]}
@@ -315,19 +320,19 @@ async def _from_stored_stage(store: Store, engine: Engine, key: str, target: Ing
     info = await engine.inspect(target.ref)
     if stored is None or info is None:
         return None
-    body = json.loads(stored.body)
-    media = ingest_mod.LAYER_MEDIA[compression]
-    if body["config"]["digest"] != info.id or any(layer["mediaType"] != media for layer in body["layers"]):
+    body = parse_manifest(stored.body)
+    media = LAYER_MEDIA[compression]
+    if body.config is None or body.config.digest != info.id or any(layer.media_type != media for layer in body.layers):
         return None
-    digests = [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
+    digests = [body.config.digest, *body.layer_digests]
     if not all(store.blobs.exists(digest) for digest in digests):
         return None
     for digest in digests:
         store.blobs.touch(digest)
     source = stages_mod.stored_source(store, stored.body)
     lock_files = await asyncio.to_thread(ingest_mod.read_lock_files, source, target.expected_locks)
-    layers = [ingest_mod.LayerBlob(diff_id, layer["digest"], layer["size"], media, True)
-              for diff_id, layer in zip(source.diff_ids, body["layers"])]
+    layers = [ingest_mod.LayerBlob(diff_id, layer.digest, layer.size or 0, media, True)
+              for diff_id, layer in zip(source.diff_ids, body.layers)]
     return await _store_image(store, target, source.config, layers, lock_files)
 
 
@@ -336,7 +341,7 @@ async def _ingest_layers(store: Store, source: ingest_mod.SourceImage, compressi
     """Known layers by table lookup; new ones compressed in a worker thread (SQLite stays on
     the event loop's thread)."""
     table = store.db[LAYER_BLOBS]
-    media = ingest_mod.LAYER_MEDIA[compression]
+    media = LAYER_MEDIA[compression]
     result: list[ingest_mod.LayerBlob] = []
     for diff_id, opener in zip(source.diff_ids, source.layers):
         known = list(table.rows_where("diff_id = ? and compression = ?", [diff_id, compression]))
@@ -378,12 +383,12 @@ async def _update_index(store: Store, shash: str, variant: str, digest: str, siz
     """``envcache/env:<spec hash>`` is an image index over the variants built for that
     definition, each entry annotated with its variant and image key."""
     async with _INDEX_LOCK:
-        entries: list[dict[str, Any]] = []
+        entries: list[Descriptor] = []
         current = store.get_manifest(REPOSITORY, shash)
-        if current is not None and current.media_type == ingest_mod.MEDIA_INDEX:
-            entries = [e for e in json.loads(current.body)["manifests"]
-                       if e.get("annotations", {}).get("envcache.variant") != variant]
-        entries.append({"mediaType": ingest_mod.MEDIA_MANIFEST, "digest": digest, "size": size, "platform": platform,
-                        "annotations": {"envcache.variant": variant, "envcache.image-key": image_key}})
-        entries.sort(key=lambda e: e["annotations"]["envcache.variant"])
-        store.put_manifest(REPOSITORY, shash, ingest_mod.build_index(entries), ingest_mod.MEDIA_INDEX)
+        if current is not None and current.media_type == OCI_INDEX:
+            entries = [e for e in parse_manifest(current.body).manifests
+                       if (e.annotations or {}).get("envcache.variant") != variant]
+        entries.append(Descriptor(digest, OCI_MANIFEST, size, platform=platform,
+                                  annotations={"envcache.variant": variant, "envcache.image-key": image_key}))
+        entries.sort(key=lambda e: (e.annotations or {}).get("envcache.variant", ""))
+        store.put_manifest(REPOSITORY, shash, image_index(entries), OCI_INDEX)

@@ -32,15 +32,7 @@ import zstandard
 from envcache.builder.engines.base import ExportedImage
 from envcache.builder.errors import BuildFailed
 from envcache.builder.plan import LOCK_DIR, LOCK_FILES
-from envcache.store.digests import digest_bytes
-
-MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
-LAYER_MEDIA = {
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-}
+from envcache.oci import parse_manifest
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -119,10 +111,12 @@ def _read_oci_layout(root: Path) -> SourceImage:
 def source_from_manifest(manifest_body: bytes, blob: Callable[[str], Path]) -> SourceImage:
     """An OCI image manifest whose blobs are files (``blob(digest)`` is the path) as an ingest
     source: one reader for an engine's OCI layout and for images in envcache's own store."""
-    manifest = json.loads(manifest_body)
-    config = blob(manifest["config"]["digest"]).read_bytes()
+    manifest = parse_manifest(manifest_body)
+    if manifest.config is None:
+        raise BuildFailed("ingest", "the image manifest has no config")
+    config = blob(manifest.config.digest).read_bytes()
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    layers = [functools.partial(open_layer_blob, blob(d["digest"]), d["mediaType"]) for d in manifest["layers"]]
+    layers = [functools.partial(open_layer_blob, blob(d.digest), d.media_type or "") for d in manifest.layers]
     return SourceImage(config, diff_ids, layers)
 
 
@@ -233,27 +227,3 @@ def parse_locks(files: dict[str, bytes]) -> dict[str, Any]:
         if LOCK_FILES[kind] in files:
             locks[kind] = json.loads(files[LOCK_FILES[kind]])
     return locks
-
-
-def build_manifest(config: bytes, layers: list[LayerBlob], annotations: dict[str, str]) -> bytes:
-    body = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, "digest": digest_bytes(config), "size": len(config)},
-        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size} for layer in layers],
-        "annotations": annotations,
-    }
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-
-
-def build_index(entries: list[dict[str, Any]]) -> bytes:
-    body = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-
-
-def platform_of(config: bytes) -> dict[str, str]:
-    data = json.loads(config)
-    platform = {"architecture": data.get("architecture") or "amd64", "os": data.get("os") or "linux"}
-    if data.get("variant"):
-        platform["variant"] = data["variant"]
-    return platform

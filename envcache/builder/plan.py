@@ -31,17 +31,10 @@ LOCK_DIR = "/opt/envcache/lock"
 #: The file under ``LOCK_DIR`` per lock kind (the stage that writes it).
 LOCK_FILES = {"conda": "conda.json", "pip": "pip-freeze.txt", "spark": "spark.json"}
 DEFAULT_SPARK_JARS = "/opt/spark/jars"
-_FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
 def stage_tag(key: str) -> str:
     return f"{STAGE_REPO}:{key}"
-
-
-def dockerfile_base_ref(dockerfile: str) -> str | None:
-    """The image a Dockerfile starts from (its first FROM)."""
-    match = _FROM.search(dockerfile)
-    return match.group(1) if match else None
 
 
 def quote(value: str) -> str:

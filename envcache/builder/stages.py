@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from envcache.builder import ingest as ingest_mod
 from envcache.builder import plan
 from envcache.builder.engines.base import Engine
-from envcache.store.digests import digest_bytes
+from envcache.oci import OCI_MANIFEST, digest_bytes, dumps_manifest, parse_manifest
 
 if TYPE_CHECKING:
     from envcache.store import Manifest, Store
@@ -36,17 +36,16 @@ def stored_stage(store: Store, key: str) -> Manifest | None:
     if not store.repository_exists(STAGE_REPOSITORY):
         return None
     manifest = store.get_manifest(STAGE_REPOSITORY, key)
-    if manifest is None or manifest.media_type != ingest_mod.MEDIA_MANIFEST:
+    if manifest is None or manifest.media_type != OCI_MANIFEST:
         return None
     return manifest
 
 
 def publish_stage_manifest(store: Store, key: str, kind: str, manifest: bytes) -> str:
     """Tag an already ingested image (same config and layers) as stage ``key``."""
-    body = json.loads(manifest)
-    body["annotations"] = {"envcache.stage": kind}
-    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    return store.put_manifest(STAGE_REPOSITORY, key, data, ingest_mod.MEDIA_MANIFEST)
+    body = dict(parse_manifest(manifest).doc, annotations={"envcache.stage": kind})
+    data = dumps_manifest(body)
+    return store.put_manifest(STAGE_REPOSITORY, key, data, OCI_MANIFEST)
 
 
 def stored_source(store: Store, manifest_body: bytes) -> ingest_mod.SourceImage:

@@ -22,6 +22,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from envcache.errors import DefinitionError
+from envcache.oci import parse_reference
 from envcache.definition.dockerfile import normalise_dockerfile
 from envcache.definition.model import Definition, VariantOverride, redact_url_credentials
 
@@ -226,39 +227,10 @@ def canonical_channels(entries: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------ images
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
 
-
-@lru_cache(maxsize=_CACHE_SIZE)
 def canonical_image_ref(ref: str) -> str:
     """Docker's reference normalisation: ``ubuntu`` → ``docker.io/library/ubuntu:latest``."""
-    text = ref.strip()
-    name, _, digest = text.partition("@")
-    first, slash, remainder = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        domain, path = first.lower(), remainder
-    else:
-        domain, path = "docker.io", name
-    if domain in ("index.docker.io", "registry-1.docker.io"):
-        domain = "docker.io"
-    tag = ""
-    if ":" in path:
-        path, tag = path.rsplit(":", 1)
-        if not _TAG.match(tag):
-            raise ValueError(f"invalid image reference {ref!r}: bad tag {tag!r}")
-    if not _DOMAIN.match(domain) or not _PATH.match(path):
-        raise ValueError(f"invalid image reference {ref!r} (repository names are lower-case, e.g. 'ubuntu:22.04')")
-    if digest and not _DIGEST.match(digest):
-        raise ValueError(f"invalid image reference {ref!r}: bad digest {digest!r}")
-    if domain == "docker.io" and "/" not in path:
-        path = "library/" + path
-    if not tag and not digest:
-        tag = "latest"
-    return f"{domain}/{path}" + (f":{tag}" if tag else "") + (f"@{digest.lower()}" if digest else "")
+    return str(parse_reference(ref))
 
 
 # ------------------------------------------------------------------------------------- whole
@@ -371,7 +343,7 @@ def spec_hash(defn: Definition) -> str:
 
 def clear_caches() -> None:
     """Forget memoised entries (the benchmark measures cold and warm hashing)."""
-    for cached in (_parse_pip_requirement, canonical_pip_option, canonical_conda_package, canonical_image_ref):
+    for cached in (_parse_pip_requirement, canonical_pip_option, canonical_conda_package, parse_reference):
         cached.cache_clear()
 
 

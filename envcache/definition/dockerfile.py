@@ -13,8 +13,15 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+_FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 _DIRECTIVE = re.compile(r"^#\s*([A-Za-z]+)\s*=\s*(.*?)\s*$")
 _KNOWN_DIRECTIVES = {"syntax", "escape", "check"}
+
+
+def dockerfile_base(text: str) -> str | None:
+    """The image a Dockerfile starts from (its first ``FROM``), as written; None without one."""
+    match = _FROM.search(text)
+    return match.group(1) if match else None
 
 
 def normalise_dockerfile(text: str) -> list[str]:

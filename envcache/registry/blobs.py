@@ -23,16 +23,8 @@ from envcache.registry.errors import (
     digest_invalid,
     upload_unknown,
 )
-from envcache.store import (
-    DigestError,
-    DigestMismatch,
-    NameInvalid,
-    SizeMismatch,
-    Store,
-    UploadSession,
-    check_name,
-    parse_digest,
-)
+from envcache.oci import DigestError, NameInvalid, check_name, parse_digest
+from envcache.store import DigestMismatch, SizeMismatch, Store, UploadSession
 from envcache.store.blobs import hash_file, pump
 
 # ASCII digits, at most 19 (an int64 offset): "\d+" took any Unicode digit and any length,

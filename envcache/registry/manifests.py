@@ -16,20 +16,10 @@ from envcache.registry.errors import (
     manifest_unknown,
     name_unknown,
 )
-from envcache.store import (
-    MAX_MANIFEST_SIZE,
-    DigestError,
-    DigestMismatch,
-    ManifestBlobUnknown,
-    ManifestInvalid,
-    Store,
-    TagInvalid,
-    check_tag,
-    is_digest,
-    parse_digest,
+from envcache.oci import (
+    MAX_MANIFEST_SIZE, OCI_INDEX, DigestError, ManifestInvalid, TagInvalid, check_tag, is_digest, parse_digest,
 )
-
-INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+from envcache.store import DigestMismatch, ManifestBlobUnknown, Store
 
 
 def _check_reference(reference: str, status: int) -> None:
@@ -131,9 +121,9 @@ async def referrers(request: web.Request, store: Store, name: str, digest: str) 
     headers = {**API_VERSION_HEADER}
     if artifact_type is not None:
         headers["OCI-Filters-Applied"] = "artifactType"
-    index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
              "manifests": store.referrers(name, digest, artifact_type)}
-    return web.Response(status=200, body=json.dumps(index).encode(), content_type=INDEX_MEDIA_TYPE,
+    return web.Response(status=200, body=json.dumps(index).encode(), content_type=OCI_INDEX,
                         headers=headers)
 
 

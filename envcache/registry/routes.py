@@ -20,16 +20,8 @@ from envcache.errors import EnvcacheError, NotFound
 from envcache.registry import blobs, manifests
 from envcache.registry.blobs import UploadState
 from envcache.registry.errors import API_VERSION_HEADER, RegistryError, name_invalid
-from envcache.store import (
-    DigestError,
-    DigestMismatch,
-    ManifestInvalid,
-    NameInvalid,
-    SizeMismatch,
-    Store,
-    TagInvalid,
-    check_name,
-)
+from envcache.oci import DigestError, ManifestInvalid, NameInvalid, TagInvalid, check_name
+from envcache.store import DigestMismatch, SizeMismatch, Store
 
 log = logging.getLogger(__name__)
 

@@ -20,31 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import platform
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from envcache.errors import EnvcacheError
-from envcache.definition.canonical import canonical_image_ref
+from envcache.definition.dockerfile import dockerfile_base
+from envcache.oci import normalise_reference
 from envcache.store.schema import BASE_DIGESTS as _TABLE
-from envcache.upstream.client import INDEX_TYPES
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from envcache.definition.model import Definition
-    from envcache.store import Store
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
 Resolver = Callable[[str], Awaitable[str | None]]
 
 _DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})$")
-_FROM_RE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
 class BaseImageUnresolvable(EnvcacheError):
@@ -63,18 +60,6 @@ def image_key(spec_hash: str, variant: str, base_digest: str, recipe_version: st
     return xxhash.xxh3_128_hexdigest(payload.encode())
 
 
-def normalise_reference(ref: str) -> str:
-    """``ubuntu`` → ``docker.io/library/ubuntu:latest``, the same normalisation the canonical form uses.
-
-    A ``FROM`` that is not a plain reference (``FROM $BASE``) is passed on as written: no
-    resolver knows it, so the request ends in :class:`BaseImageUnresolvable`, a clear 502.
-    """
-    try:
-        return canonical_image_ref(ref)
-    except ValueError:
-        return ref.strip()
-
-
 def base_reference(defn: Definition, variant_base: str | None) -> str | None:
     """The base image a (variant-applied) definition builds on.
 
@@ -84,69 +69,12 @@ def base_reference(defn: Definition, variant_base: str | None) -> str | None:
     """
     docker = defn.docker
     if docker.base_dockerfile:
-        match = _FROM_RE.search(docker.base_dockerfile)
-        if match and match.group(1).lower() != "scratch":
-            return normalise_reference(match.group(1))
-        if match:
-            return "scratch"
+        base = dockerfile_base(docker.base_dockerfile)
+        if base is not None:
+            return "scratch" if base.lower() == "scratch" else normalise_reference(base)
     if docker.base_image:
         return normalise_reference(docker.base_image)
     return normalise_reference(variant_base) if variant_base else None
-
-
-def _host_platform() -> tuple[str, str]:
-    machine = platform.machine().lower()
-    return "linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
-
-
-async def config_digest(body: bytes, fetch: Callable[[str], Awaitable[bytes | None]]) -> str | None:
-    """The image's config digest from its manifest (through an index, for the host platform).
-
-    The config digest is what an engine calls the image id, and it does not depend on how the
-    layers were compressed: every machine — one that builds, one that only pulls — computes
-    the same image key from it. Every resolver answers through this function.
-    """
-    doc = json.loads(body)
-    if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
-        children = [m for m in doc.get("manifests", []) if isinstance(m, dict) and m.get("digest")]
-        wanted = _host_platform()
-
-        def platform_of(m: dict[str, Any]) -> tuple[str, str]:
-            p = m.get("platform") or {}
-            return p.get("os", ""), p.get("architecture", "")
-
-        chosen = next((m for m in children if platform_of(m) == wanted), None) or \
-            next((m for m in children if platform_of(m) == ("linux", "amd64")), None) or \
-            (children[0] if children else None)
-        if chosen is None:
-            return None
-        child = await fetch(chosen["digest"])
-        if child is None:
-            return None
-        doc = json.loads(child)
-    config = doc.get("config") or {}
-    return config.get("digest")
-
-
-async def stored_config_digest(store: Store, repository: str, ref: str) -> tuple[str, str] | None:
-    """(manifest digest, config digest) of ``repository:ref`` in the daemon's store, or None.
-
-    The manifest digest is the platform entry :func:`config_digest` picked when ``ref`` names
-    an index, so an image loaded by it is exactly the one whose config digest keys the image.
-    """
-    manifest = store.get_manifest(repository, ref)
-    if manifest is None:
-        return None
-    chosen = manifest.digest
-
-    async def child(digest: str) -> bytes | None:
-        nonlocal chosen
-        chosen = digest
-        found = store.get_manifest(repository, digest)
-        return found.body if found else None
-
-    digest = await config_digest(manifest.body, child)
-    return (chosen, digest) if digest else None
 
 
 @dataclass

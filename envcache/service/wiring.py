@@ -18,8 +18,9 @@ from aiohttp import web
 from envcache.builder import resolve_variant
 from envcache.builder.plan import RECIPE_VERSION
 from envcache.errors import EnvcacheError
-from envcache.service.keys import Resolver, config_digest, stored_config_digest
-from envcache.upstream.base import origin_upstream, parse_reference, stored_copy
+from envcache.oci import config_digest, parse_reference
+from envcache.service.keys import Resolver
+from envcache.upstream.base import origin_upstream, stored_copy
 
 if TYPE_CHECKING:
     from envcache.builder.builder import BuiltImage
@@ -85,7 +86,7 @@ def make_resolvers(app: web.Application) -> list[Resolver]:
         ref = parse_reference(reference)
         if ref.host not in own and ref.host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
             return None
-        found = await stored_config_digest(store, ref.path, ref.ref)
+        found = await store.config_digest(ref.path, ref.ref)
         return found[1] if found else None
 
     async def local_engine(reference: str) -> str | None:

@@ -24,33 +24,6 @@ atomic rename after its digest and size were verified and the file was fsync'd.
 """
 
 from envcache.store.blobs import BlobStore, DigestMismatch, SizeMismatch
-from envcache.store.digests import DigestError, digest_bytes, is_digest, parse_digest
-from envcache.store.names import NameInvalid, TagInvalid, check_name, check_tag
-from envcache.store.store import (
-    MAX_MANIFEST_SIZE,
-    Manifest,
-    ManifestBlobUnknown,
-    ManifestInvalid,
-    Store,
-    UploadSession,
-)
+from envcache.store.store import Manifest, ManifestBlobUnknown, Store, UploadSession
 
-__all__ = [
-    "MAX_MANIFEST_SIZE",
-    "BlobStore",
-    "DigestError",
-    "DigestMismatch",
-    "Manifest",
-    "ManifestBlobUnknown",
-    "ManifestInvalid",
-    "NameInvalid",
-    "SizeMismatch",
-    "Store",
-    "TagInvalid",
-    "UploadSession",
-    "check_name",
-    "check_tag",
-    "digest_bytes",
-    "is_digest",
-    "parse_digest",
-]
+__all__ = ["BlobStore", "DigestMismatch", "Manifest", "ManifestBlobUnknown", "SizeMismatch", "Store", "UploadSession"]

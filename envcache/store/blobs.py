@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import sqlite_utils
 
 from envcache.errors import InvalidInput
-from envcache.store.digests import new_hasher, parse_digest
+from envcache.oci import new_hasher, parse_digest
 
 CHUNK = 1 << 20
 # Received data is handed to the writer thread in batches of about this size.

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.store.blobs import fsync_dir, hash_file
-from envcache.store.digests import parse_digest
+from envcache.errors import InvalidInput
+from envcache.oci import parse_digest
 from envcache.store.gc import iter_blob_files, manifest_refs
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
             continue
         try:
             refs = manifest_refs(store.blobs.path(digest).read_bytes())
-        except (OSError, ValueError):
+        except (OSError, InvalidInput):
             continue  # the bytes match the digest, so this is what was pushed: nothing to repair
         needs[(repo, digest)] = refs.blobs
         for blob, blob_type in refs.media_types.items():

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.store.digests import DigestError, is_digest
+from envcache.oci import is_digest, parse_manifest
 from envcache.store.schema import LAYER_BLOBS
 
 if TYPE_CHECKING:
@@ -61,29 +61,13 @@ class ManifestRefs:
 
 
 def manifest_refs(body: bytes) -> ManifestRefs:
-    """Parse a stored manifest or index body; raises ValueError when it is not one.
-
-    Tolerant where the store's own parser is strict (it already validated the body at push
-    time): descriptors with foreign ``urls`` or an unusable digest are simply not references.
-    """
-    doc = json.loads(body)
-    if not isinstance(doc, dict):
-        raise ValueError("manifest is not a JSON object")
-    refs = ManifestRefs()
-    if isinstance(doc.get("manifests"), list):
-        for descriptor in doc["manifests"]:
-            if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str) and is_digest(descriptor["digest"]):
-                refs.children.append(descriptor["digest"])
-        return refs
-    for descriptor in [doc.get("config"), *(doc.get("layers") or [])]:
-        if not isinstance(descriptor, dict) or descriptor.get("urls"):
-            continue
-        digest = descriptor.get("digest")
-        if isinstance(digest, str) and is_digest(digest):
-            refs.blobs.append(digest)
-            if isinstance(descriptor.get("mediaType"), str):
-                refs.media_types[digest] = descriptor["mediaType"]
-    return refs
+    """A stored manifest or index body's references; raises InvalidInput when it is not one."""
+    manifest = parse_manifest(body)
+    if manifest.is_index:
+        return ManifestRefs(children=[child.digest for child in manifest.manifests])
+    blobs = manifest.blobs
+    return ManifestRefs(blobs=[d.digest for d in blobs],
+                        media_types={d.digest: d.media_type for d in blobs if d.media_type is not None})
 
 
 @dataclass
@@ -362,7 +346,7 @@ def _children_of(store: Store, digest: str) -> list[str]:
     """Child manifests of an index (empty for an image manifest or an unreadable body)."""
     try:
         return manifest_refs(store.blobs.path(digest).read_bytes()).children
-    except (OSError, ValueError, DigestError):
+    except (OSError, InvalidInput):
         return []
 
 
@@ -394,7 +378,7 @@ def _mark(store: Store, sql: Callable[..., Any], dead_tags: set[tuple[str, str]]
         try:
             body = store.blobs.path(digest).read_bytes()
             refs = manifest_refs(body)
-        except (OSError, ValueError, DigestError) as exc:
+        except (OSError, InvalidInput) as exc:
             raise GcAborted(
                 f"manifest {repo}@{digest} is in use but its body cannot be read ({type(exc).__name__}: {exc}); "
                 "nothing was deleted. Run `envcache fsck --repair` first") from None

@@ -16,18 +16,11 @@ import sqlite_utils
 
 from envcache.errors import InvalidInput, NotFound
 from envcache.store.blobs import BlobStore, DigestMismatch
-from envcache.store.digests import digest_bytes, is_digest, parse_digest
-from envcache.store.names import check_name, check_tag
+from envcache.oci import (
+    MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, parse_digest,
+    parse_manifest,
+)
 from envcache.store.schema import migrate
-
-# The OCI distribution spec lets registries refuse manifests above 4 MiB; clients expect at
-# least that much to work.
-MAX_MANIFEST_SIZE = 4 * 1024 * 1024
-
-
-class ManifestInvalid(InvalidInput):
-    """A manifest body we will not store (not JSON, media type contradicts the body, ...)."""
-
 
 class ManifestBlobUnknown(InvalidInput):
     """An image manifest names a config or layer blob that was never pushed."""
@@ -169,8 +162,12 @@ class Store:
         else:
             tag = check_tag(ref)
             digest = digest_bytes(body)
-        info = _parse_manifest(body, media_type)
-        for blob in info["blobs"]:
+        info = parse_manifest(body)
+        declared = info.doc.get("mediaType")
+        if declared is not None and declared != media_type:
+            raise ManifestInvalid(f"manifest mediaType {declared!r} does not match Content-Type {media_type!r}")
+        blobs = [] if info.is_index else [d.digest for d in info.blobs]
+        for blob in blobs:
             if not self.blobs.exists(blob):
                 raise ManifestBlobUnknown(blob)
         self.blobs.write_bytes(body, digest, media_type)
@@ -181,10 +178,10 @@ class Store:
                 "INSERT INTO manifests (repository, digest, media_type, size, subject, artifact_type, "
                 "annotations, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(repository, digest) DO UPDATE SET media_type = excluded.media_type",
-                [repo, digest, media_type, len(body), info["subject"], info["artifact_type"],
-                 info["annotations"], now],
+                [repo, digest, media_type, len(body), info.subject.digest if info.subject else None,
+                 info.artifact_type, json.dumps(info.annotations) if info.annotations else None, now],
             )
-            for blob in [*info["blobs"], digest]:
+            for blob in [*blobs, digest]:
                 self.db.execute(
                     "INSERT OR IGNORE INTO repository_blobs (repository, digest, created) VALUES (?, ?, ?)",
                     [repo, blob, now],
@@ -215,6 +212,27 @@ class Store:
             except FileNotFoundError:
                 return None
         return Manifest(digest=row[0], media_type=row[1], body=body, size=row[2], subject=row[3])
+
+    async def config_digest(self, repository: str, ref: str) -> tuple[str, str] | None:
+        """(manifest digest, config digest) of ``repository:ref``, or None.
+
+        The manifest digest is the platform entry :func:`envcache.oci.config_digest` picked when
+        ``ref`` names an index, so an image loaded by it is exactly the one whose config digest
+        keys the image.
+        """
+        manifest = self.get_manifest(repository, ref)
+        if manifest is None:
+            return None
+        chosen = manifest.digest
+
+        async def child(digest: str) -> bytes | None:
+            nonlocal chosen
+            chosen = digest
+            found = self.get_manifest(repository, digest)
+            return found.body if found else None
+
+        digest = await config_digest(manifest.body, child)
+        return (chosen, digest) if digest else None
 
     def set_tag(self, repo: str, tag: str, digest: str) -> None:
         """Point ``tag`` at a manifest already stored in ``repo``."""
@@ -317,50 +335,3 @@ class Store:
         """Ids of sessions idle for more than ``ttl`` seconds (the registry expires them)."""
         cutoff = time.time() - ttl
         return [row[0] for row in self.db.execute("SELECT id FROM upload_sessions WHERE updated < ?", [cutoff])]
-
-
-def _parse_manifest(body: bytes, media_type: str) -> dict[str, Any]:
-    """What the index needs from a manifest: subject, artifact type, annotations, blobs it needs."""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ManifestInvalid("manifest JSON is nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise ManifestInvalid("manifest must be a JSON object")
-    for key in ("layers", "manifests"):
-        if doc.get(key) is not None and not isinstance(doc[key], list):
-            raise ManifestInvalid(f"manifest {key} must be a list of descriptors")
-    declared = doc.get("mediaType")
-    if declared is not None and declared != media_type:
-        raise ManifestInvalid(f"manifest mediaType {declared!r} does not match Content-Type {media_type!r}")
-    subject = doc.get("subject")
-    subject_digest = None
-    if subject is not None:
-        if not isinstance(subject, dict) or not isinstance(subject.get("digest"), str) or not is_digest(subject["digest"]):
-            raise ManifestInvalid("manifest subject must be a descriptor with a valid digest")
-        subject_digest = subject["digest"]
-    config = doc.get("config") if isinstance(doc.get("config"), dict) else None
-    artifact_type = doc.get("artifactType")
-    if artifact_type is None and config is not None and "manifests" not in doc:
-        # OCI 1.1: for an image manifest without artifactType, the config media type stands in.
-        artifact_type = config.get("mediaType")
-    annotations = doc.get("annotations")
-    blobs: list[str] = []
-    # Only image manifests require their blobs to be present; indexes and other documents may
-    # legitimately point at content elsewhere. Foreign layers (with "urls") are not pushed.
-    if "manifests" not in doc:
-        for descriptor in [config, *(doc.get("layers") or [])]:
-            if not isinstance(descriptor, dict) or descriptor.get("urls"):
-                continue
-            digest = descriptor.get("digest")
-            if not isinstance(digest, str) or not is_digest(digest):
-                raise ManifestInvalid(f"manifest descriptor has an invalid digest: {str(digest)[:200]!r}")
-            blobs.append(digest)
-    return {
-        "subject": subject_digest,
-        "artifact_type": artifact_type if isinstance(artifact_type, str) else None,
-        "annotations": json.dumps(annotations) if isinstance(annotations, dict) and annotations else None,
-        "blobs": blobs,
-    }

@@ -13,12 +13,12 @@ repository names cannot contain): ``docker.io/library/ubuntu:22.04``,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from envcache.errors import EnvcacheError, InvalidInput
+from envcache.oci import DOCKER_HUB_HOSTS, ImageRef, parse_reference
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import pull_image
@@ -26,68 +26,16 @@ from envcache.upstream.copy import pull_image
 if TYPE_CHECKING:
     from envcache.store import Store
 
-_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
-_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._/:-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 
-
-@dataclass(frozen=True)
-class BaseRef:
-    """A parsed, normalised image reference."""
-
-    host: str          # registry host[:port]; docker.io for Docker Hub
-    path: str          # repository path on that registry (library/ubuntu)
-    tag: str | None
-    digest: str | None
-
-    @property
-    def ref(self) -> str:
-        """What to ask the registry for: the digest if pinned, else the tag."""
-        return self.digest or self.tag or "latest"
-
-    @property
-    def local_repository(self) -> str:
-        return f"{self.host.replace(':', '-')}/{self.path}"
-
-    def __str__(self) -> str:
-        text = f"{self.host}/{self.path}"
-        if self.tag:
-            text += f":{self.tag}"
-        return text + (f"@{self.digest}" if self.digest else "")
-
-
-def parse_reference(reference: str) -> BaseRef:
-    """``ubuntu`` → docker.io/library/ubuntu:latest, as Docker expands short names."""
-    text = reference.strip()
-    first, sep, rest = text.partition("/")
-    if not sep or ("." not in first and ":" not in first and first != "localhost"):
-        host, remainder = "docker.io", text
-        if "/" not in remainder:
-            remainder = f"library/{remainder}"
-    else:
-        host, remainder = first, rest
-    match = _REF.match(remainder)
-    if not match or match.group("name").endswith("/"):
-        raise InvalidInput(f"invalid image reference {reference!r}")
-    name = match.group("name")
-    tag = match.group("tag")
-    digest = match.group("digest")
-    if tag is None and digest is None:
-        tag = "latest"
-    if host in _DOCKER_HUB:
-        host = "docker.io"
-    return BaseRef(host, name, tag, digest)
-
-
-def origin_upstream(ref: BaseRef, upstreams: Sequence[Upstream]) -> Upstream:
+def origin_upstream(ref: ImageRef, upstreams: Sequence[Upstream]) -> Upstream:
     """The origin registry of ``ref`` as an Upstream, with credentials/TLS if one is configured."""
     for upstream in upstreams:
-        if upstream.host == ref.host or (ref.host == "docker.io" and upstream.host in _DOCKER_HUB):
+        if upstream.host == ref.host or (ref.host == "docker.io" and upstream.host in DOCKER_HUB_HOSTS):
             return upstream
     if ref.host == "docker.io":
         return Upstream(url="https://registry-1.docker.io", prefix="", mode="pull")
-    loopback = ref.host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
     # Docker's own rule: loopback registries may speak plain HTTP, anything else must use TLS.
-    return Upstream(url=f"{'http' if loopback else 'https'}://{ref.host}", prefix="", mode="pull")
+    return Upstream(url=f"{'http' if ref.is_loopback else 'https'}://{ref.host}", prefix="", mode="pull")
 
 
 @dataclass
@@ -117,11 +65,11 @@ class BasePuller:
             self._own[upstream.url] = RegistryClient(upstream)
         return self._own[upstream.url]
 
-    def sources_for(self, ref: BaseRef) -> list[Upstream]:
+    def sources_for(self, ref: ImageRef) -> list[Upstream]:
         """Mirrors configured for the origin first, then the origin itself."""
         mirrors = [replace(u, prefix="") for u in self.upstreams
                    if u.can_pull and (ref.host in u.mirror_for or (ref.host == "docker.io" and
-                                                                   _DOCKER_HUB & set(u.mirror_for)))]
+                                                                   DOCKER_HUB_HOSTS & set(u.mirror_for)))]
         return mirrors + [origin_upstream(ref, self.upstreams)]
 
     async def pull(self, reference: str) -> BaseImage:
@@ -146,14 +94,12 @@ class BasePuller:
 
         Image keys use the config digest on every machine (a builder knows its base by engine id,
         a pull-only laptop by registry content), so this must answer the same kind of digest as
-        the service's other resolvers; their ``config_digest`` is reused to guarantee it.
+        the service's other resolvers: ``envcache.oci.config_digest`` picks it for all of them.
         """
         if reference == "scratch":
             return None
-        from envcache.service.keys import stored_config_digest
-
         pulled = await self.pull(reference)
-        found = await stored_config_digest(self.store, pulled.local_repository, pulled.digest)
+        found = await self.store.config_digest(pulled.local_repository, pulled.digest)
         return found[1] if found else None
 
     async def aclose(self) -> None:
@@ -170,15 +116,13 @@ def stored_copy(store: Store) -> Callable[[str], Awaitable[tuple[str, str] | Non
     mirrors for that). An index is narrowed to one platform by ``config_digest``'s own choice, so
     the image loaded is exactly the one whose config digest went into the image key.
     """
-    from envcache.service.keys import stored_config_digest
-
     async def stored(reference: str) -> tuple[str, str] | None:
         try:
             ref = parse_reference(reference)
         except InvalidInput:
             return None
         repository = ref.local_repository
-        found = await stored_config_digest(store, repository, ref.ref) if store.repository_exists(repository) else None
+        found = await store.config_digest(repository, ref.ref) if store.repository_exists(repository) else None
         return (repository, found[0]) if found else None
 
     return stored

@@ -20,18 +20,10 @@ import aiohttp
 from yarl import URL
 
 from envcache.errors import EnvcacheError
-from envcache.store.digests import digest_bytes
+from envcache.oci import ACCEPT_MANIFESTS, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST_SIZE, digest_bytes
 from envcache.upstream.auth import CachedToken, basic_header, parse_challenge, token_from_response
 from envcache.upstream.config import Upstream
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
-ACCEPT = ", ".join(INDEX_TYPES + MANIFEST_TYPES)
-MAX_MANIFEST = 4 * 1024 * 1024     # distribution's own limit; refuse anything bigger
 CHUNK = 1 << 20
 
 
@@ -214,20 +206,20 @@ class RegistryClient:
         """Fetch and verify a manifest; ``None`` when the registry says it does not exist."""
         what = f"get manifest {repo}:{ref}" if not ref.startswith("sha256:") else f"get manifest {repo}@{ref}"
         resp = await self.request("GET", f"/v2/{repo}/manifests/{ref}", scope=_scope(repo, "pull"),
-                                  what=what, headers={"Accept": ACCEPT})
+                                  what=what, headers={"Accept": ACCEPT_MANIFESTS})
         async with resp:
             if resp.status == 404:
                 return None
             if resp.status != 200:
                 raise await self._fail(resp, what)
             try:
-                body = await resp.content.read(MAX_MANIFEST + 1)
+                body = await resp.content.read(MAX_MANIFEST_SIZE + 1)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise self._error(what, _describe(exc)) from exc
             header_digest = resp.headers.get("Docker-Content-Digest")
             header_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         self.bytes_in += len(body)
-        if len(body) > MAX_MANIFEST:
+        if len(body) > MAX_MANIFEST_SIZE:
             raise self._error(what, "manifest larger than 4 MiB")
         digest = digest_bytes(body)
         if ref.startswith("sha256:") and digest != ref:

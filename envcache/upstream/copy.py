@@ -13,12 +13,12 @@ the index under its tag.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from envcache.errors import InvalidInput
-from envcache.upstream.client import INDEX_TYPES, RegistryClient, RemoteManifest, UpstreamError
+from envcache.oci import INDEX_TYPES, Descriptor, parse_manifest
+from envcache.upstream.client import RegistryClient, RemoteManifest, UpstreamError
 
 if TYPE_CHECKING:
     from envcache.store import Store
@@ -42,21 +42,12 @@ class CopyStats:
         return dataclasses.asdict(self)
 
 
-def _descriptors(doc: Any, where: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(child manifests, blobs) named by a manifest document; validates what we will trust."""
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"{where}: manifest is not a JSON object")
-    children = doc.get("manifests") if isinstance(doc.get("manifests"), list) else []
-    blobs: list[dict[str, Any]] = []
-    if isinstance(doc.get("config"), dict):
-        blobs.append(doc["config"])
-    if isinstance(doc.get("layers"), list):
-        blobs.extend(doc["layers"])
-    for desc in children + blobs:
-        if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str) \
-                or not isinstance(desc.get("size"), int) or desc["size"] < 0:
-            raise InvalidInput(f"{where}: malformed descriptor {str(desc)[:200]}")
-    return children, blobs
+def _parsed(body: bytes, where: str) -> tuple[list[Descriptor], list[Descriptor]]:
+    """(child manifests, blobs) named by a manifest document, every descriptor with a size:
+    nothing a registry sends is trusted further than that."""
+    manifest = parse_manifest(body)
+    manifest.check_sizes(where)
+    return list(manifest.manifests), [d for d in (manifest.config, *manifest.layers) if d is not None]
 
 
 async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: Store,
@@ -72,37 +63,38 @@ async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: 
         manifest = todo.pop()
         ordered.append(manifest)
         try:
-            children, blobs = _descriptors(_json(manifest, client), f"{remote_repo}@{manifest.digest}")
+            children, blobs = _parsed(manifest.body, f"{remote_repo}@{manifest.digest}")
         except InvalidInput as exc:
             raise UpstreamError(f"upstream {client.upstream.url}: {exc}") from exc
         if manifest.media_type not in INDEX_TYPES and children:
             raise UpstreamError(f"upstream {client.upstream.url}: {manifest.digest} is an image manifest with children")
         for child in children:
-            if store.get_manifest(local_repo, child["digest"]) is not None:
-                stats.notes.append(f"manifest {child['digest']} already local")
-                stats.size += image_size(store, local_repo, child["digest"])
+            if store.get_manifest(local_repo, child.digest) is not None:
+                stats.notes.append(f"manifest {child.digest} already local")
+                stats.size += image_size(store, local_repo, child.digest)
                 continue
-            fetched = await client.get_manifest(remote_repo, child["digest"])
+            fetched = await client.get_manifest(remote_repo, child.digest)
             if fetched is None:
                 raise UpstreamError(f"upstream {client.upstream.url}: index {manifest.digest} names "
-                                    f"{child['digest']}, which is missing")
+                                    f"{child.digest}, which is missing")
             todo.append(fetched)
         for blob in blobs:
-            stats.size += blob["size"]
-            if store.blobs.exists(blob["digest"]):
+            size = blob.size or 0
+            stats.size += size
+            if store.blobs.exists(blob.digest):
                 stats.blobs_skipped += 1
                 continue
-            _, chunks = await client.blob_stream(remote_repo, blob["digest"], blob["size"])
+            _, chunks = await client.blob_stream(remote_repo, blob.digest, size)
             try:
-                await store.blobs.write(chunks, expected_digest=blob["digest"], expected_size=blob["size"],
-                                        media_type=blob.get("mediaType"))
+                await store.blobs.write(chunks, expected_digest=blob.digest, expected_size=size,
+                                        media_type=blob.media_type)
             except InvalidInput as exc:   # digest or size mismatch: the store kept nothing
-                raise UpstreamError(f"upstream {client.upstream.url}: blob {blob['digest']} "
+                raise UpstreamError(f"upstream {client.upstream.url}: blob {blob.digest} "
                                     f"failed verification: {exc}") from exc
             finally:
                 await chunks.aclose()
             stats.blobs_copied += 1
-            stats.bytes_copied += blob["size"]
+            stats.bytes_copied += size
     # Children before parents: the tag (on the top manifest) goes in last.
     for manifest in reversed(ordered):
         is_top = manifest is top
@@ -128,16 +120,16 @@ async def push_image(client: RegistryClient, store: Store, local_repo: str, ref:
 async def _push_manifest(client: RegistryClient, store: Store, local_repo: str, digest: str, media_type: str,
                          body: bytes, remote_repo: str, remote_ref: str, mount_from: tuple[str, ...],
                          stats: CopyStats) -> None:
-    children, blobs = _descriptors(json.loads(body), f"{local_repo}@{digest}")
+    children, blobs = _parsed(body, f"{local_repo}@{digest}")
     for child in children:
-        local = store.get_manifest(local_repo, child["digest"])
+        local = store.get_manifest(local_repo, child.digest)
         if local is None:
-            raise InvalidInput(f"{local_repo}@{digest} names {child['digest']}, which is not in the local store")
+            raise InvalidInput(f"{local_repo}@{digest} names {child.digest}, which is not in the local store")
         await _push_manifest(client, store, local_repo, local.digest, local.media_type, local.body,
                              remote_repo, local.digest, mount_from, stats)
     for blob in blobs:
-        d = blob["digest"]
-        stats.size += blob["size"]
+        d = blob.digest
+        stats.size += blob.size or 0
         if await client.blob_exists(remote_repo, d):
             stats.blobs_skipped += 1
             continue
@@ -156,16 +148,9 @@ async def _push_manifest(client: RegistryClient, store: Store, local_repo: str, 
         # A refused mount already opened an upload session: upload into it.
         await client.upload_blob(remote_repo, d, path, session)
         stats.blobs_copied += 1
-        stats.bytes_copied += blob["size"]
+        stats.bytes_copied += blob.size or 0
     await client.put_manifest(remote_repo, remote_ref, body, media_type)
     stats.manifests += 1
-
-
-def _json(manifest: RemoteManifest, client: RegistryClient) -> Any:
-    try:
-        return json.loads(manifest.body)
-    except ValueError as exc:
-        raise UpstreamError(f"upstream {client.upstream.url}: manifest {manifest.digest} is not JSON") from exc
 
 
 def image_size(store: Store, repo: str, digest: str) -> int:
@@ -174,7 +159,7 @@ def image_size(store: Store, repo: str, digest: str) -> int:
     if manifest is None:
         return 0
     try:
-        children, blobs = _descriptors(json.loads(manifest.body), digest)
-    except (InvalidInput, ValueError):
+        children, blobs = _parsed(manifest.body, digest)
+    except InvalidInput:
         return 0
-    return sum(b["size"] for b in blobs) + sum(image_size(store, repo, c["digest"]) for c in children)
+    return sum(b.size or 0 for b in blobs) + sum(image_size(store, repo, c.digest) for c in children)

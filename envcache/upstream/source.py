@@ -13,14 +13,14 @@ Naming: locally an image is ``envcache/env:<key>-<variant>`` and a stage image
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from envcache.errors import EnvcacheError
+from envcache.errors import EnvcacheError, InvalidInput
+from envcache.oci import image_tag, parse_manifest
 from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import image_size, pull_image
@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 ENV_REPO = "envcache/env"
 STAGE_REPO = "envcache/stage"
 LogFn = Callable[[str], None]
-
-
-def image_tag(key: str, variant: str) -> str:
-    """The tag an image key is filed under (DESIGN.md: ``envcache/env:<image key>-<variant>``)."""
-    return f"{key}-{variant}"
 
 
 @dataclass
@@ -222,10 +217,10 @@ def _layers(store: Store, repository: str, ref: str) -> list[str]:
     """Layer digests of the first platform manifest of ``repository:ref`` (empty if unknown)."""
     manifest = store.get_manifest(repository, ref)
     try:
-        doc = json.loads(manifest.body) if manifest else {}
-        if doc.get("manifests"):
-            child = store.get_manifest(repository, doc["manifests"][0]["digest"])
-            doc = json.loads(child.body) if child else {}
-        return [layer["digest"] for layer in doc.get("layers", [])]
-    except (KeyError, TypeError, ValueError):
+        parsed = parse_manifest(manifest.body) if manifest else None
+        if parsed is not None and parsed.manifests:
+            child = store.get_manifest(repository, parsed.manifests[0].digest)
+            parsed = parse_manifest(child.body) if child else None
+    except InvalidInput:
         return []
+    return parsed.layer_digests if parsed is not None else []

@@ -1,8 +1,8 @@
-"""Content digests (``algorithm:hex``) as the OCI image spec defines them.
+"""Content digests (``algorithm:hex``) as the OCI image spec defines them (go-digest's role).
 
 Only sha256 and sha512 are accepted: they are the registered algorithms, and accepting anything
-else would let a client name content we cannot verify. Validation happens here, before a digest
-is ever turned into a file path, so a digest can never smuggle ``/`` or ``..`` into the store.
+else would let a client name content nobody can verify. Validation happens here, before a digest
+is ever turned into a storage key, so a digest can never smuggle ``/`` or ``..`` into a path.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 
 from envcache.errors import InvalidInput
 
-_ALGORITHMS = {"sha256": 64, "sha512": 128}
-_DIGEST = re.compile(r"^(sha256|sha512):([a-f0-9]+)$")
+_LENGTHS = {"sha256": 64, "sha512": 128}
+_DIGEST = re.compile(r"(sha256|sha512):([a-f0-9]+)")
 
 
 class DigestError(InvalidInput):
@@ -22,19 +22,16 @@ class DigestError(InvalidInput):
 
 def parse_digest(digest: str) -> tuple[str, str]:
     """Split and validate ``digest``; returns ``(algorithm, hex)`` or raises :class:`DigestError`."""
-    match = _DIGEST.match(digest)
-    if not match or len(match.group(2)) != _ALGORITHMS[match.group(1)]:
+    match = _DIGEST.fullmatch(digest)
+    if not match or len(match.group(2)) != _LENGTHS[match.group(1)]:
         raise DigestError(f"invalid digest {digest[:200]!r}: expected sha256:<64 hex> or sha512:<128 hex>")
     return match.group(1), match.group(2)
 
 
-def is_digest(value: str) -> bool:
-    """True when ``value`` is a digest we accept (used to tell a tag from a digest reference)."""
-    try:
-        parse_digest(value)
-    except DigestError:
-        return False
-    return True
+def is_digest(value: object) -> bool:
+    """True when ``value`` is a digest we accept (how a digest reference is told from a tag)."""
+    return isinstance(value, str) and (match := _DIGEST.fullmatch(value)) is not None \
+        and len(match.group(2)) == _LENGTHS[match.group(1)]
 
 
 def new_hasher(algorithm: str = "sha256") -> "hashlib._Hash":

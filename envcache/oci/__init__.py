@@ -1,0 +1,31 @@
+"""One OCI vocabulary for all of envcache: media types, digests, names, descriptors, manifests,
+image references and envcache's tag format.
+
+Modelled on CNCF distribution's own split (``reference``, ``go-digest``, ``manifest``): every
+other package speaks these types instead of re-parsing JSON or re-writing regular expressions,
+so the registry, the store, gc, the builder and the upstream client cannot disagree about what
+a digest, a tag or a manifest is. Pure and cheap: no I/O, standard library only.
+"""
+
+from envcache.oci.digest import DigestError, digest_bytes, is_digest, new_hasher, parse_digest
+from envcache.oci.manifest import (
+    Descriptor, Manifest, ManifestInvalid, config_digest, dumps_manifest, image_index, image_manifest, parse_manifest,
+    platform_of_config,
+)
+from envcache.oci.media import (
+    ACCEPT_MANIFESTS, DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, LAYER_MEDIA, MANIFEST_TYPES, MAX_MANIFEST_SIZE,
+    OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
+)
+from envcache.oci.names import (
+    NameInvalid, TagInvalid, check_name, check_tag, image_tag, parse_image_tag,
+)
+from envcache.oci.reference import DOCKER_HUB_HOSTS, ImageRef, ReferenceInvalid, normalise_reference, parse_reference
+
+__all__ = [
+    "ACCEPT_MANIFESTS", "DOCKER_HUB_HOSTS", "DOCKER_LIST", "DOCKER_MANIFEST", "INDEX_TYPES", "LAYER_MEDIA",
+    "MANIFEST_TYPES", "MAX_MANIFEST_SIZE", "OCI_CONFIG", "OCI_INDEX", "OCI_MANIFEST",
+    "Descriptor", "DigestError", "ImageRef", "Manifest", "ManifestInvalid", "NameInvalid", "ReferenceInvalid",
+    "TagInvalid", "check_name", "check_tag", "config_digest", "digest_bytes", "dumps_manifest", "image_index",
+    "image_manifest", "image_tag", "is_digest", "new_hasher", "normalise_reference", "parse_digest",
+    "parse_image_tag", "parse_manifest", "parse_reference", "platform_of_config",
+]

@@ -253,7 +253,7 @@ async def test_stages_are_stored_and_load_back_into_an_engine_that_lost_them(
     keys = built.image.stage_keys
     assert await stage_keys_for(built.defn, "cpu", engine=engine, config=build_config()) == keys
     for key in keys:
-        assert store.get_manifest("envcache/stage", key) is not None
+        assert await store.get_manifest("envcache/stage", key) is not None
     final_id = (await engine.inspect(f"envcache-stage:{keys[-1]}")).id
     for key in keys:
         await engine.remove(f"envcache-stage:{key}")
@@ -265,7 +265,7 @@ async def test_stages_are_stored_and_load_back_into_an_engine_that_lost_them(
     assert (await engine.inspect(f"envcache-stage:{keys[-1]}")).id == final_id
     assert again.image.manifest_digest == built.image.manifest_digest
     # The lock can be read back from the stored layers alone (for pulled images).
-    lock = lock_from_store(store, "envcache/env", built.image.manifest_digest)
+    lock = await lock_from_store(store, "envcache/env", built.image.manifest_digest)
     assert {k: lock[k] for k in ("pip", "conda", "spark")} == {k: built.image.lock[k] for k in ("pip", "conda", "spark")}
 
 
@@ -291,33 +291,33 @@ async def test_cpu_and_gpu_variants_differ_in_base(docker_engine: Engine, regist
     store = registry.store
     configs = {}
     for built_variant in (cpu, gpu):
-        manifest = json.loads(store.get_manifest("envcache/env", built_variant.image.tag).body)
-        configs[built_variant.image.tag] = json.loads(store.blobs.path(manifest["config"]["digest"]).read_bytes())
+        manifest = json.loads((await store.get_manifest("envcache/env", built_variant.image.tag)).body)
+        configs[built_variant.image.tag] = json.loads(store.files.path(manifest["config"]["digest"]).read_bytes())
     assert "CUDA_VERSION" in " ".join(configs["variants-gpu"]["config"]["Env"])
     assert "CUDA_VERSION" not in " ".join(configs["variants-cpu"]["config"]["Env"])
     assert "WHICH=variant-test" in configs["variants-cpu"]["config"]["Env"]
     # One image index over the built variants, tagged by spec hash.
     from envcache.definition import spec_hash
 
-    index = store.get_manifest("envcache/env", spec_hash(defn))
+    index = await store.get_manifest("envcache/env", spec_hash(defn))
     assert index is not None and index.media_type == "application/vnd.oci.image.index.v1+json"
     entries = {e["annotations"]["envcache.variant"]: e["digest"] for e in json.loads(index.body)["manifests"]}
     assert entries == {"cpu": cpu.image.manifest_digest, "gpu": gpu.image.manifest_digest}
 
 
-def _store_tags(store: Store) -> set[str]:
-    return set(store.list_tags("envcache/env")) if store.repository_exists("envcache/env") else set()
+async def _store_tags(store: Store) -> set[str]:
+    return set(await store.manifests.tags("envcache/env"))
 
 
 async def _assert_fails(defn: Definition, step: str, needle: str, *, engine: Engine, registry: DaemonURL,
                         key: str, config: Config | None = None) -> BuildFailed:
-    before = _store_tags(registry.store)
+    before = await _store_tags(registry.store)
     with pytest.raises(BuildFailed) as info:
         await run_build(defn, "cpu", engine=engine, registry=registry, key=key, config=config or build_config())
     assert info.value.step == step
     assert needle in str(info.value)
-    assert _store_tags(registry.store) == before
-    assert not any(tag.startswith(key) for tag in _store_tags(registry.store))
+    assert await _store_tags(registry.store) == before
+    assert not any(tag.startswith(key) for tag in await _store_tags(registry.store))
     return info.value
 
 
@@ -376,7 +376,7 @@ async def test_cancelling_a_build_stops_the_engine_build(docker_engine: Engine, 
             break
         await asyncio.sleep(0.2)
     assert (await asyncio.to_thread(dockerd.docker, "ps", "-aq")).stdout.strip() == ""
-    assert not any(tag.startswith("cancelled") for tag in _store_tags(registry.store))
+    assert not any(tag.startswith("cancelled") for tag in await _store_tags(registry.store))
 
 
 def _leftover_containers(engine: Engine, request: pytest.FixtureRequest) -> str:

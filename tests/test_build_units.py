@@ -17,9 +17,9 @@ import pytest
 import zstandard
 from aiohttp import web
 
-from envcache.builder import (
-    BuildahEngine, BuildFailed, DockerEngine, EngineUnavailable, build_image, detect_engine, resolve_variant,
-)
+from envcache.builder import BuildahEngine, BuildFailed, DockerEngine, EngineUnavailable, build_image, detect_engine
+from envcache.definition.variants import resolve_variant
+from envcache.builder.settings import BuildSettings
 from envcache.service.config import Config
 from envcache.builder.builder import _ingest_layers
 from envcache.builder.engines.base import ExportedImage, ImageInfo, context_tar
@@ -33,8 +33,8 @@ from envcache.builder.helper import HelperServer
 from envcache.errors import InvalidInput
 from envcache.definition import definition_from_dict
 from envcache.definition.model import SparkPackage
-from envcache.store import Store
-from envcache.store.schema import LAYER_BLOBS
+from envcache.store import open_store
+from envcache.store.sqlite.schema import LAYER_BLOBS
 from tests.fixtures.engines import make_tar, write_oci_layout
 from tests.fixtures.testdata import MAVEN_GROUP, CondaPackage, MavenRepo, make_conda_channel, make_maven_repo
 
@@ -83,11 +83,11 @@ def test_unknown_variant_names_the_choices() -> None:
 # --- engine choice ------------------------------------------------------------------------------
 
 
-def engine_config(**build: object) -> Config:
+def engine_config(**build: object) -> BuildSettings:
     config = Config()
     for key, value in build.items():
         setattr(config.build, key, value)
-    return config
+    return config.build
 
 
 def test_detect_engine_follows_the_config(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def small_image(tmp_path: Path, compress: str | None) -> ExportedImage:
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
 async def test_ingest_verifies_diff_ids_and_reuses_known_layers(tmp_path: Path, compression: str) -> None:
-    store = Store(tmp_path / "data")
+    store = await open_store(tmp_path / "data")
     try:
         exported = small_image(tmp_path, compress="gzip")
         with contextlib.ExitStack() as stack:
@@ -204,19 +204,19 @@ async def test_ingest_verifies_diff_ids_and_reuses_known_layers(tmp_path: Path, 
         assert not any(layer.reused for layer in first) and all(layer.reused for layer in again)
         assert {layer.media_type for layer in first} == {LAYER_MEDIA[compression]}
         for layer in first:
-            data = store.blobs.path(layer.digest).read_bytes()
+            data = store.files.path(layer.digest).read_bytes()
             assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.digest
             raw = gzip.decompress(data) if compression == "gzip" else zstandard.ZstdDecompressor().stream_reader(data).read()
             assert "sha256:" + hashlib.sha256(raw).hexdigest() == layer.diff_id
-        rows = list(store.db[LAYER_BLOBS].rows_where("compression = ?", [compression]))
+        rows = list(store.metadata.db[LAYER_BLOBS].rows_where("compression = ?", [compression]))
         assert {row["diff_id"] for row in rows} == set(source.diff_ids)
         assert locks == {"pip-freeze.txt": b"six==1.16.0\n"}
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_ingest_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: Path) -> None:
-    store = Store(tmp_path / "data")
+    store = await open_store(tmp_path / "data")
     try:
         exported = small_image(tmp_path, compress=None)
         index = json.loads((exported.path / "index.json").read_text())
@@ -227,9 +227,9 @@ async def test_ingest_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: 
         with contextlib.ExitStack() as stack, pytest.raises(BuildFailed, match="the engine's config says"):
             source = open_export(exported, stack)
             await _ingest_layers(store, source, "zstd", tmp_path / "tmp", lambda line: None)
-        assert list(store.db[LAYER_BLOBS].rows) == []
+        assert list(store.metadata.db[LAYER_BLOBS].rows) == []
     finally:
-        store.close()
+        await store.close()
 
 
 # --- generated Dockerfiles and locks ------------------------------------------------------------

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from envcache import definition as spec
-from envcache.client.files import DefinitionFiles, check_files
+from envcache.wire import DefinitionFiles, check_files
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.service.api import _load_files
+from envcache.service.requests import load_files as _load_files
 from envcache.service.config import Config
 
 VECTORS = Path(__file__).parent / "vectors"

@@ -39,7 +39,7 @@ async def test_skopeo_copy_oci_layout_round_trip(daemon: str, skopeo, busybox_oc
         back = out / "blobs" / "sha256" / layer.digest.split(":", 1)[1]
         assert back.read_bytes() == image.blob(layer.digest).read_bytes()
     # The registry kept the manifest byte-for-byte.
-    manifest = daemon.store.get_manifest("envcache-test/busybox", "latest")
+    manifest = await daemon.store.get_manifest("envcache-test/busybox", "latest")
     assert manifest.body == image.blob(image.manifest_digest).read_bytes()
 
 
@@ -47,7 +47,7 @@ async def test_docker_push_rmi_pull(daemon: str, dockerd, busybox_image: str) ->
     ref = f"{_host(daemon)}/envcache-test/docker-busybox:v1"
     await asyncio.to_thread(dockerd.docker, "tag", busybox_image, ref)
     pushed = await asyncio.to_thread(dockerd.docker, "push", ref)
-    digest = daemon.store.get_manifest("envcache-test/docker-busybox", "v1").digest
+    digest = (await daemon.store.get_manifest("envcache-test/docker-busybox", "v1")).digest
     assert f"digest: {digest}" in pushed.stdout
     await asyncio.to_thread(dockerd.docker, "rmi", ref)
     gone = await asyncio.to_thread(dockerd.docker, "image", "inspect", ref, check=False)
@@ -75,14 +75,14 @@ async def test_oras_artifact_with_artifact_type_and_referrers(daemon: str, tmp_p
     assert [Path(f).name for f in files] == ["model.bin"]
     assert (out / "model.bin").read_bytes() == b"weights" * 1000
 
-    subject = daemon.store.get_manifest("artifacts/model", "v1")
+    subject = await daemon.store.get_manifest("artifacts/model", "v1")
     Path("sig.txt").write_text("signed")
     await asyncio.to_thread(
         client.push, target=f"{host}/artifacts/model:sig", files=["sig.txt"],
         manifest_config="config.json:application/vnd.envcache.test.signature",
         subject=oras.oci.Subject(mediaType=subject.media_type, digest=subject.digest, size=len(subject.body)),
     )
-    sig = daemon.store.get_manifest("artifacts/model", "sig")
+    sig = await daemon.store.get_manifest("artifacts/model", "sig")
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{daemon}/v2/artifacts/model/referrers/{subject.digest}") as resp:
             index = await resp.json(content_type=None)

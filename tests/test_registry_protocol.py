@@ -65,7 +65,7 @@ async def test_sha512_blob(daemon: str, http: aiohttp.ClientSession) -> None:
         assert resp.status == 201
     async with http.get(f"{daemon}/v2/r/blobs/{digest}") as resp:
         assert await resp.read() == data and resp.headers["Docker-Content-Digest"] == digest
-    assert daemon.store.blobs.path(digest).parent.parent.name == "sha512"
+    assert daemon.store.files.path(digest).parent.parent.name == "sha512"
 
 
 async def test_chunked_upload_with_status_and_range_checks(daemon: str, http: aiohttp.ClientSession) -> None:
@@ -114,7 +114,7 @@ async def test_streamed_patch_then_empty_put(daemon: str, http: aiohttp.ClientSe
         assert resp.status == 202 and resp.headers["Range"] == f"0-{len(data) - 1}"
     async with http.put(url, params={"digest": sha256(data)}) as resp:
         assert resp.status == 201
-    assert daemon.store.blobs.path(sha256(data)).read_bytes() == data
+    assert daemon.store.files.path(sha256(data)).read_bytes() == data
 
 
 async def test_digest_mismatch_is_refused_and_stores_nothing(daemon: str, http: aiohttp.ClientSession) -> None:
@@ -125,8 +125,8 @@ async def test_digest_mismatch_is_refused_and_stores_nothing(daemon: str, http: 
         url = f"{daemon}{resp.headers['Location']}"
     async with http.put(url, params={"digest": wrong}, data=b"payload") as resp:
         assert resp.status == 400 and await error_code(resp) == "DIGEST_INVALID"
-    assert not daemon.store.blobs.exists(wrong)
-    assert not daemon.store.blobs.exists(sha256(b"payload"))
+    assert not await daemon.store.has_blob(wrong)
+    assert not await daemon.store.has_blob(sha256(b"payload"))
     async with http.post(f"{daemon}/v2/r/blobs/uploads/", params={"digest": "sha256:abc"}, data=b"x") as resp:
         assert resp.status == 400 and await error_code(resp) == "DIGEST_INVALID"
     async with http.put(url, data=b"x") as resp:  # PUT without ?digest=
@@ -141,7 +141,7 @@ async def test_wrong_size_is_refused(daemon: str, http: aiohttp.ClientSession) -
         assert resp.status == 400 and await error_code(resp) == "SIZE_INVALID"
     async with http.get(url) as resp:
         assert resp.headers["Range"] == "0-0"  # nothing was acknowledged
-    assert daemon.store.upload_path(url.rsplit("/", 1)[1]).stat().st_size == 0
+    assert daemon.store.files.upload_path(url.rsplit("/", 1)[1]).stat().st_size == 0
 
 
 async def test_invalid_names_tags_and_digests(daemon: str, http: aiohttp.ClientSession) -> None:
@@ -157,7 +157,7 @@ async def test_invalid_names_tags_and_digests(daemon: str, http: aiohttp.ClientS
                         headers={"Content-Type": OCI_MANIFEST}) as resp:
         assert resp.status == 400 and await error_code(resp) == "MANIFEST_INVALID"
     # Nothing was created on disk for any of it.
-    assert daemon.store.list_repositories() == []
+    assert await daemon.store.manifests.repositories() == []
 
 
 async def test_cancel_upload(daemon: str, http: aiohttp.ClientSession) -> None:
@@ -365,7 +365,7 @@ async def test_concurrent_pushes_of_one_blob(daemon: str, http: aiohttp.ClientSe
     statuses = await asyncio.gather(*(push_session(i) for i in range(6)), *(push_monolithic(i) for i in range(6)))
     assert statuses == [201] * 12
     files = [p for p in (daemon.data_dir / "blobs").rglob("*") if p.is_file()]
-    assert files == [daemon.store.blobs.path(digest)]
+    assert files == [daemon.store.files.path(digest)]
     assert files[0].read_bytes() == data
     assert list((daemon.data_dir / "tmp").iterdir()) == []
     assert list((daemon.data_dir / "uploads").iterdir()) == []

@@ -16,7 +16,7 @@ import pytest
 
 from envcache.client.aio import AsyncClient
 from envcache.errors import InvalidInput, NotFound
-from envcache.service import openapi
+from envcache.service import views
 from envcache.service.app import create_app
 from envcache.service.config import Config, Token
 from tests.fixtures.daemon import push_image
@@ -110,7 +110,7 @@ async def test_resolve_misses_with_404_and_a_base_it_cannot_find_is_a_clear_502(
 
 async def test_openapi_documents_every_route(daemon) -> None:
     routes = {r.resource.canonical for r in daemon.app.router.routes() if r.resource.canonical.startswith("/api/v1/")}
-    document = openapi.openapi_document("x")
+    document = views.openapi_document("x")
     assert routes == set(document["paths"])
     async with aiohttp.ClientSession() as http, http.get(daemon + "/api/v1/openapi.json") as resp:
         assert (await resp.json())["openapi"].startswith("3.")
@@ -125,11 +125,11 @@ async def test_metrics_are_prometheus_text(daemon) -> None:
         assert f"# TYPE {name.removesuffix('_total')}" in text
 
 
-def test_a_non_loopback_address_without_tokens_is_refused(tmp_path: Path) -> None:
+async def test_a_non_loopback_address_without_tokens_is_refused(tmp_path: Path) -> None:
     config = Config()
     config.server.host, config.server.data_dir = "0.0.0.0", tmp_path
     with pytest.raises(InvalidInput, match="needs auth tokens"):
-        create_app(config)
+        await create_app(config)
     served = subprocess.run([sys.executable, "-m", "envcache.cli", "serve", "--host", "0.0.0.0", "--port", "0",
                              "--data", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
     assert served.returncode == 2 and "needs auth tokens" in served.stderr and "Traceback" not in served.stderr

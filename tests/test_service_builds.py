@@ -55,7 +55,7 @@ async def test_first_ensure_builds_then_hits_even_renamed_and_with_no_engine(bui
         assert renamed["status"] == "hit" and renamed["image"]["key"] == built["image"]["key"]
         details = await client.image(built["image"]["key"])
         assert details["size"] > 0 and details["variant"] == "cpu" and details["last_used"] >= details["created"]
-    builds = url.store.db.execute("select count(*) from builds").fetchone()[0]
+    builds = url.store.metadata.db.execute("select count(*) from builds").fetchone()[0]
     assert builds == 1
     # The same data under a daemon with no engine at all still answers the hit: a hit never
     # needs the engine (the base digest comes from the last-known table).
@@ -77,7 +77,7 @@ async def test_32_concurrent_ensures_give_one_build_and_32_identical_answers(bui
         answers = await asyncio.gather(*(client.ensure_image(definition, "cpu") for _ in range(32)))
     assert len({json.dumps(a["image"], sort_keys=True) for a in answers}) == 1
     assert len({a["build"]["id"] for a in answers}) == 1
-    assert building_daemon.store.db.execute("select count(*) from builds").fetchone()[0] == 1
+    assert building_daemon.store.metadata.db.execute("select count(*) from builds").fetchone()[0] == 1
     async with aiohttp.ClientSession() as http, http.get(building_daemon + "/metrics") as resp:
         assert 'envcache_builds_total{outcome="built"} 1.0' in await resp.text()
 
@@ -153,7 +153,7 @@ async def test_a_client_hanging_up_does_not_cancel_the_build_others_wait_for(bui
     async with AsyncClient(building_daemon) as client:
         answer = await client.ensure(definition, "cpu", wait=True)
     assert answer["status"] == "built" and answer["build"]["state"] == "succeeded"
-    assert building_daemon.store.db.execute("select count(*) from builds").fetchone()[0] == 1
+    assert building_daemon.store.metadata.db.execute("select count(*) from builds").fetchone()[0] == 1
 
 
 async def test_ensure_a_registered_environment_and_trace_the_build_back_to_it(building_daemon, busybox_image) -> None:
@@ -181,6 +181,6 @@ async def test_ensure_a_registered_environment_and_trace_the_build_back_to_it(bu
                   if line.startswith("envcache_registry_bytes_served_total"))
     assert served >= size > 0
     # An indexed image whose tag is gone from the registry is a miss, never a dead reference.
-    assert building_daemon.store.delete_tag(again["image"]["repository"], again["image"]["tag"])
+    assert await building_daemon.store.manifests.delete_tag(again["image"]["repository"], again["image"]["tag"])
     async with AsyncClient(building_daemon) as client:
         assert await client.resolve(environment="traced", variant="cpu") is None

@@ -60,7 +60,7 @@ async def offline_daemon(make_daemon):
 async def seed_hit(daemon, path: Path) -> str:
     """File an image for ``path`` (cpu) the way a finished build does: registry tag + images row."""
     from envcache import definition as spec
-    from envcache.client.files import DefinitionFiles
+    from envcache.wire import DefinitionFiles
     from tests.fixtures.daemon import push_image
 
     async with aiohttp.ClientSession() as http:
@@ -71,7 +71,7 @@ async def seed_hit(daemon, path: Path) -> str:
         digest, _ = await push_image(http, daemon, "envcache/env", f"{miss['key']}-cpu")
     canonical = spec.canonical_bytes(spec.for_variant(spec.load_definition(path), "cpu"))
     now = time.time()
-    daemon.store.db["images"].insert({
+    daemon.store.metadata.db["images"].insert({
         "key": miss["key"], "variant": "cpu", "spec_hash": miss["spec_hash"], "canonical": canonical,
         "repository": "envcache/env", "tag": f"{miss['key']}-cpu", "manifest_digest": digest, "size": 1,
         "created": now, "last_used": now, "lock": "{}", "base_digest": "none", "recipe_version": "1"})

@@ -18,8 +18,9 @@ import pytest
 from envcache import definition as spec
 from envcache.service.ensure import BuildError, Ensurer, KeyCollision
 from envcache.oci import normalise_reference
-from envcache.service.keys import BaseDigestResolver, BaseImageUnresolvable, image_key
-from envcache.store import Store
+from envcache.builder.keys import image_key
+from envcache.service.bases import BaseDigestResolver, BaseImageUnresolvable
+from envcache.store import Store, open_store
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -63,17 +64,18 @@ async def fixed(reference: str) -> str:
     return DIGEST
 
 
-def make(tmp_path: Path, work: Work, concurrency: int = 2, resolvers=(fixed,)) -> tuple[Ensurer, Store]:
-    store = Store(tmp_path)
-    resolver = BaseDigestResolver(store.db, list(resolvers), ttl=3600)
-    ensurer = Ensurer(db=store.db, resolver=resolver, builder=work, recipe_version="1",
+async def make(tmp_path: Path, work: Work, concurrency: int = 2, resolvers=(fixed,)) -> tuple[Ensurer, Store]:
+    store = await open_store(tmp_path)
+    resolver = BaseDigestResolver(store.base_digests, list(resolvers), ttl=3600)
+    ensurer = Ensurer(store=store, resolver=resolver, builder=work, recipe_version="1",
                       variant_bases={}, concurrency=concurrency)
+    await ensurer.start()
     return ensurer, store
 
 
 async def test_32_concurrent_ensures_share_one_build_and_one_answer(tmp_path: Path) -> None:
     work = Work()
-    ensurer, store = make(tmp_path, work)
+    ensurer, store = await make(tmp_path, work)
     outcomes = await asyncio.gather(*(ensurer.ensure(definition(), "cpu") for _ in range(32)))
     builds = {o.build.id for o in outcomes}
     assert len(builds) == 1 and all(o.image is None for o in outcomes)
@@ -81,7 +83,7 @@ async def test_32_concurrent_ensures_share_one_build_and_one_answer(tmp_path: Pa
     images = await asyncio.gather(*(o.build.wait() for o in outcomes))
     assert work.calls == [outcomes[0].prepared.key]
     assert len({json.dumps(i.to_json("h:1"), sort_keys=True) for i in images}) == 1
-    assert store.db.execute("select count(*) from builds").fetchone()[0] == 1
+    assert store.metadata.db.execute("select count(*) from builds").fetchone()[0] == 1
     # And now it is a hit, without any new work, also for the same content under another name.
     again = await ensurer.ensure(definition(name="renamed"), "cpu")
     assert again.status == "hit" and again.image.manifest_digest == images[0].manifest_digest
@@ -90,7 +92,7 @@ async def test_32_concurrent_ensures_share_one_build_and_one_answer(tmp_path: Pa
 
 async def test_every_follower_gets_the_whole_log_whenever_it_joins(tmp_path: Path) -> None:
     work = Work()
-    ensurer, _ = make(tmp_path, work)
+    ensurer, _ = await make(tmp_path, work)
     build = (await ensurer.ensure(definition(), "cpu")).build
 
     async def collect() -> list[str]:
@@ -109,7 +111,7 @@ async def test_every_follower_gets_the_whole_log_whenever_it_joins(tmp_path: Pat
 
 async def test_a_waiter_that_goes_away_does_not_cancel_the_build(tmp_path: Path) -> None:
     work = Work()
-    ensurer, _ = make(tmp_path, work)
+    ensurer, _ = await make(tmp_path, work)
     build = (await ensurer.ensure(definition(), "cpu")).build
     leaver = asyncio.create_task(build.wait())
     stayer = asyncio.create_task(build.wait())
@@ -122,7 +124,7 @@ async def test_a_waiter_that_goes_away_does_not_cancel_the_build(tmp_path: Path)
 
 async def test_builds_queue_behind_the_concurrency_limit(tmp_path: Path) -> None:
     work = Work()
-    ensurer, _ = make(tmp_path, work, concurrency=1)
+    ensurer, _ = await make(tmp_path, work, concurrency=1)
     first = (await ensurer.ensure(definition(value="1"), "cpu")).build
     second = (await ensurer.ensure(definition(value="2"), "cpu")).build
     await asyncio.sleep(0.05)
@@ -135,12 +137,12 @@ async def test_builds_queue_behind_the_concurrency_limit(tmp_path: Path) -> None
 
 async def test_a_failed_build_is_reported_and_not_cached(tmp_path: Path) -> None:
     work = Work(fail=True)
-    ensurer, store = make(tmp_path, work)
+    ensurer, store = await make(tmp_path, work)
     build = (await ensurer.ensure(definition(), "cpu")).build
     work.release.set()
     with pytest.raises(BuildError, match="failed on purpose"):
         await build.wait()
-    row = store.db.execute("select state, error, log from builds where id = ?", [build.id]).fetchone()
+    row = store.metadata.db.execute("select state, error, log from builds where id = ?", [build.id]).fetchone()
     assert row[0] == "failed" and "failed on purpose" in row[1] and "step 1/2" in row[2]
     work.fail = False
     retry = await ensurer.ensure(definition(), "cpu")
@@ -148,14 +150,14 @@ async def test_a_failed_build_is_reported_and_not_cached(tmp_path: Path) -> None
     await retry.build.wait()
     # A finished build is still answerable from SQLite once it has left memory.
     ensurer._builds.clear()
-    assert ensurer.get_build(build.id).state == "failed"
-    assert ensurer.get_build(retry.build.id).image.key == retry.build.key
+    assert (await ensurer.get_build(build.id)).state == "failed"
+    assert (await ensurer.get_build(retry.build.id)).image.key == retry.build.key
 
 
 async def test_refresh_keeps_the_old_image_when_the_lock_is_unchanged(tmp_path: Path) -> None:
     work = Work()
     work.release.set()
-    ensurer, _ = make(tmp_path, work)
+    ensurer, _ = await make(tmp_path, work)
     first = await (await ensurer.ensure(definition(), "cpu")).build.wait()
     refreshed = (await ensurer.ensure(definition(), "cpu", refresh=True)).build
     image = await refreshed.wait()
@@ -164,7 +166,7 @@ async def test_refresh_keeps_the_old_image_when_the_lock_is_unchanged(tmp_path: 
     changed = (await ensurer.ensure(definition(), "cpu", refresh=True)).build
     new = await changed.wait()
     assert changed.outcome == "built" and new.manifest_digest != first.manifest_digest
-    assert ensurer.lookup(await ensurer.prepare(definition(), "cpu")).lock == {"pip": {"six": "1.17.0"}}
+    assert (await ensurer.lookup(await ensurer.prepare(definition(), "cpu"))).lock == {"pip": {"six": "1.17.0"}}
     # Nothing unpinned (as the builder records it in the lock): refresh is a plain hit.
     work.lock = {"pip": {"six": "1.17.0"}, "unpinned": []}
     await (await ensurer.ensure(definition(), "cpu", refresh=True)).build.wait()
@@ -176,13 +178,13 @@ async def test_refresh_keeps_the_old_image_when_the_lock_is_unchanged(tmp_path: 
 async def test_a_key_collision_is_refused_not_answered(tmp_path: Path) -> None:
     work = Work()
     work.release.set()
-    ensurer, store = make(tmp_path, work)
+    ensurer, store = await make(tmp_path, work)
     await (await ensurer.ensure(definition(), "cpu")).build.wait()
     prepared = await ensurer.prepare(definition(), "cpu")
-    store.db.execute("update images set canonical = ? where key = ?", [b'{"other":1}', prepared.key])
-    store.db.conn.commit()
+    store.metadata.db.execute("update images set canonical = ? where key = ?", [b'{"other":1}', prepared.key])
+    store.metadata.db.conn.commit()
     with pytest.raises(KeyCollision):
-        ensurer.lookup(prepared)
+        await ensurer.lookup(prepared)
 
 
 async def test_variants_and_bases_and_recipes_give_different_keys() -> None:
@@ -203,14 +205,14 @@ async def test_base_digests_are_cached_and_survive_an_unreachable_registry(tmp_p
             raise ConnectionError("registry unreachable")
         return DIGEST
 
-    store = Store(tmp_path)
-    resolver = BaseDigestResolver(store.db, [registry], ttl=3600)
+    store = await open_store(tmp_path)
+    resolver = BaseDigestResolver(store.base_digests, [registry], ttl=3600)
     results = await asyncio.gather(*(resolver.resolve("docker.io/library/busybox:1.36") for _ in range(10)))
     assert set(results) == {DIGEST} and len(calls) == 1  # one lookup for the burst, then cached
     assert await resolver.resolve("docker.io/library/busybox:1.36") == DIGEST and len(calls) == 1
     # A new daemon (empty memory cache) with the registry down falls back to the last known digest.
     online = False
-    offline = BaseDigestResolver(store.db, [registry], ttl=3600)
+    offline = BaseDigestResolver(store.base_digests, [registry], ttl=3600)
     assert await offline.resolve("docker.io/library/busybox:1.36") == DIGEST
     with pytest.raises(BaseImageUnresolvable, match="never-seen"):
         await offline.resolve("docker.io/library/never-seen:1")
@@ -218,11 +220,11 @@ async def test_base_digests_are_cached_and_survive_an_unreachable_registry(tmp_p
 
 async def test_builds_left_running_by_a_dead_daemon_are_marked_failed(tmp_path: Path) -> None:
     work = Work()
-    ensurer, store = make(tmp_path, work)
+    ensurer, store = await make(tmp_path, work)
     build = (await ensurer.ensure(definition(), "cpu")).build
     await asyncio.sleep(0.02)
-    restarted, _ = make(tmp_path, Work())
-    state, error = store.db.execute("select state, error from builds where id = ?", [build.id]).fetchone()
+    restarted, _ = await make(tmp_path, Work())
+    state, error = store.metadata.db.execute("select state, error from builds where id = ?", [build.id]).fetchone()
     assert state == "failed" and "interrupted" in error
     work.release.set()
     await build.wait()

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from envcache.service.config import Config
-from envcache.service.wiring import make_resolvers
+from envcache.service.daemon import DAEMON
 from tests.fixtures.engines import SKOPEO, run
 
 pytestmark = pytest.mark.engine
@@ -28,16 +28,16 @@ async def test_own_registry_engine_and_remote_registry_agree(make_daemon, docker
     await asyncio.to_thread(run, [SKOPEO, "copy", "--dest-tls-verify=false", busybox_oci_layout.ref,
                                   f"docker://{reference}"])
     await asyncio.to_thread(dockerd.docker, "pull", reference)
-    own, engine, remote = make_resolvers(url.app)
+    own, engine, _pull_through, remote = url.app[DAEMON].resolvers
     answers = [await own(reference), await engine(reference), await remote(reference)]
     assert answers[0] == answers[1] == answers[2] == busybox_oci_layout.config_digest
     # Pinned by manifest digest, through an image index: still the config digest.
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
              "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                             "digest": busybox_oci_layout.manifest_digest,
-                            "size": url.store.get_manifest("base/busybox", "agree").size,
+                            "size": (await url.store.get_manifest("base/busybox", "agree")).size,
                             "platform": {"os": "linux", "architecture": "amd64"}}]}
-    digest = url.store.put_manifest("base/busybox", "multi", json.dumps(index).encode(),
+    digest = await url.store.put_manifest("base/busybox", "multi", json.dumps(index).encode(),
                                     "application/vnd.oci.image.index.v1+json")
     assert await own(f"{host}/base/busybox:multi") == busybox_oci_layout.config_digest
     assert await remote(f"{host}/base/busybox@{digest}") == busybox_oci_layout.config_digest

@@ -223,7 +223,7 @@ VECTOR_PATHS = ["minimal.yaml", "full.yaml", "dockerfile.yaml", "user_managed.js
 @pytest.mark.parametrize("path", VECTOR_PATHS)
 def test_every_format_converts_losslessly(tmp_path: Path, path: str) -> None:
     """Any input → envcache YAML / JSON / Azure dir → back: the same model, so the same hash."""
-    from envcache.definition.commands import _yaml_dump
+    from envcache.cli.definition import _yaml_dump
 
     defn = load_definition(Path(__file__).parent / "vectors" / path)
     as_yaml = _write(tmp_path / "out.yaml", _yaml_dump(definition_to_dict(defn)))

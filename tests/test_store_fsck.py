@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from envcache.store import Store
+from envcache.store import Store, open_store
 from envcache.store.fsck import run_fsck
 from tests.fixtures.daemon import push_blob, push_image, sha256
 
@@ -24,7 +24,7 @@ def envcache(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_clean_store_has_no_problems(daemon) -> None:
     async with aiohttp.ClientSession() as http:
         await push_image(http, daemon, "team/app", "v1", config=CONFIG, layers=LAYERS)
-    report = run_fsck(daemon.store)
+    report = await run_fsck(daemon.store)
     assert report.problems == 0 and report.unrepaired == 0
     assert report.blobs_checked == 4 and report.bytes_checked > sum(map(len, LAYERS))
 
@@ -34,21 +34,21 @@ async def test_corrupt_file_is_reported_then_quarantined(daemon) -> None:
     async with aiohttp.ClientSession() as http:
         manifest, _ = await push_image(http, daemon, "team/app", "v1", config=CONFIG, layers=LAYERS)
     layer = sha256(LAYERS[1])
-    path = store.blobs.path(layer)
+    path = store.files.path(layer)
     data = bytearray(path.read_bytes())
     data[10] ^= 0x01
     path.write_bytes(bytes(data))
 
-    report = run_fsck(store)
+    report = await run_fsck(store)
     assert [item.split()[0] for item in report.corrupt] == [layer]
     assert report.unrepaired == report.problems > 0
     assert path.is_file() and not (store.data_dir / "quarantine").exists()  # report only: untouched
 
-    repaired = run_fsck(store, repair=True)
+    repaired = await run_fsck(store, repair=True)
     assert not path.exists()
     quarantined = store.data_dir / "quarantine" / layer.replace(":", "-")
     assert repaired.quarantined == [str(quarantined)] and quarantined.read_bytes() == bytes(data)
-    assert store.db.execute("SELECT 1 FROM blobs WHERE digest = ?", [layer]).fetchone() is None
+    assert store.metadata.db.execute("SELECT 1 FROM blobs WHERE digest = ?", [layer]).fetchone() is None
     # The manifest now names a blob nobody has: reported, and fsck cannot invent it.
     assert repaired.dangling_manifests == [f"team/app@{manifest}: missing blob {layer}"]
     assert repaired.unrepaired == 1
@@ -56,7 +56,7 @@ async def test_corrupt_file_is_reported_then_quarantined(daemon) -> None:
         async with http.get(f"{daemon}/v2/team/app/blobs/{layer}") as resp:
             assert resp.status == 404
         await push_blob(http, daemon, "team/app", LAYERS[1])  # re-pushing the layer heals it
-    assert run_fsck(store).problems == 0
+    assert (await run_fsck(store)).problems == 0
 
 
 async def test_deleted_row_and_links_are_restored_from_the_files(daemon) -> None:
@@ -64,24 +64,24 @@ async def test_deleted_row_and_links_are_restored_from_the_files(daemon) -> None
     async with aiohttp.ClientSession() as http:
         await push_image(http, daemon, "team/app", "v1", config=CONFIG, layers=LAYERS)
     layer = sha256(LAYERS[0])
-    with store.db.conn:
-        store.db.execute("DELETE FROM blobs WHERE digest = ?", [layer])
-        store.db.execute("DELETE FROM repository_blobs WHERE digest = ?", [sha256(CONFIG)])
+    with store.metadata.db.conn:
+        store.metadata.db.execute("DELETE FROM blobs WHERE digest = ?", [layer])
+        store.metadata.db.execute("DELETE FROM repository_blobs WHERE digest = ?", [sha256(CONFIG)])
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{daemon}/v2/team/app/blobs/{sha256(CONFIG)}") as resp:
             assert resp.status == 404
 
-    report = run_fsck(store, repair=True)
+    report = await run_fsck(store, repair=True)
 
     assert report.rows_missing == [layer]
     assert report.links_missing == [f"team/app {sha256(CONFIG)}"]
     assert report.unrepaired == 0
-    row = store.db["blobs"].get(layer)
+    row = store.metadata.db["blobs"].get(layer)
     assert row["size"] == len(LAYERS[0]) and row["media_type"] == "application/vnd.oci.image.layer.v1.tar"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{daemon}/v2/team/app/blobs/{sha256(CONFIG)}") as resp:
             assert resp.status == 200 and await resp.read() == CONFIG
-    assert run_fsck(store).problems == 0
+    assert (await run_fsck(store)).problems == 0
 
 
 async def test_missing_files_are_reported_and_their_rows_dropped(daemon) -> None:
@@ -89,32 +89,32 @@ async def test_missing_files_are_reported_and_their_rows_dropped(daemon) -> None
     async with aiohttp.ClientSession() as http:
         manifest, _ = await push_image(http, daemon, "team/app", "v1", config=CONFIG, layers=LAYERS)
         other, _ = await push_image(http, daemon, "team/app", "v2", layers=(b"other",))
-    store.db["images"].insert({"key": "k", "variant": "cpu", "repository": "team/app", "tag": "v2",
+    store.metadata.db["images"].insert({"key": "k", "variant": "cpu", "repository": "team/app", "tag": "v2",
                                "manifest_digest": other, "last_used": 0.0})
-    store.blobs.path(sha256(LAYERS[0])).unlink()
-    store.blobs.path(other).unlink()  # a manifest body: that manifest is unknowable now
+    store.files.path(sha256(LAYERS[0])).unlink()
+    store.files.path(other).unlink()  # a manifest body: that manifest is unknowable now
 
-    report = run_fsck(store)
+    report = await run_fsck(store)
     assert report.files_missing == sorted([sha256(LAYERS[0]), other])
     assert report.manifests_missing == [f"team/app@{other}"]
     assert report.tags_dangling == ["team/app:v2"] and report.images_dangling == ["k"]
     assert report.dangling_manifests == [f"team/app@{manifest}: missing blob {sha256(LAYERS[0])}"]
 
-    repaired = run_fsck(store, repair=True)
+    repaired = await run_fsck(store, repair=True)
     assert repaired.unrepaired == 1  # only the manifest naming the lost layer remains wrong
-    assert store.db.execute("SELECT COUNT(*) FROM blobs WHERE digest IN (?, ?)",
+    assert store.metadata.db.execute("SELECT COUNT(*) FROM blobs WHERE digest IN (?, ?)",
                             [sha256(LAYERS[0]), other]).fetchone()[0] == 0
-    assert store.list_tags("team/app") == ["v1"]
-    assert store.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
-    assert run_fsck(store).problems == 1
+    assert await store.manifests.tags("team/app") == ["v1"]
+    assert store.metadata.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
+    assert (await run_fsck(store)).problems == 1
 
 
 async def test_stray_file_in_blob_tree_is_quarantined(daemon) -> None:
     store: Store = daemon.store
-    stray = store.blobs.root / "sha256" / "zz-not-a-blob"
+    stray = store.files.root / "sha256" / "zz-not-a-blob"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"?")
-    report = run_fsck(store, repair=True)
+    report = await run_fsck(store, repair=True)
     assert report.stray_files == ["blobs/sha256/zz-not-a-blob"] and report.unrepaired == 0
     assert not stray.exists() and (store.data_dir / "quarantine" / "stray-zz-not-a-blob").read_bytes() == b"?"
 
@@ -147,11 +147,11 @@ async def test_cli_refuses_a_running_daemons_store_then_works_offline(daemon_pro
     assert "gc: freed" in real.stdout and f"({predicted['bytes_freed']} bytes)" in real.stdout
     assert "blobs deleted:      2" in real.stdout
 
-    store = Store(proc.data_dir)
+    store = await open_store(proc.data_dir)
     try:
-        store.blobs.path(sha256(LAYERS[0])).write_bytes(b"bit rot")
+        store.files.path(sha256(LAYERS[0])).write_bytes(b"bit rot")
     finally:
-        store.close()
+        await store.close()
     found = envcache("fsck", "--data", data, "--json")
     assert found.returncode == 1 and json.loads(found.stdout)["corrupt"][0].startswith(sha256(LAYERS[0]))
     fixed = envcache("fsck", "--data", data, "--repair")

@@ -19,8 +19,9 @@ from aiohttp import web
 
 from envcache.service.app import create_app
 from envcache.service.config import Config
-from envcache.store import Store
-from envcache.store.gc import GcAborted, gc_handler, run_gc
+from envcache.service.views.gc import gc_handler
+from envcache.store import Store, open_store
+from envcache.store.gc import GcAborted, run_gc
 from tests.fixtures.daemon import EMPTY_JSON, OCI_INDEX, OCI_MANIFEST, push_blob, push_image, sha256
 
 LATER = 2 * 3600.0  # past the default one-hour grace period
@@ -33,7 +34,7 @@ CONFIG_B = b'{"architecture":"amd64","os":"linux","b":2}'
 
 def snapshot(store: Store) -> dict[str, Any]:
     """Every row of the registry tables and every file under the data directory."""
-    tables = {name: sorted(map(tuple, store.db.execute(f"SELECT * FROM {name}").fetchall()))
+    tables = {name: sorted(map(tuple, store.metadata.db.execute(f"SELECT * FROM {name}").fetchall()))
               for name in ("blobs", "manifests", "tags", "repository_blobs", "upload_sessions", "images",
                            "repositories")}
     files = sorted(str(p.relative_to(store.data_dir)) for p in store.data_dir.rglob("*")
@@ -55,7 +56,7 @@ async def test_gc_frees_exactly_the_untagged_images_unshared_blobs(daemon) -> No
         async with http.delete(f"{daemon}/v2/team/app/manifests/a") as resp:
             assert resp.status == 202
 
-    report = run_gc(store, now=time.time() + LATER)
+    report = await run_gc(store, now=time.time() + LATER)
 
     gone = [digest_a, sha256(CONFIG_A), sha256(ONLY_A)]
     assert report.manifests_deleted == 1
@@ -63,11 +64,11 @@ async def test_gc_frees_exactly_the_untagged_images_unshared_blobs(daemon) -> No
     assert report.blob_bytes_freed == len(body_a) + len(CONFIG_A) + len(ONLY_A)
     assert report.bytes_freed == report.blob_bytes_freed
     for digest in gone:
-        assert not store.blobs.path(digest).exists()
-        assert store.db.execute("SELECT 1 FROM blobs WHERE digest = ?", [digest]).fetchone() is None
+        assert not store.files.path(digest).exists()
+        assert store.metadata.db.execute("SELECT 1 FROM blobs WHERE digest = ?", [digest]).fetchone() is None
     kept = [digest_b, sha256(CONFIG_B), sha256(SHARED), sha256(ONLY_B)]
     for digest in kept:
-        assert store.blobs.path(digest).is_file()
+        assert store.files.path(digest).is_file()
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{daemon}/v2/team/app/manifests/b", headers={"Accept": OCI_MANIFEST}) as resp:
             assert resp.status == 200
@@ -79,7 +80,7 @@ async def test_gc_frees_exactly_the_untagged_images_unshared_blobs(daemon) -> No
         async with http.get(f"{daemon}/v2/team/app/manifests/{digest_a}") as resp:
             assert resp.status == 404
 
-    again = run_gc(store, now=time.time() + LATER)
+    again = await run_gc(store, now=time.time() + LATER)
     assert (again.blobs_deleted, again.manifests_deleted, again.bytes_freed) == (0, 0, 0)
     assert again.blobs_kept == 4
 
@@ -87,17 +88,17 @@ async def test_gc_frees_exactly_the_untagged_images_unshared_blobs(daemon) -> No
 async def test_dry_run_changes_nothing_and_predicts_the_real_run(daemon) -> None:
     store: Store = daemon.store
     await push_two_images(daemon)
-    store.delete_tag("team/app", "a")
-    stale = store.blobs.tmp / "blob-crashed"
+    await store.manifests.delete_tag("team/app", "a")
+    stale = store.files.tmp / "blob-crashed"
     stale.write_bytes(b"x" * 100)
     os.utime(stale, (time.time() - LATER, time.time() - LATER))
     before = snapshot(store)
 
-    dry = run_gc(store, dry_run=True, now=time.time() + LATER)
+    dry = await run_gc(store, dry_run=True, now=time.time() + LATER)
 
     assert snapshot(store) == before
     assert dry.dry_run and dry.blobs_deleted == 3 and dry.manifests_deleted == 1 and dry.tmp_files_deleted == 1
-    real = run_gc(store, now=time.time() + LATER)
+    real = await run_gc(store, now=time.time() + LATER)
     assert {k: v for k, v in real.to_dict().items() if k not in ("dry_run", "seconds")} == \
            {k: v for k, v in dry.to_dict().items() if k not in ("dry_run", "seconds")}
     assert snapshot(store) != before and not stale.exists()
@@ -108,20 +109,20 @@ async def test_young_unreferenced_blob_and_untagged_manifest_survive_the_grace_p
     async with aiohttp.ClientSession() as http:
         loose = await push_blob(http, daemon, "team/app", b"uploaded, manifest still to come")
         digest, _ = await push_image(http, daemon, "team/app", "tmp")
-    store.delete_tag("team/app", "tmp")  # a manifest now held only by its digest
+    await store.manifests.delete_tag("team/app", "tmp")  # a manifest now held only by its digest
 
-    report = run_gc(store)  # now: everything is younger than an hour
+    report = await run_gc(store)  # now: everything is younger than an hour
 
     assert report.blobs_deleted == 0 and report.manifests_deleted == 0
     # The young manifest is a root of its own, so only the loose blob is kept just for its age.
     assert report.blobs_kept == 5 and report.blobs_kept_young == 1
-    assert store.blobs.path(loose).is_file()
-    assert store.get_manifest("team/app", digest) is not None
+    assert store.files.path(loose).is_file()
+    assert await store.get_manifest("team/app", digest) is not None
 
-    later = run_gc(store, now=time.time() + LATER)
+    later = await run_gc(store, now=time.time() + LATER)
     assert later.blobs_deleted == 5 and later.manifests_deleted == 1
-    assert not store.blobs.path(loose).exists()
-    assert store.list_repositories() == []  # nothing left in it: the repository goes too
+    assert not store.files.path(loose).exists()
+    assert await store.manifests.repositories() == []  # nothing left in it: the repository goes too
 
 
 async def test_referrers_and_index_children_are_kept_through_their_root(daemon) -> None:
@@ -145,18 +146,18 @@ async def test_referrers_and_index_children_are_kept_through_their_root(daemon) 
         async with http.put(f"{daemon}/v2/team/app/manifests/multi", data=index,
                             headers={"Content-Type": OCI_INDEX}) as resp:
             assert resp.status == 201
-    store.delete_tag("team/app", "v1")
+    await store.manifests.delete_tag("team/app", "v1")
 
-    report = run_gc(store, now=time.time() + LATER)
+    report = await run_gc(store, now=time.time() + LATER)
     assert (report.manifests_deleted, report.blobs_deleted) == (0, 0)
-    assert store.blobs.path(sig_layer).is_file()
+    assert store.files.path(sig_layer).is_file()
 
-    store.delete_tag("team/app", "multi")
-    report = run_gc(store, now=time.time() + LATER)
+    await store.manifests.delete_tag("team/app", "multi")
+    report = await run_gc(store, now=time.time() + LATER)
     assert report.manifests_deleted == 3  # index, image, and the referrer that hung off it
     assert report.blobs_deleted == 3 + 2 + 3  # index+image+sig bodies, sig config+layer, image config+2 layers
-    assert store.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0
-    assert not any(p.is_file() for p in store.blobs.root.rglob("*"))
+    assert store.metadata.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0
+    assert not any(p.is_file() for p in store.files.root.rglob("*"))
 
 
 async def test_keep_days_expires_unused_images_and_their_index_tag(daemon) -> None:
@@ -169,25 +170,25 @@ async def test_keep_days_expires_unused_images_and_their_index_tag(daemon) -> No
         stage, _ = await push_image(http, daemon, "envcache/stage", "c" * 32, config=CONFIG_A, layers=(SHARED,))
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": cpu, "size": len(cpu_body)}]}).encode()
-    store.put_manifest("envcache/env", "spechash1", index, OCI_INDEX)
+    await store.put_manifest("envcache/env", "spechash1", index, OCI_INDEX)
     for key, tag, digest, used in (("k1", "k1-cpu", cpu, old), ("k2", "k2-gpu", gpu, time.time())):
-        store.db["images"].insert({"key": key, "variant": tag[-3:], "spec_hash": "s", "repository": "envcache/env",
+        store.metadata.db["images"].insert({"key": key, "variant": tag[-3:], "spec_hash": "s", "repository": "envcache/env",
                                    "tag": tag, "manifest_digest": digest, "size": 1, "created": used,
                                    "last_used": used})
     # Without --keep-days the images table is a root even with the tag gone.
-    store.delete_tag("envcache/env", "k2-gpu")
-    assert run_gc(store, now=time.time() + LATER).manifests_deleted == 0
+    await store.manifests.delete_tag("envcache/env", "k2-gpu")
+    assert (await run_gc(store, now=time.time() + LATER)).manifests_deleted == 0
 
-    report = run_gc(store, keep_days=30, now=time.time() + LATER)
+    report = await run_gc(store, keep_days=30, now=time.time() + LATER)
 
     assert report.images_expired == ["k1"]
     assert report.tags_deleted == ["envcache/env:k1-cpu", "envcache/env:spechash1"]
     assert report.manifests_deleted == 2  # the cpu image and its index
-    assert not store.blobs.path(sha256(ONLY_A)).exists()
-    assert store.blobs.path(sha256(SHARED)).is_file()  # still used by k2 and the stage image
-    assert [r[0] for r in store.db.execute("SELECT key FROM images")] == ["k2"]
-    assert store.get_manifest("envcache/stage", "c" * 32) is not None
-    assert store.get_manifest("envcache/env", gpu) is not None
+    assert not store.files.path(sha256(ONLY_A)).exists()
+    assert store.files.path(sha256(SHARED)).is_file()  # still used by k2 and the stage image
+    assert [r[0] for r in store.metadata.db.execute("SELECT key FROM images")] == ["k2"]
+    assert await store.get_manifest("envcache/stage", "c" * 32) is not None
+    assert await store.get_manifest("envcache/env", gpu) is not None
 
 
 async def test_idle_upload_sessions_and_stale_temp_files_go(daemon) -> None:
@@ -199,14 +200,14 @@ async def test_idle_upload_sessions_and_stale_temp_files_go(daemon) -> None:
                               headers={"Content-Range": "0-69"}) as resp:
             assert resp.status == 202
     session = location.rsplit("/", 1)[1]
-    fresh = store.blobs.tmp / "blob-in-progress"
+    fresh = store.files.tmp / "blob-in-progress"
     fresh.write_bytes(b"being written")
 
-    assert run_gc(store).uploads_expired == 0
-    report = run_gc(store, now=time.time() + LATER)
+    assert (await run_gc(store)).uploads_expired == 0
+    report = await run_gc(store, now=time.time() + LATER)
 
     assert report.uploads_expired == 1 and report.upload_bytes_freed == 70
-    assert store.get_upload(session) is None and not store.upload_path(session).exists()
+    assert await store.uploads.get(session) is None and not store.files.upload_path(session).exists()
     assert report.tmp_files_deleted == 1 and not fresh.exists()
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{daemon}{location}") as resp:
@@ -218,10 +219,10 @@ async def test_gc_refuses_when_a_manifest_in_use_is_unreadable(daemon) -> None:
     async with aiohttp.ClientSession() as http:
         digest, _ = await push_image(http, daemon, "team/app", "v1")
         await push_blob(http, daemon, "team/app", b"garbage")
-    store.blobs.path(digest).unlink()
+    store.files.path(digest).unlink()
     before = snapshot(store)
     try:
-        run_gc(store, now=time.time() + LATER)
+        await run_gc(store, now=time.time() + LATER)
     except GcAborted as exc:
         assert "fsck --repair" in str(exc) and digest in str(exc)
     else:
@@ -233,7 +234,7 @@ async def test_gc_api_route(tmp_path: Path) -> None:
     """``POST /api/v1/gc`` in a real daemon (mounted here until api.setup mounts it itself)."""
     config = Config()
     config.server.data_dir = tmp_path / "data"
-    app = create_app(config)
+    app = await create_app(config)
     if not any(getattr(r.resource, "canonical", None) == "/api/v1/gc" for r in app.router.routes()):
         app.router.add_post("/api/v1/gc", gc_handler)
     runner = web.AppRunner(app, access_log=None)
@@ -243,7 +244,7 @@ async def test_gc_api_route(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
         await push_two_images(base)
-        app["store"].delete_tag("team/app", "a")
+        await app["store"].manifests.delete_tag("team/app", "a")
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/api/v1/gc", json={"dry_run": True, "grace_seconds": 0}) as resp:
                 assert resp.status == 200
@@ -272,7 +273,7 @@ async def test_gc_api_route(tmp_path: Path) -> None:
 
 
 async def _serve(config: Config) -> tuple[web.AppRunner, web.Application, str]:
-    app = create_app(config)
+    app = await create_app(config)
     if not any(getattr(r.resource, "canonical", None) == "/api/v1/gc" for r in app.router.routes()):
         app.router.add_post("/api/v1/gc", gc_handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
@@ -309,13 +310,13 @@ async def test_upload_receiving_bytes_survives_gc_then_completes(tmp_path: Path)
                 assert resp.status == 202
             async with http.put(f"{base}{resp.headers['Location']}", params={"digest": sha256(data)}) as resp:
                 assert resp.status == 201, await resp.text()
-        assert app["store"].blobs.path(sha256(data)).read_bytes() == data
+        assert app["store"].files.path(sha256(data)).read_bytes() == data
     finally:
         await runner.cleanup()
 
 
 async def test_daemon_that_does_not_own_its_store_refuses_gc(tmp_path: Path) -> None:
-    holder = Store(tmp_path / "data")  # e.g. an offline `envcache gc` holding the lock
+    holder = await open_store(tmp_path / "data")  # e.g. an offline `envcache gc` holding the lock
     config = Config()
     config.server.data_dir = tmp_path / "data"
     runner, app, base = await _serve(config)
@@ -327,4 +328,4 @@ async def test_daemon_that_does_not_own_its_store_refuses_gc(tmp_path: Path) -> 
                 assert "does not own" in (await resp.json())["error"]["message"]
     finally:
         await runner.cleanup()
-        holder.close()
+        await holder.close()

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from envcache.store import Store
+from envcache.store import open_store
 from envcache.upstream.auth import parse_challenge
 from envcache.upstream.client import RegistryClient, UpstreamError
 from envcache.upstream.config import parse_upstream
@@ -126,7 +126,7 @@ def test_challenge_parsing() -> None:
 
 async def test_bearer_token_flow_push_mount_pull(tmp_path: Path, token_service: TokenService,
                                                  token_registry: RegistryServer) -> None:
-    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    a, b = await open_store(tmp_path / "a"), await open_store(tmp_path / "b")
     upstream = parse_upstream({"url": token_registry.url, "prefix": "tok", "username": USER, "password": PASSWORD})
     try:
         shared = make_layer({"shared": os.urandom(256)})
@@ -139,7 +139,7 @@ async def test_bearer_token_flow_push_mount_pull(tmp_path: Path, token_service: 
             assert stats.blobs_mounted == 1          # mount needed a token for two repositories
             pulled = await pull_image(client, "tok/env", "e-cpu", b, "envcache/env", "e-cpu")
         assert pulled is not None and pulled.digest == digest
-        assert image_blobs(a, "envcache/env", "e-cpu") == image_blobs(b, "envcache/env", "e-cpu")
+        assert await image_blobs(a, "envcache/env", "e-cpu") == await image_blobs(b, "envcache/env", "e-cpu")
         granted = [{(scope.split(":")[1], frozenset(scope.split(":")[2].split(","))) for scope in request}
                    for request in token_service.issued]
         # The mount's token covered both repositories (the registry checks pull on the source).
@@ -153,5 +153,5 @@ async def test_bearer_token_flow_push_mount_pull(tmp_path: Path, token_service: 
             with pytest.raises(UpstreamError, match="token endpoint .* answered 401"):
                 await client.get_manifest("tok/env", "e-cpu")
     finally:
-        a.close()
-        b.close()
+        await a.close()
+        await b.close()

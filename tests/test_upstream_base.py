@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from envcache.errors import InvalidInput
-from envcache.store import Store
+from envcache.store import open_store
 from envcache.oci import parse_reference
 from envcache.upstream.base import BaseNotAvailable, BasePuller
 from envcache.upstream.client import RegistryClient
@@ -31,41 +31,41 @@ def test_reference_normalisation() -> None:
 
 
 async def _publish(tmp_path: Path, url: str, path: str, tag: str) -> str:
-    origin_store = Store(tmp_path / "origin")
+    origin_store = await open_store(tmp_path / "origin")
     try:
         digest = await make_image(origin_store, "envcache/env", "base", [make_layer({"etc/os-release": b"busybox"})])
         async with RegistryClient(parse_upstream({"url": url})) as client:
             await push_image(client, origin_store, "envcache/env", "base", path, tag)
     finally:
-        origin_store.close()
+        await origin_store.close()
     return digest
 
 
 async def test_base_pulled_from_origin_and_resolved(tmp_path: Path, reference_registry: str) -> None:
     digest = await _publish(tmp_path, reference_registry, "library/busybox", "1.36")
     host = reference_registry.removeprefix("http://")
-    store = Store(tmp_path / "daemon")
+    store = await open_store(tmp_path / "daemon")
     puller = BasePuller(store, [])
     try:
         local_repo = f"{host.replace(':', '-')}/library/busybox"
         # Resolver protocol: the config digest (what an engine calls the image id).
         config = await puller(f"{host}/library/busybox:1.36")
-        local = store.get_manifest(local_repo, "1.36")
+        local = await store.get_manifest(local_repo, "1.36")
         assert local is not None and local.digest == digest
-        child = json.loads(store.get_manifest(local_repo, json.loads(local.body)["manifests"][0]["digest"]).body)
-        assert config == child["config"]["digest"] and store.blobs.exists(config)
+        child = json.loads((await store.get_manifest(local_repo, json.loads(local.body)["manifests"][0]["digest"])).body)
+        assert config == child["config"]["digest"] and await store.has_blob(config)
         again = await puller.pull(f"{host}/library/busybox:1.36")       # cached: nothing re-sent
         assert again.digest == digest and again.bytes_copied == 0
     finally:
         await puller.aclose()
-        store.close()
+        await store.close()
 
 
 async def test_base_from_mirror_when_origin_is_down(tmp_path: Path, reference_registry_factory) -> None:
     mirror = reference_registry_factory()
     digest = await _publish(tmp_path, mirror.url, "team/python", "3.11")
     origin = f"127.0.0.1:{free_port()}"                                   # nothing listens there
-    store = Store(tmp_path / "daemon")
+    store = await open_store(tmp_path / "daemon")
     puller = BasePuller(store, [parse_upstream({"url": mirror.url, "mode": "pull", "mirror_for": [origin]})])
     try:
         got = await puller.pull(f"{origin}/team/python:3.11")
@@ -76,4 +76,4 @@ async def test_base_from_mirror_when_origin_is_down(tmp_path: Path, reference_re
         await no_mirror.aclose()
     finally:
         await puller.aclose()
-        store.close()
+        await store.close()

@@ -10,7 +10,7 @@ import pytest
 
 from envcache.cli import main
 from envcache.errors import InvalidInput
-from envcache.store import Store
+from envcache.store import open_store
 from envcache.upstream.config import parse_upstreams
 from tests.fixtures.engines import free_port
 from tests.fixtures.upstream import make_image, make_layer
@@ -63,9 +63,15 @@ def _config(tmp_path: Path, data: Path, upstreams: list[dict]) -> Path:
 def test_push_pull_list_check_through_the_cli(tmp_path: Path, reference_registry: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     data_a, data_b = tmp_path / "a", tmp_path / "b"
-    store = Store(data_a)
-    digest = asyncio.run(make_image(store, "envcache/env", "cli0key-cpu", [make_layer({"f": b"cli"})]))
-    store.close()
+
+    async def seed() -> str:
+        store = await open_store(data_a)
+        try:
+            return await make_image(store, "envcache/env", "cli0key-cpu", [make_layer({"f": b"cli"})])
+        finally:
+            await store.close()
+
+    digest = asyncio.run(seed())
     down = f"http://127.0.0.1:{free_port()}"
     cfg_a = _config(tmp_path / "ca", data_a, [{"url": reference_registry, "prefix": "clitest"}])
     cfg_b = _config(tmp_path / "cb", data_b, [{"url": down, "timeout": 2},

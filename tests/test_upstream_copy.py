@@ -28,7 +28,7 @@ async def _roundtrip(upstream: Upstream, a: Store, b: Store) -> None:
         assert pulled.blobs_copied == 4 and pulled.manifests == 3
         # bytes_in also counts the three manifests fetched; bytes_copied only blobs
         assert client.bytes_in > pulled.bytes_copied > sum(len(x) for x in layers)
-        assert image_blobs(a, "envcache/env", "k1-cpu") == image_blobs(b, "envcache/env", "k1-cpu")
+        assert await image_blobs(a, "envcache/env", "k1-cpu") == await image_blobs(b, "envcache/env", "k1-cpu")
         assert await pull_image(client, "team/env", "no-such-tag", b, "envcache/env", "x") is None
 
 
@@ -76,8 +76,8 @@ async def test_pull_copies_only_missing_layers(stores: tuple[Store, Store], refe
         second = await pull_image(client, "only-missing/env", "v2", b, "envcache/env", "v2")
     assert first is not None and second is not None
     assert second.blobs_skipped == 1 and second.blobs_copied == 2     # new config + new top layer
-    config2 = json.loads(b.get_manifest("envcache/env", json.loads(
-        b.get_manifest("envcache/env", "v2").body)["manifests"][0]["digest"]).body)["config"]
+    config2 = json.loads((await b.get_manifest("envcache/env", json.loads(
+        (await b.get_manifest("envcache/env", "v2")).body)["manifests"][0]["digest"])).body)["config"]
     assert second.bytes_copied == len(top2) + config2["size"]
     assert second.bytes_copied < client.bytes_in - before < second.bytes_copied + 2048   # + 2 manifests
 
@@ -95,4 +95,4 @@ async def test_chunked_upload_and_cross_repo_mount(stores: tuple[Store, Store], 
                                   mount_from=("mnt/stage",))
         assert second.blobs_mounted == 1          # the big layer: linked, not sent
         pulled = await pull_image(client, "mnt/env", "e1", b, "envcache/env", "e1")
-    assert pulled is not None and b.blobs.exists(digest_bytes(big))
+    assert pulled is not None and await b.has_blob(digest_bytes(big))

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from envcache.service.config import AuthConfig, Config, Token
-from envcache.store import Store
+from envcache.store import open_store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.push import push_status
 from envcache.upstream.source import ENV_REPO, STAGE_REPO, UpstreamSource
@@ -22,7 +22,7 @@ async def test_envcache_daemon_as_upstream_with_tokens(tmp_path: Path, make_daem
     config.auth = AuthConfig(tokens=[Token(token="team-write-token", scopes=["read", "write"]),
                                       Token(token="laptop-read-token", scopes=["read"])])
     upstream_daemon = await make_daemon(config)
-    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    a, b = await open_store(tmp_path / "a"), await open_store(tmp_path / "b")
     writer = parse_upstream({"url": upstream_daemon, "prefix": "team", "username": "ci",
                              "password": "team-write-token"})
     reader = parse_upstream({"url": upstream_daemon, "prefix": "team", "mode": "pull", "token": "laptop-read-token"})
@@ -31,28 +31,28 @@ async def test_envcache_daemon_as_upstream_with_tokens(tmp_path: Path, make_daem
         await make_image(a, STAGE_REPO, "stage-1", [shared])
         digest = await make_image(a, ENV_REPO, "key1-cpu", [shared, make_layer({"pip": b"top"})])
         source_a = UpstreamSource(a, [writer])
-        source_a.push_after_build(ENV_REPO, "key1-cpu")
+        await source_a.push_after_build(ENV_REPO, "key1-cpu")
         await source_a.pushes.drain(timeout=60)
         await source_a.aclose()
-        rows = {r["repository"]: r for r in push_status(a.db)["recent"]}
+        rows = {r["repository"]: r for r in (await push_status(a.pushes))["recent"]}
         assert rows[STAGE_REPO]["state"] == rows[ENV_REPO]["state"] == "done", rows
         assert rows[ENV_REPO]["mounted"] == 1                 # shared layer mounted from team/stage
-        assert upstream_daemon.store.get_manifest("team/env", "key1-cpu").digest == digest
+        assert (await upstream_daemon.store.get_manifest("team/env", "key1-cpu")).digest == digest
 
         source_b = UpstreamSource(b, [reader])
         hit = await source_b.try_pull("key1", "cpu")
         await source_b.aclose()
         assert hit is not None and hit.manifest_digest == digest
-        assert image_blobs(a, ENV_REPO, "key1-cpu") == image_blobs(b, ENV_REPO, "key1-cpu")
+        assert await image_blobs(a, ENV_REPO, "key1-cpu") == await image_blobs(b, ENV_REPO, "key1-cpu")
 
         # A read-only token cannot publish: the push fails visibly, after its retries.
         source_r = UpstreamSource(b, [parse_upstream({"url": upstream_daemon, "prefix": "team",
                                                       "token": "laptop-read-token"})],
                                   push_attempts=2, push_backoff=0.01)
-        [push_id] = source_r.push_after_build(ENV_REPO, "key1-cpu")
+        [push_id] = await source_r.push_after_build(ENV_REPO, "key1-cpu")
         await source_r.pushes.drain(timeout=30)
         await source_r.aclose()
-        row = b.db["upstream_pushes"].get(push_id)
+        row = b.metadata.db["upstream_pushes"].get(push_id)
         assert row["state"] == "failed" and row["attempts"] == 2 and "403" in row["error"]
 
         anonymous = UpstreamSource(b, [parse_upstream({"url": upstream_daemon, "prefix": "team"})])
@@ -60,5 +60,5 @@ async def test_envcache_daemon_as_upstream_with_tokens(tmp_path: Path, make_daem
         await anonymous.aclose()
         assert "authentication required" in anonymous.last_errors[0]
     finally:
-        a.close()
-        b.close()
+        await a.close()
+        await b.close()

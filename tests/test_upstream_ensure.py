@@ -19,7 +19,7 @@ import pytest
 from envcache.service.config import AuthConfig, Config, Token
 from envcache.store import Store
 from envcache.upstream.config import parse_upstream
-from envcache.upstream.wiring import UPSTREAM
+from envcache.service.daemon import DAEMON
 from tests.fixtures.engines import Dockerd, OciImage, free_port, skopeo
 from tests.fixtures.upstream import ensure_and_log
 
@@ -55,10 +55,10 @@ async def _metrics(url: str) -> str:
             return await resp.text()
 
 
-def _layers(store: Store, repo: str, digest: str) -> list[str]:
-    doc = json.loads(store.get_manifest(repo, digest).body)
+async def _layers(store: Store, repo: str, digest: str) -> list[str]:
+    doc = json.loads((await store.get_manifest(repo, digest)).body)
     if "manifests" in doc:
-        doc = json.loads(store.get_manifest(repo, doc["manifests"][0]["digest"]).body)
+        doc = json.loads((await store.get_manifest(repo, doc["manifests"][0]["digest"])).body)
     return [layer["digest"] for layer in doc["layers"]]
 
 
@@ -74,8 +74,8 @@ async def _share(make_daemon, dockerd: Dockerd, origin_base: str, shared_a: dict
 
     built = await ensure_and_log(daemon_a, definition)
     assert built["status"] == "built", built
-    await daemon_a.app[UPSTREAM].pushes.drain(timeout=120)
-    pushes = daemon_a.app[UPSTREAM].status()["pushes"]
+    await daemon_a.app[DAEMON].upstream.pushes.drain(timeout=120)
+    pushes = (await daemon_a.app[DAEMON].upstream.status())["pushes"]
     assert pushes["counts"]["done"] >= 1 and pushes["counts"]["failed"] == 0, pushes
 
     pulled = await ensure_and_log(daemon_b, definition)
@@ -83,8 +83,8 @@ async def _share(make_daemon, dockerd: Dockerd, origin_base: str, shared_a: dict
     assert pulled.get("build", {}).get("key") == built["image"]["key"], (built, pulled)
     assert pulled["status"] == "pulled", pulled.get("log", pulled)    # engine "none": no build possible
     assert pulled["image"]["digest"] == built["image"]["digest"]
-    assert _layers(daemon_a.store, "envcache/env", built["image"]["digest"]) == \
-        _layers(daemon_b.store, "envcache/env", pulled["image"]["digest"])
+    assert await _layers(daemon_a.store, "envcache/env", built["image"]["digest"]) == \
+        await _layers(daemon_b.store, "envcache/env", pulled["image"]["digest"])
     hit = await ensure_and_log(daemon_b, definition)
     assert hit["status"] == "hit"
     # Visible in metrics: B's pull, A's finished pushes.
@@ -127,7 +127,7 @@ async def test_broken_upstreams_fall_back_to_building(make_daemon, dockerd: Dock
     assert answer["status"] == "built", answer
     log = answer["log"]
     assert "cannot connect" in log and "timed out" in log and "falling back" in log
-    errors = daemon.app[UPSTREAM].status()["last_errors"]
+    errors = (await daemon.app[DAEMON].upstream.status())["last_errors"]
     # The image, then each stage key, was asked of every upstream; every one failed, reported.
     for url in (down, stalled_server, garbage_url):
         assert any(f"from {url}:" in error for error in errors), (url, errors)
@@ -151,8 +151,8 @@ async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dock
     first = {**_definition(origin_base, marker), "environment_variables": {"FLAVOUR": "one"}}
     built = await ensure_and_log(daemon_a, first)
     assert built["status"] == "built", built.get("log", built)
-    await daemon_a.app[UPSTREAM].pushes.drain(timeout=120)
-    stage_tags = daemon_a.store.list_tags("envcache/stage")
+    await daemon_a.app[DAEMON].upstream.pushes.drain(timeout=120)
+    stage_tags = await daemon_a.store.manifests.tags("envcache/stage")
     assert len(stage_tags) == 2                                   # base (Dockerfile) + config
     # Machine B's engine has never built these stages: drop their tags from the shared dockerd.
     for key in stage_tags:
@@ -167,7 +167,7 @@ async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dock
     assert f"upstream: pulled {shared.url}/prefix/stage:{base_key}" in log
     assert f"stage {base_key}: loaded into" in log and f"stage base {base_key}: building" not in log
     assert "stage config" in log and ": building" in log          # only the rest was built
-    layers_a = _layers(daemon_a.store, "envcache/env", built["image"]["digest"])
-    layers_b = _layers(daemon_b.store, "envcache/env", answer["image"]["digest"])
+    layers_a = await _layers(daemon_a.store, "envcache/env", built["image"]["digest"])
+    layers_b = await _layers(daemon_b.store, "envcache/env", answer["image"]["digest"])
     # The config stage adds no layer: B's image is A's layers, from the pulled base stage.
     assert layers_b == layers_a and answer["image"]["key"] != built["image"]["key"]

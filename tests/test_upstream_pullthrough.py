@@ -22,7 +22,7 @@ import pytest
 from envcache.builder.builder import ensure_base
 from envcache.builder.engines import BuildahEngine, DockerEngine, Engine
 from envcache.service.config import Config
-from envcache.store import Store
+from envcache.store import open_store
 from envcache.upstream.base import BasePuller, stored_copy
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import parse_upstream
@@ -79,7 +79,7 @@ async def test_docker_builds_on_a_base_only_the_daemon_can_fetch(make_daemon, do
         answer = await ensure_and_log(daemon, {"docker": {"base_image": base}})
         assert answer["status"] == "built", answer.get("log", answer)
         local_repo = f"{origin.host.replace(':', '-')}/private/busybox"
-        stored = daemon.store.get_manifest(local_repo, base.rsplit(":", 1)[1])
+        stored = await daemon.store.get_manifest(local_repo, base.rsplit(":", 1)[1])
         assert stored is not None                          # pulled through into envcache's store
         assert _built_on_loaded_base(answer["log"], base, "docker", local_repo, stored.digest), answer["log"]
         # Loaded under the definition's own name, with the config bytes kept: same image id.
@@ -110,14 +110,14 @@ async def test_buildah_builds_from_a_mirror_when_the_origin_is_down(make_daemon,
     answer = await ensure_and_log(daemon, {"docker": {"base_dockerfile": f"FROM {base}\nRUN echo {marker} > /marker"}})
     assert answer["status"] == "built", answer.get("log", answer)
     local_repo = f"{origin.replace(':', '-')}/private/busybox"
-    stored = daemon.store.get_manifest(local_repo, tag)
+    stored = await daemon.store.get_manifest(local_repo, tag)
     assert stored is not None                              # fetched from the mirror into the store
     assert _built_on_loaded_base(answer["log"], base, "buildah", local_repo, stored.digest), answer["log"]
     # The RUN step ran on the loaded base: one of the image's layers holds the marker.
-    manifest = json.loads(daemon.store.get_manifest("envcache/env", answer["image"]["digest"]).body)
+    manifest = json.loads((await daemon.store.get_manifest("envcache/env", answer["image"]["digest"])).body)
     markers = []
     for descriptor in manifest["layers"]:
-        with gzip.open(daemon.store.blobs.path(descriptor["digest"])) as stream, \
+        with gzip.open(daemon.store.files.path(descriptor["digest"])) as stream, \
                 tarfile.open(fileobj=stream) as layer:
             markers += [layer.extractfile(m).read().decode().strip() for m in layer.getmembers()
                         if m.isfile() and m.name.lstrip("./") == "marker"]
@@ -134,15 +134,15 @@ async def test_short_name_from_a_multi_platform_index_resolves_in_from(engine_na
     short names under ``localhost/`` and must still resolve them."""
     mirror = reference_registry_factory()
     tag = f"pt-{os.urandom(6).hex()}"
-    origin_store = Store(tmp_path / "origin")
+    origin_store = await open_store(tmp_path / "origin")
     try:
         await make_image(origin_store, "src/busybox", "base", [make_layer({"etc/os-release": tag.encode()})],
                          platforms=("arm64", "amd64"))
         async with RegistryClient(parse_upstream({"url": mirror.url})) as client:
             await push_image(client, origin_store, "src/busybox", "base", "library/busybox", tag)
     finally:
-        origin_store.close()
-    store = Store(tmp_path / "daemon")
+        await origin_store.close()
+    store = await open_store(tmp_path / "daemon")
     puller = BasePuller(store, [parse_upstream({"url": mirror.url, "mode": "pull", "mirror_for": ["docker.io"]})])
     engine: Engine
     if engine_name == "docker":
@@ -154,10 +154,10 @@ async def test_short_name_from_a_multi_platform_index_resolves_in_from(engine_na
     base = f"busybox:{tag}"
     try:
         resolved = await puller(base)                      # the image key's base digest (amd64 here)
-        arm64 = json.loads(store.get_manifest("docker.io/library/busybox", tag).body)["manifests"][0]
+        arm64 = json.loads((await store.get_manifest("docker.io/library/busybox", tag)).body)["manifests"][0]
         assert arm64["platform"]["architecture"] == "arm64"
-        assert resolved != json.loads(store.get_manifest("docker.io/library/busybox",
-                                                         arm64["digest"]).body)["config"]["digest"]
+        assert resolved != json.loads((await store.get_manifest("docker.io/library/busybox",
+                                                         arm64["digest"])).body)["config"]["digest"]
         assert await engine.inspect(base) is None
         lines: list[str] = []
         info = await ensure_base(engine, base, lines.append, store=store, stored_base=stored_copy(store))
@@ -175,4 +175,4 @@ async def test_short_name_from_a_multi_platform_index_resolves_in_from(engine_na
             await engine.remove(ref)
         await engine.close()
         await puller.aclose()
-        store.close()
+        await store.close()

@@ -19,6 +19,11 @@ from tests.fixtures.engines import free_port
 from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 
+async def read_lock(store: Store, repo: str, digest: str) -> dict[str, str]:
+    """Stands in for the build side's lock reader."""
+    return {"read": f"{repo}@{digest}"}
+
+
 class _Prepared:
     """The two fields of envcache.service.ensure.Prepared the source reads."""
 
@@ -38,11 +43,11 @@ async def test_push_after_build_then_pull_by_another_store(stores: tuple[Store, 
 
     source_a = UpstreamSource(a, [upstream])
     try:
-        assert sorted(source_a.stages_of(ENV_REPO, "imgkey-cpu")) == ["stagekey1", "stagekey2"]
-        ids = source_a.push_after_build(ENV_REPO, "imgkey-cpu")
+        assert sorted(await source_a.stages_of(ENV_REPO, "imgkey-cpu")) == ["stagekey1", "stagekey2"]
+        ids = await source_a.push_after_build(ENV_REPO, "imgkey-cpu")
         assert len(ids) == 3
         await source_a.pushes.drain(timeout=60)
-        status = push_status(a.db)
+        status = await push_status(a.pushes)
         assert status["counts"]["done"] == 3 and status["counts"]["failed"] == 0
         env_row = next(r for r in status["recent"] if r["repository"] == ENV_REPO)
         # Stages went first; the image's shared layers were mounted from share1/stage, not re-sent.
@@ -52,7 +57,7 @@ async def test_push_after_build_then_pull_by_another_store(stores: tuple[Store, 
         await source_a.aclose()
 
     lines: list[str] = []
-    source_b = UpstreamSource(b, [upstream], lock_reader=lambda store, repo, d: {"read": f"{repo}@{d}"})
+    source_b = UpstreamSource(b, [upstream], lock_reader=read_lock)
     try:
         assert await source_b(_Prepared("nosuchkey"), lines.append) is None
         assert any("not found" in line for line in lines)
@@ -60,13 +65,13 @@ async def test_push_after_build_then_pull_by_another_store(stores: tuple[Store, 
         assert hit is not None and hit.manifest_digest == digest and hit.tag == "imgkey-cpu"
         assert hit.lock == {"read": f"{ENV_REPO}@{digest}"}
         assert hit.size > len(base) + len(conda) + len(top)
-        assert image_blobs(a, ENV_REPO, "imgkey-cpu") == image_blobs(b, ENV_REPO, "imgkey-cpu")
+        assert await image_blobs(a, ENV_REPO, "imgkey-cpu") == await image_blobs(b, ENV_REPO, "imgkey-cpu")
         assert source_b.counters["pull_hits"] == 1 and source_b.counters["pull_misses"] == 1
         # Stage reuse: a miss on the whole image still pulls the deepest stage upstream has.
         stage = await source_b.try_pull_stage(["stagekey1", "stagekey2", "notbuiltyet"])
         assert stage is not None and stage.tag == "stagekey2"
-        assert b.get_manifest(STAGE_REPO, "stagekey2") is not None
-        assert b.get_manifest(STAGE_REPO, "stagekey1") is None
+        assert await b.get_manifest(STAGE_REPO, "stagekey2") is not None
+        assert await b.get_manifest(STAGE_REPO, "stagekey1") is None
     finally:
         await source_b.aclose()
 
@@ -76,7 +81,7 @@ async def test_stage_keys_hook_pulls_prefix_on_image_miss(stores: tuple[Store, S
     await make_image(a, STAGE_REPO, "pfx-base", [make_layer({"b": b"base"})])
     upstream = parse_upstream({"url": reference_registry, "prefix": "share2"})
     source_a = UpstreamSource(a, [upstream])
-    source_a.pushes.schedule(upstream, STAGE_REPO, "pfx-base")
+    await source_a.pushes.schedule(upstream, STAGE_REPO, "pfx-base")
     await source_a.pushes.drain(timeout=60)
     await source_a.aclose()
     async def stage_keys(prepared: _Prepared, log: object) -> list[str]:     # the build side computes them async
@@ -86,7 +91,7 @@ async def test_stage_keys_hook_pulls_prefix_on_image_miss(stores: tuple[Store, S
     try:
         lines: list[str] = []
         assert await source_b(_Prepared("fresh"), lines.append) is None   # image: miss → build
-        assert b.get_manifest(STAGE_REPO, "pfx-base") is not None        # but the prefix is here
+        assert await b.get_manifest(STAGE_REPO, "pfx-base") is not None        # but the prefix is here
         assert source_b.counters["stage_pulls"] == 1
     finally:
         await source_b.aclose()
@@ -131,8 +136,8 @@ async def test_garbage_upstream_stores_nothing_unverified(stores: tuple[Store, S
     assert "failed verification" in errors and "not JSON" in errors
     assert "digest mismatch" in errors and "HTTP 500" in errors
     assert "sent more than the 8 bytes its manifest declares" in errors
-    assert not b.blobs.exists(digests["layer"])                   # the lying blob never landed
-    assert b.list_tags(ENV_REPO) == []
+    assert not await b.has_blob(digests["layer"])                   # the lying blob never landed
+    assert await b.manifests.tags(ENV_REPO) == []
     assert list((b.data_dir / "tmp").iterdir()) == []             # no half-written temp files
 
 
@@ -143,14 +148,14 @@ async def test_failed_push_is_retried_then_visible(stores: tuple[Store, Store]) 
     source = UpstreamSource(a, [down], push_attempts=3, push_backoff=0.05)
     try:
         began = time.monotonic()
-        [push_id] = source.push_after_build(ENV_REPO, "k-cpu")
+        [push_id] = await source.push_after_build(ENV_REPO, "k-cpu")
         await source.pushes.drain(timeout=30)
         assert time.monotonic() - began >= 0.05 + 0.1           # backoff 0.05 then 0.1 was honoured
     finally:
         await source.aclose()
-    row = a.db["upstream_pushes"].get(push_id)
+    row = a.metadata.db["upstream_pushes"].get(push_id)
     assert row["state"] == "failed" and row["attempts"] == 3 and "cannot connect" in row["error"]
-    assert source.status()["pushes"]["counts"]["failed"] == 1
+    assert (await source.status())["pushes"]["counts"]["failed"] == 1
 
 
 async def test_unfinished_pushes_resume_after_restart(stores: tuple[Store, Store], reference_registry: str) -> None:
@@ -158,14 +163,14 @@ async def test_unfinished_pushes_resume_after_restart(stores: tuple[Store, Store
     await make_image(a, ENV_REPO, "resume-cpu", [make_layer({"r": b"resume"})])
     upstream = parse_upstream({"url": reference_registry, "prefix": "resume"})
     stopping = UpstreamSource(a, [upstream])
-    [push_id] = stopping.push_after_build(ENV_REPO, "resume-cpu")
+    [push_id] = await stopping.push_after_build(ENV_REPO, "resume-cpu")
     await stopping.aclose()                       # the daemon stops before the push ran
-    assert a.db["upstream_pushes"].get(push_id)["state"] == "queued"
+    assert a.metadata.db["upstream_pushes"].get(push_id)["state"] == "queued"
     restarted = UpstreamSource(a, [upstream])
     try:
-        assert restarted.pushes.resume(restarted.upstreams) == 1
+        assert await restarted.pushes.resume(restarted.upstreams) == 1
         await restarted.pushes.drain(timeout=60)
     finally:
         await restarted.aclose()
-    row = a.db["upstream_pushes"].get(push_id)
-    assert row["state"] == "done" and row["digest"] == a.get_manifest(ENV_REPO, "resume-cpu").digest
+    row = a.metadata.db["upstream_pushes"].get(push_id)
+    assert row["state"] == "done" and row["digest"] == (await a.get_manifest(ENV_REPO, "resume-cpu")).digest

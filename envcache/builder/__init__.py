@@ -8,7 +8,7 @@ import importlib
 from typing import Any
 
 from envcache.builder.errors import BuildFailed, EngineUnavailable
-from envcache.builder.variants import resolve_variant, variant_base_image
+from envcache.builder.variants import variant_base_image
 
 _LAZY = {
     "RECIPE_VERSION": "envcache.builder.plan",
@@ -23,8 +23,7 @@ _LAZY = {
     "Engine": "envcache.builder.engines",
 }
 
-__all__ = ["BuildFailed", "EngineUnavailable", "resolve_variant",
-           "variant_base_image", *_LAZY]
+__all__ = ["BuildFailed", "EngineUnavailable", "variant_base_image", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import xxhash
 
 from envcache.builder import ingest as ingest_mod
 from envcache.builder import plan
@@ -28,7 +26,9 @@ from envcache.builder import stages as stages_mod
 from envcache.builder.engines.base import Engine, ImageInfo, LogFn, LogTail
 from envcache.builder.errors import BuildFailed
 from envcache.builder.helper import HelperServer, host_ca_bundle
-from envcache.builder.variants import resolve_variant, variant_base_image
+from envcache.builder.keys import RECIPE_VERSION, root_key
+from envcache.builder.variants import variant_base_image
+from envcache.definition.variants import resolve_variant
 from envcache.definition.dockerfile import dockerfile_base
 from envcache.errors import EnvcacheError
 from envcache.oci import (
@@ -37,7 +37,8 @@ from envcache.oci import (
 )
 from envcache.definition import Stage, for_variant, spec_hash, stage_chain
 from envcache.definition.model import Definition
-from envcache.store.schema import LAYER_BLOBS
+
+from envcache.store import KnownLayer
 
 if TYPE_CHECKING:
     from envcache.service.config import Config
@@ -63,15 +64,10 @@ class BuiltImage:
     size: int
     lock: dict[str, Any]
     base_digest: str = ""
-    recipe_version: int = plan.RECIPE_VERSION
+    recipe_version: int = RECIPE_VERSION
     stage_keys: list[str] = field(default_factory=list)
     stages_built: list[str] = field(default_factory=list)  # kinds built now (the rest were cached)
     layers: list[dict[str, Any]] = field(default_factory=list)  # diff_id, digest, size, reused
-
-
-def root_key(base_digest: str) -> str:
-    """The chain root: the resolved base image and the recipe that builds on it."""
-    return xxhash.xxh3_128_hexdigest(json.dumps([base_digest, plan.RECIPE_VERSION]).encode())
 
 
 async def ensure_base(engine: Engine, ref: str, log: LogFn, *, store: Store | None = None,
@@ -100,7 +96,7 @@ async def _load_stored_base(engine: Engine, ref: str, log: LogFn, store: Store,
     """The store's copy of base ``ref`` loaded into the engine; None (pull instead) when the
     store has none or the engine will not take it."""
     found = await stored_base(ref)
-    manifest = store.get_manifest(*found) if found is not None else None
+    manifest = await store.get_manifest(*found) if found is not None else None
     if found is None or manifest is None:
         return None
     try:
@@ -191,10 +187,10 @@ async def build_image(defn: Definition, variant: str, *, store: Store, engine: E
             # new layers are compressed.
             stage_targets = [IngestTarget(plan.stage_tag(s.key), stages_mod.STAGE_REPOSITORY, s.key,
                                           {"envcache.stage": s.kind}) for s in stages[:-1]
-                             if stages_mod.stored_stage(store, s.key) is None]
+                             if await stages_mod.stored_stage(store, s.key) is None]
             result, *_ = await ingest_images(store, engine, [target, *stage_targets], compression, out)
-            if stages_mod.stored_stage(store, stages[-1].key) is None:
-                stages_mod.publish_stage_manifest(store, stages[-1].key, stages[-1].kind, result["manifest"])
+            if await stages_mod.stored_stage(store, stages[-1].key) is None:
+                await stages_mod.publish_stage_manifest(store, stages[-1].key, stages[-1].kind, result["manifest"])
     except EnvcacheError:
         raise
     except Exception as exc:
@@ -217,7 +213,7 @@ async def _deepest_available(stages: list[Stage], store: Store, engine: Engine, 
         key = stages[index].key
         if await engine.inspect(plan.stage_tag(key)) is not None:
             return index + 1
-        stored = stages_mod.stored_stage(store, key)
+        stored = await stages_mod.stored_stage(store, key)
         if stored is not None:
             await stages_mod.load_image(store, engine, stored, plan.stage_tag(key))
             log(f"stage {key}: loaded into {engine.name} from envcache's registry")
@@ -287,9 +283,8 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
     digest), size, layers, platform and the lock files found in the image."""
     if compression not in LAYER_MEDIA:
         raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
-    store.blobs.tmp.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="envcache-export-", dir=store.blobs.tmp) as tmp:
+    with tempfile.TemporaryDirectory(prefix="envcache-export-", dir=store.files.scratch_dir()) as tmp:
         exports = await engine.export_many([t.ref for t in targets], Path(tmp))
         with contextlib.ExitStack() as stack:
             for target in targets:
@@ -303,9 +298,9 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
 async def _store_image(store: Store, target: IngestTarget, config: bytes, layers: list[ingest_mod.LayerBlob],
                        lock_files: dict[str, bytes]) -> dict[str, Any]:
     # write_bytes skips the temp file when the config is stored already (every re-ingest).
-    store.blobs.write_bytes(config, media_type=OCI_CONFIG)
+    await store.write_blob(config, media_type=OCI_CONFIG)
     manifest = image_manifest(config, [Descriptor(l.digest, l.media_type, l.size) for l in layers], target.annotations)
-    digest = store.put_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
+    digest = await store.put_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
     return {"manifest": manifest, "manifest_digest": digest, "platform": platform_of_config(config),
             "size": len(manifest) + len(config) + sum(layer.size for layer in layers),
             "locks": ingest_mod.parse_locks(lock_files),
@@ -316,7 +311,7 @@ async def _from_stored_stage(store: Store, engine: Engine, key: str, target: Ing
                              compression: str) -> dict[str, Any] | None:
     """When the final stage is already stored with this very config (the engine's image id is
     the config digest) and compression, the image is that manifest re-tagged: no export."""
-    stored = stages_mod.stored_stage(store, key)
+    stored = await stages_mod.stored_stage(store, key)
     info = await engine.inspect(target.ref)
     if stored is None or info is None:
         return None
@@ -325,10 +320,11 @@ async def _from_stored_stage(store: Store, engine: Engine, key: str, target: Ing
     if body.config is None or body.config.digest != info.id or any(layer.media_type != media for layer in body.layers):
         return None
     digests = [body.config.digest, *body.layer_digests]
-    if not all(store.blobs.exists(digest) for digest in digests):
-        return None
     for digest in digests:
-        store.blobs.touch(digest)
+        if not await store.has_blob(digest):
+            return None
+    for digest in digests:
+        await store.blobs.touch(digest)
     source = stages_mod.stored_source(store, stored.body)
     lock_files = await asyncio.to_thread(ingest_mod.read_lock_files, source, target.expected_locks)
     layers = [ingest_mod.LayerBlob(diff_id, layer.digest, layer.size or 0, media, True)
@@ -340,42 +336,42 @@ async def _ingest_layers(store: Store, source: ingest_mod.SourceImage, compressi
                          log: LogFn) -> list[ingest_mod.LayerBlob]:
     """Known layers by table lookup; new ones compressed in a worker thread (SQLite stays on
     the event loop's thread)."""
-    table = store.db[LAYER_BLOBS]
     media = LAYER_MEDIA[compression]
     result: list[ingest_mod.LayerBlob] = []
     for diff_id, opener in zip(source.diff_ids, source.layers):
-        known = list(table.rows_where("diff_id = ? and compression = ?", [diff_id, compression]))
-        if known and store.blobs.exists(known[0]["blob_digest"]):
+        known = await store.layers.find(diff_id, compression)
+        if known is not None and await store.has_blob(known.blob_digest):
             # Refresh last access so a concurrent GC's grace period covers the blob until our
             # manifest references it.
-            store.blobs.touch(known[0]["blob_digest"])
-            result.append(ingest_mod.LayerBlob(diff_id, known[0]["blob_digest"], known[0]["size"], media, True))
+            await store.blobs.touch(known.blob_digest)
+            result.append(ingest_mod.LayerBlob(diff_id, known.blob_digest, known.size, media, True))
             continue
         started = time.monotonic()
-        digest, size = await asyncio.to_thread(_compress_and_place, store, opener, compression, tmp, diff_id)
-        store.blobs.record(digest, size, media)
-        table.upsert({"diff_id": diff_id, "compression": compression, "blob_digest": digest, "size": size,
-                      "created": time.time()}, pk=("diff_id", "compression"))
+        digest, size = await _compress_and_store(store, opener, compression, tmp, diff_id, media)
+        await store.layers.put(KnownLayer(diff_id, compression, digest, size))
         log(f"ingest: layer {diff_id[7:19]} → {digest[7:19]} ({compression}, {size} bytes, "
             f"{time.monotonic() - started:.1f}s)")
         result.append(ingest_mod.LayerBlob(diff_id, digest, size, media, False))
     return result
 
 
-def _compress_and_place(store: Store, opener: ingest_mod.Opener, compression: str, tmp: Path,
-                        diff_id: str) -> tuple[str, int]:
-    """Compress one layer and publish it as a blob (worker thread: no SQLite here); returns
-    (blob digest, size). The layer must hash to the diff_id the engine's config names."""
-    with opener() as stream:
-        actual, digest, path = ingest_mod.compress_layer(stream, compression, tmp)
+async def _compress_and_store(store: Store, opener: ingest_mod.Opener, compression: str, tmp: Path,
+                              diff_id: str, media: str) -> tuple[str, int]:
+    """Compress one layer (a worker thread) and store it as a blob; returns (blob digest, size).
+    The layer must hash to the diff_id the engine's config names."""
+
+    def compress() -> tuple[str, str, Path]:
+        with opener() as stream:
+            return ingest_mod.compress_layer(stream, compression, tmp)
+
+    actual, digest, path = await asyncio.to_thread(compress)
     try:
         if actual != diff_id:
             raise BuildFailed("ingest", f"layer content hashes to {actual}, but the engine's config says {diff_id}")
-        size = path.stat().st_size
-        store.blobs.place(path, digest)
+        # Both digests were computed over exactly the bytes written: no second read.
+        return await store.adopt_blob(path, digest, verified=True, media_type=media)
     finally:
         path.unlink(missing_ok=True)
-    return digest, size
 
 
 async def _update_index(store: Store, shash: str, variant: str, digest: str, size: int, platform: dict[str, str],
@@ -384,11 +380,11 @@ async def _update_index(store: Store, shash: str, variant: str, digest: str, siz
     definition, each entry annotated with its variant and image key."""
     async with _INDEX_LOCK:
         entries: list[Descriptor] = []
-        current = store.get_manifest(REPOSITORY, shash)
+        current = await store.get_manifest(REPOSITORY, shash)
         if current is not None and current.media_type == OCI_INDEX:
             entries = [e for e in parse_manifest(current.body).manifests
                        if (e.annotations or {}).get("envcache.variant") != variant]
         entries.append(Descriptor(digest, OCI_MANIFEST, size, platform=platform,
                                   annotations={"envcache.variant": variant, "envcache.image-key": image_key}))
         entries.sort(key=lambda e: (e.annotations or {}).get("envcache.variant", ""))
-        store.put_manifest(REPOSITORY, shash, image_index(entries), OCI_INDEX)
+        await store.put_manifest(REPOSITORY, shash, image_index(entries), OCI_INDEX)

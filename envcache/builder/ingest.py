@@ -100,31 +100,33 @@ def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
 
 
 def _read_oci_layout(root: Path) -> SourceImage:
-    def blob(digest: str) -> Path:
+    def blob(digest: str) -> IO[bytes]:
         algorithm, hexdigest = digest.split(":", 1)
-        return root / "blobs" / algorithm / hexdigest
+        return open(root / "blobs" / algorithm / hexdigest, "rb")
 
     index = json.loads((root / "index.json").read_text())
-    return source_from_manifest(blob(index["manifests"][0]["digest"]).read_bytes(), blob)
+    with blob(index["manifests"][0]["digest"]) as manifest:
+        return source_from_manifest(manifest.read(), blob)
 
 
-def source_from_manifest(manifest_body: bytes, blob: Callable[[str], Path]) -> SourceImage:
-    """An OCI image manifest whose blobs are files (``blob(digest)`` is the path) as an ingest
-    source: one reader for an engine's OCI layout and for images in envcache's own store."""
+def source_from_manifest(manifest_body: bytes, open_blob: Callable[[str], IO[bytes]]) -> SourceImage:
+    """An OCI image manifest whose blobs ``open_blob(digest)`` reads, as an ingest source: one
+    reader for an engine's OCI layout and for images in envcache's own store."""
     manifest = parse_manifest(manifest_body)
     if manifest.config is None:
         raise BuildFailed("ingest", "the image manifest has no config")
-    config = blob(manifest.config.digest).read_bytes()
+    with open_blob(manifest.config.digest) as handle:
+        config = handle.read()
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    layers = [functools.partial(open_layer_blob, blob(d.digest), d.media_type or "") for d in manifest.layers]
+    layers = [functools.partial(open_layer_blob, open_blob, d.digest, d.media_type or "") for d in manifest.layers]
     return SourceImage(config, diff_ids, layers)
 
 
 @contextlib.contextmanager
-def open_layer_blob(path: Path, media_type: str) -> Iterator[IO[bytes]]:
+def open_layer_blob(open_blob: Callable[[str], IO[bytes]], digest: str, media_type: str) -> Iterator[IO[bytes]]:
     """A layer blob as its uncompressed tar stream, whatever compression its media type names
     (``+gzip`` and Docker's ``.gzip``, ``+zstd``, or none)."""
-    with open(path, "rb") as raw:
+    with open_blob(digest) as raw:
         if media_type.endswith("gzip"):
             with gzip.GzipFile(fileobj=raw) as stream:
                 yield stream  # type: ignore[misc]

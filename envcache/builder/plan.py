@@ -18,12 +18,10 @@ from pathlib import Path
 from envcache.builder import conda, maven
 from envcache.builder.engines.base import ImageInfo
 from envcache.builder.helper import HelperServer
+from envcache.builder.keys import RECIPE_VERSION
 from envcache.errors import InvalidInput
 from envcache.definition.model import Definition
 
-#: Bumped whenever the generated Dockerfiles or stage procedures change what gets built: it is
-#: part of every root key (and so of every stage and image key).
-RECIPE_VERSION = 1
 
 STAGE_REPO = "envcache-stage"
 #: Where each stage writes what it installed (read back by ingest as the image's lock).

@@ -26,31 +26,29 @@ from envcache.builder.engines.base import Engine
 from envcache.oci import OCI_MANIFEST, digest_bytes, dumps_manifest, parse_manifest
 
 if TYPE_CHECKING:
-    from envcache.store import Manifest, Store
+    from envcache.store import Store, StoredManifest
 
 STAGE_REPOSITORY = "envcache/stage"
 
 
-def stored_stage(store: Store, key: str) -> Manifest | None:
+async def stored_stage(store: Store, key: str) -> StoredManifest | None:
     """The stored manifest of stage ``key``, or None."""
-    if not store.repository_exists(STAGE_REPOSITORY):
-        return None
-    manifest = store.get_manifest(STAGE_REPOSITORY, key)
+    manifest = await store.get_manifest(STAGE_REPOSITORY, key)
     if manifest is None or manifest.media_type != OCI_MANIFEST:
         return None
     return manifest
 
 
-def publish_stage_manifest(store: Store, key: str, kind: str, manifest: bytes) -> str:
+async def publish_stage_manifest(store: Store, key: str, kind: str, manifest: bytes) -> str:
     """Tag an already ingested image (same config and layers) as stage ``key``."""
     body = dict(parse_manifest(manifest).doc, annotations={"envcache.stage": kind})
     data = dumps_manifest(body)
-    return store.put_manifest(STAGE_REPOSITORY, key, data, OCI_MANIFEST)
+    return await store.put_manifest(STAGE_REPOSITORY, key, data, OCI_MANIFEST)
 
 
 def stored_source(store: Store, manifest_body: bytes) -> ingest_mod.SourceImage:
     """A stored image as an ingest source (uncompressed layer streams)."""
-    return ingest_mod.source_from_manifest(manifest_body, store.blobs.path)
+    return ingest_mod.source_from_manifest(manifest_body, store.files.open)
 
 
 def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None:
@@ -78,25 +76,25 @@ def _write_archive(source: ingest_mod.SourceImage, tag: str, path: Path) -> None
             archive.addfile(info, io.BytesIO(data))
 
 
-async def load_image(store: Store, engine: Engine, manifest: Manifest, tag: str) -> None:
+async def load_image(store: Store, engine: Engine, manifest: StoredManifest, tag: str) -> None:
     """Load a stored single-platform image into the engine under ``tag``.
 
     One path for everything the engine gets from the store — stage images and pulled-through
     base images alike — so both keep their config bytes (the engine id stays the config digest
     the image key was computed from) and both avoid the engine's own registry client.
     """
-    store.blobs.tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="envcache-load-", dir=store.blobs.tmp) as tmp:
+    with tempfile.TemporaryDirectory(prefix="envcache-load-", dir=store.files.scratch_dir()) as tmp:
         archive = Path(tmp) / "image.tar"
         await asyncio.to_thread(_write_archive, stored_source(store, manifest.body), tag, archive)
         await engine.load(archive, tag)
 
 
-def lock_from_store(store: Store, repository: str, digest: str) -> dict[str, Any]:
+async def lock_from_store(store: Store, repository: str, digest: str) -> dict[str, Any]:
     """The lock of a stored image (pip freeze, conda records, Spark jars), read from
     ``/opt/envcache/lock/*`` in its layers — for images that were pulled rather than built."""
-    manifest = store.get_manifest(repository, digest)
+    manifest = await store.get_manifest(repository, digest)
     if manifest is None:
         return ingest_mod.parse_locks({})
     source = stored_source(store, manifest.body)
-    return ingest_mod.parse_locks(ingest_mod.read_lock_files(source, set(plan.LOCK_FILES.values())))
+    files = await asyncio.to_thread(ingest_mod.read_lock_files, source, set(plan.LOCK_FILES.values()))
+    return ingest_mod.parse_locks(files)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from envcache.client.base import Endpoints, daemon_url, error_for, finished, headers, query_string, unavailable
+from envcache.client.base import Endpoints, error_for, finished, headers, query_string, unavailable
+from envcache.wire import daemon_url
 
 if TYPE_CHECKING:
     from envcache.client.base import DefinitionLike, EnvironmentRef

@@ -7,23 +7,29 @@ cannot drift apart, and each transport is only a ``_request`` and a ``_lines`` i
 
 from __future__ import annotations
 
-import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from envcache.client.files import DefinitionFiles
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
+from envcache.wire import DefinitionFiles, error_message
 
 if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must load no parser
     from envcache import definition as spec
-    from envcache.client.facade import Environment
 
+
+@runtime_checkable
+class HasDefinition(Protocol):
+    """Anything that can say what it is as envcache's definition document (the Azure-style
+    facade's ``Environment`` does)."""
+
+    def to_definition_dict(self) -> dict[str, Any]: ...
+
+
+if TYPE_CHECKING:
     # What the calls accept as a definition; a path is sent as its files when it can be.
-    DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | Environment | DefinitionFiles
+    DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | HasDefinition | DefinitionFiles
     # A registered environment: its name (latest version) or (name, version).
     EnvironmentRef = str | tuple[str, int | None]
-
-DEFAULT_URL = "http://127.0.0.1:5050"
 
 
 class DaemonUnavailable(EnvcacheError):
@@ -41,11 +47,6 @@ class RequestFailed(EnvcacheError):
         self.body = body or {}
 
 
-def daemon_url(url: str | None = None) -> str:
-    """``url``, else ``$ENVCACHE_URL``, else the default loopback address."""
-    return (url or os.environ.get("ENVCACHE_URL") or DEFAULT_URL).rstrip("/")
-
-
 def unavailable(url: str, reason: object) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"no envcache daemon answers at {url} ({reason}). Start one with `envcache serve`, "
@@ -55,11 +56,8 @@ def unavailable(url: str, reason: object) -> DaemonUnavailable:
 
 def error_for(status: int, body: bytes) -> EnvcacheError:
     """The daemon's JSON error as the matching EnvcacheError (400 → InvalidInput, 404 → NotFound)."""
-    try:
-        data = json.loads(body)
-        message = data["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        data, message = {}, body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+    found = error_message(body)
+    message, data = found if found else (body.decode("utf-8", "replace")[:500] or f"HTTP {status}", {})
     if status in (400, 413):
         return InvalidInput(message)
     if status == 404:
@@ -81,11 +79,10 @@ def definition_document(definition: DefinitionLike) -> dict[str, Any]:
     """
     if isinstance(definition, dict):
         return definition
-    from envcache import definition as spec
-    from envcache.client.facade import Environment
-
-    if isinstance(definition, Environment):
+    if isinstance(definition, HasDefinition):
         return definition.to_definition_dict()
+    from envcache import definition as spec
+
     if isinstance(definition, (str, os.PathLike)):
         definition = spec.load_definition(definition)
     if isinstance(definition, spec.Definition):
@@ -95,7 +92,7 @@ def definition_document(definition: DefinitionLike) -> dict[str, Any]:
 
 def _subject(definition: DefinitionLike | None = None, environment: EnvironmentRef | None = None) -> dict[str, Any]:
     """The request's subject. A path is sent as its raw files when that is safe (the daemon loads
-    them; see :mod:`envcache.client.files`), so looking it up imports no definition parser here."""
+    them; see :mod:`envcache.wire`), so looking it up imports no definition parser here."""
     if environment is not None:
         name, version = (environment, None) if isinstance(environment, str) else environment
         return {"environment": {"name": name, "version": version}}

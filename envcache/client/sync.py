@@ -10,7 +10,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from envcache.client.base import Endpoints, daemon_url, error_for, finished, headers, query_string, unavailable
+from envcache.client.base import Endpoints, error_for, finished, headers, query_string, unavailable
+from envcache.wire import daemon_url
 from envcache.errors import EnvcacheError
 
 if TYPE_CHECKING:

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "envcache.definition.azure": ("read_azure_dir", "write_azure_dir"),
     "envcache.definition.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
-    "envcache.definition.keys": ("Stage", "for_variant", "stage_chain"),
+    "envcache.definition.keys": ("Stage", "stage_chain"),
+    "envcache.definition.variants": ("for_variant", "resolve_variant"),
     "envcache.definition.loaders": ("load_definition",),
     "envcache.definition.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
-                            "RegistryCredentials", "SparkPackage", "SparkSection", "VariantOverride"),
+                                  "RegistryCredentials", "SparkPackage", "SparkSection", "Variant", "VariantOverride"),
     "envcache.definition.reference": ("definition_from_dict", "definition_to_dict"),
 }
 # Here rather than in ``loaders``: the CLI offers them as ``--format`` choices without loading a parser.
@@ -27,9 +28,9 @@ FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "CANONICAL_VERSION", "FORMATS", "VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
-    "RegistryCredentials", "SparkPackage", "SparkSection", "Stage", "VariantOverride", "canonical_bytes",
+    "RegistryCredentials", "SparkPackage", "SparkSection", "Stage", "Variant", "VariantOverride", "canonical_bytes",
     "canonical_form", "definition_from_dict", "definition_to_dict", "for_variant", "load_definition",
-    "read_azure_dir", "spec_hash", "stage_chain", "write_azure_dir",
+    "read_azure_dir", "resolve_variant", "spec_hash", "stage_chain", "write_azure_dir",
 ]
 
 
@@ -49,10 +50,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from envcache.definition.azure import read_azure_dir, write_azure_dir
     from envcache.definition.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
-    from envcache.definition.keys import Stage, for_variant, stage_chain
+    from envcache.definition.keys import Stage, stage_chain
     from envcache.definition.loaders import load_definition
     from envcache.definition.model import (
         VARIANTS, CondaDependencies, Definition, DockerSection, PythonSection, RegistryCredentials, SparkPackage,
-        SparkSection, VariantOverride,
+        SparkSection, Variant, VariantOverride,
     )
+    from envcache.definition.variants import for_variant, resolve_variant
     from envcache.definition.reference import definition_from_dict, definition_to_dict

@@ -97,7 +97,7 @@ def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: P
 def pip_include(entry: str) -> str | None:
     """The file a ``pip:`` entry includes (``-r base.txt``, ``--requirement=base.txt``), else None.
 
-    The daemon's check of raw files (:func:`envcache.client.files.check_files`) reads entries
+    The daemon's check of raw files (:func:`envcache.wire.check_files`) reads entries
     with this same rule, so it sees every file this loader would open.
     """
     text = entry.strip()

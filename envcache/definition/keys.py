@@ -8,7 +8,6 @@ even when their pip lists differ. The chain starts from ``root_key``, which the 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +18,8 @@ from envcache.definition.canonical import (
     CANONICAL_VERSION, base_content, conda_content, conda_package_name, config_content, dumps_canonical, pip_content,
     pip_package_name, spark_content,
 )
-from envcache.definition.model import VARIANTS, Definition, VariantOverride
+from envcache.definition.model import Definition
+from envcache.definition.variants import for_variant
 
 StageKind = Literal["base", "conda", "pip", "spark", "config"]
 
@@ -29,40 +29,6 @@ class Stage:
     kind: StageKind
     key: str
     content: dict[str, Any]
-
-
-def for_variant(defn: Definition, variant: str) -> Definition:
-    """The definition as built for ``variant``: its override applied, ``variants`` dropped.
-
-    A base image or Dockerfile in the override replaces the general base; listed channels and
-    options are appended; a package in the override replaces a general package of the same name.
-    """
-    if variant not in VARIANTS:
-        raise DefinitionError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}", location="variant")
-    out = copy.deepcopy(defn)
-    override = out.variants.get(variant)
-    out.variants = {}
-    if override is None:
-        return out
-    try:
-        _apply(out, override)
-    except ValueError as exc:
-        raise DefinitionError(str(exc), location=f"variants.{variant}") from None
-    return out
-
-
-def _apply(out: Definition, override: VariantOverride) -> None:
-    if override.base_image is not None:
-        out.docker.base_image, out.docker.base_dockerfile = override.base_image, None
-    if override.base_dockerfile is not None:
-        out.docker.base_dockerfile, out.docker.base_image = override.base_dockerfile, None
-    deps = out.python.conda_dependencies
-    deps.channels = deps.channels + override.channels
-    deps.pip_options = deps.pip_options + override.pip_options
-    replaced_conda = {conda_package_name(p) for p in override.conda_packages}
-    deps.conda_packages = [p for p in deps.conda_packages if conda_package_name(p) not in replaced_conda] + override.conda_packages
-    replaced_pip = {pip_package_name(p) for p in override.pip_packages} - {None}
-    deps.pip_packages = [p for p in deps.pip_packages if pip_package_name(p) not in replaced_pip] + override.pip_packages
 
 
 def chain_key(parent: str, kind: str, content: dict[str, Any]) -> str:

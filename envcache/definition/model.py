@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-VARIANTS: tuple[str, ...] = ("cpu", "gpu")
+
+class Variant(StrEnum):
+    """The two kinds of image envcache builds from one definition: separate base images, and
+    optional per-variant package overrides. A ``str``, so it hashes, stores and prints as its name."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+VARIANTS: tuple[str, ...] = tuple(Variant)
 
 DEFAULT_INTERPRETER_PATH = "python"
 
@@ -145,6 +155,6 @@ class Definition:
 
 __all__ = [
     "CondaDependencies", "Definition", "DockerSection", "PythonSection", "RegistryCredentials",
-    "SparkPackage", "SparkSection", "VariantOverride", "VARIANTS",
+    "SparkPackage", "SparkSection", "Variant", "VariantOverride", "VARIANTS",
     "DEFAULT_INTERPRETER_PATH", "redact_url_credentials",
 ]

@@ -94,3 +94,49 @@ def load_json(path: Path) -> Located:
         raise DefinitionError(f"invalid JSON: {exc.msg}", source=str(path),
                               location=f"line {exc.lineno}, column {exc.colno}") from None
     return Located(data, {}, str(path))
+
+
+MAX_YAML_NODES = 100_000  # far beyond any real definition; a "billion laughs" file is far beyond it
+
+
+def check_yaml_aliases(field: str, text: str) -> None:
+    """Refuse YAML whose aliases loop back into themselves or expand past :data:`MAX_YAML_NODES`.
+
+    WHY: the loaders walk the parsed data as a tree, so a recursive alias (``a: &a [*a]``) or a
+    few nested aliases ("billion laughs", billions of nodes) would tie up the daemon's event
+    loop for every client. A definition never needs that; the node graph is checked here at the
+    boundary, counting each shared node once per use, before anything walks it. Only files
+    that use both anchors and aliases pay.
+    """
+    if "&" not in text or "*" not in text:
+        return
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return  # not (single-document) YAML: the loaders report it with its line
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise DefinitionError(f"{field}: a YAML alias refers to the node that contains it (a recursive alias)")
+        active.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise DefinitionError(f"{field}: YAML aliases expand to more than {MAX_YAML_NODES} nodes")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        if root is not None:
+            size(root)
+    except RecursionError:
+        raise DefinitionError(f"{field}: YAML nested too deeply") from None

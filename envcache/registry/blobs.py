@@ -1,9 +1,10 @@
 """Blob endpoints: HEAD/GET/DELETE a blob, and the upload protocol (POST/PATCH/GET/PUT/DELETE).
 
-Uploads in progress live in ``uploads/<uuid>`` (see :mod:`envcache.store`) with the acknowledged
-offset in SQLite, so they survive a restart; the running sha256 is kept in memory only as a
-shortcut — when it is missing (after a restart, or for a sha512 digest) the file is re-hashed.
-Nothing reaches ``blobs/`` before its digest has been verified.
+Handlers are thin, as in distribution: parse and check the request, then one store call
+(``put_blob``, ``append_upload``, ``commit_upload``). Uploads in progress survive a restart (the
+store keeps their bytes and acknowledged offset); the running sha256 is kept in memory only as a
+shortcut — when it is missing (after a restart, or for a sha512 digest) the store re-hashes.
+Nothing becomes a blob before its digest has been verified.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import hashlib
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -25,7 +26,6 @@ from envcache.registry.errors import (
 )
 from envcache.oci import DigestError, NameInvalid, check_name, parse_digest
 from envcache.store import DigestMismatch, SizeMismatch, Store, UploadSession
-from envcache.store.blobs import hash_file, pump
 
 # ASCII digits, at most 19 (an int64 offset): "\d+" took any Unicode digit and any length,
 # and int() of thousands of digits raises instead of answering 400.
@@ -51,9 +51,20 @@ class UploadState:
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
 
+    def busy(self, session_id: str) -> bool:
+        """Is the session receiving bytes right now? (Expiry must leave it alone.)"""
+        lock = self.locks.get(session_id)
+        return lock is not None and lock.locked()
+
     def forget(self, session_id: str) -> None:
         self.locks.pop(session_id, None)
         self.progress.pop(session_id, None)
+
+    async def forget_ended(self, store: Store) -> None:
+        """Drop bookkeeping of sessions the store no longer has (expired, collected)."""
+        for session_id in {*self.locks, *self.progress}:
+            if await store.uploads.get(session_id) is None:
+                self.forget(session_id)
 
 
 def _headers(**extra: str) -> dict[str, str]:
@@ -81,23 +92,29 @@ def _upload_headers(name: str, session: UploadSession | str, offset: int) -> dic
 
 # -- blobs -------------------------------------------------------------------------------------
 async def get_blob(request: web.Request, store: Store, name: str, digest: str) -> web.StreamResponse:
-    """HEAD/GET a blob; GET goes through sendfile, with Range handled by FileResponse (206/416)."""
+    """HEAD/GET a blob; GET goes through sendfile (Range handled by FileResponse: 206/416), or a
+    redirect when the blob driver hands out URLs."""
     _check_digest(digest)
-    if not store.blob_linked(name, digest):
+    if not await store.blob_visible(name, digest):
         raise blob_unknown(digest)
-    path = store.blobs.path(digest)
-    store.blobs.touch(digest)
+    await store.blobs.touch(digest)
     headers = _headers(**{"Docker-Content-Digest": digest, "Content-Type": "application/octet-stream",
                           "Accept-Ranges": "bytes"})
     if request.method == "HEAD":
-        headers["Content-Length"] = str(path.stat().st_size)
+        stat = await store.files.stat(digest)
+        headers["Content-Length"] = str(stat.size if stat else 0)
         return web.Response(status=200, headers=headers)
+    url = store.files.url_for(digest)
+    if url is not None:
+        raise web.HTTPTemporaryRedirect(url, headers=headers)
+    path = store.files.local_path(digest)
+    assert path is not None  # a driver without local files hands out URLs
     return web.FileResponse(path, headers=headers)
 
 
 async def delete_blob(request: web.Request, store: Store, name: str, digest: str) -> web.StreamResponse:
     _check_digest(digest)
-    if not store.unlink_blob(name, digest):
+    if not await store.blobs.unlink(name, digest):
         raise blob_unknown(digest)
     return web.Response(status=202, headers=_headers(**{"Docker-Content-Digest": digest}))
 
@@ -119,32 +136,31 @@ async def start_upload(request: web.Request, store: Store, state: UploadState, n
                 check_name(source)
             except NameInvalid:
                 raise RegistryError(400, "NAME_INVALID", f"invalid repository name in from: {source[:300]!r}") from None
-        available = store.blob_linked(source, digest) if source else store.blobs.exists(digest)
+        available = await store.blob_visible(source, digest) if source else await store.has_blob(digest)
         if available:
-            store.link_blob(name, digest)
+            await store.blobs.link(name, [digest])
             return _blob_created(name, digest)
         # Not mountable: the spec says fall back to a regular upload session.
     elif "digest" in query:
         digest = _check_digest(query["digest"])
         try:
-            digest, _ = await store.blobs.write(request.content.iter_any(), digest, request.content_length)
+            digest, _ = await store.put_blob(name, request.content.iter_any(), digest, request.content_length)
         except DigestMismatch as exc:
             raise digest_invalid(str(exc)) from None
         except SizeMismatch as exc:
             raise RegistryError(400, "SIZE_INVALID", str(exc)) from None
-        store.link_blob(name, digest)
         return _blob_created(name, digest)
-    session = store.create_upload(name)
+    session = await store.create_upload(name)
     state.progress[session.id] = _Progress()
     return web.Response(status=202, headers=_upload_headers(name, session, 0))
 
 
-def _session(store: Store, state: UploadState, name: str, session_id: str) -> UploadSession:
-    session = store.get_upload(session_id)
+async def _session(store: Store, state: UploadState, name: str, session_id: str) -> UploadSession:
+    session = await store.uploads.get(session_id)
     if session is None or session.repository != name:
         raise upload_unknown(session_id)
     if session.updated < time.time() - state.ttl and not state.lock(session_id).locked():
-        store.delete_upload(session_id)
+        await store.drop_upload(session_id)
         state.forget(session_id)
         raise upload_unknown(session_id)
     return session
@@ -152,63 +168,56 @@ def _session(store: Store, state: UploadState, name: str, session_id: str) -> Up
 
 async def upload_status(request: web.Request, store: Store, state: UploadState, name: str,
                         session_id: str) -> web.StreamResponse:
-    session = _session(store, state, name, session_id)
+    session = await _session(store, state, name, session_id)
     return web.Response(status=204, headers=_upload_headers(name, session, session.offset))
 
 
 async def patch_upload(request: web.Request, store: Store, state: UploadState, name: str,
                        session_id: str) -> web.StreamResponse:
     """PATCH: append one chunk (``Content-Range`` checked) or a whole stream."""
-    session = _session(store, state, name, session_id)
+    session = await _session(store, state, name, session_id)
     async with state.lock(session_id):
-        session = _session(store, state, name, session_id)  # re-read: another chunk may have landed
+        session = await _session(store, state, name, session_id)  # re-read: another chunk may have landed
         offset = await _append(request, store, state, session)
     return web.Response(status=202, headers=_upload_headers(name, session, offset))
 
 
 async def finish_upload(request: web.Request, store: Store, state: UploadState, name: str,
                         session_id: str) -> web.StreamResponse:
-    """PUT ``?digest=``: optional last chunk, then verify and move the bytes into the blob tree."""
-    session = _session(store, state, name, session_id)
+    """PUT ``?digest=``: optional last chunk, then one store call verifies, publishes, indexes,
+    links and ends the session."""
+    session = await _session(store, state, name, session_id)
     digest = _check_digest(request.query.get("digest"))
     algorithm = parse_digest(digest)[0]
     async with state.lock(session_id):
-        session = _session(store, state, name, session_id)
-        offset = session.offset
+        session = await _session(store, state, name, session_id)
         if request.content_length or request.headers.get("Content-Range") or request.body_exists:
-            offset = await _append(request, store, state, session)
-        path = store.upload_path(session_id)
+            session = replace(session, offset=await _append(request, store, state, session))
         progress = state.progress.get(session_id)
-        if progress is not None and progress.offset == offset and algorithm == "sha256":
-            actual = f"sha256:{progress.hasher.hexdigest()}"
-        else:
-            actual, _ = await asyncio.to_thread(hash_file, path, algorithm)
-        if actual != digest:
-            store.delete_upload(session_id)
+        received = (f"sha256:{progress.hasher.hexdigest()}"
+                    if progress is not None and progress.offset == session.offset and algorithm == "sha256" else None)
+        try:
+            await store.commit_upload(session, digest, received=received)
+        except DigestMismatch as exc:
             state.forget(session_id)
-            raise digest_invalid(f"uploaded content has digest {actual}, not {digest}")
-        await asyncio.to_thread(store.blobs.place, path, digest)
-        store.blobs.record(digest, offset, None)
-        store.link_blob(name, digest)
-        store.delete_upload(session_id)
+            raise digest_invalid(str(exc)) from None
     state.forget(session_id)
     return _blob_created(name, digest)
 
 
 async def cancel_upload(request: web.Request, store: Store, state: UploadState, name: str,
                         session_id: str) -> web.StreamResponse:
-    _session(store, state, name, session_id)
+    await _session(store, state, name, session_id)
     async with state.lock(session_id):
-        store.delete_upload(session_id)
+        await store.drop_upload(session_id)
     state.forget(session_id)
     return web.Response(status=204, headers=_headers())
 
 
 async def _append(request: web.Request, store: Store, state: UploadState, session: UploadSession) -> int:
-    """Write the request body at the session's offset; returns the new acknowledged offset.
+    """Receive the request body at the session's offset; returns the new acknowledged offset.
 
-    On any failure (bad range, short body, client gone) the file is cut back to the old offset,
-    so a half-received chunk is never acknowledged.
+    On any failure (bad range, short body, client gone) nothing of the chunk is acknowledged.
     """
     declared = request.content_length
     content_range = request.headers.get("Content-Range")
@@ -230,21 +239,16 @@ async def _append(request: web.Request, store: Store, state: UploadState, sessio
     progress = state.progress.get(session.id)
     if progress is not None and progress.offset != session.offset:
         progress = None
-    path = store.upload_path(session.id)
-    with open(path, "r+b") as out:
-        out.seek(session.offset)
-        try:
-            written = await pump(request.content.iter_any(), out, progress.hasher if progress else None)
-            if declared is not None and written != declared:
-                raise RegistryError(400, "SIZE_INVALID", f"received {written} bytes, Content-Length said {declared}")
-        except BaseException:
-            out.truncate(session.offset)
-            state.progress.pop(session.id, None)
-            raise
-    offset = session.offset + written
-    store.set_upload_offset(session.id, offset)
+    try:
+        offset = await store.append_upload(session, request.content.iter_any(),
+                                           hasher=progress.hasher if progress else None, expected_size=declared)
+    except SizeMismatch as exc:
+        state.progress.pop(session.id, None)
+        raise RegistryError(400, "SIZE_INVALID", f"received {exc.received} bytes, Content-Length said {declared}") from None
+    except BaseException:
+        state.progress.pop(session.id, None)
+        raise
     if progress is not None:
         progress.offset = offset
         state.progress[session.id] = progress
     return offset
-

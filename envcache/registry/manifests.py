@@ -39,7 +39,7 @@ def _check_reference(reference: str, status: int) -> None:
 async def get_manifest(request: web.Request, store: Store, name: str, reference: str) -> web.StreamResponse:
     _check_reference(reference, 404)
     head = request.method == "HEAD"
-    manifest = store.get_manifest(name, reference, with_body=not head)
+    manifest = await store.get_manifest(name, reference, with_body=not head)
     if manifest is None:
         raise manifest_unknown(reference)
     headers = {
@@ -67,9 +67,9 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
         raise _too_large(request.content_length or 0)
     body = await _read_limited(request)
     try:
-        digest = store.put_manifest(name, reference, body, media_type)
+        digest = await store.put_manifest(name, reference, body, media_type)
         for tag in extra_tags:
-            store.set_tag(name, tag, digest)
+            await store.set_tag(name, tag, digest)
     except DigestMismatch as exc:
         raise digest_invalid(str(exc)) from None
     except ManifestBlobUnknown as exc:
@@ -79,7 +79,7 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
         raise RegistryError(400, "MANIFEST_INVALID", str(exc)) from None
     headers = {**API_VERSION_HEADER, "Location": f"/v2/{name}/manifests/{digest}",
                "Docker-Content-Digest": digest}
-    manifest = store.get_manifest(name, digest, with_body=False)
+    manifest = await store.get_manifest(name, digest, with_body=False)
     if manifest is not None and manifest.subject:
         headers["OCI-Subject"] = manifest.subject
     return web.Response(status=201, headers=headers)
@@ -105,7 +105,8 @@ def _too_large(size: int) -> RegistryError:
 async def delete_manifest(request: web.Request, store: Store, name: str, reference: str) -> web.StreamResponse:
     """DELETE by digest removes the manifest and its tags; by tag removes just the tag."""
     _check_reference(reference, 404)
-    deleted = store.delete_manifest(name, reference) if is_digest(reference) else store.delete_tag(name, reference)
+    deleted = await (store.manifests.delete(name, reference) if is_digest(reference)
+                     else store.manifests.delete_tag(name, reference))
     if not deleted:
         raise manifest_unknown(reference)
     return web.Response(status=202, headers=API_VERSION_HEADER)
@@ -122,7 +123,7 @@ async def referrers(request: web.Request, store: Store, name: str, digest: str) 
     if artifact_type is not None:
         headers["OCI-Filters-Applied"] = "artifactType"
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-             "manifests": store.referrers(name, digest, artifact_type)}
+             "manifests": await store.manifests.referrers(name, digest, artifact_type)}
     return web.Response(status=200, body=json.dumps(index).encode(), content_type=OCI_INDEX,
                         headers=headers)
 
@@ -151,12 +152,12 @@ def _paged(request: web.Request, items: list[str], n: int | None, key: str, body
 
 async def list_tags(request: web.Request, store: Store, name: str) -> web.StreamResponse:
     n, last = _page(request)
-    if not store.repository_exists(name):
+    if not await store.manifests.repository_exists(name):
         raise name_unknown(name)
-    tags = store.list_tags(name, None if n is None else n + 1, last)
+    tags = await store.manifests.tags(name, None if n is None else n + 1, last)
     return _paged(request, tags, n, "tags", {"name": name})
 
 
 async def catalog(request: web.Request, store: Store) -> web.StreamResponse:
     n, last = _page(request)
-    return _paged(request, store.list_repositories(None if n is None else n + 1, last), n, "repositories", {})
+    return _paged(request, await store.manifests.repositories(None if n is None else n + 1, last), n, "repositories", {})

@@ -26,7 +26,6 @@ from envcache.store import DigestMismatch, SizeMismatch, Store
 log = logging.getLogger(__name__)
 
 UPLOADS = web.AppKey("registry.uploads", UploadState)
-_DEFAULT_UPLOAD_TTL = 3600.0
 
 _CODES: dict[type[EnvcacheError], str] = {
     DigestError: "DIGEST_INVALID",
@@ -56,30 +55,20 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler], bool]] = [
 ]
 
 
-def setup(app: web.Application, store: Store) -> None:
-    """Mount the registry on ``app`` (upload-session TTL from ``app["config"]`` when present)."""
-    config = app.get("config")
-    ttl = float(config.registry.upload_session_ttl) if config is not None else _DEFAULT_UPLOAD_TTL
-    app[UPLOADS] = UploadState(ttl=ttl)
+def setup(app: web.Application, store: Store, *, upload_ttl: float) -> UploadState:
+    """Mount the registry on ``app``; sessions idle for ``upload_ttl`` seconds are expired.
+
+    Returns the process's upload bookkeeping (``app[UPLOADS]``): the daemon's periodic expiry and
+    gc ask it which sessions are receiving bytes right now.
+    """
+    state = app[UPLOADS] = UploadState(ttl=upload_ttl)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
-        return await _dispatch(request, store, app[UPLOADS])
+        return await _dispatch(request, store, state)
 
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
-
-
-def expire_uploads(app: web.Application, ttl: float) -> int:
-    """Drop idle upload sessions (not ones receiving bytes right now); returns how many."""
-    state = app[UPLOADS]
-    store: Store = app["store"]
-    expired = 0
-    for session_id in store.idle_uploads(ttl):
-        if not state.lock(session_id).locked():
-            store.delete_upload(session_id)
-            state.forget(session_id)
-            expired += 1
-    return expired
+    return state
 
 
 async def _dispatch(request: web.Request, store: Store, uploads: UploadState) -> web.StreamResponse:

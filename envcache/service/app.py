@@ -1,4 +1,11 @@
-"""The daemon's aiohttp application: one store, the OCI registry under /v2/, the JSON API."""
+"""The composition root: every part of the daemon is built and connected here, and nowhere else.
+
+Lower layers know nothing of each other: the registry, the builder and the upstream tier are
+siblings that never import one another, and each takes its own narrow settings. This module
+passes callables between them — the builder to the ensure machinery, the stage-key computation
+to the upstream source, the base resolvers in the order they are asked — and ties their
+lifetimes to the aiohttp application's.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +16,144 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from envcache.registry import routes as registry_routes
-from envcache.service import api, auth
+from envcache.builder.builder import build_image, stage_keys_for
+from envcache.builder.errors import EngineUnavailable
+from envcache.builder.keys import RECIPE_VERSION
+from envcache.builder.stages import lock_from_store
+from envcache.registry import routes as registry
+from envcache.service import auth, views
+from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
-from envcache.store import Store
+from envcache.service.daemon import DAEMON, Daemon, EngineHandle
+from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
+from envcache.service.environments import Environments
+from envcache.service.metrics import Metrics
+from envcache.service.requests import Definitions
+from envcache.store import Store, StoreSettings, open_store
+from envcache.upstream.base import BasePuller, remote_registry, stored_copy
+from envcache.upstream.source import UpstreamSource
+
+#: How often batched last-used times are written (the hit path itself never writes).
+FLUSH_INTERVAL = 10.0
 
 
-def create_app(config: Config) -> web.Application:
-    """Build the application; the store opens here (usable before serving) and closes on cleanup."""
+async def create_app(config: Config) -> web.Application:
+    """The daemon as an aiohttp application; the store opens here and closes on cleanup."""
     # Bodies are streamed by the registry handlers themselves; this cap only applies to
     # handlers that call request.read()/json() (manifests, the JSON API).
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    with warnings.catch_warnings():
-        # The agreed interface names these string keys; aiohttp would prefer AppKey objects.
-        warnings.simplefilter("ignore", web.NotAppKeyWarning)
-        app["config"] = config
-        app["store"] = Store(config.server.data_dir)
-    # Registered first so that its clean-up (closing the store) runs last, after every
-    # cleanup_ctx the API and upstream add later has finished with the store.
-    app.cleanup_ctx.append(_lifecycle)
-    # Order matters: auth first (it refuses an unsafe bind and installs the token middleware
-    # before any route can answer), then the registry, then the JSON API and its machinery.
+    store = await open_store(StoreSettings(config.server.data_dir))
     try:
-        auth.setup(app)
-        registry_routes.setup(app, app["store"])
-        api.setup(app)
+        # Auth first: it refuses an unsafe bind and installs the token middleware before any
+        # route can answer.
+        auth.setup(app, config)
+        parts = _assemble(app, config, store)
     except BaseException:
-        app["store"].close()  # release the data directory's lock for whoever tries next
+        await store.close()  # release the data directory's lock for whoever tries next
         raise
+    with warnings.catch_warnings():
+        # The agreed interface for embedders and tests names these string keys.
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["config"], app["store"] = config, store
+    app[DAEMON] = parts
+    views.setup(app)
+    app.router.add_get("/metrics", parts.metrics.handler)
+    app.on_response_prepare.append(parts.metrics.count_blob_bytes)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_builds)
     return app
 
 
+def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
+    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl))
+    engine = EngineHandle(config.build)
+    stored_base = stored_copy(store)
+    upstreams = list(config.upstreams)
+
+    async def stage_keys(prepared: Prepared, log: LogFn) -> list[str]:
+        # Computed the way a build computes them: from the base as the engine has it.
+        found = await engine.get()
+        if found is None:
+            return []
+        return await stage_keys_for(prepared.definition, prepared.variant, engine=found, config=config,
+                                    log=log, store=store, stored_base=stored_base)
+
+    upstream = UpstreamSource(store, upstreams, stage_keys=stage_keys, lock_reader=lock_from_store)
+    puller = BasePuller(store, upstreams)
+
+    async def engine_image_id(reference: str) -> str | None:
+        found = await engine.get()
+        info = await found.inspect(reference) if found is not None else None
+        return info.id if info else None
+
+    own_hosts = {f"{config.server.host}:{config.server.port}", f"127.0.0.1:{config.server.port}",
+                 f"localhost:{config.server.port}"}
+    # Asked in this order; all answer the same value for the same image (its config digest), so
+    # the order only decides which is asked first, never which key comes out.
+    resolvers = [own_registry(store, own_hosts), local_engine(engine_image_id), puller, remote_registry]
+
+    async def build(prepared: Prepared, log: LogFn) -> BuiltLike:
+        found = await engine.get()
+        if found is None:
+            raise EngineUnavailable(
+                "no container engine available to build this image: install Docker (and start dockerd) or "
+                "buildah, or set [build] engine / docker_host in the daemon config")
+        # Bases the engine lacks are loaded from their pulled-through copy in the store.
+        return await build_image(prepared.definition, prepared.variant, store=store, engine=found, config=config,
+                                 image_key=prepared.key, log=log, base_digest=prepared.base_digest,
+                                 stored_base=stored_base)
+
+    metrics = Metrics()
+
+    async def on_build_done(finished: Build, seconds: float) -> None:
+        metrics.builds.labels(finished.outcome if finished.state == "succeeded" else "failed").inc()
+        metrics.build_seconds.observe(seconds)
+        await upstream.on_build_done(finished)
+
+    ensurer = Ensurer(
+        store=store, resolver=BaseDigestResolver(store.base_digests, resolvers, float(config.resolve.base_digest_ttl)),
+        builder=build, recipe_version=RECIPE_VERSION,
+        variant_bases={name: v.base_image for name, v in config.variants.items()},
+        concurrency=config.build.concurrency, sources=[upstream] if upstream.pull_upstreams else [],
+        on_build_done=on_build_done, track_tags=True,
+    )
+    metrics.bind_queue(ensurer.queue_depth, ensurer.running)
+    metrics.watch_upstream(upstream)
+    environments = Environments(store.environments)
+    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments), upstream,
+                  puller, uploads, metrics)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Expire idle upload sessions in the background; close the store at shutdown."""
-    ttl = app["config"].registry.upload_session_ttl
-    task = asyncio.create_task(_expire_uploads(app, ttl))
+    """Start-up work and background loops; at cleanup the upstream tier stops and the store closes."""
+    parts = app[DAEMON]
+    await parts.ensurer.start()
+    await parts.upstream.pushes.resume(parts.upstream.upstreams)
+    loops = [asyncio.create_task(_expire_uploads(parts)), asyncio.create_task(_flush_last_used(parts))]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    app["store"].close()
+    for task in loops:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await parts.upstream.aclose()
+    await parts.puller.aclose()
+    await parts.store.close()
 
 
-async def _expire_uploads(app: web.Application, ttl: int) -> None:
+async def _stop_builds(app: web.Application) -> None:
+    """On shutdown, before any cleanup: stop builds and flush what they batched."""
+    await app[DAEMON].ensurer.close()
+
+
+async def _expire_uploads(parts: Daemon) -> None:
+    ttl = float(parts.config.registry.upload_session_ttl)
     while True:
-        registry_routes.expire_uploads(app, ttl)
+        await parts.store.expire_uploads(ttl, parts.uploads.busy)
+        await parts.uploads.forget_ended(parts.store)
         await asyncio.sleep(min(60.0, max(ttl / 4, 1.0)))
+
+
+async def _flush_last_used(parts: Daemon) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        await parts.ensurer.flush_last_used()

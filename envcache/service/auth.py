@@ -130,9 +130,8 @@ class TokenAuth:
         return web.Response(text=json.dumps(body), content_type="application/json")
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, config: Config) -> None:
     """Refuse an unsafe bind, then (only when tokens are configured) guard every request."""
-    config = app["config"]
     check_bind(config)
     tokens = _tokens(config)
     if not tokens:

@@ -1,5 +1,9 @@
 """Daemon configuration: a TOML file (documented in config/envcache.toml) over built-in defaults.
 
+``Config`` composes the narrow settings each part defines for itself (``BuildSettings`` in
+the builder, ``Upstream`` in the upstream tier, the data directory for the store); nothing below
+the service reads ``Config``.
+
 Every section and key is checked: an unknown one is an error naming it and listing the valid
 ones, so a typo never silently falls back to a default.
 """
@@ -11,12 +15,12 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from envcache.builder.settings import COMPRESSIONS, ENGINES, BuildSettings
+from envcache.definition.model import VARIANTS
 from envcache.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from envcache.upstream.config import Upstream
+from envcache.upstream.config import Upstream, parse_upstreams
 
 
 def _default_data_dir() -> Path:
@@ -41,22 +45,6 @@ class Token:
 @dataclass
 class AuthConfig:
     tokens: list[Token] = field(default_factory=list)
-
-
-@dataclass
-class BuildConfig:
-    engine: str = "auto"
-    docker_host: str | None = None
-    compression: str = "zstd"
-    concurrency: int = 2
-    stage_timeout: int = 3600
-    # buildah's storage; unset = buildah's own defaults. vfs works everywhere (no overlay mounts).
-    buildah_root: str | None = None
-    buildah_runroot: str | None = None
-    buildah_storage_driver: str = "vfs"
-    # CA bundle handed to pip during a build only (never stored in a layer); unset = pip's own,
-    # then SSL_CERT_FILE, then the system bundle.
-    ca_bundle: str | None = None
 
 
 @dataclass
@@ -86,7 +74,7 @@ class RegistryConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    build: BuildConfig = field(default_factory=BuildConfig)
+    build: BuildSettings = field(default_factory=BuildSettings)
     variants: dict[str, VariantConfig] = field(
         default_factory=lambda: {name: VariantConfig(image) for name, image in DEFAULT_VARIANTS.items()})
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
@@ -95,11 +83,7 @@ class Config:
     upstreams: list[Upstream] = field(default_factory=list)
 
 
-_CHOICES = {
-    ("build", "engine"): {"auto", "docker", "buildah", "none"},
-    ("build", "compression"): {"zstd", "gzip"},
-}
-_VARIANTS = {"cpu", "gpu"}
+_CHOICES = {("build", "engine"): set(ENGINES), ("build", "compression"): set(COMPRESSIONS)}
 _SCOPES = {"read", "write"}
 
 
@@ -124,8 +108,6 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
         if name not in sections:
             raise InvalidInput(f"{source}: unknown section [{name}]; valid sections: {', '.join(sorted(sections))}")
         if name == "upstreams":
-            from envcache.upstream.config import parse_upstreams
-
             try:
                 config.upstreams = parse_upstreams(value)
             except InvalidInput as exc:
@@ -185,7 +167,7 @@ def _tokens(section: dict[str, Any], source: str) -> list[Token]:
 def _variants(section: dict[str, Any], source: str) -> dict[str, VariantConfig]:
     out = Config().variants  # a variant the file does not name keeps its default
     for name, value in section.items():
-        if name not in _VARIANTS:
+        if name not in VARIANTS:
             raise InvalidInput(f"{source}: unknown variant [variants.{name}]; valid variants: cpu, gpu")
         if not isinstance(value, dict) or set(value) != {"base_image"} or not isinstance(value["base_image"], str):
             raise InvalidInput(f"{source}: [variants.{name}] must set exactly base_image (a string)")

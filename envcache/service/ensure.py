@@ -13,16 +13,16 @@ merely stops listening — the build goes on for the others and for the cache.
 ``sources`` are tried before building, inside the same single-flight task: that is how pulling
 from upstream registries plugs in (:class:`envcache.upstream.source.UpstreamSource`). The
 machinery itself only knows callables (builder, sources, hooks), so the tests drive it with
-small real ones and :mod:`envcache.service.wiring` connects it to the engine and the store.
+small real ones and the composition root (:mod:`envcache.service.app`) connects it to the
+engine, the upstream tier and the store.
 
-This module is the only writer of the ``images`` table: the builder and the sources put
-manifests in the store and hand back what they made; filing it under its key happens here.
+This module is the only writer of the image index: the builder and the sources put manifests in
+the store and hand back what they made; filing it under its key happens here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -30,15 +30,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 import xxhash
 
-from envcache.errors import EnvcacheError, NotFound
-from envcache.service.keys import BaseDigestResolver, base_reference, image_key
+from envcache.builder.keys import image_key
 from envcache.definition import canonical_bytes, for_variant
+from envcache.definition.variants import base_of
+from envcache.errors import EnvcacheError, NotFound
+from envcache.service import schemas
+from envcache.service.bases import BaseDigestResolver, base_reference
+from envcache.store import BuildRecord, Store, StoredImage
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from envcache.definition.model import Definition
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ class BuildError(EnvcacheError):
 
 @dataclass
 class ImageRecord:
-    """One row of ``images``: a cached image and what is known about it."""
+    """A cached image and what is known about it, as the API shows it."""
 
     key: str
     variant: str
@@ -93,24 +96,20 @@ class ImageRecord:
     recipe_version: str
 
     @classmethod
-    def from_row(cls, row: dict) -> ImageRecord:
-        return cls(
-            key=row["key"], variant=row["variant"], spec_hash=row["spec_hash"], repository=row["repository"],
-            tag=row["tag"], manifest_digest=row["manifest_digest"], size=row["size"] or 0,
-            created=row["created"], last_used=row["last_used"] or row["created"],
-            lock=json.loads(row["lock"]) if row["lock"] else {}, base_digest=row["base_digest"] or "",
-            recipe_version=str(row["recipe_version"] or ""),
-        )
+    def from_stored(cls, image: StoredImage) -> ImageRecord:
+        return cls(image.key, image.variant, image.spec_hash, image.repository, image.tag, image.manifest_digest,
+                   image.size, image.created, image.last_used, image.lock, image.base_digest, image.recipe_version)
+
+    def model(self, host: str) -> schemas.Image:
+        """The API's image document; ``host`` is how the caller reached us, so the ref pulls."""
+        return schemas.Image(
+            key=self.key, variant=self.variant, spec_hash=self.spec_hash, image=f"{host}/{self.repository}:{self.tag}",
+            repository=self.repository, tag=self.tag, digest=self.manifest_digest, size=self.size,
+            created=self.created, last_used=self.last_used, lock=self.lock, base_digest=self.base_digest,
+            recipe_version=self.recipe_version)
 
     def to_json(self, host: str) -> dict[str, Any]:
-        """The API's image document; ``host`` is how the caller reached us, so the ref pulls."""
-        return {
-            "key": self.key, "variant": self.variant, "spec_hash": self.spec_hash,
-            "image": f"{host}/{self.repository}:{self.tag}", "repository": self.repository, "tag": self.tag,
-            "digest": self.manifest_digest, "size": self.size, "created": self.created,
-            "last_used": self.last_used, "lock": self.lock, "base_digest": self.base_digest,
-            "recipe_version": self.recipe_version,
-        }
+        return msgspec.to_builtins(self.model(host))
 
 
 @dataclass
@@ -163,7 +162,8 @@ class Build:
         self._changed = asyncio.Event()
 
     def finish(self, state: str, error: str | None = None) -> None:
-        self.state, self.error, self.finished = state, error, time.time()
+        self.state, self.error = state, error
+        self.finished = self.finished or time.time()
         self._done.set()
         self._wake()
 
@@ -185,14 +185,19 @@ class Build:
             raise BuildError(f"build {self.id} failed: {self.error}")
         return self.image
 
-    def to_json(self, host: str) -> dict[str, Any]:
-        return {
-            "id": self.id, "key": self.key, "variant": self.variant, "spec_hash": self.spec_hash,
-            "environment": {"name": self.env_name, "version": self.env_version} if self.env_name else None,
-            "state": self.state, "outcome": self.outcome, "refresh": self.refresh, "created": self.created,
-            "started": self.started, "finished": self.finished, "error": self.error,
-            "image": self.image.to_json(host) if self.image else None,
-        }
+    def record(self) -> BuildRecord:
+        """What the store keeps of the build (the log once it has ended)."""
+        return BuildRecord(self.id, self.key, self.variant, self.spec_hash, self.env_name, self.env_version, self.state,
+                           self.created, self.started, self.finished, self.error,
+                           "\n".join(self.lines) if self.finished is not None else None)
+
+    def model(self, host: str) -> schemas.Build:
+        return schemas.Build(
+            id=self.id, key=self.key, variant=self.variant, spec_hash=self.spec_hash,
+            environment=schemas.BuildEnvironment(self.env_name, self.env_version) if self.env_name else None,
+            state=self.state, outcome=self.outcome, refresh=self.refresh, created=self.created,  # type: ignore[arg-type]
+            started=self.started, finished=self.finished, error=self.error,
+            image=self.image.model(host) if self.image else None)
 
 
 @dataclass
@@ -209,23 +214,25 @@ class Outcome:
 
 
 class Ensurer:
-    """The daemon's ensure machinery; one per app (``app["ensurer"]``)."""
+    """The daemon's ensure machinery; one per app."""
 
     def __init__(
         self,
         *,
-        db: Database,
+        store: Store,
         resolver: BaseDigestResolver,
         builder: Builder,
         recipe_version: str | int,
         variant_bases: dict[str, str | None],
         concurrency: int = 2,
         sources: Sequence[Source] = (),
-        on_build_done: Callable[[Build, float], None] | None = None,
-        set_tag: Callable[[str, str, str], None] | None = None,
-        has_manifest: Callable[[str, str], bool] | None = None,
+        on_build_done: Callable[[Build, float], Awaitable[None]] | None = None,
+        track_tags: bool = False,
     ) -> None:
-        self._db = db
+        """``track_tags`` keeps the image index in step with the registry's tags: a hit needs its
+        tag to still name a manifest, and an unchanged refresh moves the tag back to the image
+        already filed. The daemon sets it (its builder and sources tag what they store)."""
+        self._store = store
         self.resolver = resolver
         self._builder = builder
         self.recipe_version = str(recipe_version)
@@ -237,9 +244,11 @@ class Ensurer:
         self._tasks: set[asyncio.Task] = set()
         self._touched: dict[str, float] = {}
         self._on_build_done = on_build_done
-        self._set_tag = set_tag
-        self._has_manifest = has_manifest
-        self._recover_interrupted()
+        self._track_tags = track_tags
+
+    async def start(self) -> None:
+        """Builds left queued/running by a daemon that died are failed, not left hanging forever."""
+        await self._store.builds.fail_interrupted("interrupted: the daemon stopped during the build")
 
     # ---- lookup -------------------------------------------------------------------------
 
@@ -247,38 +256,35 @@ class Ensurer:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
         vdef = for_variant(definition, variant)
         canonical = canonical_bytes(vdef)
-        shash = xxhash.xxh3_128_hexdigest(canonical)  # = spec.spec_hash(vdef), without canonicalising twice
-        ref = base_reference(vdef, self._variant_bases.get(variant))
+        shash = xxhash.xxh3_128_hexdigest(canonical)  # = definition.spec_hash(vdef), without canonicalising twice
+        ref = base_reference(base_of(vdef, self._variant_bases.get(variant)))
         digest = "none" if ref is None else await self.resolver.resolve(ref)
         return Prepared(vdef, variant, shash, canonical, ref, digest, image_key(shash, variant, digest, self.recipe_version))
 
-    def lookup(self, prepared: Prepared) -> ImageRecord | None:
+    async def lookup(self, prepared: Prepared) -> ImageRecord | None:
         """The cached image for ``prepared`` or None; verifies canonical bytes on a hit."""
-        data = self._row(prepared.key)
-        if data is None:
+        stored = await self._store.images.get(prepared.key)
+        if stored is None:
             return None
-        stored = data["canonical"]
-        if stored is not None and bytes(stored) != prepared.canonical:
+        if stored.canonical is not None and stored.canonical != prepared.canonical:
             raise KeyCollision(
                 f"image key {prepared.key} is filed under a different canonical form; refusing to answer "
                 "with an image that may not match (please report this: it is a hash collision)"
             )
-        record = ImageRecord.from_row(data)
-        if self._has_manifest is not None and not self._has_manifest(record.repository, record.tag):
+        if self._track_tags and \
+                await self._store.get_manifest(stored.repository, stored.tag, with_body=False) is None:
             return None  # indexed but gone from the registry (deleted, collected): rebuild, never a dead ref
         now = time.time()
-        self._touched[record.key] = now
+        self._touched[stored.key] = now
+        record = ImageRecord.from_stored(stored)
         record.last_used = now
         return record
 
-    def flush_last_used(self) -> None:
+    async def flush_last_used(self) -> None:
         """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty)."""
         touched, self._touched = self._touched, {}
         if touched:
-            with self._db.conn:
-                self._db.conn.executemany(
-                    "update images set last_used = ? where key = ?", [(t, k) for k, t in touched.items()]
-                )
+            await self._store.images.touch(touched)
 
     # ---- ensure -------------------------------------------------------------------------
 
@@ -288,7 +294,7 @@ class Ensurer:
     ) -> Outcome:
         """Answer a hit at once; otherwise start (or join) the build for this key."""
         prepared = await self.prepare(definition, variant)
-        image = self.lookup(prepared)
+        image = await self.lookup(prepared)
         # Refreshing only makes sense for unpinned requirements; the builder records them in
         # the lock, and an image whose every requirement is pinned would rebuild identically.
         if image is not None and (not refresh or image.lock.get("unpinned") == []):
@@ -300,7 +306,7 @@ class Ensurer:
             build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, refresh)
             self._inflight[slot] = build
             self._builds[build.id] = build
-            self._save(build)
+            await self._store.builds.save(build.record())
             task = asyncio.get_running_loop().create_task(self._run(build, prepared, slot))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -312,22 +318,20 @@ class Ensurer:
     def running(self) -> int:
         return sum(1 for b in self._inflight.values() if b.state == "running")
 
-    def get_build(self, build_id: str) -> Build:
-        """A build by id: live from memory, or the finished record from SQLite."""
+    async def get_build(self, build_id: str) -> Build:
+        """A build by id: live from memory, or the finished record from the store."""
         build = self._builds.get(build_id)
         if build is not None:
             return build
-        row = self._db.execute(
-            "select id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, "
-            "error, log from builds where id = ?", [build_id]
-        ).fetchone()
+        row = await self._store.builds.get(build_id)
         if row is None:
             raise NotFound(f"no build with id {build_id!r}")
-        build = Build(row[0], row[1], row[2], row[3], row[4], row[5], False, state=row[6], created=row[7],
-                      started=row[8], finished=row[9], error=row[10], lines=(row[11] or "").splitlines())
-        image_row = self._row(build.key)
-        if image_row is not None and build.state == "succeeded":
-            build.image = ImageRecord.from_row(image_row)
+        build = Build(row.id, row.key, row.variant, row.spec_hash, row.env_name, row.env_version, False,
+                      state=row.state, created=row.created, started=row.started, finished=row.finished,
+                      error=row.error, lines=(row.log or "").splitlines())
+        stored = await self._store.images.get(build.key)
+        if stored is not None and build.state == "succeeded":
+            build.image = ImageRecord.from_stored(stored)
         build._done.set()
         return build
 
@@ -340,7 +344,7 @@ class Ensurer:
                 await task
             except BaseException:  # noqa: BLE001 - shutting down; each build recorded its own fate
                 pass
-        self.flush_last_used()
+        await self.flush_last_used()
 
     async def _run(self, build: Build, prepared: Prepared, slot: tuple[str, bool]) -> None:
         began = time.monotonic()
@@ -348,28 +352,35 @@ class Ensurer:
             build.log(f"envcache: {('refresh of ' if build.refresh else '')}image {build.key} ({build.variant}) queued")
             async with self._slots:
                 build.state, build.started = "running", time.time()
-                self._save(build)
+                await self._store.builds.save(build.record())
                 built, outcome = await self._obtain(build, prepared)
-            build.image, build.outcome = self._record(prepared, built, outcome, build.refresh)
+            build.image, build.outcome = await self._record(prepared, built, outcome, build.refresh)
             build.log(f"envcache: {build.outcome}: {build.image.repository}:{build.image.tag} {build.image.manifest_digest}")
-            build.finish("succeeded")
+            await self._finish(build, "succeeded")
         except asyncio.CancelledError:
-            build.finish("failed", "cancelled: the daemon is shutting down")
+            await asyncio.shield(self._finish(build, "failed", "cancelled: the daemon is shutting down"))
             raise
         except Exception as exc:  # a failed build is an outcome to report, not a crash
             message = str(exc) if isinstance(exc, EnvcacheError) else f"{type(exc).__name__}: {exc}"
             # A BuildFailed message already ends with the log's last lines (which the log has too).
             build.log(f"envcache: build failed: {message}")
-            build.finish("failed", message)
+            await self._finish(build, "failed", message)
             log.info("build %s failed: %s", build.id, message)
         finally:
             self._inflight.pop(slot, None)
-            self._save(build)
-            # Finished builds live on in SQLite; memory only keeps them while followers may
+            # Finished builds live on in the store; memory only keeps them while followers may
             # still be attaching, so a long-running daemon does not accumulate every log.
             asyncio.get_running_loop().call_later(FINISHED_RETENTION, self._builds.pop, build.id, None)
             if self._on_build_done is not None:
-                self._on_build_done(build, time.monotonic() - began)
+                await self._on_build_done(build, time.monotonic() - began)
+
+    async def _finish(self, build: Build, state: str, error: str | None = None) -> None:
+        """End the build: persisted (state and log) before any follower wakes up to read it."""
+        build.state, build.error, build.finished = state, error, time.time()
+        try:
+            await self._store.builds.save(build.record())
+        finally:
+            build.finish(state, error)
 
     async def _obtain(self, build: Build, prepared: Prepared) -> tuple[BuiltLike, str]:
         if not build.refresh:
@@ -380,60 +391,33 @@ class Ensurer:
         built = await self._builder(prepared, build.log)
         return built, "built"
 
-    def images(self, limit: int) -> list[ImageRecord]:
+    async def images(self, limit: int) -> list[ImageRecord]:
         """Cached images, most recently used first (as of the last flush of ``last_used``)."""
-        return [ImageRecord.from_row(row) for row in
-                self._db.query("select * from images order by last_used desc limit ?", [limit])]
+        return [ImageRecord.from_stored(image) for image in await self._store.images.recent(limit)]
 
-    def image(self, key: str) -> ImageRecord:
+    async def image(self, key: str) -> ImageRecord:
         """One cached image by key, as filed (no registry check: that is :meth:`lookup`'s job)."""
-        row = self._row(key)
-        if row is None:
+        stored = await self._store.images.get(key)
+        if stored is None:
             raise NotFound(f"no image with key {key[:80]!r}")
-        return ImageRecord.from_row(row)
+        return ImageRecord.from_stored(stored)
 
-    def _row(self, key: str) -> dict[str, Any] | None:
-        rows = list(self._db.query("select * from images where key = ?", [key]))  # key is the pk: 0 or 1 row
-        return rows[0] if rows else None
-
-    def _record(self, prepared: Prepared, built: BuiltLike, outcome: str, refresh: bool) -> tuple[ImageRecord, str]:
+    async def _record(self, prepared: Prepared, built: BuiltLike, outcome: str,
+                      refresh: bool) -> tuple[ImageRecord, str]:
         """File the image under its key → (record, outcome).
 
         A refresh that resolved exactly the same versions keeps the image already filed (its
-        row stays as it is; the tag the builder moved goes back to it), so clients holding the
+        entry stays as it is; the tag the builder moved goes back to it), so clients holding the
         old digest are not told about a "new" image that differs only in timestamps.
         """
-        previous = self._row(prepared.key) if refresh else None
-        if previous is not None and json.loads(previous["lock"] or "{}") == (built.lock or {}):
-            if self._set_tag is not None and previous["manifest_digest"] != built.manifest_digest:
-                self._set_tag(previous["repository"], previous["tag"], previous["manifest_digest"])
-            return ImageRecord.from_row(previous), "unchanged"
+        previous = await self._store.images.get(prepared.key) if refresh else None
+        if previous is not None and previous.lock == (built.lock or {}):
+            if self._track_tags and previous.manifest_digest != built.manifest_digest:
+                await self._store.set_tag(previous.repository, previous.tag, previous.manifest_digest)
+            return ImageRecord.from_stored(previous), "unchanged"
         now = time.time()
-        row = {
-            "key": prepared.key, "variant": prepared.variant, "spec_hash": prepared.spec_hash,
-            "canonical": prepared.canonical, "repository": built.repository, "tag": built.tag,
-            "manifest_digest": built.manifest_digest, "size": built.size, "created": now, "last_used": now,
-            "lock": json.dumps(built.lock or {}, sort_keys=True), "base_digest": prepared.base_digest,
-            "recipe_version": self.recipe_version,
-        }
-        self._db["images"].upsert(row, pk="key")
-        return ImageRecord.from_row(row), outcome
-
-    def _save(self, build: Build) -> None:
-        self._db["builds"].upsert(
-            {
-                "id": build.id, "key": build.key, "variant": build.variant, "spec_hash": build.spec_hash,
-                "env_name": build.env_name, "env_version": build.env_version, "state": build.state,
-                "created": build.created, "started": build.started, "finished": build.finished,
-                "error": build.error, "log": "\n".join(build.lines) if build.done else None,
-            },
-            pk="id",
-        )
-
-    def _recover_interrupted(self) -> None:
-        """Builds left queued/running by a daemon that died are failed, not left hanging forever."""
-        with self._db.conn:
-            self._db.conn.execute(
-                "update builds set state = 'failed', error = 'interrupted: the daemon stopped during the build', "
-                "finished = ? where state in ('queued', 'running')", [time.time()]
-            )
+        stored = StoredImage(prepared.key, prepared.variant, prepared.spec_hash, prepared.canonical, built.repository,
+                             built.tag, built.manifest_digest, built.size, now, now, dict(built.lock or {}),
+                             prepared.base_digest, self.recipe_version)
+        await self._store.images.put(stored)
+        return ImageRecord.from_stored(stored), outcome

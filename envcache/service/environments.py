@@ -11,19 +11,19 @@ prefix is reserved for them so a user can never shadow one.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.errors import InvalidInput, NotFound
+from envcache.service import schemas
+from envcache.store import EnvironmentVersion
 from envcache.definition import definition_from_dict, definition_to_dict, load_definition, spec_hash
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from envcache.definition.model import Definition
+    from envcache.store.interfaces import Environments as EnvironmentStore
 
 RESERVED_PREFIX = "envcache-"
 CURATED_DIR = Path(__file__).resolve().parents[2] / "config" / "curated"
@@ -39,13 +39,16 @@ class EnvironmentRecord:
     created: float
     curated: bool = False
 
+    @classmethod
+    def of(cls, version: EnvironmentVersion) -> EnvironmentRecord:
+        return cls(version.name, version.version, version.spec_hash, version.definition, version.created)
+
     def as_definition(self) -> Definition:
         """The stored definition as a spec Definition ready for ensure (no second read of the row)."""
         return definition_from_dict(self.definition, source=f"environment {self.name}:{self.version}")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "spec_hash": self.spec_hash,
-                "definition": self.definition, "created": self.created, "curated": self.curated}
+    def model(self) -> schemas.Environment:
+        return schemas.Environment(self.name, self.version, self.spec_hash, self.definition, self.created, self.curated)
 
 
 def check_name(name: Any) -> str:
@@ -59,10 +62,10 @@ def check_name(name: Any) -> str:
 
 
 class Environments:
-    """Registered environments in the ``environments`` table, curated ones from files."""
+    """Registered environments in the store, curated ones from files."""
 
-    def __init__(self, db: Database, curated_dir: Path = CURATED_DIR) -> None:
-        self._db = db
+    def __init__(self, store: EnvironmentStore, curated_dir: Path = CURATED_DIR) -> None:
+        self._store = store
         self._curated = self._load_curated(curated_dir)
 
     def _load_curated(self, directory: Path) -> dict[str, EnvironmentRecord]:
@@ -77,67 +80,37 @@ class Environments:
             )
         return curated
 
-    def register(self, name: str, definition: Definition) -> tuple[EnvironmentRecord, bool]:
+    async def register(self, name: str, definition: Definition) -> tuple[EnvironmentRecord, bool]:
         """Store ``definition`` under ``name``; returns (record, True if a new version was made)."""
         check_name(name)
         if name.startswith(RESERVED_PREFIX):
             raise InvalidInput(f"environment names starting with {RESERVED_PREFIX!r} are reserved for curated environments")
-        shash = spec_hash(definition)
-        with self._db.conn:  # one transaction: two registrations cannot both take version N+1
-            latest = self._db.execute(
-                "select version, spec_hash from environments where name = ? order by version desc limit 1", [name]
-            ).fetchone()
-            if latest is not None and latest[1] == shash:
-                return self.get(name, latest[0]), False
-            version = 1 if latest is None else latest[0] + 1
-            body = definition_to_dict(definition, redact=True)  # never store secrets in clear
-            body["name"], body["version"] = name, str(version)  # the labels follow the registry
-            now = time.time()
-            self._db.conn.execute(
-                "insert into environments (name, version, spec_hash, definition, created) values (?, ?, ?, ?, ?)",
-                [name, version, shash, json.dumps(body, sort_keys=True), now],
-            )
-        return EnvironmentRecord(name, version, shash, body, now), True
+        # Never store secrets in clear: the registry keeps the redacted definition.
+        version, created = await self._store.register(name, spec_hash(definition),
+                                                      definition_to_dict(definition, redact=True), time.time())
+        return EnvironmentRecord.of(version), created
 
-    def get(self, name: str, version: int | None = None) -> EnvironmentRecord:
+    async def get(self, name: str, version: int | None = None) -> EnvironmentRecord:
         """One version, the latest when ``version`` is None."""
         if name in self._curated:
             record = self._curated[name]
             if version not in (None, record.version):
                 raise NotFound(f"curated environment {name} has only version {record.version}")
             return record
-        if version is None:
-            row = self._db.execute(
-                "select name, version, spec_hash, definition, created from environments where name = ? "
-                "order by version desc limit 1", [name]
-            ).fetchone()
-        else:
-            row = self._db.execute(
-                "select name, version, spec_hash, definition, created from environments where name = ? and version = ?",
-                [name, version],
-            ).fetchone()
-        if row is None:
+        found = await self._store.get(name, version)
+        if found is None:
             which = f"version {version} of environment {name!r}" if version is not None else f"environment {name!r}"
             raise NotFound(f"no {which}")
-        return EnvironmentRecord(row[0], row[1], row[2], json.loads(row[3]), row[4])
+        return EnvironmentRecord.of(found)
 
-    def versions(self, name: str) -> list[EnvironmentRecord]:
+    async def versions(self, name: str) -> list[EnvironmentRecord]:
         if name in self._curated:
             return [self._curated[name]]
-        rows = self._db.execute(
-            "select name, version, spec_hash, definition, created from environments where name = ? order by version",
-            [name],
-        ).fetchall()
-        if not rows:
+        found = await self._store.versions(name)
+        if not found:
             raise NotFound(f"no environment {name!r}")
-        return [EnvironmentRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+        return [EnvironmentRecord.of(v) for v in found]
 
-    def list(self) -> list[EnvironmentRecord]:
+    async def list(self) -> list[EnvironmentRecord]:
         """The latest version of every environment, curated first."""
-        rows = self._db.execute(
-            "select e.name, e.version, e.spec_hash, e.definition, e.created from environments e "
-            "join (select name, max(version) v from environments group by name) m on e.name = m.name and e.version = m.v "
-            "order by e.name"
-        ).fetchall()
-        registered = [EnvironmentRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
-        return [*self._curated.values(), *registered]
+        return [*self._curated.values(), *(EnvironmentRecord.of(v) for v in await self._store.latest())]

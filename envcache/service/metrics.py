@@ -1,4 +1,5 @@
-"""Prometheus ``/metrics``: how well the cache works (hit rate), what builds cost, what is served.
+"""Prometheus ``/metrics``: how well the cache works (hit rate), what builds cost, what is served,
+and what the upstream tier does.
 
 Each app gets its own :class:`~prometheus_client.CollectorRegistry` so two daemons in one
 process (the test suite runs several) never share or double-register counters.
@@ -6,10 +7,18 @@ process (the test suite runs several) never share or double-register counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from envcache.upstream.push import push_status
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from envcache.upstream.source import UpstreamSource
 
 
 class Metrics:
@@ -29,36 +38,65 @@ class Metrics:
         )
         self.queue_depth = Gauge("envcache_build_queue_depth", "Builds waiting for a build slot", registry=self.registry)
         self.builds_running = Gauge("envcache_builds_running", "Builds in progress", registry=self.registry)
+        # Read before each scrape: values that live in the store (prometheus collects synchronously).
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def bind_queue(self, depth: Callable[[], int], running: Callable[[], int]) -> None:
         """Gauges read the live value at scrape time instead of being kept in sync by hand."""
         self.queue_depth.set_function(depth)
         self.builds_running.set_function(running)
 
-    def render(self) -> bytes:
+    def watch_upstream(self, source: UpstreamSource) -> None:
+        collector = _UpstreamCollector(source)
+        self.registry.register(collector)
+        self._refreshers.append(collector.refresh)
+
+    async def render(self) -> bytes:
+        for refresh in self._refreshers:
+            await refresh()
         return generate_latest(self.registry)
 
+    async def handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=await self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-METRICS_KEY = web.AppKey("envcache_metrics", Metrics)
-
-
-async def _metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _count_blob_bytes(request: web.Request, response: web.StreamResponse) -> None:
-    """Count /v2 blob bodies as they are sent (FileResponse knows its length at prepare time)."""
-    if request.method == "GET" and request.path.startswith("/v2/") and "/blobs/" in request.path:
-        length = response.content_length
-        if length and 200 <= response.status < 300:
-            request.app[METRICS_KEY].bytes_served.inc(length)
+    async def count_blob_bytes(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Count /v2 blob bodies as they are sent (FileResponse knows its length at prepare time)."""
+        if request.method == "GET" and request.path.startswith("/v2/") and "/blobs/" in request.path:
+            length = response.content_length
+            if length and 200 <= response.status < 300:
+                self.bytes_served.inc(length)
 
 
-def setup(app: web.Application) -> Metrics:
-    """Create the app's metrics, serve them at /metrics, count registry bytes."""
-    metrics = Metrics()
-    app[METRICS_KEY] = metrics
-    app.router.add_get("/metrics", _metrics_handler)
-    app.on_response_prepare.append(_count_blob_bytes)
-    return metrics
+class _UpstreamCollector:
+    """Pulls by result, bytes, and pushes by state. Push states come from the store's push log,
+    so a push that failed before a restart still shows up as failed until it is retried."""
 
+    def __init__(self, source: UpstreamSource) -> None:
+        self.source = source
+        self.push_counts: dict[str, int] = {}
+
+    async def refresh(self) -> None:
+        self.push_counts = (await push_status(self.source.store.pushes, limit=0))["counts"]
+
+    def describe(self) -> list[Any]:
+        return []   # values are read live in collect(); nothing to pre-register
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counters = self.source.counters
+        pulls = CounterMetricFamily("envcache_upstream_pulls", "Image lookups on upstream registries, by result",
+                                    labels=["result"])
+        pulls.add_metric(["hit"], counters["pull_hits"])
+        pulls.add_metric(["miss"], counters["pull_misses"])
+        pulls.add_metric(["error"], counters["pull_errors"])
+        yield pulls
+        yield CounterMetricFamily("envcache_upstream_stage_pulls", "Shared stage images pulled before a build",
+                                  value=counters["stage_pulls"])
+        yield CounterMetricFamily("envcache_upstream_pulled_bytes", "Blob bytes copied from upstream registries",
+                                  value=counters["bytes_pulled"])
+        pushes = GaugeMetricFamily("envcache_upstream_pushes", "Pushes to upstream registries, by state",
+                                   labels=["state"])
+        for state, count in self.push_counts.items():
+            pushes.add_metric([state], count)
+        yield pushes

@@ -1,4 +1,8 @@
-"""What the daemon keeps: a SQLite index and content-addressed blob files.
+"""What the daemon keeps: metadata repositories and content-addressed blob storage.
+
+Interfaces in :mod:`~envcache.store.interfaces`; the embedded implementation is a SQLite index
+(:mod:`~envcache.store.sqlite`, where all of envcache's SQL lives) and blob files
+(:mod:`~envcache.store.files`); :func:`open_store` groups them as a :class:`Store`.
 
 On-disk layout of a data directory (this docstring is the one place it is written down; the
 README reproduces it)::
@@ -7,8 +11,8 @@ README reproduces it)::
       .lock                  flock held by the process that owns the directory (the daemon);
                              only the owner runs the start-up clean-up of tmp/ and uploads/.
       envcache.db            SQLite index (WAL mode; -wal and -shm files beside it). Schema in
-                             envcache/store/schema.py, versioned by the schema_version table and
-                             migrated forward on open.
+                             envcache/store/sqlite/schema.py, versioned by the schema_version
+                             table and migrated forward on open.
       blobs/
         sha256/<h0h1>/<hex>  one immutable file per blob (layers, configs, and manifests too),
         sha512/<h0h1>/<hex>  named by its digest; fanned out by the first two hex characters.
@@ -23,7 +27,15 @@ The database is the index, the blob files are the truth: a blob becomes visible 
 atomic rename after its digest and size were verified and the file was fsync'd.
 """
 
-from envcache.store.blobs import BlobStore, DigestMismatch, SizeMismatch
-from envcache.store.store import Manifest, ManifestBlobUnknown, Store, UploadSession
+from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch
+from envcache.store.records import (
+    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StoredImage, StoredManifest,
+    UploadSession,
+)
+from envcache.store.store import Busy, Store, StoreSettings, open_store
 
-__all__ = ["BlobStore", "DigestMismatch", "Manifest", "ManifestBlobUnknown", "SizeMismatch", "Store", "UploadSession"]
+__all__ = [
+    "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry", "KnownLayer",
+    "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "Store", "StoreSettings", "StoredImage", "StoredManifest",
+    "UploadSession", "open_store",
+]

@@ -21,19 +21,14 @@ still wrong afterwards (the CLI exits 1 when that is non-zero).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from envcache.store.blobs import fsync_dir, hash_file
 from envcache.errors import InvalidInput
-from envcache.oci import parse_digest
-from envcache.store.gc import iter_blob_files, manifest_refs
-
-if TYPE_CHECKING:
-    from envcache.store.store import Store
+from envcache.store.gc import manifest_refs
+from envcache.store.records import FileEntry
+from envcache.store.store import Store
 
 
 @dataclass
@@ -97,64 +92,60 @@ class FsckReport:
         return "\n".join(lines)
 
 
-def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
+async def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
     """Check ``store`` (and with ``repair`` fix its index); see the module docstring."""
     started = time.monotonic()
     report = FsckReport(repair=repair)
-    db = store.db
-    sql = db.conn.execute
-    quarantine = store.data_dir / "quarantine"
 
     # 1. The files: verify each against its name.
-    good: dict[str, int] = {}
-    for digest, path in iter_blob_files(store.blobs.root):
-        if digest is None:
-            if path.is_file() or path.is_symlink():
-                report.stray_files.append(str(path.relative_to(store.data_dir)))
-                if repair:
-                    report.quarantined.append(_quarantine(path, quarantine, "stray-" + path.name))
+    good: dict[str, FileEntry] = {}
+    async for entry in store.files.blobs():
+        if entry.digest is None:
+            report.stray_files.append(entry.key)
+            if repair:
+                report.quarantined.append(await store.files.quarantine(entry, "stray-" + entry.key.rsplit("/", 1)[-1]))
             continue
-        actual, size = hash_file(path, parse_digest(digest)[0])
+        actual, size = await store.files.digest_of(entry)
         report.blobs_checked += 1
         report.bytes_checked += size
-        if actual != digest:
-            report.corrupt.append(f"{digest} (content hashes to {actual})")
+        if actual != entry.digest:
+            report.corrupt.append(f"{entry.digest} (content hashes to {actual})")
             if repair:
-                report.quarantined.append(_quarantine(path, quarantine, digest.replace(":", "-")))
+                report.quarantined.append(await store.files.quarantine(entry, entry.digest.replace(":", "-")))
             continue
-        good[digest] = size
+        good[entry.digest] = entry
 
     # 2. The manifests: which blobs they need (and with what media type), which are broken.
     media_types: dict[str, str] = {}
-    manifests = [tuple(row) for row in sql("SELECT repository, digest, media_type FROM manifests")]
+    manifests = await store.manifests.all()
     needs: dict[tuple[str, str], list[str]] = {}
-    lost_manifests: list[tuple[str, str]] = []
-    for repo, digest, media_type in manifests:
-        media_types.setdefault(digest, media_type)
-        if digest not in good:
-            lost_manifests.append((repo, digest))
-            report.manifests_missing.append(f"{repo}@{digest}")
+    lost: list[tuple[str, str]] = []
+    for m in manifests:
+        media_types.setdefault(m.digest, m.media_type)
+        if m.digest not in good:
+            lost.append((m.repository, m.digest))
+            report.manifests_missing.append(f"{m.repository}@{m.digest}")
             continue
         try:
-            refs = manifest_refs(store.blobs.path(digest).read_bytes())
-        except (OSError, InvalidInput):
+            refs = manifest_refs(await store.files.read(m.digest) or b"")
+        except InvalidInput:
             continue  # the bytes match the digest, so this is what was pushed: nothing to repair
-        needs[(repo, digest)] = refs.blobs
+        needs[(m.repository, m.digest)] = refs.blobs
         for blob, blob_type in refs.media_types.items():
             media_types.setdefault(blob, blob_type)
-    lost_set = set(lost_manifests)
+    lost_set = set(lost)
 
     # 3. The blob rows against the good files.
-    rows = {d: size for d, size in sql("SELECT digest, size FROM blobs")}
+    rows = {row.digest: row.size for row in await store.blobs.all()}
     report.rows_missing = sorted(d for d in good if d not in rows)
-    report.rows_wrong_size = sorted(f"{d} (row says {rows[d]}, file has {good[d]})"
-                                    for d in good if d in rows and rows[d] != good[d])
+    report.rows_wrong_size = sorted(f"{d} (row says {rows[d]}, file has {good[d].size})"
+                                    for d in good if d in rows and rows[d] != good[d].size)
     gone = sorted(d for d in rows if d not in good)
-    corrupt_digests = {item.split(" ", 1)[0] for item in report.corrupt}
-    report.files_missing = sorted(d for d in gone if d not in corrupt_digests)
+    corrupt = {item.split(" ", 1)[0] for item in report.corrupt}
+    report.files_missing = sorted(d for d in gone if d not in corrupt)
 
     # 4. Links every intact manifest needs, dangling references, dangling tags and images.
-    links = {(r, d) for r, d in sql("SELECT repository, digest FROM repository_blobs")}
+    links = {(r, d) for r, d, _ in await store.blobs.links()}
     missing_links: list[tuple[str, str]] = []
     broken = set(lost_set)
     for (repo, digest), blobs in sorted(needs.items()):
@@ -166,62 +157,30 @@ def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
             broken.add((repo, digest))
             report.dangling_manifests.append(f"{repo}@{digest}: missing blob {', '.join(absent)}")
     report.links_missing = [f"{r} {d}" for r, d in missing_links]
-    stored = {(r, d) for r, d, _ in manifests}
-    dangling_tags = [(r, t) for r, t, d in sql("SELECT repository, tag, digest FROM tags")
+    stored = {(m.repository, m.digest) for m in manifests}
+    dangling_tags = [(r, t) for r, t, d in await store.manifests.roots_for_gc()
                      if (r, d) not in stored or (r, d) in lost_set]
     report.tags_dangling = [f"{r}:{t}" for r, t in dangling_tags]
-    images_broken = [key for key, repo, digest in sql("SELECT key, repository, manifest_digest FROM images")
-                     if (repo, digest) in broken or (repo, digest) not in stored]
-    report.images_dangling = sorted(images_broken)
+    images_broken = sorted(key for key, repo, digest in await store.images.roots_for_gc()
+                           if (repo, digest) in broken or (repo, digest) not in stored)
+    report.images_dangling = images_broken
 
     if repair:
-        now = time.time()
-        # sqlite3's implicit transactions: a statement someone ran without committing would make
-        # BEGIN fail; the next ``with conn:`` would commit it anyway, so commit it now.
-        if db.conn.in_transaction:
-            db.conn.commit()
-        sql("BEGIN IMMEDIATE")
-        try:
+        async with store.transaction():
             for digest in report.rows_missing:
-                created = store.blobs.path(digest).stat().st_mtime
-                sql("INSERT INTO blobs (digest, size, media_type, created, last_access) VALUES (?, ?, ?, ?, ?)",
-                    [digest, good[digest], media_types.get(digest), created, now])
-            for digest in good:
-                if digest in rows and rows[digest] != good[digest]:
-                    sql("UPDATE blobs SET size = ? WHERE digest = ?", [good[digest], digest])
-            for digest in gone:
-                sql("DELETE FROM blobs WHERE digest = ?", [digest])
-                sql("DELETE FROM repository_blobs WHERE digest = ?", [digest])
-            for repo, digest in lost_manifests:
-                sql("DELETE FROM manifests WHERE repository = ? AND digest = ?", [repo, digest])
-            for repo, tag in dangling_tags:
-                sql("DELETE FROM tags WHERE repository = ? AND tag = ?", [repo, tag])
+                await store.blobs.restore(digest, good[digest].size, media_types.get(digest), good[digest].modified)
+            for digest, entry in good.items():
+                if digest in rows and rows[digest] != entry.size:
+                    await store.blobs.set_size(digest, entry.size)
+            await store.blobs.forget(gone)
+            await store.manifests.delete_many(lost)
+            await store.manifests.delete_tags(dangling_tags)
             for repo, blob in missing_links:
-                sql("INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", [repo, now])
-                sql("INSERT OR IGNORE INTO repository_blobs (repository, digest, created) VALUES (?, ?, ?)",
-                    [repo, blob, now])
-            for key in images_broken:
-                sql("DELETE FROM images WHERE key = ?", [key])
-        except BaseException:
-            db.conn.rollback()
-            raise
-        db.conn.commit()
+                await store.blobs.link(repo, [blob])
+            await store.images.delete(images_broken)
         # Only a manifest naming a blob that no file holds cannot be fixed from the files.
         report.unrepaired = len(report.dangling_manifests)
     else:
         report.unrepaired = report.problems
     report.seconds = time.monotonic() - started
     return report
-
-
-def _quarantine(path: Path, quarantine: Path, name: str) -> str:
-    """Move ``path`` out of the blob tree (same filesystem: an atomic rename); returns where to."""
-    quarantine.mkdir(exist_ok=True)
-    target = quarantine / name
-    if target.exists():
-        target = quarantine / f"{name}.{time.time_ns()}"
-    os.replace(path, target)
-    fsync_dir(quarantine)
-    fsync_dir(path.parent)
-    return str(target)
-

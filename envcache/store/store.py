@@ -1,226 +1,182 @@
-"""The daemon's store: the SQLite index plus blob files (layout in :mod:`envcache.store`)."""
+"""The :class:`Store` upper layers receive: the repositories and blob storage of one daemon, and
+the operations that span them.
+
+Distribution's handlers call ``digest.Parse`` and then ``Upload.Commit``, one storage call that
+verifies, moves, links and cleans up; the methods here have that shape too: ``commit_upload``,
+``put_manifest``, ``write_blob`` each do every step of their job, in the order the contracts
+of :mod:`envcache.store.interfaces` require (visible before indexed, indexed before linked).
+"""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
-import shutil
 import time
 import uuid
+from collections.abc import AsyncIterable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from envcache.errors import InvalidInput, NotFound
-from envcache.store.blobs import BlobStore, DigestMismatch
+from envcache.errors import NotFound
 from envcache.oci import (
     MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, parse_digest,
     parse_manifest,
 )
-from envcache.store.schema import migrate
+from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch, check_content
+from envcache.store.interfaces import (
+    BaseDigests, BlobDriver, BlobIndex, Builds, Environments, Images, LayerMap, Manifests, Metadata, PushLog,
+    UploadSpool, Uploads,
+)
+from envcache.store.records import FileEntry, StoredManifest, UploadSession
 
-class ManifestBlobUnknown(InvalidInput):
-    """An image manifest names a config or layer blob that was never pushed."""
-
-    def __init__(self, digest: str) -> None:
-        super().__init__(f"manifest references blob {digest} which is not in the registry")
-        self.digest = digest
-
-
-@dataclass(frozen=True)
-class Manifest:
-    digest: str
-    media_type: str
-    body: bytes
-    size: int = 0
-    subject: str | None = None
+#: Is this upload session receiving bytes right now? (The registry knows; gc must not expire it.)
+Busy = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
-class UploadSession:
-    id: str
-    repository: str
-    offset: int
-    created: float
-    updated: float
+class StoreSettings:
+    """Where the store lives: a data directory (SQLite + blob files) today."""
+
+    data_dir: Path
 
 
+@dataclass
 class Store:
-    """Open (creating or migrating) the store under ``data_dir``."""
+    """One daemon's metadata repositories and blob storage."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = Path(data_dir)
-        for sub in ("blobs", "tmp", "uploads"):
-            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.data_dir / "envcache.db")
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.enable_wal()
-        # WAL + NORMAL: a commit survives a process crash; blob durability comes from fsync.
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.schema_version = migrate(self.db)
-        self.blobs = BlobStore(self.data_dir / "blobs", self.data_dir / "tmp", self.db)
-        # Start-up housekeeping deletes temp files and cuts uploads back; only the process that
-        # owns the data directory may do that, or a second opener (a CLI command, a test looking
-        # at a running daemon's store) would destroy the owner's writes in progress.
-        self._lock_fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.owner = True
-        except BlockingIOError:
-            self.owner = False
-        if self.owner:
-            self._clean_tmp()
-            self._reconcile_uploads()
+    data_dir: Path
+    metadata: Metadata
+    files: BlobDriver
+    spool: UploadSpool
+    blobs: BlobIndex
+    manifests: Manifests
+    uploads: Uploads
+    images: Images
+    builds: Builds
+    environments: Environments
+    layers: LayerMap
+    base_digests: BaseDigests
+    pushes: PushLog
+    #: True for the process that holds the data directory's lock: only the owner runs the
+    #: start-up clean-up, and only the owner may collect garbage.
+    owner: bool = False
+    _lock_fd: int = -1
 
-    def close(self) -> None:
-        self.db.close()
+    @property
+    def schema_version(self) -> int:
+        return self.metadata.schema_version
+
+    def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[None]:
+        return self.metadata.transaction(write=write)
+
+    async def close(self) -> None:
+        self.metadata.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
-    # -- start-up housekeeping ------------------------------------------------------------
-    def _clean_tmp(self) -> None:
-        """Temp files are private to one write; any left over are from a crash and worthless."""
-        for entry in self.blobs.tmp.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    # -- blobs ---------------------------------------------------------------------------------
+    async def write_blob(self, data: bytes | AsyncIterable[bytes], expected_digest: str | None = None,
+                         expected_size: int | None = None, media_type: str | None = None) -> tuple[str, int]:
+        """Store and index verified bytes; returns ``(digest, size)``."""
+        if isinstance(data, bytes):  # small (a manifest, a config): skip the write when it is stored
+            digest = digest_bytes(data, parse_digest(expected_digest)[0] if expected_digest else "sha256")
+            check_content(digest, len(data), expected_digest, expected_size)
+            if await self.has_blob(digest):
+                await self.blobs.record(digest, len(data), media_type)
+                return digest, len(data)
+        digest, size = await self.files.write(data, expected_digest, expected_size)
+        await self.blobs.record(digest, size, media_type)
+        return digest, size
 
-    def _reconcile_uploads(self) -> None:
-        """Make every upload session resumable from its last acknowledged offset.
+    async def adopt_blob(self, path: Path, expected_digest: str | None = None, *, verified: bool = False,
+                         media_type: str | None = None) -> tuple[str, int]:
+        """Take a finished local file in as a blob (see :meth:`BlobDriver.adopt`) and index it."""
+        digest, size = await self.files.adopt(path, expected_digest, verified=verified)
+        await self.blobs.record(digest, size, media_type)
+        return digest, size
 
-        A chunk that was still streaming when the daemon stopped was never acknowledged, so the
-        data file is cut back to the recorded offset; files without a row (or rows without a
-        file) are dropped. Nothing here ever turns a partial upload into a blob.
+    async def put_blob(self, repository: str, data: AsyncIterable[bytes], expected_digest: str,
+                       expected_size: int | None = None) -> tuple[str, int]:
+        """A monolithic upload: store, index and make visible in ``repository``."""
+        digest, size = await self.write_blob(data, expected_digest, expected_size)
+        await self.blobs.link(repository, [digest])
+        return digest, size
+
+    async def has_blob(self, digest: str) -> bool:
+        return await self.files.stat(digest) is not None
+
+    async def blob_visible(self, repository: str, digest: str) -> bool:
+        """Linked into ``repository`` and present."""
+        return await self.blobs.linked(repository, digest) and await self.has_blob(digest)
+
+    # -- manifests -----------------------------------------------------------------------------
+    async def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        """Store ``body`` byte for byte; ``reference`` is a tag (moved to it) or its digest (checked).
+
+        An image manifest's config and layers must be present; the body becomes a blob, then
+        the manifest is recorded with the links it needs and its tag, in one transaction.
         """
-        known: set[str] = set()
-        for row in list(self.db["upload_sessions"].rows):
-            data = self.upload_path(row["id"])
-            if not data.is_file():
-                self.db["upload_sessions"].delete(row["id"])
-                continue
-            size = data.stat().st_size
-            if size < row["offset"]:
-                # Acknowledged bytes were lost (power failure before writeback): unrecoverable.
-                self.delete_upload(row["id"])
-                continue
-            if size > row["offset"]:
-                os.truncate(data, row["offset"])
-            known.add(row["id"])
-        for entry in (self.data_dir / "uploads").iterdir():
-            if entry.name not in known:
-                entry.unlink(missing_ok=True)
-
-    # -- repositories and blob links -------------------------------------------------------
-    def ensure_repository(self, name: str) -> None:
-        check_name(name)
-        with self.db.conn:
-            self.db.execute("INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", [name, time.time()])
-
-    def repository_exists(self, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM repositories WHERE name = ?", [name]).fetchone() is not None
-
-    def link_blob(self, repository: str, digest: str) -> None:
-        """Make a stored blob visible in ``repository``."""
-        self.ensure_repository(repository)
-        with self.db.conn:
-            self.db.execute(
-                "INSERT OR IGNORE INTO repository_blobs (repository, digest, created) VALUES (?, ?, ?)",
-                [repository, digest, time.time()],
-            )
-
-    def blob_linked(self, repository: str, digest: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM repository_blobs WHERE repository = ? AND digest = ?", [repository, digest]
-        ).fetchone()
-        return row is not None and self.blobs.exists(digest)
-
-    def unlink_blob(self, repository: str, digest: str) -> bool:
-        """Remove a blob from a repository (the file stays until GC: others may share it)."""
-        with self.db.conn:
-            cursor = self.db.execute(
-                "DELETE FROM repository_blobs WHERE repository = ? AND digest = ?", [repository, digest]
-            )
-        return cursor.rowcount > 0
-
-    # -- manifests and tags ------------------------------------------------------------------
-    def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
-        """Store ``body`` byte-for-byte under ``repo``; ``ref`` is a tag (set) or the digest (checked)."""
-        check_name(repo)
+        check_name(repository)
         if len(body) > MAX_MANIFEST_SIZE:
             raise ManifestInvalid(f"manifest is {len(body)} bytes; the limit is {MAX_MANIFEST_SIZE}")
-        if is_digest(ref):
-            algorithm = parse_digest(ref)[0]
-            digest = digest_bytes(body, algorithm)
-            if digest != ref:
-                raise DigestMismatch(f"manifest digest is {digest}, but it was pushed as {ref}")
+        if is_digest(reference):
+            digest = digest_bytes(body, parse_digest(reference)[0])
+            if digest != reference:
+                raise DigestMismatch(f"manifest digest is {digest}, but it was pushed as {reference}")
             tag = None
         else:
-            tag = check_tag(ref)
+            tag = check_tag(reference)
             digest = digest_bytes(body)
         info = parse_manifest(body)
         declared = info.doc.get("mediaType")
         if declared is not None and declared != media_type:
             raise ManifestInvalid(f"manifest mediaType {declared!r} does not match Content-Type {media_type!r}")
-        blobs = [] if info.is_index else [d.digest for d in info.blobs]
-        for blob in blobs:
-            if not self.blobs.exists(blob):
+        needed = [] if info.is_index else [d.digest for d in info.blobs]
+        for blob in needed:
+            if not await self.has_blob(blob):
                 raise ManifestBlobUnknown(blob)
-        self.blobs.write_bytes(body, digest, media_type)
-        self.ensure_repository(repo)
-        now = time.time()
-        with self.db.conn:
-            self.db.execute(
-                "INSERT INTO manifests (repository, digest, media_type, size, subject, artifact_type, "
-                "annotations, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(repository, digest) DO UPDATE SET media_type = excluded.media_type",
-                [repo, digest, media_type, len(body), info.subject.digest if info.subject else None,
-                 info.artifact_type, json.dumps(info.annotations) if info.annotations else None, now],
-            )
-            for blob in [*blobs, digest]:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO repository_blobs (repository, digest, created) VALUES (?, ?, ?)",
-                    [repo, blob, now],
-                )
-            if tag is not None:
-                self._set_tag(repo, tag, digest, now)
+        await self.write_blob(body, digest, media_type=media_type)
+        async with self.transaction():
+            await self.manifests.put(repository, digest, media_type=media_type, size=len(body),
+                                     subject=info.subject.digest if info.subject else None,
+                                     artifact_type=info.artifact_type,
+                                     annotations=json.dumps(info.annotations) if info.annotations else None, tag=tag)
+            await self.blobs.link(repository, [*needed, digest])
         return digest
 
-    def get_manifest(self, repo: str, ref: str, *, with_body: bool = True) -> Manifest | None:
-        """The manifest ``ref`` (tag or digest) names in ``repo``; body read only if asked."""
-        if is_digest(ref):
-            row = self.db.execute(
-                "SELECT digest, media_type, size, subject FROM manifests WHERE repository = ? AND digest = ?",
-                [repo, ref],
-            ).fetchone()
-        else:
-            row = self.db.execute(
-                "SELECT m.digest, m.media_type, m.size, m.subject FROM tags t JOIN manifests m "
-                "ON m.repository = t.repository AND m.digest = t.digest WHERE t.repository = ? AND t.tag = ?",
-                [repo, ref],
-            ).fetchone()
+    async def get_manifest(self, repository: str, reference: str, *, with_body: bool = True) -> StoredManifest | None:
+        """The manifest ``reference`` (tag or digest) names in ``repository``; body read only if asked."""
+        row = await self.manifests.find(repository, reference)
         if row is None:
             return None
         body = b""
         if with_body:
-            try:
-                body = self.blobs.path(row[0]).read_bytes()
-            except FileNotFoundError:
+            found = await self.files.read(row.digest)
+            if found is None:
                 return None
-        return Manifest(digest=row[0], media_type=row[1], body=body, size=row[2], subject=row[3])
+            body = found
+        return StoredManifest(row.digest, row.media_type, body, row.size, row.subject)
 
-    async def config_digest(self, repository: str, ref: str) -> tuple[str, str] | None:
-        """(manifest digest, config digest) of ``repository:ref``, or None.
+    async def set_tag(self, repository: str, tag: str, digest: str) -> None:
+        """Point ``tag`` at a manifest already stored in ``repository``."""
+        check_name(repository)
+        check_tag(tag)
+        if await self.manifests.find(repository, digest) is None:
+            raise NotFound(f"manifest {digest} is not in repository {repository}")
+        await self.manifests.set_tag(repository, tag, digest)
+
+    async def config_digest(self, repository: str, reference: str) -> tuple[str, str] | None:
+        """(manifest digest, config digest) of ``repository:reference``, or None.
 
         The manifest digest is the platform entry :func:`envcache.oci.config_digest` picked when
-        ``ref`` names an index, so an image loaded by it is exactly the one whose config digest
-        keys the image.
+        ``reference`` names an index, so an image loaded by it is exactly the one whose config
+        digest keys the image.
         """
-        manifest = self.get_manifest(repository, ref)
+        manifest = await self.get_manifest(repository, reference)
         if manifest is None:
             return None
         chosen = manifest.digest
@@ -228,110 +184,128 @@ class Store:
         async def child(digest: str) -> bytes | None:
             nonlocal chosen
             chosen = digest
-            found = self.get_manifest(repository, digest)
+            found = await self.get_manifest(repository, digest)
             return found.body if found else None
 
         digest = await config_digest(manifest.body, child)
         return (chosen, digest) if digest else None
 
-    def set_tag(self, repo: str, tag: str, digest: str) -> None:
-        """Point ``tag`` at a manifest already stored in ``repo``."""
-        check_name(repo)
-        check_tag(tag)
-        if self.get_manifest(repo, digest, with_body=False) is None:
-            raise NotFound(f"manifest {digest} is not in repository {repo}")
-        with self.db.conn:
-            self._set_tag(repo, tag, digest, time.time())
-
-    def _set_tag(self, repo: str, tag: str, digest: str, now: float) -> None:
-        self.db.execute(
-            "INSERT INTO tags (repository, tag, digest, updated) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(repository, tag) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
-            [repo, tag, digest, now],
-        )
-
-    def delete_tag(self, repo: str, tag: str) -> bool:
-        with self.db.conn:
-            cursor = self.db.execute("DELETE FROM tags WHERE repository = ? AND tag = ?", [repo, tag])
-        return cursor.rowcount > 0
-
-    def delete_manifest(self, repo: str, digest: str) -> bool:
-        """Remove a manifest and every tag pointing at it from ``repo``."""
-        with self.db.conn:
-            cursor = self.db.execute("DELETE FROM manifests WHERE repository = ? AND digest = ?", [repo, digest])
-            self.db.execute("DELETE FROM tags WHERE repository = ? AND digest = ?", [repo, digest])
-            self.db.execute("DELETE FROM repository_blobs WHERE repository = ? AND digest = ?", [repo, digest])
-        return cursor.rowcount > 0
-
-    def list_tags(self, repo: str, n: int | None = None, last: str | None = None) -> list[str]:
-        """Tags of ``repo`` in order, after ``last``, at most ``n`` (the OCI pagination)."""
-        return self._page("SELECT tag FROM tags WHERE repository = ? AND tag > ? ORDER BY tag LIMIT ?",
-                          [repo], n, last)
-
-    def list_repositories(self, n: int | None = None, last: str | None = None) -> list[str]:
-        """Repository names in order, after ``last``, at most ``n`` (the catalog pagination)."""
-        return self._page("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", [], n, last)
-
-    def _page(self, sql: str, params: list[Any], n: int | None, last: str | None) -> list[str]:
-        # Names and tags are never empty, so '' as ``last`` means "from the start"; LIMIT -1 is
-        # SQLite's "no limit". One statement instead of SQL assembled per optional argument.
-        rows = self.db.execute(sql, [*params, last or "", -1 if n is None else n])
-        return [row[0] for row in rows]
-
-    def referrers(self, repo: str, subject: str, artifact_type: str | None = None) -> list[dict[str, Any]]:
-        """Descriptors of the manifests in ``repo`` whose ``subject`` is ``subject``."""
-        sql = ("SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
-               "WHERE repository = ? AND subject = ?")
-        params = [repo, subject]
-        if artifact_type is not None:
-            sql += " AND artifact_type = ?"
-            params.append(artifact_type)
-        out = []
-        for digest, media_type, size, a_type, notes in self.db.execute(sql + " ORDER BY created", params):
-            descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
-            if a_type:
-                descriptor["artifactType"] = a_type
-            if notes:
-                descriptor["annotations"] = json.loads(notes)
-            out.append(descriptor)
-        return out
-
-    # -- upload sessions ---------------------------------------------------------------------
-    def upload_path(self, session_id: str) -> Path:
-        return self.data_dir / "uploads" / session_id
-
-    def create_upload(self, repo: str) -> UploadSession:
-        self.ensure_repository(repo)
+    # -- upload sessions -------------------------------------------------------------------------
+    async def create_upload(self, repository: str) -> UploadSession:
+        check_name(repository)
+        await self.manifests.ensure_repository(repository)
         now = time.time()
-        session = UploadSession(id=str(uuid.uuid4()), repository=repo, offset=0, created=now, updated=now)
-        self.upload_path(session.id).touch()
-        with self.db.conn:
-            self.db["upload_sessions"].insert(session.__dict__)
+        session = UploadSession(id=str(uuid.uuid4()), repository=repository, offset=0, created=now, updated=now)
+        await self.spool.create_upload(session.id)
+        await self.uploads.create(session)
         return session
 
-    def get_upload(self, session_id: str) -> UploadSession | None:
-        try:
-            uuid.UUID(session_id)
-        except ValueError:
-            return None
-        row = self.db.execute(
-            "SELECT id, repository, offset, created, updated FROM upload_sessions WHERE id = ?", [session_id]
-        ).fetchone()
-        return UploadSession(*row) if row else None
+    async def append_upload(self, session: UploadSession, chunks: AsyncIterable[bytes], *, hasher: Any = None,
+                            expected_size: int | None = None) -> int:
+        """Receive bytes at the session's offset; returns the new acknowledged offset. A short
+        or long body (``expected_size``) raises SizeMismatch and acknowledges nothing."""
+        written = 0
 
-    def set_upload_offset(self, session_id: str, offset: int) -> None:
-        with self.db.conn:
-            self.db.execute(
-                "UPDATE upload_sessions SET offset = ?, updated = ? WHERE id = ?", [offset, time.time(), session_id]
-            )
+        async def checked() -> AsyncIterable[bytes]:
+            nonlocal written
+            async for chunk in chunks:
+                written += len(chunk)
+                yield chunk
+            if expected_size is not None and written != expected_size:
+                raise SizeMismatch(f"received {written} bytes, expected {expected_size}", received=written)
 
-    def delete_upload(self, session_id: str) -> bool:
-        self.upload_path(session_id).unlink(missing_ok=True)
-        with self.db.conn:
-            cursor = self.db.execute("DELETE FROM upload_sessions WHERE id = ?", [session_id])
-        return cursor.rowcount > 0
+        await self.spool.append(session.id, session.offset, checked(), hasher)
+        offset = session.offset + written
+        await self.uploads.set_offset(session.id, offset)
+        return offset
 
-    def idle_uploads(self, ttl: float) -> list[str]:
-        """Ids of sessions idle for more than ``ttl`` seconds (the registry expires them)."""
-        cutoff = time.time() - ttl
-        return [row[0] for row in self.db.execute("SELECT id FROM upload_sessions WHERE updated < ?", [cutoff])]
+    async def commit_upload(self, session: UploadSession, digest: str, *, received: str | None = None) -> int:
+        """Verify the session's bytes against ``digest``, make them blob ``digest``, index it,
+        link it into the session's repository and end the session; returns the blob's size.
+
+        ``received`` is the digest the caller computed while the bytes arrived (saves reading
+        them again). On a mismatch the session is dropped and DigestMismatch raised.
+        """
+        algorithm = parse_digest(digest)[0]
+        actual = received or await self.spool.upload_digest(session.id, algorithm)
+        if actual != digest:
+            await self.drop_upload(session.id)
+            raise DigestMismatch(f"uploaded content has digest {actual}, not {digest}")
+        await self.spool.commit_upload(session.id, digest)
+        await self.blobs.record(digest, session.offset, None)
+        await self.blobs.link(session.repository, [digest])
+        await self.drop_upload(session.id)
+        return session.offset
+
+    async def drop_upload(self, session_id: str) -> bool:
+        await self.spool.delete_upload(session_id)
+        return await self.uploads.delete(session_id)
+
+    async def expire_uploads(self, ttl: float, busy: Busy | None = None, *, now: float | None = None,
+                             dry_run: bool = False) -> list[FileEntry]:
+        """Drop sessions idle for more than ``ttl`` seconds, except those ``busy`` says are
+        receiving bytes; returns what was (or, with ``dry_run``, would be) dropped. The one
+        expiry path: the daemon's periodic sweep and gc both call it."""
+        since = (time.time() if now is None else now) - ttl
+        sizes = {entry.key: entry for entry in await self.spool.upload_entries()}
+        expired = []
+        for session_id in await self.uploads.idle(since):
+            if busy is not None and busy(session_id):
+                continue
+            expired.append(sizes.get(session_id) or FileEntry(session_id, 0, 0.0))
+            if not dry_run:
+                await self.drop_upload(session_id)
+        return expired
+
+    # -- start-up housekeeping ---------------------------------------------------------------------
+    async def _reconcile_uploads(self) -> None:
+        """Make every upload session resumable from its last acknowledged offset.
+
+        A chunk that was still streaming when the daemon stopped was never acknowledged, so the
+        data is cut back to the recorded offset; data without a session (or sessions without
+        data) are dropped. Nothing here ever turns a partial upload into a blob.
+        """
+        known: set[str] = set()
+        for session in await self.uploads.all():
+            size = await self.spool.upload_size(session.id)
+            if size is None:
+                await self.uploads.delete(session.id)
+                continue
+            if size < session.offset:
+                # Acknowledged bytes were lost (power failure before writeback): unrecoverable.
+                await self.drop_upload(session.id)
+                continue
+            if size > session.offset:
+                await self.spool.truncate_upload(session.id, session.offset)
+            known.add(session.id)
+        for entry in await self.spool.upload_entries():
+            if entry.key not in known:
+                await self.spool.delete_upload(entry.key)
+
+
+async def open_store(settings: StoreSettings | Path | str) -> Store:
+    """Open (creating or migrating) the store ``settings`` names.
+
+    Start-up housekeeping deletes temp files and cuts uploads back; only the process that owns
+    the data directory may do that, or a second opener (a CLI command, a test looking at a
+    running daemon's store) would destroy the owner's writes in progress.
+    """
+    from envcache.store.files import LocalFiles
+    from envcache.store.sqlite import open_sqlite
+
+    data_dir = Path(settings.data_dir if isinstance(settings, StoreSettings) else settings)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = LocalFiles(data_dir)
+    sql = open_sqlite(data_dir / "envcache.db")
+    store = Store(data_dir, sql.database, files, files, sql.blobs, sql.manifests, sql.uploads, sql.images, sql.builds,
+                  sql.environments, sql.layers, sql.base_digests, sql.pushes)
+    store._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(store._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        store.owner = True
+    except BlockingIOError:
+        store.owner = False
+    if store.owner:
+        files.clear_temp()
+        await store._reconcile_uploads()
+    return store

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.oci import DOCKER_HUB_HOSTS, ImageRef, parse_reference
-from envcache.upstream.client import RegistryClient
+from envcache.oci import DOCKER_HUB_HOSTS, ImageRef, config_digest, parse_reference
+from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import pull_image
 
@@ -108,6 +108,22 @@ class BasePuller:
         self._own.clear()
 
 
+async def remote_registry(reference: str) -> str | None:
+    """A base resolver: the config digest of ``reference`` asked of its own registry,
+    anonymously (configured upstreams and mirrors are the pull-through's job)."""
+    ref = parse_reference(reference)
+    async with RegistryClient(origin_upstream(ref, []), timeouts=Timeouts(connect=3.0, read=10.0)) as client:
+        manifest = await client.get_manifest(ref.path, ref.ref)
+        if manifest is None:
+            return None
+
+        async def child(digest: str) -> bytes | None:
+            found = await client.get_manifest(ref.path, digest)
+            return found.body if found else None
+
+        return await config_digest(manifest.body, child)
+
+
 def stored_copy(store: Store) -> Callable[[str], Awaitable[tuple[str, str] | None]]:
     """``reference`` → (repository, manifest digest) of its pulled-through copy in ``store``, or None.
 
@@ -122,7 +138,7 @@ def stored_copy(store: Store) -> Callable[[str], Awaitable[tuple[str, str] | Non
         except InvalidInput:
             return None
         repository = ref.local_repository
-        found = await store.config_digest(repository, ref.ref) if store.repository_exists(repository) else None
+        found = await store.config_digest(repository, ref.ref)
         return (repository, found[0]) if found else None
 
     return stored

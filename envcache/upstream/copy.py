@@ -69,9 +69,9 @@ async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: 
         if manifest.media_type not in INDEX_TYPES and children:
             raise UpstreamError(f"upstream {client.upstream.url}: {manifest.digest} is an image manifest with children")
         for child in children:
-            if store.get_manifest(local_repo, child.digest) is not None:
+            if await store.get_manifest(local_repo, child.digest) is not None:
                 stats.notes.append(f"manifest {child.digest} already local")
-                stats.size += image_size(store, local_repo, child.digest)
+                stats.size += await image_size(store, local_repo, child.digest)
                 continue
             fetched = await client.get_manifest(remote_repo, child.digest)
             if fetched is None:
@@ -81,13 +81,13 @@ async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: 
         for blob in blobs:
             size = blob.size or 0
             stats.size += size
-            if store.blobs.exists(blob.digest):
+            if await store.has_blob(blob.digest):
                 stats.blobs_skipped += 1
                 continue
             _, chunks = await client.blob_stream(remote_repo, blob.digest, size)
             try:
-                await store.blobs.write(chunks, expected_digest=blob.digest, expected_size=size,
-                                        media_type=blob.media_type)
+                await store.write_blob(chunks, expected_digest=blob.digest, expected_size=size,
+                                       media_type=blob.media_type)
             except InvalidInput as exc:   # digest or size mismatch: the store kept nothing
                 raise UpstreamError(f"upstream {client.upstream.url}: blob {blob.digest} "
                                     f"failed verification: {exc}") from exc
@@ -98,17 +98,17 @@ async def pull_image(client: RegistryClient, remote_repo: str, ref: str, store: 
     # Children before parents: the tag (on the top manifest) goes in last.
     for manifest in reversed(ordered):
         is_top = manifest is top
-        store.put_manifest(local_repo, manifest.digest, manifest.body, manifest.media_type)
+        await store.put_manifest(local_repo, manifest.digest, manifest.body, manifest.media_type)
         stats.manifests += 1
         if is_top and local_tag:
-            store.set_tag(local_repo, local_tag, manifest.digest)
+            await store.set_tag(local_repo, local_tag, manifest.digest)
     return stats
 
 
 async def push_image(client: RegistryClient, store: Store, local_repo: str, ref: str, remote_repo: str,
                      remote_tag: str | None = None, mount_from: tuple[str, ...] = ()) -> CopyStats:
     """Push ``local_repo:ref`` from ``store`` to ``remote_repo:remote_tag`` (or by digest)."""
-    top = store.get_manifest(local_repo, ref)
+    top = await store.get_manifest(local_repo, ref)
     if top is None:
         raise InvalidInput(f"{local_repo}:{ref} is not in the local store")
     stats = CopyStats(digest=top.digest, media_type=top.media_type)
@@ -122,7 +122,7 @@ async def _push_manifest(client: RegistryClient, store: Store, local_repo: str, 
                          stats: CopyStats) -> None:
     children, blobs = _parsed(body, f"{local_repo}@{digest}")
     for child in children:
-        local = store.get_manifest(local_repo, child.digest)
+        local = await store.get_manifest(local_repo, child.digest)
         if local is None:
             raise InvalidInput(f"{local_repo}@{digest} names {child.digest}, which is not in the local store")
         await _push_manifest(client, store, local_repo, local.digest, local.media_type, local.body,
@@ -133,8 +133,8 @@ async def _push_manifest(client: RegistryClient, store: Store, local_repo: str, 
         if await client.blob_exists(remote_repo, d):
             stats.blobs_skipped += 1
             continue
-        path = store.blobs.path(d)
-        if not path.is_file():
+        path = store.files.local_path(d)
+        if path is None or not await store.has_blob(d):
             raise InvalidInput(f"blob {d} of {local_repo}@{digest} is not in the local store")
         mounted, session = False, None
         for source in mount_from:
@@ -153,13 +153,13 @@ async def _push_manifest(client: RegistryClient, store: Store, local_repo: str, 
     stats.manifests += 1
 
 
-def image_size(store: Store, repo: str, digest: str) -> int:
+async def image_size(store: Store, repo: str, digest: str) -> int:
     """Config + layer bytes of a local image (all platforms of an index)."""
-    manifest = store.get_manifest(repo, digest)
+    manifest = await store.get_manifest(repo, digest)
     if manifest is None:
         return 0
     try:
         children, blobs = _parsed(manifest.body, digest)
     except InvalidInput:
         return 0
-    return sum(b.size or 0 for b in blobs) + sum(image_size(store, repo, c.digest) for c in children)
+    return sum(b.size or 0 for b in blobs) + sum([await image_size(store, repo, c.digest) for c in children])

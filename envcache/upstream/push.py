@@ -2,7 +2,7 @@
 
 A push must never slow down or fail a build: the image is already in the local store and
 answering. So pushes run as daemon-owned tasks; each attempt's outcome is written to the
-``upstream_pushes`` table (part of the store's schema), which is what ``status``/metrics read.
+store's push log, which is what ``status``/metrics read.
 A push that is still pending when the daemon stops is picked up again by
 :meth:`PushQueue.resume` on the next start.
 """
@@ -17,15 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from envcache.errors import EnvcacheError
-from envcache.store.schema import UPSTREAM_PUSHES as TABLE
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import push_image
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from envcache.store import Store
+    from envcache.store.interfaces import PushLog
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +48,31 @@ class PushQueue:
         self.max_backoff = max_backoff
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def schedule(self, upstream: Upstream, repository: str, tag: str, mount_from: tuple[str, ...] = ()) -> str:
+    async def schedule(self, upstream: Upstream, repository: str, tag: str, mount_from: tuple[str, ...] = ()) -> str:
         """Queue one image for one upstream; returns the push id."""
-        return self.schedule_many(upstream, [(repository, tag, mount_from)])[0]
+        return (await self.schedule_many(upstream, [(repository, tag, mount_from)]))[0]
 
-    def schedule_many(self, upstream: Upstream, items: list[tuple[str, str, tuple[str, ...]]]) -> list[str]:
+    async def schedule_many(self, upstream: Upstream, items: list[tuple[str, str, tuple[str, ...]]]) -> list[str]:
         """Queue images to push one after the other (stages before the image built on them, so
         the image's shared layers are already upstream: found by HEAD or mounted, not re-sent)."""
         now = time.time()
-        jobs = []
-        for repository, tag, mount_from in items:
-            push_id = uuid.uuid4().hex
-            self.store.db[TABLE].insert({
-                "id": push_id, "upstream": upstream.url, "repository": repository, "tag": tag,
-                "remote_repository": remote_repository(upstream, repository), "digest": None,
-                "state": "queued", "attempts": 0, "error": None, "bytes": 0, "mounted": 0,
-                "created": now, "updated": now})
-            jobs.append((push_id, repository, tag, mount_from))
+        jobs = [(uuid.uuid4().hex, repository, tag, mount_from) for repository, tag, mount_from in items]
+        await self.store.pushes.add([
+            {"id": push_id, "upstream": upstream.url, "repository": repository, "tag": tag,
+             "remote_repository": remote_repository(upstream, repository), "digest": None, "state": "queued",
+             "attempts": 0, "error": None, "bytes": 0, "mounted": 0, "created": now, "updated": now}
+            for push_id, repository, tag, _ in jobs])
         self._start(upstream, jobs)
         return [job[0] for job in jobs]
 
-    def resume(self, upstreams: list[Upstream]) -> int:
+    async def resume(self, upstreams: list[Upstream]) -> int:
         """Restart pushes a stopped daemon left unfinished; returns how many."""
         by_url = {u.url: u for u in upstreams if u.can_push}
         count = 0
-        for row in self.store.db.query(
-                f"select id, upstream, repository, tag from {TABLE} where state in ('queued','running','retrying')"):
+        for row in await self.store.pushes.unfinished():
             upstream = by_url.get(row["upstream"])
             if upstream is None:
-                self._update(row["id"], state="failed", error="upstream no longer configured")
+                await self.store.pushes.update(row["id"], state="failed", error="upstream no longer configured")
                 continue
             self._start(upstream, [(row["id"], row["repository"], row["tag"], ())])
             count += 1
@@ -97,7 +91,7 @@ class PushQueue:
                    mount_from: tuple[str, ...]) -> None:
         remote = remote_repository(upstream, repository)
         for attempt in range(1, self.max_attempts + 1):
-            self._update(push_id, state="running", attempts=attempt)
+            await self.store.pushes.update(push_id, state="running", attempts=attempt)
             try:
                 stats = await push_image(self._client_for(upstream), self.store, repository, tag, remote, tag,
                                          mount_from=mount_from)
@@ -106,21 +100,17 @@ class PushQueue:
             except Exception as exc:  # noqa: BLE001 - a push bug must not kill the daemon; record it
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                self._update(push_id, state="done", error=None, digest=stats.digest, bytes=stats.bytes_copied,
-                             mounted=stats.blobs_mounted)
+                await self.store.pushes.update(push_id, state="done", error=None, digest=stats.digest,
+                                               bytes=stats.bytes_copied, mounted=stats.blobs_mounted)
                 log.info("pushed %s:%s to %s/%s", repository, tag, upstream.url, remote)
                 return
             if attempt == self.max_attempts:
-                self._update(push_id, state="failed", error=error)
+                await self.store.pushes.update(push_id, state="failed", error=error)
                 log.warning("push of %s:%s to %s failed after %d attempts: %s",
                             repository, tag, upstream.url, attempt, error)
                 return
-            self._update(push_id, state="retrying", error=error)
+            await self.store.pushes.update(push_id, state="retrying", error=error)
             await asyncio.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
-
-    def _update(self, push_id: str, **values: Any) -> None:
-        values["updated"] = time.time()
-        self.store.db[TABLE].update(push_id, values)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every scheduled push has finished (tests, CLI ``push``, shutdown)."""
@@ -134,12 +124,8 @@ class PushQueue:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def push_status(db: Database, limit: int = 50) -> dict[str, Any]:
+async def push_status(pushes: PushLog, limit: int = 50) -> dict[str, Any]:
     """Counts per state and the latest pushes — for ``status``, ``upstream list`` and metrics."""
     counts = {state: 0 for state in STATES}
-    for row in db.query(f"select state, count(*) as n from {TABLE} group by state"):
-        counts[row["state"]] = row["n"]
-    recent = list(db.query(
-        f"select id, upstream, repository, tag, remote_repository, digest, state, attempts, error, bytes, "
-        f"mounted, created, updated from {TABLE} order by updated desc limit ?", [limit]))
-    return {"counts": counts, "recent": recent}
+    counts.update(await pushes.counts())
+    return {"counts": counts, "recent": await pushes.recent(limit) if limit else []}

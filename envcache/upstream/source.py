@@ -1,8 +1,9 @@
 """The upstream tier as the daemon sees it: a source tried before building, and a push hook.
 
-``UpstreamSource`` plugs into :class:`envcache.service.ensure.Ensurer` as one of its
-``sources`` (it is called with the prepared request and the build log) and as its
-``on_build_done`` hook (push what was just built). Upstream trouble — unreachable, stalled,
+``UpstreamSource`` is handed to the daemon's ensure machinery (by the composition root,
+:mod:`envcache.service.app`) as one of its sources — called with the request (anything with
+``key`` and ``variant``) and the build log — and as its ``on_build_done`` hook (push what was
+just built). Upstream trouble — unreachable, stalled,
 refusing, or answering garbage — is logged to the build log and kept in ``last_errors``; it
 never fails the ensure: the daemon then builds, as it would with no upstream at all.
 
@@ -17,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.oci import image_tag, parse_manifest
@@ -27,7 +28,6 @@ from envcache.upstream.copy import image_size, pull_image
 from envcache.upstream.push import PushQueue, push_status
 
 if TYPE_CHECKING:
-    from envcache.service.ensure import Build, Prepared
     from envcache.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,21 @@ log = logging.getLogger(__name__)
 ENV_REPO = "envcache/env"
 STAGE_REPO = "envcache/stage"
 LogFn = Callable[[str], None]
+
+
+class Wanted(Protocol):
+    """What the source reads of a request: the image key and the variant."""
+
+    key: str
+    variant: str
+
+
+class Finished(Protocol):
+    """What the push hook reads of a finished build."""
+
+    state: str
+    outcome: str | None
+    image: Any  # has ``repository`` and ``tag``
 
 
 @dataclass
@@ -54,8 +69,8 @@ class UpstreamSource:
     """Pull on a miss (whole image, else deepest shared stage) and push after a build."""
 
     def __init__(self, store: Store, upstreams: Sequence[Upstream], *, timeouts: Timeouts | None = None,
-                 stage_keys: Callable[[Prepared, LogFn], Awaitable[list[str]]] | None = None,
-                 lock_reader: Callable[[Store, str, str], dict] | None = None, push_attempts: int = 5,
+                 stage_keys: Callable[[Wanted, LogFn], Awaitable[list[str]]] | None = None,
+                 lock_reader: Callable[[Store, str, str], Awaitable[dict]] | None = None, push_attempts: int = 5,
                  push_backoff: float = 1.0) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -91,7 +106,7 @@ class UpstreamSource:
         """What to pass as the Ensurer's ``sources``: nothing when no upstream can be pulled from."""
         return [self] if self.pull_upstreams else []
 
-    async def __call__(self, prepared: Prepared, log_fn: LogFn) -> PulledImage | None:
+    async def __call__(self, prepared: Wanted, log_fn: LogFn) -> PulledImage | None:
         """``Source`` for the Ensurer: the whole image, or else warm the deepest shared stage."""
         hit = await self.try_pull(prepared.key, prepared.variant, log_fn=log_fn)
         if hit is not None:
@@ -105,10 +120,10 @@ class UpstreamSource:
             await self.try_pull_stage(keys, log_fn=log_fn)
         return None
 
-    def on_build_done(self, build: Build, _seconds: float = 0.0) -> None:
-        """``Ensurer(on_build_done=...)`` hook: push images this daemon built (not pulled ones)."""
+    async def on_build_done(self, build: Finished) -> None:
+        """The build hook: push images this daemon built (not pulled ones)."""
         if build.state == "succeeded" and build.outcome == "built" and build.image is not None:
-            self.push_after_build(build.image.repository, build.image.tag)
+            await self.push_after_build(build.image.repository, build.image.tag)
 
     async def try_pull(self, image_key: str, variant: str, *, log_fn: LogFn | None = None) -> PulledImage | None:
         """Look the image up on each pull upstream in order; copy it in on the first hit."""
@@ -119,7 +134,7 @@ class UpstreamSource:
     async def try_pull_stage(self, stage_keys: Sequence[str], *, log_fn: LogFn | None = None) -> PulledImage | None:
         """Pull the deepest stage image (``envcache/stage:<chain key>``) any upstream has."""
         for key in reversed(list(stage_keys)):
-            if self.store.get_manifest(STAGE_REPO, key, with_body=False) is not None:
+            if await self.store.get_manifest(STAGE_REPO, key, with_body=False) is not None:
                 return None        # already local at this depth: the builder will find it
             hit = await self._pull_first(STAGE_REPO, key, "stage", log_fn)
             if hit is not None:
@@ -129,11 +144,11 @@ class UpstreamSource:
 
     async def _pull_first(self, local_repo: str, tag: str, kind: str, log_fn: LogFn | None) -> PulledImage | None:
         say = log_fn or (lambda _line: None)
-        local = self.store.get_manifest(local_repo, tag, with_body=False)
+        local = await self.store.get_manifest(local_repo, tag, with_body=False)
         if local is not None:      # pulled earlier (``envcache pull``) but not yet filed as an image
             say(f"upstream: {local_repo}:{tag} already in the local store")
-            return PulledImage(local_repo, tag, local.digest, _size(self.store, local_repo, tag),
-                               lock=self._lock_of(local_repo, local.digest))
+            return PulledImage(local_repo, tag, local.digest, await image_size(self.store, local_repo, local.digest),
+                               lock=await self._lock_of(local_repo, local.digest))
         for upstream in self.pull_upstreams:
             remote = upstream.repo(kind)
             began = time.monotonic()
@@ -152,16 +167,17 @@ class UpstreamSource:
             say(f"upstream: pulled {upstream.url}/{remote}:{tag} {stats.digest} "
                 f"({stats.blobs_copied} blobs, {stats.bytes_copied} bytes copied, "
                 f"{stats.blobs_skipped} already local) in {time.monotonic() - began:.2f}s")
-            return PulledImage(local_repo, tag, stats.digest, stats.size, lock=self._lock_of(local_repo, stats.digest),
+            return PulledImage(local_repo, tag, stats.digest, stats.size,
+                               lock=await self._lock_of(local_repo, stats.digest),
                                upstream=upstream.url, stats=stats.as_dict())
         return None
 
-    def _lock_of(self, repository: str, digest: str) -> dict:
+    async def _lock_of(self, repository: str, digest: str) -> dict:
         """Resolved package versions of a pulled image, read by the build side's lock reader."""
         if self.lock_reader is None:
             return {}
         try:
-            return self.lock_reader(self.store, repository, digest) or {}
+            return await self.lock_reader(self.store, repository, digest) or {}
         except Exception as exc:  # noqa: BLE001 - a missing lock must not turn a hit into a miss
             log.warning("cannot read the lock of %s@%s: %s", repository, digest, exc)
             return {}
@@ -174,32 +190,32 @@ class UpstreamSource:
 
     # ------------------------------------------------------------------ pushes
 
-    def push_after_build(self, repository: str, tag: str) -> list[str]:
+    async def push_after_build(self, repository: str, tag: str) -> list[str]:
         """Push an image and the stage images it was built on to every push upstream (background)."""
         ids: list[str] = []
-        stages = self.stages_of(repository, tag)
+        stages = await self.stages_of(repository, tag)
         for upstream in self.push_upstreams:
             items = [(STAGE_REPO, stage_tag, ()) for stage_tag in stages]
             # Layers shared with the stage images are mounted from <prefix>/stage, not re-sent.
             items.append((repository, tag, (upstream.repo("stage"),)))
-            ids.extend(self.pushes.schedule_many(upstream, items))
+            ids.extend(await self.pushes.schedule_many(upstream, items))
         return ids
 
-    def stages_of(self, repository: str, tag: str) -> list[str]:
+    async def stages_of(self, repository: str, tag: str) -> list[str]:
         """Local stage tags whose layers are a prefix of the image's layers (what it was built on)."""
-        layers = _layers(self.store, repository, tag)
+        layers = await _layers(self.store, repository, tag)
         if not layers:
             return []
         found = []
-        for stage_tag in self.store.list_tags(STAGE_REPO):
-            stage_layers = _layers(self.store, STAGE_REPO, stage_tag)
+        for stage_tag in await self.store.manifests.tags(STAGE_REPO):
+            stage_layers = await _layers(self.store, STAGE_REPO, stage_tag)
             if stage_layers and len(stage_layers) <= len(layers) and layers[:len(stage_layers)] == stage_layers:
                 found.append(stage_tag)
         return found
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return {"upstreams": [u.describe() for u in self.upstreams], "counters": dict(self.counters),
-                "last_errors": list(self.last_errors), "pushes": push_status(self.store.db, limit=20)}
+                "last_errors": list(self.last_errors), "pushes": await push_status(self.store.pushes, limit=20)}
 
     async def aclose(self) -> None:
         await self.pushes.aclose()
@@ -208,18 +224,13 @@ class UpstreamSource:
         self._clients.clear()
 
 
-def _size(store: Store, repository: str, ref: str) -> int:
-    manifest = store.get_manifest(repository, ref, with_body=False)
-    return image_size(store, repository, manifest.digest) if manifest else 0
-
-
-def _layers(store: Store, repository: str, ref: str) -> list[str]:
+async def _layers(store: Store, repository: str, ref: str) -> list[str]:
     """Layer digests of the first platform manifest of ``repository:ref`` (empty if unknown)."""
-    manifest = store.get_manifest(repository, ref)
+    manifest = await store.get_manifest(repository, ref)
     try:
         parsed = parse_manifest(manifest.body) if manifest else None
         if parsed is not None and parsed.manifests:
-            child = store.get_manifest(repository, parsed.manifests[0].digest)
+            child = await store.get_manifest(repository, parsed.manifests[0].digest)
             parsed = parse_manifest(child.body) if child else None
     except InvalidInput:
         return []

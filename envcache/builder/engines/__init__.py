@@ -13,13 +13,12 @@ from envcache.builder.engines.docker import DockerEngine
 from envcache.builder.errors import EngineUnavailable
 
 if TYPE_CHECKING:
-    from envcache.service.config import Config
+    from envcache.builder.settings import BuildSettings
 
 __all__ = ["BuildahEngine", "DockerEngine", "Engine", "ExportedImage", "ImageInfo", "detect_engine"]
 
 
-def _buildah(config: Config) -> BuildahEngine:
-    build = config.build
+def _buildah(build: BuildSettings) -> BuildahEngine:
     return BuildahEngine(root=Path(build.buildah_root) if build.buildah_root else None,
                          runroot=Path(build.buildah_runroot) if build.buildah_runroot else None,
                          storage_driver=build.buildah_storage_driver)
@@ -32,23 +31,23 @@ def _docker_socket_present(docker_host: str | None) -> bool:
     return True  # tcp:// and friends: only a request can tell
 
 
-def detect_engine(config: Config) -> Engine | None:
+def detect_engine(settings: BuildSettings) -> Engine | None:
     """The engine ``[build] engine`` names; for ``auto`` Docker when its socket exists, else
     buildah when installed, else None (lookups and pulls still work; builds fail clearly).
 
     Synchronous and cheap: whether the Docker daemon really answers is found out on first use
     (``DockerEngine.ping`` / the first build), where the error can name the socket.
     """
-    choice = config.build.engine
-    docker_host = config.build.docker_host
+    choice = settings.engine
+    docker_host = settings.docker_host
     if choice == "none":
         return None
     if choice == "buildah":
         if not shutil.which("buildah"):
             raise EngineUnavailable('[build] engine = "buildah" but buildah is not installed (apt-get install buildah)')
-        return _buildah(config)
+        return _buildah(settings)
     if choice == "docker" or _docker_socket_present(docker_host):
         return DockerEngine(docker_host)
     if shutil.which("buildah"):
-        return _buildah(config)
+        return _buildah(settings)
     return None

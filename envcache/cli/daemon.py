@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envcache.cli.output import emit
+
 if TYPE_CHECKING:
     from envcache.service.config import Config
     from envcache.store import Store
@@ -60,11 +62,11 @@ async def _run(config: Config) -> None:
     from envcache.errors import EnvcacheError
     from envcache.service.app import create_app
 
-    app = create_app(config)
+    app = await create_app(config)
     if not app["store"].owner:
         # Two daemons (or a daemon and an offline gc) writing one data directory would sweep
         # each other's uploads; the first one keeps it.
-        app["store"].close()
+        await app["store"].close()
         data = config.server.data_dir
         raise EnvcacheError(f"{data} is in use by another envcache process (it holds {Path(data) / '.lock'}); "
                             "stop it or pass a different --data")
@@ -144,15 +146,15 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(data)
 
 
-def _open_owned(args: argparse.Namespace, verb: str) -> Store:
+async def _open_owned(args: argparse.Namespace, verb: str) -> Store:
     """The store, opened only when no daemon holds the data directory's lock."""
-    from envcache.store import Store
+    from envcache.store import open_store
     from envcache.store.gc import GcAborted
 
     data = _data_dir(args)
-    store = Store(data)
+    store = await open_store(data)
     if not store.owner:
-        store.close()
+        await store.close()
         via = ("run it through the daemon instead: `envcache gc --url http://HOST:PORT` "
                "(POST /api/v1/gc), or stop the daemon first" if verb == "gc" else "stop the daemon first")
         raise GcAborted(f"{data} is in use by a running envcache daemon (it holds {data / '.lock'}); "
@@ -161,22 +163,24 @@ def _open_owned(args: argparse.Namespace, verb: str) -> Store:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
     from envcache.store.gc import GcReport, run_gc
 
     if args.url is not None:
         return _gc_remote(args)
-    store = _open_owned(args, "gc")
-    try:
-        report: GcReport = run_gc(store, dry_run=args.dry_run, keep_days=args.keep_days, grace=args.grace)
-    finally:
-        store.close()
+
+    async def run() -> GcReport:
+        store = await _open_owned(args, "gc")
+        try:
+            return await run_gc(store, dry_run=args.dry_run, keep_days=args.keep_days, grace=args.grace)
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
     emit(args, report.summary(), report.to_dict())
     return 0
 
 
 def _gc_remote(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
     from envcache.client.sync import Client
     from envcache.store.gc import GcReport
 
@@ -188,18 +192,17 @@ def _gc_remote(args: argparse.Namespace) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
-    from envcache.store import Store
-    from envcache.store.fsck import run_fsck
+    from envcache.store import open_store
+    from envcache.store.fsck import FsckReport, run_fsck
 
-    if args.repair:
-        store = _open_owned(args, "repair")
-    else:
-        # Read-only: safe beside a running daemon (a write in flight may show up as a finding).
-        store = Store(_data_dir(args))
-    try:
-        report = run_fsck(store, repair=args.repair)
-    finally:
-        store.close()
+    async def run() -> FsckReport:
+        # Read-only is safe beside a running daemon (a write in flight may show up as a finding).
+        store = await (_open_owned(args, "repair") if args.repair else open_store(_data_dir(args)))
+        try:
+            return await run_fsck(store, repair=args.repair)
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
     emit(args, report.summary(), report.to_dict())
     return 1 if report.unrepaired else 0

@@ -54,7 +54,7 @@ def _load(path: str, args: argparse.Namespace) -> Definition:
 
 
 def _hash(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
+    from envcache.cli.output import emit
     from envcache.definition import spec_hash
 
     rows = [{"path": path, "spec_hash": spec_hash(_load(path, args))} for path in args.paths]
@@ -63,7 +63,7 @@ def _hash(args: argparse.Namespace) -> int:
 
 
 def _canonical(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
+    from envcache.cli.output import emit
     from envcache.definition import canonical_bytes, canonical_form, spec_hash
 
     defn = _load(args.path, args)
@@ -75,7 +75,7 @@ def _canonical(args: argparse.Namespace) -> int:
 
 def _diff(args: argparse.Namespace) -> int:
     """Exit 0 when the definitions hash the same, 1 when they differ (as diff(1)); 2 on bad input."""
-    from envcache.cli import emit
+    from envcache.cli.output import emit
     from envcache.definition import canonical_form, spec_hash
     from envcache.definition.diff import explain
 
@@ -90,7 +90,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
+    from envcache.cli.output import emit
     from envcache.definition import definition_to_dict, spec_hash, write_azure_dir
     from envcache.definition.files import atomic_write
 

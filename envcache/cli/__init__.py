@@ -1,20 +1,21 @@
 """The ``envcache`` command.
 
 One sub-command per verb; each is a small function that parses nothing itself (argparse does)
-and prints either text for people or, with ``--json``, one JSON document for scripts.
-Errors a user can cause are :class:`~envcache.errors.EnvcacheError`: they print one line to
-stderr and exit with the error's status (2 for bad input, 3 for "not found"), never a traceback.
+and prints either text for people or, with ``--json``, one JSON document for scripts
+(:mod:`envcache.cli.output`). The verbs live in one module per group: ``definition`` (offline:
+hash, canonical, diff, convert), ``daemon`` (serve, gc, fsck), ``client`` (talk to a running
+daemon) and ``upstream``. Errors a user can cause are :class:`~envcache.errors.EnvcacheError`:
+they print one line to stderr and exit with the error's status (2 for bad input, 3 for "not
+found"), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from envcache.errors import EnvcacheError
 
@@ -27,14 +28,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess tests
         self.print_usage(sys.stderr)
         self.exit(2, f"envcache: error: {message}\n")
-
-
-def emit(args: argparse.Namespace, text: str, data: Any) -> None:
-    """Print ``data`` as JSON when ``--json`` was given, else the human ``text``."""
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        print(text)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -63,16 +56,15 @@ def _version() -> str:
     return f"envcache {__version__}"
 
 
-# Each concern keeps its sub-commands next to the code they drive, in a ``commands`` module
-# with ``register(subparsers, common)``. Handlers import heavy dependencies lazily so that
-# ``envcache resolve`` on a cache hit starts fast.
-# Which module registers each verb, so one invocation imports only what it runs;
-# tests/test_service_cli.py checks this map against what the modules register.
+# Each group of verbs is a module with ``register(subparsers, common)``; handlers import heavy
+# dependencies lazily so that ``envcache resolve`` on a cache hit starts fast. Which module
+# registers each verb, so one invocation imports only what it runs; tests/test_service_cli.py
+# checks this map against what the modules register.
 _COMMAND_OWNERS = {
-    **dict.fromkeys(("hash", "canonical", "diff", "convert"), "envcache.definition.commands"),
-    **dict.fromkeys(("serve", "gc", "fsck"), "envcache.service.commands"),
-    **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.service.client_commands"),
-    **dict.fromkeys(("upstream", "push", "pull"), "envcache.upstream.commands"),
+    **dict.fromkeys(("hash", "canonical", "diff", "convert"), "envcache.cli.definition"),
+    **dict.fromkeys(("serve", "gc", "fsck"), "envcache.cli.daemon"),
+    **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.cli.client"),
+    **dict.fromkeys(("upstream", "push", "pull"), "envcache.cli.upstream"),
 }
 _COMMAND_MODULES = list(dict.fromkeys(_COMMAND_OWNERS.values()))
 
@@ -99,10 +91,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"envcache: internal error: {type(exc).__name__}: {exc} (set ENVCACHE_DEBUG=1 for details)",
               file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    # ``python -m envcache.cli``: let handlers' ``from envcache.cli import emit`` find this module
-    # instead of importing (and executing) it a second time.
-    sys.modules.setdefault("envcache.cli", sys.modules[__name__])
-    sys.exit(main())

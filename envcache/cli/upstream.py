@@ -8,15 +8,20 @@ Heavy imports stay inside the handlers so ``envcache --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from envcache.cli import emit
+from envcache.cli.output import emit
+from envcache.definition.model import VARIANTS
 from envcache.errors import InvalidInput, NotFound
+from envcache.oci import image_tag, parse_image_tag
 
 if TYPE_CHECKING:
     from envcache.store import Store
     from envcache.upstream.config import Upstream
+
+T = TypeVar("T")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -54,16 +59,23 @@ def load_settings(config_path: Path | None, data: Path | None) -> tuple[Path, li
     return Path(data or config.server.data_dir), list(config.upstreams)
 
 
+async def _with_store(data_dir: Path, work: Callable[[Store], Awaitable[T]]) -> T:
+    from envcache.store import open_store
+
+    store = await open_store(data_dir)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
 def _list(args: argparse.Namespace) -> int:
-    from envcache.store import Store
+    import asyncio
+
     from envcache.upstream.push import push_status
 
     data_dir, upstreams = load_settings(args.config, args.data)
-    store = Store(data_dir)
-    try:
-        pushes = push_status(store.db, limit=20)
-    finally:
-        store.close()
+    pushes = asyncio.run(_with_store(data_dir, lambda store: push_status(store.pushes, limit=20)))
     lines = [f"{u.url}  prefix={u.prefix}  mode={u.mode}  auth={u.describe()['auth']}" for u in upstreams] \
         or ["no upstreams configured (add [[upstreams]] tables to the daemon config)"]
     counts = pushes["counts"]
@@ -117,45 +129,38 @@ def _select(upstreams: list[Upstream], url: str | None, push: bool) -> list[Upst
     return chosen
 
 
-def _tag_for(store: Store, key: str, variant: str | None) -> str:
-    """Resolve KEY (+variant) to the local tag, consulting the images table when it can."""
+async def _tag_for(store: Store, key: str, variant: str | None) -> str:
+    """Resolve KEY (+variant) to the local tag, consulting the image index when it can."""
     if variant:
-        return f"{key}-{variant}"
-    if key.endswith(("-cpu", "-gpu")):
+        return image_tag(key, variant)
+    if parse_image_tag(key)[1] in VARIANTS:
         return key
-    rows = list(store.db.query("select tag from images where key = ?", [key]))
-    return rows[0]["tag"] if rows else f"{key}-cpu"
+    return await store.images.tag_of(key) or image_tag(key, "cpu")
 
 
 def _push(args: argparse.Namespace) -> int:
     import asyncio
 
-    from envcache.store import Store
     from envcache.upstream.source import ENV_REPO, UpstreamSource
 
     data_dir, upstreams = load_settings(args.config, args.data)
     chosen = _select(upstreams, args.upstream, push=True)
-    store = Store(data_dir)
 
-    async def run() -> list[dict[str, Any]]:
+    async def run(store: Store) -> list[dict[str, Any]]:
         source = UpstreamSource(store, chosen, push_attempts=3, push_backoff=0.5)
         try:
-            tag = _tag_for(store, args.key, args.variant)
-            if store.get_manifest(ENV_REPO, tag, with_body=False) is None:
+            tag = await _tag_for(store, args.key, args.variant)
+            if await store.get_manifest(ENV_REPO, tag, with_body=False) is None:
                 raise NotFound(f"image {ENV_REPO}:{tag} is not in the local store")
-            ids = source.push_after_build(ENV_REPO, tag)
+            ids = await source.push_after_build(ENV_REPO, tag)
             await source.pushes.drain()
-            marks = ",".join("?" * len(ids))
-            return list(store.db.query(
-                f"select upstream, repository, tag, remote_repository, state, attempts, error, bytes, mounted "
-                f"from upstream_pushes where id in ({marks})", ids))
+            fields = ("upstream", "repository", "tag", "remote_repository", "state", "attempts", "error", "bytes",
+                      "mounted")
+            return [{k: row[k] for k in fields} for row in await store.pushes.by_ids(ids)]
         finally:
             await source.aclose()
 
-    try:
-        rows = asyncio.run(run())
-    finally:
-        store.close()
+    rows = asyncio.run(_with_store(data_dir, run))
     lines = [f"{r['state']}: {r['repository']}:{r['tag']} -> {r['upstream']}/{r['remote_repository']} "
              f"({r['bytes']} bytes sent, {r['mounted']} mounted)" + (f": {r['error']}" if r["error"] else "")
              for r in rows]
@@ -166,26 +171,20 @@ def _push(args: argparse.Namespace) -> int:
 def _pull(args: argparse.Namespace) -> int:
     import asyncio
 
-    from envcache.store import Store
     from envcache.upstream.source import UpstreamSource
 
     data_dir, upstreams = load_settings(args.config, args.data)
     chosen = _select(upstreams, args.upstream, push=False)
-    store = Store(data_dir)
 
-    async def run() -> tuple[Any, list[str]]:
+    async def run(store: Store) -> tuple[Any, list[str]]:
         source = UpstreamSource(store, chosen)
         try:
-            tag = _tag_for(store, args.key, args.variant)
-            key, _, variant = tag.rpartition("-")
-            return await source.try_pull(key, variant), source.last_errors
+            key, variant = parse_image_tag(await _tag_for(store, args.key, args.variant))
+            return await source.try_pull(key, variant or "cpu"), source.last_errors
         finally:
             await source.aclose()
 
-    try:
-        hit, errors = asyncio.run(run())
-    finally:
-        store.close()
+    hit, errors = asyncio.run(_with_store(data_dir, run))
     if hit is None:
         detail = f" (upstream errors: {'; '.join(errors)})" if errors else ""
         raise NotFound(f"image {args.key}: not found on any pull upstream{detail}")

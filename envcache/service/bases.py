@@ -1,42 +1,32 @@
-"""Image keys, and the base-image digest resolution they depend on.
+"""Which base image a definition builds on, and the digest that base resolves to.
 
 The base digest is the image's *config* digest (what engines call the image id), whichever way
-it is found — engine, envcache's registry, a remote registry — so a daemon that builds and one
-that only pulls compute the same key.
-
-An image key names *what was built*, not what was asked for: the spec hash says which
-environment, but the same definition on top of a base tag that has moved (``ubuntu:22.04``
-re-published with security fixes) is a different image. So the key also carries the base
-image's resolved digest and the build recipe version; a moved tag or a new recipe gives a new
-key and therefore a fresh build, never a stale hit.
+it is found — envcache's own registry, the local engine, a pull through the upstream tier, the
+image's own registry — so a daemon that builds and one that only pulls compute the same image
+key (:func:`envcache.builder.keys.image_key`): a moved tag or a new recipe gives a new key and
+therefore a fresh build, never a stale hit.
 
 Resolving a tag costs a registry round-trip, which would ruin the hit path's latency, so
 results are cached in memory for ``resolve.base_digest_ttl`` seconds. The last value ever seen
-is also kept in SQLite, so a daemon whose upstream registry is unreachable (offline laptop, CI
-without network) still answers lookups for images it built before.
+is also kept in the store, so a daemon whose upstream registry is unreachable (offline laptop,
+CI without network) still answers lookups for images it built before.
+
+The resolvers themselves are small factories; the composition root (:mod:`envcache.service.app`)
+lists them in the order they are asked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import xxhash
 
 from envcache.errors import EnvcacheError
-from envcache.definition.dockerfile import dockerfile_base
-from envcache.oci import normalise_reference
-from envcache.store.schema import BASE_DIGESTS as _TABLE
-
-if TYPE_CHECKING:
-    from sqlite_utils import Database
-
-    from envcache.definition.model import Definition
+from envcache.oci import normalise_reference, parse_reference
+from envcache.store import Store
+from envcache.store.interfaces import BaseDigests
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
 Resolver = Callable[[str], Awaitable[str | None]]
@@ -51,30 +41,36 @@ class BaseImageUnresolvable(EnvcacheError):
     http_status = 502
 
 
-def image_key(spec_hash: str, variant: str, base_digest: str, recipe_version: str | int) -> str:
-    """The key an image is filed under: xxh3-128 over the four things that decide its content.
-
-    JSON of a list (not string concatenation) so no two different tuples can serialise alike.
-    """
-    payload = json.dumps([spec_hash, variant, base_digest, str(recipe_version)], separators=(",", ":"))
-    return xxhash.xxh3_128_hexdigest(payload.encode())
+def base_reference(name: str | None) -> str | None:
+    """The normal spelling of a base image name (``scratch`` stays ``scratch``), for resolution."""
+    if name is None:
+        return None
+    return "scratch" if name.lower() == "scratch" else normalise_reference(name)
 
 
-def base_reference(defn: Definition, variant_base: str | None) -> str | None:
-    """The base image a (variant-applied) definition builds on.
+def own_registry(store: Store, own_hosts: set[str]) -> Resolver:
+    """Bases in envcache's own registry: pushed there (``docker push`` to the daemon) or built."""
 
-    A Dockerfile's first ``FROM`` wins over ``docker.base_image`` because that is what the
-    engine will actually start from; the daemon's per-variant default applies when the
-    definition names neither.
-    """
-    docker = defn.docker
-    if docker.base_dockerfile:
-        base = dockerfile_base(docker.base_dockerfile)
-        if base is not None:
-            return "scratch" if base.lower() == "scratch" else normalise_reference(base)
-    if docker.base_image:
-        return normalise_reference(docker.base_image)
-    return normalise_reference(variant_base) if variant_base else None
+    async def own_registry(reference: str) -> str | None:
+        # Any loopback host:port counts: in-process daemons listen on a port the config never
+        # saw, and a loopback reference that names content we hold is ours to answer.
+        ref = parse_reference(reference)
+        if ref.host not in own_hosts and not ref.is_loopback:
+            return None
+        found = await store.config_digest(ref.path, ref.ref)
+        return found[1] if found else None
+
+    return own_registry
+
+
+def local_engine(inspect: Callable[[str], Awaitable[str | None]]) -> Resolver:
+    """What a build will start from when the image is already in the engine (no pull):
+    ``inspect(reference)`` answers the engine's image id, or None."""
+
+    async def local_engine(reference: str) -> str | None:
+        return await inspect(reference)
+
+    return local_engine
 
 
 @dataclass
@@ -91,8 +87,8 @@ class BaseDigestResolver:
     one lookup so a burst of ensures does not fan out into a burst of registry requests.
     """
 
-    def __init__(self, db: Database, resolvers: Sequence[Resolver], ttl: float) -> None:
-        self._db = db
+    def __init__(self, last_known: BaseDigests, resolvers: Sequence[Resolver], ttl: float) -> None:
+        self._last_known = last_known
         self._resolvers = list(resolvers)
         self._ttl = ttl
         self._cache: dict[str, _Cached] = {}
@@ -136,9 +132,9 @@ class BaseDigestResolver:
                 errors.append(f"{getattr(resolver, '__name__', 'resolver')}: {exc}")
                 continue
             if digest:
-                self._remember(reference, digest)
+                await self._remember(reference, digest)
                 return digest
-        row = self._last_known(reference)
+        row = await self._last_known.get(reference)
         if row is not None:
             # Cache the fallback briefly too, so an offline daemon does not retry on every hit.
             self._cache[reference] = _Cached(row, time.monotonic() + min(self._ttl, 60.0))
@@ -149,12 +145,8 @@ class BaseDigestResolver:
             f"and no registry answered{detail}. Load or push the base image first."
         )
 
-    def _remember(self, reference: str, digest: str) -> None:
+    async def _remember(self, reference: str, digest: str) -> None:
         # A reference pinned by digest names immutable content: its answer never expires.
         ttl = float("inf") if _DIGEST_RE.search(reference) else self._ttl
         self._cache[reference] = _Cached(digest, time.monotonic() + ttl)
-        self._db[_TABLE].upsert({"reference": reference, "digest": digest, "resolved": time.time()}, pk="reference")
-
-    def _last_known(self, reference: str) -> str | None:
-        rows = list(self._db.query(f"select digest from {_TABLE} where reference = ?", [reference]))
-        return rows[0]["digest"] if rows else None
+        await self._last_known.put(reference, digest, time.time())

@@ -1,4 +1,11 @@
-"""A definition sent as its raw files, so the daemon loads it and the client parses nothing.
+"""What the client and the daemon both speak: the raw-files document, the API's error shape and
+where the daemon is by default.
+
+The client imports this module (standard library only at import time) and nothing of the
+daemon; the daemon imports it instead of the client. Both sides of every rule that must agree
+live here.
+
+A definition sent as its raw files, so the daemon loads it and the client parses nothing.
 
 WHY: on a cache hit the whole ``envcache resolve`` process is the latency a build script sees.
 Loading a definition locally imports PyYAML, packaging, pip-requirements-parser and the canonical
@@ -36,6 +43,40 @@ CONDA_YML = "conda_dependencies.yml"
 DOCKERFILE = "BaseDockerfile"
 MAX_FILES = 64
 MAX_CHARS = 512 * 1024                  # well under the API's body cap, JSON escaping included
+
+DEFAULT_URL = "http://127.0.0.1:5050"
+
+#: The document's JSON Schema (for the daemon's OpenAPI document; :func:`check_files` enforces it).
+DOCUMENT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["path", "files"],
+    "description": "a definition's raw files in any input format, loaded by the daemon",
+    "properties": {
+        "path": {"type": "string", "description": "relative file or Azure ML directory"},
+        "format": {"type": ["string", "null"], "description": "as --format; null detects it"},
+        "files": {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "relative name → text; includes must stay inside"},
+        "display_root": {"type": "string", "description": "how error messages show the path"},
+    },
+}
+
+
+def daemon_url(url: str | None = None) -> str:
+    """``url``, else ``$ENVCACHE_URL``, else the default loopback address."""
+    return (url or os.environ.get("ENVCACHE_URL") or DEFAULT_URL).rstrip("/")
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """The API's error document: ``{"error": {"status", "message"}}`` (4xx and 5xx alike)."""
+    return {"error": {"status": status, "message": message}}
+
+
+def error_message(body: bytes) -> tuple[str, dict[str, Any]] | None:
+    """(message, whole document) of an API error answer, or None when it is not one."""
+    try:
+        data = json.loads(body)
+        return data["error"]["message"], data
+    except (ValueError, KeyError, TypeError):
+        return None
 
 # An include that sits alone on its line, in the two places loaders follow them:
 # a requirements file (``-r base.txt``, ``--constraint=c.txt``; relative to that file) and the

@@ -2,7 +2,7 @@
 
 These are what build scripts and CI call, often on every job, so the module imports only the
 standard-library client at start-up. ``resolve`` and ``ensure`` send the definition's raw files
-and the daemon loads them (:mod:`envcache.client.files`), so a hit imports no parser here;
+and the daemon loads them (:mod:`envcache.wire`), so a hit imports no parser here;
 ``warm`` and ``env register`` load definitions locally (a bad file is reported per item).
 
 Exit codes: 0 ok, 1 failure (daemon unreachable, build failed), 2 bad input, 3 not found /
@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from envcache.cli.output import emit, table
 
 if TYPE_CHECKING:
     from envcache.client.sync import Client
@@ -99,13 +101,12 @@ def _document(path: str, fmt: str | None) -> dict[str, Any]:
 
 def _files_or_document(path: str, fmt: str | None) -> Any:
     """The definition's raw files for the daemon to load (the fast hit path), else the loaded document."""
-    from envcache.client.files import DefinitionFiles
+    from envcache.wire import DefinitionFiles
 
     return DefinitionFiles.from_path(path, fmt) or _document(path, fmt)
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
     from envcache.errors import NotFound
 
     answer = _client(args).resolve(_files_or_document(args.path, args.format), args.variant)
@@ -119,8 +120,6 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _ensure(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
-
     began = time.monotonic()
     quiet = args.quiet or args.json
     # Progress and the build log go to stderr; stdout gets only the image ref (or the JSON).
@@ -152,7 +151,6 @@ def collect_definitions(paths: list[str]) -> list[tuple[str, Path]]:
 
 
 def _warm(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
     from envcache.errors import EnvcacheError, InvalidInput
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -175,23 +173,16 @@ def _warm(args: argparse.Namespace) -> int:
         raise InvalidInput(f"no definitions found under {', '.join(args.paths)}")
     summary = dict(Counter(result["outcome"] for result in results))
     ok = "failed" not in summary
-    table = _table(["DEFINITION", "VARIANT", "OUTCOME", "SECONDS", "IMAGE / ERROR"],
+    text = table(["DEFINITION", "VARIANT", "OUTCOME", "SECONDS", "IMAGE / ERROR"],
                    [[r["label"], r["variant"], r["outcome"], f"{r.get('seconds', 0):.1f}",
                      r["image"]["image"] if r.get("image") else (r.get("error") or "").partition("\n")[0][:120]]
                     for r in results])
     totals = ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items()))
-    emit(args, f"{table}\n{totals}", {"results": results, "summary": summary, "ok": ok})
+    emit(args, f"{text}\n{totals}", {"results": results, "summary": summary, "ok": ok})
     return 0 if ok else 1
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
-
-
 def _env_register(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
-
     answer = _client(args).register_environment(args.name, _document(args.path, args.format))
     record = answer["environment"]
     verb = "registered" if answer["created"] else "unchanged, already"
@@ -200,18 +191,14 @@ def _env_register(args: argparse.Namespace) -> int:
 
 
 def _env_list(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
-
     records = _client(args).environments()["environments"]
     rows = [[r["name"], str(r["version"]), r["spec_hash"], "curated" if r["curated"] else ""] for r in records]
-    emit(args, _table(["NAME", "VERSION", "SPEC HASH", ""], rows), records)
+    emit(args, table(["NAME", "VERSION", "SPEC HASH", ""], rows), records)
     return 0
 
 
 def _env_show(args: argparse.Namespace) -> int:
     import yaml
-
-    from envcache.cli import emit
 
     record = _client(args).environment(args.name, args.version)
     text = f"# {record['name']} version {record['version']} ({record['spec_hash']})\n" + yaml.safe_dump(
@@ -221,7 +208,6 @@ def _env_show(args: argparse.Namespace) -> int:
 
 
 def _env_download(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
     from envcache.errors import InvalidInput
     from envcache.definition.files import atomic_write
 
@@ -240,7 +226,6 @@ def _env_download(args: argparse.Namespace) -> int:
 
 
 def _env_scaffold(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
     from envcache.errors import InvalidInput
     from envcache.definition import Definition, write_azure_dir
 
@@ -253,18 +238,14 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
-
     images = _client(args).images()["images"]
     rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
             for i in images]
-    emit(args, _table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
+    emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from envcache.cli import emit
-
     client = _client(args)
     health = client.health()
     text = (f"envcache daemon {health['version']} at {client.url}: {health['status']}, "

@@ -1,0 +1,326 @@
+"""Blob files by digest under a data directory: the embedded blob driver (and upload spool).
+
+Every write goes the same way: bytes stream into a private temp file under ``tmp/`` while they
+are hashed; the digest and size are checked against what the caller expected; the file is
+fsync'd and renamed to ``blobs/<algorithm>/<first two hex>/<hex>``; the directory is fsync'd.
+A reader therefore either sees no file or the complete, verified one. Two writers of the same
+content each use their own temp file; the second rename finds the file present and discards its
+copy, so concurrent pushes of one blob end as one file and every push succeeds.
+
+Uploads in progress live in ``uploads/<session id>``; their bytes become a blob by the same
+verified rename. The layout is written down in :mod:`envcache.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from envcache.oci import is_digest, new_hasher, parse_digest
+from envcache.store.errors import check_content
+from envcache.store.records import FileEntry
+
+CHUNK = 1 << 20
+# Received data is handed to the writer thread in batches of about this size.
+_BATCH = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_file(path: Path, algorithm: str = "sha256") -> tuple[str, int]:
+    """``(digest, size)`` of a file, read in 1 MiB chunks."""
+    hasher = new_hasher(algorithm)
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return f"{algorithm}:{hasher.hexdigest()}", size
+
+
+async def pump(chunks: AsyncIterable[bytes], out: BinaryIO, hasher: Any = None) -> int:
+    """Write (and hash) ``chunks`` to ``out``; returns the byte count.
+
+    Writing and hashing run on a worker thread (both release the GIL) while the event loop
+    receives the next batch, so a push uses two cores instead of one. Batches are written in
+    order: each waits for the previous one. On failure the in-flight batch is awaited first,
+    so the caller can safely truncate the file afterwards.
+    """
+    loop = asyncio.get_running_loop()
+
+    def work(data: bytes) -> None:
+        out.write(data)
+        if hasher is not None:
+            hasher.update(data)
+
+    pending: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    batched = total = 0
+    try:
+        async for chunk in chunks:
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= _BATCH:
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                batch, batched = [], 0
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, work, data)
+                total += len(data)
+        if batch:
+            data = b"".join(batch)
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(None, work, data)
+            total += len(data)
+        if pending is not None:
+            await pending
+            pending = None
+    finally:
+        if pending is not None and not pending.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+    return total
+
+
+def _newest(path: Path) -> float:
+    """Latest of mtime and ctime (a rename into place updates ctime); 0 when gone."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return 0.0
+    return max(st.st_mtime, st.st_ctime)
+
+
+def _tree(path: Path) -> tuple[int, float]:
+    """(total size, newest change) of a file or a directory tree."""
+    if not path.is_dir() or path.is_symlink():
+        try:
+            return path.lstat().st_size, _newest(path)
+        except FileNotFoundError:
+            return 0, 0.0
+    size, newest = 0, _newest(path)
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            child = Path(dirpath) / name
+            with contextlib.suppress(FileNotFoundError):
+                size += child.lstat().st_size
+            newest = max(newest, _newest(child))
+    return size, newest
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class LocalFiles:
+    """``blobs/``, ``tmp/`` and ``uploads/`` of a data directory (the :class:`~envcache.store.
+    interfaces.BlobDriver` and :class:`~envcache.store.interfaces.UploadSpool` of the embedded
+    store). File operations are quick local calls; hashing and fsync of large files go to a
+    worker thread."""
+
+    name = "files"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.root = data_dir / "blobs"
+        self.tmp = data_dir / "tmp"
+        self.uploads = data_dir / "uploads"
+        for directory in (self.root, self.tmp, self.uploads):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        """Where the blob ``digest`` lives (whether or not it exists); validates the digest."""
+        algorithm, hexdigest = parse_digest(digest)
+        return self.root / algorithm / hexdigest[:2] / hexdigest
+
+    # -- reading -----------------------------------------------------------------------------
+    async def stat(self, digest: str) -> FileEntry | None:
+        path = self.path(digest)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return FileEntry(str(path.relative_to(self.data_dir)), st.st_size, max(st.st_mtime, st.st_ctime), digest)
+
+    async def read(self, digest: str) -> bytes | None:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def open(self, digest: str) -> BinaryIO:
+        return open(self.path(digest), "rb")
+
+    def local_path(self, digest: str) -> Path | None:
+        return self.path(digest)
+
+    def url_for(self, digest: str) -> str | None:
+        return None  # served from the file (sendfile); an object store answers with a signed URL
+
+    def scratch_dir(self) -> Path:
+        return self.tmp
+
+    # -- writing -----------------------------------------------------------------------------
+    async def write(self, chunks: bytes | AsyncIterable[bytes], expected_digest: str | None = None,
+                    expected_size: int | None = None) -> tuple[str, int]:
+        algorithm = parse_digest(expected_digest)[0] if expected_digest else "sha256"
+        hasher = new_hasher(algorithm)
+        fd, tmp = self._new_temp()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(chunks, bytes | bytearray | memoryview):
+                    hasher.update(chunks)
+                    out.write(chunks)
+                    size = len(chunks)
+                else:
+                    size = await pump(chunks, out, hasher)
+            digest = f"{algorithm}:{hasher.hexdigest()}"
+            check_content(digest, size, expected_digest, expected_size)
+            if isinstance(chunks, bytes | bytearray | memoryview) and size < CHUNK:
+                self._place(tmp, digest)  # manifests and configs: not worth a thread hop
+            else:
+                await asyncio.to_thread(self._place, tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size
+
+    async def adopt(self, path: Path, expected_digest: str | None = None, *,
+                    verified: bool = False) -> tuple[str, int]:
+        algorithm = parse_digest(expected_digest)[0] if expected_digest else "sha256"
+        if verified and expected_digest is not None:
+            digest, size = expected_digest, path.stat().st_size
+        else:
+            digest, size = await asyncio.to_thread(hash_file, path, algorithm)
+            check_content(digest, size, expected_digest, None)
+        fd, tmp = self._new_temp()
+        os.close(fd)
+        try:
+            try:
+                os.replace(path, tmp)  # same filesystem: no copy
+            except OSError:
+                await asyncio.to_thread(shutil.copyfile, path, tmp)
+                # The copy must be re-verified: the source could have changed under us.
+                check_content(*await asyncio.to_thread(hash_file, tmp, algorithm), digest, size)
+            await asyncio.to_thread(self._place, tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size
+
+    async def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def _new_temp(self) -> tuple[int, Path]:
+        """A fresh temp file next to the blob tree (same filesystem, so rename is atomic)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        return fd, Path(name)
+
+    def _place(self, tmp: Path, digest: str) -> None:
+        """Publish a verified file under its digest: fsync, rename, fsync the directory."""
+        final = self.path(digest)
+        if not final.exists():
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # Identical content either way, so a concurrent writer's rename racing ours is harmless.
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+
+    # -- listing, checking, quarantine (gc and fsck) --------------------------------------------
+    async def blobs(self) -> AsyncIterator[FileEntry]:
+        root = self.root
+        for algorithm_dir in sorted(root.iterdir()) if root.is_dir() else []:
+            for fan in sorted(algorithm_dir.iterdir()) if algorithm_dir.is_dir() else [algorithm_dir]:
+                for path in sorted(fan.iterdir()) if fan.is_dir() else [fan]:
+                    if path.is_dir() and not path.is_symlink():
+                        continue
+                    digest = f"{algorithm_dir.name}:{path.name}"
+                    good = path.is_file() and is_digest(digest) and fan.name == path.name[:2] \
+                        and fan.parent == algorithm_dir
+                    size, modified = _tree(path)
+                    yield FileEntry(str(path.relative_to(self.data_dir)), size, modified, digest if good else None)
+
+    async def digest_of(self, entry: FileEntry) -> tuple[str, int]:
+        """Re-hash a stored object with the algorithm its name says."""
+        algorithm = (entry.digest or "sha256:").split(":", 1)[0]
+        return await asyncio.to_thread(hash_file, self.data_dir / entry.key, algorithm)
+
+    async def quarantine(self, entry: FileEntry, name: str) -> str:
+        """Move an object out of the blob tree (an atomic rename); returns where it went."""
+        path = self.data_dir / entry.key
+        quarantine = self.data_dir / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        target = quarantine / name
+        if target.exists():
+            target = quarantine / f"{name}.{time.time_ns()}"
+        os.replace(path, target)
+        fsync_dir(quarantine)
+        fsync_dir(path.parent)
+        return str(target)
+
+    async def temp_entries(self) -> list[FileEntry]:
+        return [FileEntry(entry.name, *_tree(entry)) for entry in sorted(self.tmp.iterdir())]
+
+    async def remove_temp(self, key: str) -> None:
+        _remove(self.tmp / key)
+
+    def clear_temp(self) -> None:
+        """Temp files are private to one write; any left at start-up are from a crash."""
+        for entry in self.tmp.iterdir():
+            _remove(entry)
+
+    # -- the upload spool --------------------------------------------------------------------------
+    def upload_path(self, session_id: str) -> Path:
+        return self.uploads / session_id
+
+    async def create_upload(self, session_id: str) -> None:
+        self.upload_path(session_id).touch()
+
+    async def append(self, session_id: str, offset: int, chunks: AsyncIterable[bytes], hasher: Any = None) -> int:
+        """Write ``chunks`` at ``offset``; returns the bytes written. On any failure the data is
+        cut back to ``offset``, so a half-received chunk is never kept."""
+        with open(self.upload_path(session_id), "r+b") as out:
+            out.seek(offset)
+            try:
+                return await pump(chunks, out, hasher)
+            except BaseException:
+                out.truncate(offset)
+                raise
+
+    async def upload_size(self, session_id: str) -> int | None:
+        try:
+            return self.upload_path(session_id).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def truncate_upload(self, session_id: str, offset: int) -> None:
+        os.truncate(self.upload_path(session_id), offset)
+
+    async def upload_digest(self, session_id: str, algorithm: str) -> str:
+        return (await asyncio.to_thread(hash_file, self.upload_path(session_id), algorithm))[0]
+
+    async def commit_upload(self, session_id: str, digest: str) -> None:
+        await asyncio.to_thread(self._place, self.upload_path(session_id), digest)
+
+    async def delete_upload(self, session_id: str) -> None:
+        _remove(self.upload_path(session_id))
+
+    async def upload_entries(self) -> list[FileEntry]:
+        return [FileEntry(entry.name, *_tree(entry)) for entry in sorted(self.uploads.iterdir())]

@@ -1,0 +1,117 @@
+"""The plain records the store's interfaces exchange (no behaviour, no storage details)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    """A manifest as stored in one repository; ``body`` is empty when it was not asked for."""
+
+    digest: str
+    media_type: str
+    body: bytes
+    size: int = 0
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """A manifest's index entry (what gc and fsck walk)."""
+
+    repository: str
+    digest: str
+    media_type: str
+    size: int
+    subject: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class BlobRow:
+    """A blob's index entry: size, media type (from the manifests that name it), and when it was
+    created and last read (gc keeps anything touched within its grace period)."""
+
+    digest: str
+    size: int
+    media_type: str | None
+    created: float
+    last_access: float
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """An object in blob storage, a temp area or the upload spool: ``digest`` is None for a name
+    that is no blob; ``modified`` is the latest write or rename (gc's notion of age)."""
+
+    key: str
+    size: int
+    modified: float
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    id: str
+    repository: str
+    offset: int
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One row of the image index: what an image key is filed under."""
+
+    key: str
+    variant: str
+    spec_hash: str
+    canonical: bytes | None
+    repository: str
+    tag: str
+    manifest_digest: str
+    size: int
+    created: float
+    last_used: float
+    lock: dict[str, Any] = field(default_factory=dict)
+    base_digest: str = ""
+    recipe_version: str = ""
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """A build as persisted: its final state and log once it has ended."""
+
+    id: str
+    key: str
+    variant: str
+    spec_hash: str
+    env_name: str | None
+    env_version: int | None
+    state: str
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    log: str | None
+
+
+@dataclass(frozen=True)
+class EnvironmentVersion:
+    name: str
+    version: int
+    spec_hash: str
+    definition: dict[str, Any]
+    created: float
+
+
+@dataclass(frozen=True)
+class KnownLayer:
+    """An uncompressed layer (diff_id) already stored as a blob in one compression."""
+
+    diff_id: str
+    compression: str
+    blob_digest: str
+    size: int

@@ -1,0 +1,132 @@
+"""The daemon's own tables: the image index, builds and registered environments."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import astuple
+from typing import Any
+
+from envcache.store.records import BuildRecord, EnvironmentVersion, StoredImage
+from envcache.store.sqlite.database import Database
+
+_IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
+          "base_digest, recipe_version")
+_BUILD = "id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, error, log"
+_ENVIRONMENT = "name, version, spec_hash, definition, created"
+
+
+def _image(row: tuple[Any, ...]) -> StoredImage:
+    (key, variant, spec_hash, canonical, repository, tag, digest, size, created, last_used, lock, base_digest,
+     recipe_version) = row
+    return StoredImage(key, variant, spec_hash, bytes(canonical) if canonical is not None else None, repository,
+                       tag, digest, size or 0, created, last_used or created, json.loads(lock) if lock else {},
+                       base_digest or "", str(recipe_version or ""))
+
+
+def _environment(row: tuple[Any, ...]) -> EnvironmentVersion:
+    return EnvironmentVersion(row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+
+class SqliteImages:
+    """``images``: one row per image key."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> StoredImage | None:
+        row = self._db.one(f"SELECT {_IMAGE} FROM images WHERE key = ?", [key])
+        return _image(row) if row else None
+
+    async def put(self, image: StoredImage) -> None:
+        values = list(astuple(image))
+        values[10] = json.dumps(image.lock, sort_keys=True)
+        async with self._db.writing() as conn:
+            conn.execute(f"INSERT OR REPLACE INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))})", values)
+
+    async def recent(self, limit: int) -> list[StoredImage]:
+        return [_image(row) for row in self._db.all(f"SELECT {_IMAGE} FROM images ORDER BY last_used DESC LIMIT ?",
+                                                    [limit])]
+
+    async def tag_of(self, key: str) -> str | None:
+        row = self._db.one("SELECT tag FROM images WHERE key = ?", [key])
+        return row[0] if row else None
+
+    async def touch(self, used: dict[str, float]) -> None:
+        async with self._db.writing() as conn:
+            conn.executemany("UPDATE images SET last_used = ? WHERE key = ?", [(t, k) for k, t in used.items()])
+
+    async def roots_for_gc(self) -> list[tuple[str, str, str]]:
+        return [(k, r, d) for k, r, d in self._db.all("SELECT key, repository, manifest_digest FROM images")]
+
+    async def unused_since(self, limit: float) -> list[tuple[str, str, str]]:
+        return [(k, r, d) for k, r, d in self._db.all(
+            "SELECT key, repository, manifest_digest FROM images WHERE COALESCE(last_used, created, 0) < ?", [limit])]
+
+    async def all_tags(self) -> list[tuple[str, str, str, str]]:
+        return [tuple(row) for row in self._db.all("SELECT key, repository, tag, manifest_digest FROM images")]
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        async with self._db.writing() as conn:
+            conn.executemany("DELETE FROM images WHERE key = ?", [(k,) for k in keys])
+
+
+class SqliteBuilds:
+    """``builds``: state while running, state and log once finished."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def save(self, build: BuildRecord) -> None:
+        async with self._db.writing() as conn:
+            conn.execute(f"INSERT OR REPLACE INTO builds ({_BUILD}) VALUES ({', '.join('?' * 12)})", astuple(build))
+
+    async def get(self, build_id: str) -> BuildRecord | None:
+        row = self._db.one(f"SELECT {_BUILD} FROM builds WHERE id = ?", [build_id])
+        return BuildRecord(*row) if row else None
+
+    async def fail_interrupted(self, reason: str) -> int:
+        async with self._db.writing() as conn:
+            cursor = conn.execute("UPDATE builds SET state = 'failed', error = ?, finished = ? "
+                                  "WHERE state IN ('queued', 'running')", [reason, time.time()])
+        return cursor.rowcount
+
+
+class SqliteEnvironments:
+    """``environments``: (name, version) → content."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def register(self, name: str, spec_hash: str, definition: dict[str, Any],
+                       now: float) -> tuple[EnvironmentVersion, bool]:
+        async with self._db.writing() as conn:  # one transaction: two registrations cannot both take N+1
+            latest = conn.execute(f"SELECT {_ENVIRONMENT} FROM environments WHERE name = ? "
+                                  "ORDER BY version DESC LIMIT 1", [name]).fetchone()
+            if latest is not None and latest[2] == spec_hash:
+                return _environment(latest), False
+            version = 1 if latest is None else latest[1] + 1
+            body = dict(definition, name=name, version=str(version))  # the labels follow the registry
+            conn.execute(f"INSERT INTO environments ({_ENVIRONMENT}) VALUES (?, ?, ?, ?, ?)",
+                         [name, version, spec_hash, json.dumps(body, sort_keys=True), now])
+        return EnvironmentVersion(name, version, spec_hash, body, now), True
+
+    async def get(self, name: str, version: int | None = None) -> EnvironmentVersion | None:
+        if version is None:
+            row = self._db.one(f"SELECT {_ENVIRONMENT} FROM environments WHERE name = ? "
+                               "ORDER BY version DESC LIMIT 1", [name])
+        else:
+            row = self._db.one(f"SELECT {_ENVIRONMENT} FROM environments WHERE name = ? AND version = ?",
+                               [name, version])
+        return _environment(row) if row else None
+
+    async def versions(self, name: str) -> list[EnvironmentVersion]:
+        return [_environment(row) for row in
+                self._db.all(f"SELECT {_ENVIRONMENT} FROM environments WHERE name = ? ORDER BY version", [name])]
+
+    async def latest(self) -> list[EnvironmentVersion]:
+        return [_environment(row) for row in self._db.all(
+            "SELECT e.name, e.version, e.spec_hash, e.definition, e.created FROM environments e "
+            "JOIN (SELECT name, max(version) v FROM environments GROUP BY name) m ON e.name = m.name AND e.version = m.v "
+            "ORDER BY e.name")]

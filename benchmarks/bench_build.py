@@ -49,15 +49,14 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from envcache.builder import DockerEngine, build_image  # noqa: E402
+from envcache.builder import BuildPlan, BuildSettings, DockerEngine, build_image  # noqa: E402
 from envcache.builder import conda as conda_stage  # noqa: E402
 from envcache.builder import ingest  # noqa: E402
-from envcache.builder.builder import ingest_image  # noqa: E402
+from envcache.builder.ingest import ingest_image  # noqa: E402
 from envcache.builder.helper import host_ca_bundle  # noqa: E402
 from envcache.builder.maven import fetch_jars  # noqa: E402
-from envcache.service.config import Config  # noqa: E402
 from envcache.definition import definition_from_dict  # noqa: E402
-from envcache.store import Store  # noqa: E402
+from envcache.store import open_store  # noqa: E402
 from tests.fixtures.engines import build_python_base, load_into_dockerd, start_dockerd  # noqa: E402
 from tests.fixtures.testdata import MAVEN_GROUP, make_conda_channel, make_maven_repo  # noqa: E402
 
@@ -143,19 +142,19 @@ async def main(out_dir: Path) -> dict[str, Any]:
         await asyncio.to_thread(load_into_dockerd, dockerd, base.cpu, BASE)
         channel = make_conda_channel(work / "channel")
         maven = make_maven_repo(work / "maven")
-        config = Config()
-        store = Store(work / "store")
+        settings = BuildSettings()
+        store = await open_store(work / "store")
         log: list[str] = []
 
         # 1-3: envcache
         first = definition(channel.url, maven.url, PIP_BEFORE)
         changed = definition(channel.url, maven.url, PIP_AFTER)
-        cold, cold_s = await timed(build_image(first, "cpu", store=store, engine=engine, config=config,
-                                               image_key="bench-a", log=log.append))
-        change, change_s = await timed(build_image(changed, "cpu", store=store, engine=engine, config=config,
-                                                   image_key="bench-b", log=log.append))
-        same, same_s = await timed(build_image(changed, "cpu", store=store, engine=engine, config=config,
-                                               image_key="bench-b", log=log.append))
+        cold, cold_s = await timed(build_image(BuildPlan.of(first, "cpu", key="bench-a"), store=store, engine=engine,
+                                               settings=settings, log=log.append))
+        change, change_s = await timed(build_image(BuildPlan.of(changed, "cpu", key="bench-b"), store=store,
+                                                   engine=engine, settings=settings, log=log.append))
+        same, same_s = await timed(build_image(BuildPlan.of(changed, "cpu", key="bench-b"), store=store, engine=engine,
+                                               settings=settings, log=log.append))
         results["envcache"] = {
             "cold_s": round(cold_s, 2), "after_pip_change_s": round(change_s, 2), "unchanged_s": round(same_s, 2),
             "stages_built": {"cold": cold.stages_built, "after_pip_change": change.stages_built,
@@ -165,11 +164,11 @@ async def main(out_dir: Path) -> dict[str, Any]:
 
         # 4: ingest alone
         final = f"envcache-stage:{change.stage_keys[-1]}"
-        fresh = Store(work / "store-fresh")
+        fresh = await open_store(work / "store-fresh")
         _, ingest_cold_s = await timed(ingest_image(fresh, engine, final, "x", "zstd", lambda line: None))
         _, ingest_known_s = await timed(ingest_image(fresh, engine, final, "y", "zstd", lambda line: None))
         _, ingest_gzip_s = await timed(ingest_image(fresh, engine, final, "z", "gzip", lambda line: None))
-        fresh.close()
+        await fresh.close()
         results["ingest"] = {"fresh_store_zstd_s": round(ingest_cold_s, 2), "known_layers_s": round(ingest_known_s, 2),
                              "fresh_store_gzip_s": round(ingest_gzip_s, 2)}
 
@@ -200,7 +199,7 @@ async def main(out_dir: Path) -> dict[str, Any]:
                 layer = stream.read()
         assert "sha256:" + hashlib.sha256(layer).hexdigest() == pip_diff_id
         results["compression"] = compression_rows(layer)
-        store.close()
+        await store.close()
     finally:
         await engine.close()
         await asyncio.to_thread(dockerd.stop)

@@ -40,7 +40,7 @@ from aiohttp import web  # noqa: E402
 from envcache.service.app import create_app  # noqa: E402
 from envcache.service.config import Config  # noqa: E402
 from envcache.upstream.config import parse_upstream  # noqa: E402
-from envcache.upstream.wiring import UPSTREAM  # noqa: E402
+from envcache.service.daemon import DAEMON  # noqa: E402
 from tests.fixtures.engines import (  # noqa: E402
     build_busybox_rootfs, skopeo, start_dockerd, start_reference_registry, write_oci_layout)
 
@@ -60,7 +60,7 @@ def definition(base: str, round_no: int, app_version: str) -> dict[str, Any]:
 
 async def start_daemon(data_dir: Path, config: Config) -> tuple[str, web.Application, web.AppRunner]:
     config.server.data_dir = data_dir
-    app = create_app(config)
+    app = await create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -115,13 +115,13 @@ async def run(work: Path) -> dict[str, Any]:
                     row[f"stages_built_{version}"] = [line for line in await build_log(http, url_a, built)
                                                       if ": built in " in line]
                     began = time.monotonic()
-                    await app_a[UPSTREAM].pushes.drain(timeout=300)
+                    await app_a[DAEMON].upstream.pushes.drain(timeout=300)
                     row[f"push_{version}_s"] = time.monotonic() - began
                     # Everything this build pushed: its stage images, then the image itself.
-                    sent = app_a["store"].db.execute("select coalesce(sum(bytes), 0) from upstream_pushes").fetchone()[0]
+                    sent = app_a["store"].metadata.db.execute("select coalesce(sum(bytes), 0) from upstream_pushes").fetchone()[0]
                     row[f"push_{version}_bytes"] = sent - sent_before
                     sent_before = sent
-                    client = app_b[UPSTREAM].client(config_b.upstreams[0])
+                    client = app_b[DAEMON].upstream.client(config_b.upstreams[0])
                     before = client.bytes_in
                     row[f"pull_{version}_s"], pulled = await ensure(http, url_b, defn)
                     assert pulled["status"] == "pulled", pulled

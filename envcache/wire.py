@@ -45,6 +45,9 @@ MAX_FILES = 64
 MAX_CHARS = 512 * 1024                  # well under the API's body cap, JSON escaping included
 
 DEFAULT_URL = "http://127.0.0.1:5050"
+#: The API's ``variant`` values, for the client side (the daemon's own are
+#: ``envcache.definition.variants.CHOICES``; a test keeps the two equal).
+VARIANT_CHOICES = ("cpu", "gpu", "auto")
 
 #: The document's JSON Schema (for the daemon's OpenAPI document; :func:`check_files` enforces it).
 DOCUMENT_SCHEMA: dict[str, Any] = {

@@ -25,7 +25,8 @@ import zstandard
 from envcache.builder import (
     BuildahEngine, BuildFailed, DockerEngine, Engine, build_image, lock_from_store, stage_keys_for,
 )
-from envcache.builder.builder import BuiltImage
+from envcache.builder.build import BuiltImage
+from envcache.builder.plan import BuildPlan
 from envcache.service.config import Config
 from envcache.definition import Definition, definition_from_dict
 from envcache.store import Store
@@ -117,8 +118,8 @@ async def run_build(defn: Definition, variant: str, *, engine: Engine, registry:
                     config: Config) -> Built:
     lines: list[str] = []
     started = time.monotonic()
-    image = await build_image(defn, variant, store=registry.store, engine=engine, config=config, image_key=key,
-                              log=lines.append)
+    image = await build_image(BuildPlan.of(defn, variant, key=key), store=registry.store, engine=engine,
+                              settings=config.build, log=lines.append)
     return Built(defn, image, lines, time.monotonic() - started)
 
 
@@ -251,7 +252,7 @@ async def test_stages_are_stored_and_load_back_into_an_engine_that_lost_them(
         engine: Engine, built: Built, target: DaemonURL) -> None:
     store = target.store
     keys = built.image.stage_keys
-    assert await stage_keys_for(built.defn, "cpu", engine=engine, config=build_config()) == keys
+    assert await stage_keys_for(BuildPlan.of(built.defn, "cpu"), engine=engine) == keys
     for key in keys:
         assert await store.get_manifest("envcache/stage", key) is not None
     final_id = (await engine.inspect(f"envcache-stage:{keys[-1]}")).id
@@ -328,8 +329,8 @@ async def test_failing_run_step_reports_step_and_tail_and_tags_nothing(docker_en
     error = await _assert_fails(defn, "base", "non-zero code: 7", engine=docker_engine, registry=registry,
                                 key="failing-run")
     assert "about-to-fail" in error.log_tail
-    from envcache.builder.builder import root_key
-    from envcache.definition import stage_chain
+    from envcache.builder.keys import root_key
+    from envcache.builder.stages import stage_chain
 
     base = await docker_engine.inspect(f"{registry.host}/base/python:cpu")
     assert base is not None
@@ -360,8 +361,8 @@ async def test_cancelling_a_build_stops_the_engine_build(docker_engine: Engine, 
     defn = definition_from_dict({"docker": {"base_dockerfile": (
         f"FROM {registry.host}/base/python:cpu\nRUN echo sleeping && sleep 300\n")}})
     lines: list[str] = []
-    task = asyncio.create_task(build_image(defn, "cpu", store=registry.store, engine=docker_engine,
-                                           config=build_config(), image_key="cancelled", log=lines.append))
+    task = asyncio.create_task(build_image(BuildPlan.of(defn, "cpu", key="cancelled"), store=registry.store,
+                                           engine=docker_engine, settings=build_config().build, log=lines.append))
     for _ in range(600):  # the RUN step's own output, not the "Step 2/2 : RUN …" echo
         if "sleeping" in lines:
             break

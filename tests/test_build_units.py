@@ -21,14 +21,17 @@ from envcache.builder import BuildahEngine, BuildFailed, DockerEngine, EngineUna
 from envcache.definition.variants import resolve_variant
 from envcache.builder.settings import BuildSettings
 from envcache.service.config import Config
-from envcache.builder.builder import _ingest_layers
+from envcache.builder.ingest import ingest_layers as _ingest_layers
 from envcache.builder.engines.base import ExportedImage, ImageInfo, context_tar
 from envcache.builder.ingest import open_export, read_lock_files
 from envcache.oci import LAYER_MEDIA
 from envcache.builder.maven import fetch_jars
-from envcache.builder.plan import (
-    conda_recipe, config_recipe, pip_recipe, quote, spark_recipe, unpinned_requirements,
-)
+from envcache.builder.plan import BuildPlan
+from envcache.builder.stages import RecipeContext, quote, unpinned_requirements
+from envcache.builder.stages.conda import CondaStage
+from envcache.builder.stages.config import ConfigStage
+from envcache.builder.stages.pip import PipStage
+from envcache.builder.stages.spark import SparkStage
 from envcache.builder.helper import HelperServer
 from envcache.errors import InvalidInput
 from envcache.definition import definition_from_dict
@@ -114,8 +117,8 @@ async def test_an_unreachable_docker_daemon_is_a_clear_error(tmp_path: Path) -> 
 
 async def test_building_without_an_engine_says_what_to_install(tmp_path: Path) -> None:
     with pytest.raises(BuildFailed, match="install Docker"):
-        await build_image(definition_from_dict({}), "cpu", store=None, engine=None, config=None,
-                          image_key="k", log=lambda line: None)
+        await build_image(BuildPlan.of(definition_from_dict({}), "cpu", key="k"), store=None, engine=None,
+                          settings=None, log=lambda line: None)
 
 
 # --- Maven ------------------------------------------------------------------------------------
@@ -241,14 +244,16 @@ def test_dockerfile_values_are_quoted_and_not_expanded() -> None:
         quote("two\nlines")
 
 
-def test_config_stage_is_one_env_and_one_label_line() -> None:
+async def test_config_stage_is_one_env_and_one_label_line(tmp_path: Path) -> None:
     defn = definition_from_dict({"environment_variables": {"B": "2", "A": "x y"}})
-    text = config_recipe(defn, "envcache-stage:parent", has_conda=True).dockerfile.splitlines()
+    context = RecipeContext("envcache-stage:parent", None, tmp_path, "cpu", has_conda=True)
+    text = (await ConfigStage(defn).recipe(context)).dockerfile.splitlines()
     assert text[0] == "FROM envcache-stage:parent"
     assert text[1] == 'ENV CONDA_PREFIX="/opt/envcache/env" PATH=/opt/envcache/env/bin:$PATH A="x y" B="2"'
     assert text[2].startswith("LABEL envcache.interpreter_path=") and len(text) == 3
     with pytest.raises(InvalidInput, match="not a valid variable name"):
-        config_recipe(definition_from_dict({"environment_variables": {"1BAD": "x"}}), "p", has_conda=False)
+        await ConfigStage(definition_from_dict({"environment_variables": {"1BAD": "x"}})).recipe(
+            RecipeContext("p", None, tmp_path, "cpu", has_conda=False))
 
 
 async def test_pip_credentials_and_ca_stay_out_of_the_dockerfile(tmp_path: Path) -> None:
@@ -259,7 +264,8 @@ async def test_pip_credentials_and_ca_stay_out_of_the_dockerfile(tmp_path: Path)
     helper = HelperServer()
     await helper.start()
     try:
-        recipe = pip_recipe(defn, "envcache-stage:parent", helper, ca)
+        recipe = await PipStage(defn).recipe(RecipeContext("envcache-stage:parent", None, tmp_path, "cpu",
+                                                           helper=helper, ca_bundle=ca))
         assert "tok" not in recipe.dockerfile and "BEGIN CERTIFICATE" not in recipe.dockerfile
         assert helper.files["requirements.txt"].decode().splitlines() == [
             "--extra-index-url https://u:tok@pypi.example/simple", "six==1.16.0"]
@@ -292,7 +298,7 @@ async def test_spark_without_precache_records_the_packages_but_fetches_nothing(t
     defn = definition_from_dict({"spark": {"repositories": ["file:///nonexistent"], "precache_packages": False,
                                            "packages": [{"group": MAVEN_GROUP, "artifact": "envcache-core",
                                                          "version": "1.0.0"}]}})
-    recipe = await spark_recipe(defn, "envcache-stage:parent", None, tmp_path)
+    recipe = await SparkStage(defn).recipe(RecipeContext("envcache-stage:parent", None, tmp_path, "cpu"))
     assert recipe.dockerfile == "FROM envcache-stage:parent\nCOPY root/ /\n"
     assert not (tmp_path / "root" / "opt" / "spark").exists()
     lock = json.loads((tmp_path / "root" / "opt" / "envcache" / "lock" / "spark.json").read_text())
@@ -303,7 +309,7 @@ async def test_spark_jars_go_to_spark_home_when_the_base_sets_it(maven_repo: Mav
     defn = definition_from_dict({"spark": {"repositories": [maven_repo.url], "packages": [
         {"group": MAVEN_GROUP, "artifact": "envcache-core", "version": "1.0.0"}]}})
     parent = ImageInfo("sha256:" + "0" * 64, {"Env": ["SPARK_HOME=/usr/lib/spark/"]})
-    await spark_recipe(defn, "envcache-stage:parent", parent, tmp_path)
+    await SparkStage(defn).recipe(RecipeContext("envcache-stage:parent", parent, tmp_path, "cpu"))
     assert (tmp_path / "root" / "usr" / "lib" / "spark" / "jars" / f"{MAVEN_GROUP}_envcache-core-1.0.0.jar").is_file()
 
 
@@ -314,10 +320,10 @@ async def test_gpu_conda_packages_solve_on_a_host_without_a_gpu(tmp_path: Path) 
     defn = definition_from_dict({"python": {"conda_dependencies": {
         "channels": [channel.url], "conda_packages": ["envcache-cuda-kernels"]}}})
     gpu_base = ImageInfo("sha256:" + "1" * 64, {"Env": ["CUDA_VERSION=11.3.1"]})
-    recipe = await conda_recipe(defn, "gpu", "envcache-stage:parent", gpu_base, tmp_path / "gpu")
+    recipe = await CondaStage(defn).recipe(RecipeContext("envcache-stage:parent", gpu_base, tmp_path / "gpu", "gpu"))
     assert recipe.dockerfile == "FROM envcache-stage:parent\nCOPY root/ /\n"
     installed = tmp_path / "gpu" / "root" / "opt" / "envcache" / "env" / "share" / "envcache-cuda-kernels" / "ok.txt"
     assert installed.read_text() == "ok\n"
     # The CPU image never offers CUDA, whatever the build host has.
     with pytest.raises(BuildFailed, match="build failed in step conda: cannot solve envcache-cuda-kernels"):
-        await conda_recipe(defn, "cpu", "envcache-stage:parent", gpu_base, tmp_path / "cpu")
+        await CondaStage(defn).recipe(RecipeContext("envcache-stage:parent", gpu_base, tmp_path / "cpu", "cpu"))

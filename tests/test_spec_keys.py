@@ -7,8 +7,9 @@ import pytest
 from envcache.errors import DefinitionError
 from envcache.definition import (
     CANONICAL_VERSION, CondaDependencies, Definition, DockerSection, PythonSection, SparkPackage, SparkSection,
-    VariantOverride, canonical_form, definition_from_dict, for_variant, spec_hash, stage_chain,
+    VariantOverride, canonical_form, definition_from_dict, for_variant, spec_hash,
 )
+from envcache.builder.stages import stage_chain
 from envcache.definition.canonical import canonical_image_ref, canonical_pip_packages
 from envcache.definition.dockerfile import normalise_dockerfile
 

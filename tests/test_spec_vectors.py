@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from envcache.definition import CANONICAL_VERSION, for_variant, load_definition, spec_hash, stage_chain
+from envcache.builder.stages import stage_chain
+from envcache.definition import CANONICAL_VERSION, for_variant, load_definition, spec_hash
 
 VECTORS = Path(__file__).parent / "vectors"
 EXPECTED = VECTORS / "expected.json"

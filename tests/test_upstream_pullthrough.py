@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from envcache.builder.builder import ensure_base
+from envcache.builder.build import ensure_base
 from envcache.builder.engines import BuildahEngine, DockerEngine, Engine
 from envcache.service.config import Config
 from envcache.store import open_store

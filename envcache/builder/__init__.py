@@ -1,6 +1,5 @@
-"""Builds: a definition becomes layered CPU/GPU images through a real engine, ingested into
-envcache's registry. Heavy imports (aiodocker, rattler) load on first use, so importing
-``envcache.builder`` for ``resolve_variant`` stays cheap."""
+"""Builds: a prepared plan becomes layered CPU/GPU images through a real engine, ingested into
+envcache's registry. Heavy imports (aiodocker, rattler) load on first use."""
 
 from __future__ import annotations
 
@@ -8,22 +7,23 @@ import importlib
 from typing import Any
 
 from envcache.builder.errors import BuildFailed, EngineUnavailable
-from envcache.builder.variants import variant_base_image
 
 _LAZY = {
-    "RECIPE_VERSION": "envcache.builder.plan",
-    "build_image": "envcache.builder.builder",
-    "BuiltImage": "envcache.builder.builder",
-    "ingest_image": "envcache.builder.builder",
-    "stage_keys_for": "envcache.builder.builder",
-    "lock_from_store": "envcache.builder.stages",
+    "RECIPE_VERSION": "envcache.builder.keys",
+    "BuildPlan": "envcache.builder.plan",
+    "BuildSettings": "envcache.builder.settings",
+    "build_image": "envcache.builder.build",
+    "BuiltImage": "envcache.builder.build",
+    "stage_keys_for": "envcache.builder.build",
+    "ingest_image": "envcache.builder.ingest",
+    "lock_from_store": "envcache.builder.stored",
     "detect_engine": "envcache.builder.engines",
     "DockerEngine": "envcache.builder.engines",
     "BuildahEngine": "envcache.builder.engines",
     "Engine": "envcache.builder.engines",
 }
 
-__all__ = ["BuildFailed", "EngineUnavailable", "variant_base_image", *_LAZY]
+__all__ = ["BuildFailed", "EngineUnavailable", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Engine image → OCI blobs, manifest and tag in envcache's store.
+"""Engine image → OCI blobs, manifest and tag in envcache's store: the whole ingest pipeline.
 
 An engine exports images with *uncompressed* layer tars (``docker save`` or an OCI layout).
 Each layer is identified by its diff_id (sha256 of the uncompressed tar, what the image config
@@ -13,6 +13,7 @@ The engine's config JSON is stored byte for byte: its digest is the engine's ima
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gzip
@@ -22,17 +23,22 @@ import json
 import os
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
 
-from envcache.builder.engines.base import ExportedImage
+from envcache.builder.engines.base import Engine, ExportedImage, LogFn
 from envcache.builder.errors import BuildFailed
-from envcache.builder.plan import LOCK_DIR, LOCK_FILES
-from envcache.oci import parse_manifest
+from envcache.builder.stages import LOCK_DIR, parse_locks
+from envcache.oci import (
+    ENV_REPOSITORY, LAYER_MEDIA, OCI_CONFIG, OCI_MANIFEST, Descriptor, image_manifest, parse_manifest,
+    platform_of_config,
+)
+from envcache.store import KnownLayer, Store
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -219,13 +225,94 @@ def read_lock_files(source: SourceImage, expected: set[str]) -> dict[str, bytes]
     return found
 
 
-def parse_locks(files: dict[str, bytes]) -> dict[str, Any]:
-    """Lock files (from :func:`read_lock_files`) as the lock is reported: pip freeze lines,
-    conda and Spark records; a kind whose stage the image lacks is an empty list."""
-    locks: dict[str, Any] = {"pip": [], "conda": [], "spark": []}
-    if LOCK_FILES["pip"] in files:
-        locks["pip"] = [line.strip() for line in files[LOCK_FILES["pip"]].decode().splitlines() if line.strip()]
-    for kind in ("conda", "spark"):
-        if LOCK_FILES[kind] in files:
-            locks[kind] = json.loads(files[LOCK_FILES[kind]])
-    return locks
+# --- storing ----------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestTarget:
+    """An engine image to store as ``repository:tag``."""
+
+    ref: str
+    repository: str
+    tag: str
+    annotations: dict[str, str] = field(default_factory=dict)
+    expected_locks: set[str] = field(default_factory=set)
+
+
+async def ingest_image(store: Store, engine: Engine, ref: str, tag: str, compression: str, log: LogFn, *,
+                       repository: str = ENV_REPOSITORY) -> dict[str, Any]:
+    """Export ``ref`` from the engine and store it as ``repository:tag``."""
+    return (await ingest_images(store, engine, [IngestTarget(ref, repository, tag)], compression, log))[0]
+
+
+async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget], compression: str,
+                        log: LogFn) -> list[dict[str, Any]]:
+    """Export the targets from the engine and store each; per target: manifest (bytes and
+    digest), size, layers, platform and the lock files found in the image."""
+    if compression not in LAYER_MEDIA:
+        raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="envcache-export-", dir=store.files.scratch_dir()) as tmp:
+        exports = await engine.export_many([t.ref for t in targets], Path(tmp))
+        with contextlib.ExitStack() as stack:
+            for target in targets:
+                source = await asyncio.to_thread(open_export, exports[target.ref], stack, target.ref)
+                layers = await ingest_layers(store, source, compression, Path(tmp), log)
+                lock_files = await asyncio.to_thread(read_lock_files, source, target.expected_locks)
+                results.append(await store_image(store, target, source.config, layers, lock_files))
+    return results
+
+
+async def store_image(store: Store, target: IngestTarget, config: bytes, layers: list[LayerBlob],
+                      lock_files: dict[str, bytes]) -> dict[str, Any]:
+    """Config, manifest and tag for layers already stored; what the build reports of the image."""
+    # write_blob skips the write when the config is stored already (every re-ingest).
+    await store.write_blob(config, media_type=OCI_CONFIG)
+    manifest = image_manifest(config, [Descriptor(l.digest, l.media_type, l.size) for l in layers], target.annotations)
+    digest = await store.put_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
+    return {"manifest": manifest, "manifest_digest": digest, "platform": platform_of_config(config),
+            "size": len(manifest) + len(config) + sum(layer.size for layer in layers),
+            "locks": parse_locks(lock_files),
+            "layers": [{"diff_id": l.diff_id, "digest": l.digest, "size": l.size, "reused": l.reused} for l in layers]}
+
+
+async def ingest_layers(store: Store, source: SourceImage, compression: str, tmp: Path,
+                         log: LogFn) -> list[LayerBlob]:
+    """Known layers by table lookup; new ones compressed in a worker thread (SQLite stays on
+    the event loop's thread)."""
+    media = LAYER_MEDIA[compression]
+    result: list[LayerBlob] = []
+    for diff_id, opener in zip(source.diff_ids, source.layers):
+        known = await store.layers.find(diff_id, compression)
+        if known is not None and await store.has_blob(known.blob_digest):
+            # Refresh last access so a concurrent GC's grace period covers the blob until our
+            # manifest references it.
+            await store.blobs.touch(known.blob_digest)
+            result.append(LayerBlob(diff_id, known.blob_digest, known.size, media, True))
+            continue
+        started = time.monotonic()
+        digest, size = await _compress_and_store(store, opener, compression, tmp, diff_id, media)
+        await store.layers.put(KnownLayer(diff_id, compression, digest, size))
+        log(f"ingest: layer {diff_id[7:19]} → {digest[7:19]} ({compression}, {size} bytes, "
+            f"{time.monotonic() - started:.1f}s)")
+        result.append(LayerBlob(diff_id, digest, size, media, False))
+    return result
+
+
+async def _compress_and_store(store: Store, opener: Opener, compression: str, tmp: Path,
+                              diff_id: str, media: str) -> tuple[str, int]:
+    """Compress one layer (a worker thread) and store it as a blob; returns (blob digest, size).
+    The layer must hash to the diff_id the engine's config names."""
+
+    def compress() -> tuple[str, str, Path]:
+        with opener() as stream:
+            return compress_layer(stream, compression, tmp)
+
+    actual, digest, path = await asyncio.to_thread(compress)
+    try:
+        if actual != diff_id:
+            raise BuildFailed("ingest", f"layer content hashes to {actual}, but the engine's config says {diff_id}")
+        # Both digests were computed over exactly the bytes written: no second read.
+        return await store.adopt_blob(path, digest, verified=True, media_type=media)
+    finally:
+        path.unlink(missing_ok=True)

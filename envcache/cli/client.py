@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.cli.output import emit, table
+from envcache.wire import VARIANT_CHOICES
 
 if TYPE_CHECKING:
     from envcache.client.sync import Client
@@ -35,7 +36,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     fmt = argparse.ArgumentParser(add_help=False)
     fmt.add_argument("--format", help="definition format (default: detected from the path)")
     variant = argparse.ArgumentParser(add_help=False)
-    variant.add_argument("--variant", choices=("cpu", "gpu", "auto"), default="auto", help="image variant (default: auto)")
+    variant.add_argument("--variant", choices=VARIANT_CHOICES, default="auto", help="image variant (default: auto)")
     parents = [common, daemon]
 
     p = sub.add_parser("resolve", parents=[*parents, fmt, variant],
@@ -154,8 +155,8 @@ def _warm(args: argparse.Namespace) -> int:
     from envcache.errors import EnvcacheError, InvalidInput
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not variants or set(variants) - {"cpu", "gpu", "auto"}:
-        raise InvalidInput(f"--variants: {args.variants!r}; use a comma-separated list of cpu, gpu, auto")
+    if not variants or set(variants) - set(VARIANT_CHOICES):
+        raise InvalidInput(f"--variants: {args.variants!r}; use a comma-separated list of {', '.join(VARIANT_CHOICES)}")
     if not 1 <= args.concurrency <= 64:
         raise InvalidInput("--concurrency must be from 1 to 64")
     items, failed = [], []

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.definition import FORMATS
+from envcache.definition.model import VARIANTS
 
 if TYPE_CHECKING:
     from envcache.definition import Definition
@@ -23,12 +24,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("hash", parents=[common, fmt], help="print the spec hash of definitions")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--variant", choices=("cpu", "gpu"), help="hash the definition as built for this variant")
+    p.add_argument("--variant", choices=VARIANTS, help="hash the definition as built for this variant")
     p.set_defaults(handler=_hash)
 
     p = sub.add_parser("canonical", parents=[common, fmt], help="print the canonical form of a definition")
     p.add_argument("path", metavar="PATH")
-    p.add_argument("--variant", choices=("cpu", "gpu"), help="canonicalise the definition as built for this variant")
+    p.add_argument("--variant", choices=VARIANTS, help="canonicalise the definition as built for this variant")
     p.add_argument("--compact", action="store_true", help="print exactly the bytes that are hashed")
     p.set_defaults(handler=_canonical)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from envcache.cli.output import emit
-from envcache.definition.model import VARIANTS
+from envcache.definition.model import VARIANTS, Variant
 from envcache.errors import InvalidInput, NotFound
 from envcache.oci import image_tag, parse_image_tag
 
@@ -44,7 +44,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            ("pull", "pull an image from the pull upstreams into the local store")):
         p = sub.add_parser(verb, parents=[common], help=helptext)
         p.add_argument("key", metavar="KEY", help="image key, or the full tag KEY-VARIANT")
-        p.add_argument("--variant", choices=("cpu", "gpu"), default=None,
+        p.add_argument("--variant", choices=VARIANTS, default=None,
                        help="variant (default: the only one cached for KEY, else cpu)")
         p.add_argument("--upstream", metavar="URL", help="only this upstream (its url as configured)")
         config_args(p)
@@ -135,7 +135,7 @@ async def _tag_for(store: Store, key: str, variant: str | None) -> str:
         return image_tag(key, variant)
     if parse_image_tag(key)[1] in VARIANTS:
         return key
-    return await store.images.tag_of(key) or image_tag(key, "cpu")
+    return await store.images.tag_of(key) or image_tag(key, Variant.CPU)
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -180,7 +180,7 @@ def _pull(args: argparse.Namespace) -> int:
         source = UpstreamSource(store, chosen)
         try:
             key, variant = parse_image_tag(await _tag_for(store, args.key, args.variant))
-            return await source.try_pull(key, variant or "cpu"), source.last_errors
+            return await source.try_pull(key, variant or Variant.CPU), source.last_errors
         finally:
             await source.aclose()
 

@@ -1,4 +1,4 @@
-"""Environment definitions: the model, its loaders, its canonical form and its keys.
+"""Environment definitions: the model, its loaders, its canonical form, its variants.
 
 Everything else in envcache is keyed by what this package computes, so it is pure and offline:
 no network, no engine. See README, "The definition format" and "Canonical rules".
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "envcache.definition.azure": ("read_azure_dir", "write_azure_dir"),
     "envcache.definition.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
-    "envcache.definition.keys": ("Stage", "stage_chain"),
     "envcache.definition.variants": ("for_variant", "resolve_variant"),
     "envcache.definition.loaders": ("load_definition",),
     "envcache.definition.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
@@ -28,9 +27,9 @@ FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "CANONICAL_VERSION", "FORMATS", "VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
-    "RegistryCredentials", "SparkPackage", "SparkSection", "Stage", "Variant", "VariantOverride", "canonical_bytes",
+    "RegistryCredentials", "SparkPackage", "SparkSection", "Variant", "VariantOverride", "canonical_bytes",
     "canonical_form", "definition_from_dict", "definition_to_dict", "for_variant", "load_definition",
-    "read_azure_dir", "resolve_variant", "spec_hash", "stage_chain", "write_azure_dir",
+    "read_azure_dir", "resolve_variant", "spec_hash", "write_azure_dir",
 ]
 
 
@@ -50,7 +49,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from envcache.definition.azure import read_azure_dir, write_azure_dir
     from envcache.definition.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
-    from envcache.definition.keys import Stage, stage_chain
     from envcache.definition.loaders import load_definition
     from envcache.definition.model import (
         VARIANTS, CondaDependencies, Definition, DockerSection, PythonSection, RegistryCredentials, SparkPackage,

@@ -22,7 +22,7 @@ class Variant(StrEnum):
     GPU = "gpu"
 
 
-VARIANTS: tuple[str, ...] = tuple(Variant)
+VARIANTS: tuple[str, ...] = tuple(v.value for v in Variant)
 
 DEFAULT_INTERPRETER_PATH = "python"
 

@@ -43,7 +43,7 @@ def resolve_variant(variant: str, proc_root: str | Path = "/", dev_root: str | P
     if value in VARIANTS:
         return Variant(value)
     if value != "auto":
-        raise InvalidInput(f"variant: {variant!r} is not one of cpu, gpu, auto")
+        raise InvalidInput(f"variant: {variant!r} is not one of {', '.join(CHOICES)}")
     if str(proc_root) == "/" and str(dev_root) == "/dev":
         return _host_variant()  # the host does not change while we run
     return Variant.GPU if host_has_nvidia_gpu(proc_root, dev_root, check_path=False) else Variant.CPU

@@ -17,12 +17,13 @@ from envcache.oci.media import (
     OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
 )
 from envcache.oci.names import (
-    NameInvalid, TagInvalid, check_name, check_tag, image_tag, parse_image_tag,
+    ENV_REPOSITORY, STAGE_REPOSITORY, NameInvalid, TagInvalid, check_name, check_tag, image_tag, parse_image_tag,
 )
 from envcache.oci.reference import DOCKER_HUB_HOSTS, ImageRef, ReferenceInvalid, normalise_reference, parse_reference
 
 __all__ = [
-    "ACCEPT_MANIFESTS", "DOCKER_HUB_HOSTS", "DOCKER_LIST", "DOCKER_MANIFEST", "INDEX_TYPES", "LAYER_MEDIA",
+    "ACCEPT_MANIFESTS", "DOCKER_HUB_HOSTS", "DOCKER_LIST", "DOCKER_MANIFEST", "ENV_REPOSITORY", "INDEX_TYPES",
+    "LAYER_MEDIA", "STAGE_REPOSITORY",
     "MANIFEST_TYPES", "MAX_MANIFEST_SIZE", "OCI_CONFIG", "OCI_INDEX", "OCI_MANIFEST",
     "Descriptor", "DigestError", "ImageRef", "Manifest", "ManifestInvalid", "NameInvalid", "ReferenceInvalid",
     "TagInvalid", "check_name", "check_tag", "config_digest", "digest_bytes", "dumps_manifest", "image_index",

@@ -43,6 +43,13 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+#: Where envcache files the images it builds or pulls (tag: :func:`image_tag`), and the image
+#: index over a definition's variants (tag: its spec hash).
+ENV_REPOSITORY = "envcache/env"
+#: Where envcache keeps each built stage (tag: its chain key), so other machines reuse prefixes.
+STAGE_REPOSITORY = "envcache/stage"
+
+
 def image_tag(key: str, variant: str) -> str:
     """The tag an image key is filed under: ``envcache/env:<image key>-<variant>`` (DESIGN.md)."""
     return f"{key}-{variant}"

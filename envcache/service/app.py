@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from envcache.builder.builder import build_image, stage_keys_for
+from envcache.builder.build import build_image, stage_keys_for
 from envcache.builder.errors import EngineUnavailable
 from envcache.builder.keys import RECIPE_VERSION
-from envcache.builder.stages import lock_from_store
+from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
 from envcache.service import auth, views
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
@@ -75,8 +75,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         found = await engine.get()
         if found is None:
             return []
-        return await stage_keys_for(prepared.definition, prepared.variant, engine=found, config=config,
-                                    log=log, store=store, stored_base=stored_base)
+        return await stage_keys_for(prepared, engine=found, log=log, store=store, stored_base=stored_base)
 
     upstream = UpstreamSource(store, upstreams, stage_keys=stage_keys, lock_reader=lock_from_store)
     puller = BasePuller(store, upstreams)
@@ -99,8 +98,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
                 "no container engine available to build this image: install Docker (and start dockerd) or "
                 "buildah, or set [build] engine / docker_host in the daemon config")
         # Bases the engine lacks are loaded from their pulled-through copy in the store.
-        return await build_image(prepared.definition, prepared.variant, store=store, engine=found, config=config,
-                                 image_key=prepared.key, log=log, base_digest=prepared.base_digest,
+        return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
 
     metrics = Metrics()

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from envcache.errors import EnvcacheError
-from envcache.oci import normalise_reference, parse_reference
+from envcache.oci import parse_reference
 from envcache.store import Store
 from envcache.store.interfaces import BaseDigests
 
@@ -39,13 +39,6 @@ class BaseImageUnresolvable(EnvcacheError):
 
     exit_code = 1
     http_status = 502
-
-
-def base_reference(name: str | None) -> str | None:
-    """The normal spelling of a base image name (``scratch`` stays ``scratch``), for resolution."""
-    if name is None:
-        return None
-    return "scratch" if name.lower() == "scratch" else normalise_reference(name)
 
 
 def own_registry(store: Store, own_hosts: set[str]) -> Resolver:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from envcache.builder.settings import COMPRESSIONS, ENGINES, BuildSettings
-from envcache.definition.model import VARIANTS
+from envcache.definition.model import VARIANTS, Variant
 from envcache.errors import InvalidInput
 from envcache.upstream.config import Upstream, parse_upstreams
 
@@ -54,8 +54,8 @@ class VariantConfig:
 
 # Azure ML's own base images, so a definition without a base image builds like it would there.
 DEFAULT_VARIANTS = {
-    "cpu": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
-    "gpu": "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.3-cudnn8-ubuntu20.04",
+    Variant.CPU: "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
+    Variant.GPU: "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.3-cudnn8-ubuntu20.04",
 }
 
 
@@ -168,7 +168,7 @@ def _variants(section: dict[str, Any], source: str) -> dict[str, VariantConfig]:
     out = Config().variants  # a variant the file does not name keeps its default
     for name, value in section.items():
         if name not in VARIANTS:
-            raise InvalidInput(f"{source}: unknown variant [variants.{name}]; valid variants: cpu, gpu")
+            raise InvalidInput(f"{source}: unknown variant [variants.{name}]; valid variants: {', '.join(VARIANTS)}")
         if not isinstance(value, dict) or set(value) != {"base_image"} or not isinstance(value["base_image"], str):
             raise InvalidInput(f"{source}: [variants.{name}] must set exactly base_image (a string)")
         out[name] = VariantConfig(base_image=value["base_image"])

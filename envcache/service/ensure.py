@@ -31,14 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-import xxhash
 
-from envcache.builder.keys import image_key
-from envcache.definition import canonical_bytes, for_variant
-from envcache.definition.variants import base_of
+from envcache.builder.plan import BuildPlan
 from envcache.errors import EnvcacheError, NotFound
 from envcache.service import schemas
-from envcache.service.bases import BaseDigestResolver, base_reference
+from envcache.service.bases import BaseDigestResolver
 from envcache.store import BuildRecord, Store, StoredImage
 
 if TYPE_CHECKING:
@@ -112,17 +109,9 @@ class ImageRecord:
         return msgspec.to_builtins(self.model(host))
 
 
-@dataclass
-class Prepared:
-    """A request reduced to what the cache needs: variant-applied definition, bytes, key."""
-
-    definition: Definition
-    variant: str
-    spec_hash: str
-    canonical: bytes
-    base_reference: str | None
-    base_digest: str
-    key: str
+#: A request reduced to what the cache needs: variant-applied definition, canonical bytes, base,
+#: key — the very plan the builder and the upstream tier are then handed.
+Prepared = BuildPlan
 
 
 @dataclass
@@ -254,12 +243,10 @@ class Ensurer:
 
     async def prepare(self, definition: Definition, variant: str) -> Prepared:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
-        vdef = for_variant(definition, variant)
-        canonical = canonical_bytes(vdef)
-        shash = xxhash.xxh3_128_hexdigest(canonical)  # = definition.spec_hash(vdef), without canonicalising twice
-        ref = base_reference(base_of(vdef, self._variant_bases.get(variant)))
-        digest = "none" if ref is None else await self.resolver.resolve(ref)
-        return Prepared(vdef, variant, shash, canonical, ref, digest, image_key(shash, variant, digest, self.recipe_version))
+        plan = BuildPlan.of(definition, variant, default_base=self._variant_bases.get(variant))
+        reference = plan.base_reference
+        digest = "none" if reference is None else await self.resolver.resolve(reference)
+        return plan.resolved(digest, self.recipe_version)
 
     async def lookup(self, prepared: Prepared) -> ImageRecord | None:
         """The cached image for ``prepared`` or None; verifies canonical bytes on a hit."""

@@ -16,14 +16,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from envcache.definition.variants import CHOICES
 from envcache.errors import InvalidInput
 from envcache.wire import DOCUMENT_SCHEMA
 
 MAX_INTEGER = 2**63 - 1  # SQLite's INTEGER: a larger number cannot even be looked up
 MAX_WARM_ITEMS = 1000
-VARIANT_CHOICES = ("cpu", "gpu", "auto")
+_CHOICES = ", ".join(CHOICES)
 
-Variant = Literal["cpu", "gpu", "auto"]
+Variant = Literal[CHOICES]  # type: ignore[valid-type]  # cpu, gpu, auto
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_INTEGER)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 UNSET = msgspec.UNSET
@@ -31,7 +32,7 @@ Unset = msgspec.UnsetType
 
 _VERSION = "{field} must be a positive integer (at most %d)" % MAX_INTEGER
 _FLAG = "{field} must be true or false"
-_VARIANT = "{field} must be one of cpu, gpu, auto (got {got})"
+_VARIANT = "{field} must be one of %s (got {got})" % _CHOICES
 
 
 class Request(msgspec.Struct):
@@ -91,8 +92,8 @@ class WarmRequest(Request):
         "items": "items must be a non-empty list of {{definition | environment, label?}}",
         "items:max": f"items: at most {MAX_WARM_ITEMS} per request",
         "items[]": "items[{index}] must be an object",
-        "variants": "variants must be a non-empty list of cpu, gpu, auto",
-        "variants[]": "variants[] must be one of cpu, gpu, auto (got {got})",
+        "variants": f"variants must be a non-empty list of {_CHOICES}",
+        "variants[]": f"variants[] must be one of {_CHOICES} (got {{got}})",
         "concurrency": "concurrency must be an integer from 1 to 64",
         "refresh": _FLAG,
     }

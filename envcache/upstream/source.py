@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.oci import image_tag, parse_manifest
+from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY, image_tag, parse_manifest
 from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import image_size, pull_image
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENV_REPO = "envcache/env"
-STAGE_REPO = "envcache/stage"
+ENV_REPO = ENV_REPOSITORY
+STAGE_REPO = STAGE_REPOSITORY
 LogFn = Callable[[str], None]
 
 

@@ -1,4 +1,5 @@
-"""Stages in the store: published after a build, loaded back into an engine that lacks them.
+"""Images in the store as the builder uses them: stages published after a build, stages and
+pulled-through bases loaded back into an engine that lacks them, the lock of a stored image.
 
 Each built stage is kept in envcache's registry as ``envcache/stage:<chain key>``, so another
 machine (through an upstream registry) or this one after an engine reset can start from the
@@ -18,17 +19,13 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from envcache.builder import ingest as ingest_mod
-from envcache.builder import plan
 from envcache.builder.engines.base import Engine
-from envcache.oci import OCI_MANIFEST, digest_bytes, dumps_manifest, parse_manifest
-
-if TYPE_CHECKING:
-    from envcache.store import Store, StoredManifest
-
-STAGE_REPOSITORY = "envcache/stage"
+from envcache.builder.stages import LOCK_FILES, parse_locks
+from envcache.oci import OCI_MANIFEST, STAGE_REPOSITORY, digest_bytes, dumps_manifest, parse_manifest
+from envcache.store import Store, StoredManifest
 
 
 async def stored_stage(store: Store, key: str) -> StoredManifest | None:
@@ -94,7 +91,7 @@ async def lock_from_store(store: Store, repository: str, digest: str) -> dict[st
     ``/opt/envcache/lock/*`` in its layers — for images that were pulled rather than built."""
     manifest = await store.get_manifest(repository, digest)
     if manifest is None:
-        return ingest_mod.parse_locks({})
+        return parse_locks({})
     source = stored_source(store, manifest.body)
-    files = await asyncio.to_thread(ingest_mod.read_lock_files, source, set(plan.LOCK_FILES.values()))
-    return ingest_mod.parse_locks(files)
+    files = await asyncio.to_thread(ingest_mod.read_lock_files, source, set(LOCK_FILES.values()))
+    return parse_locks(files)

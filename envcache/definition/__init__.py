@@ -21,8 +21,7 @@ _EXPORTS = {
                                   "RegistryCredentials", "SparkPackage", "SparkSection", "Variant", "VariantOverride"),
     "envcache.definition.reference": ("definition_from_dict", "definition_to_dict"),
 }
-# Here rather than in ``loaders``: the CLI offers them as ``--format`` choices without loading a parser.
-FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
+from envcache.definition.model import FORMATS  # the CLI's --format choices, without loading a parser
 
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [

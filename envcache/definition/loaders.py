@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from envcache.errors import DefinitionError
-from envcache.definition import FORMATS
 from envcache.definition.azure import ENV_JSON, read_azure_dir
 from envcache.definition.conda_env import load_conda_env
-from envcache.definition.model import Definition
+from envcache.definition.model import FORMATS, Definition
 from envcache.definition.reference import definition_from_dict
 from envcache.definition.requirements import load_requirements
 from envcache.definition.sources import Located, load_json, load_yaml

@@ -23,6 +23,8 @@ class Variant(StrEnum):
 
 
 VARIANTS: tuple[str, ...] = tuple(v.value for v in Variant)
+#: The input formats a definition is read from (``--format``; detected from the path by default).
+FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
 
 DEFAULT_INTERPRETER_PATH = "python"
 
@@ -156,5 +158,5 @@ class Definition:
 __all__ = [
     "CondaDependencies", "Definition", "DockerSection", "PythonSection", "RegistryCredentials",
     "SparkPackage", "SparkSection", "Variant", "VariantOverride", "VARIANTS",
-    "DEFAULT_INTERPRETER_PATH", "redact_url_credentials",
+    "DEFAULT_INTERPRETER_PATH", "FORMATS", "redact_url_credentials",
 ]

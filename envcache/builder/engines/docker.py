@@ -13,6 +13,7 @@ import json
 import re
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -40,6 +41,16 @@ class DockerEngine(Engine):
         if self._docker is None:
             self._docker = aiodocker.Docker(url=self.docker_host)
         return self._docker
+
+    def _raw(self, path: str, method: str, **kwargs: Any) -> Any:
+        """A request aiodocker's public API cannot express, on its own connection pool.
+
+        WHY private: ``images.build`` has no ``networkmode`` (a stage needs ``host`` or
+        ``none``) and ``images.export_image`` saves one name, while one ``docker save`` of the
+        image and all its stages writes their shared layers once. These are the only two
+        calls; everything else uses the public API.
+        """
+        return self.client._query(path, method, timeout=_UNLIMITED, **kwargs)
 
     async def ping(self) -> None:
         """Raise EngineUnavailable unless the daemon answers."""
@@ -86,8 +97,8 @@ class DockerEngine(Engine):
         error: str | None = None
         containers: list[str] = []  # RUN containers, removed by us if the build is abandoned
         try:
-            async with self.client._query("build", "POST", params=params, data=context_tar(context_dir),
-                                          headers={"content-type": "application/x-tar"}, timeout=_UNLIMITED) as resp:
+            async with self._raw("build", "POST", params=params, data=context_tar(context_dir),
+                                 headers={"content-type": "application/x-tar"}) as resp:
                 async for raw in resp.content:
                     if not raw.strip():
                         continue
@@ -136,20 +147,21 @@ class DockerEngine(Engine):
         with open(path, "wb") as out:
             # ``names`` repeats, which aiodocker's params mapping cannot express: query in the path.
             query = urllib.parse.urlencode([("names", ref) for ref in refs])
-            async with self.client._query(f"images/get?{query}", "GET", timeout=_UNLIMITED) as resp:
+            async with self._raw(f"images/get?{query}", "GET") as resp:
                 while chunk := await resp.content.read(1 << 20):
                     out.write(chunk)
         exported = ExportedImage("docker-archive", path)
         return {ref: exported for ref in refs}
 
     async def load(self, archive: Path, tag: str) -> None:
-        with open(archive, "rb") as data:
-            async with self.client._query("images/load", "POST", params={"quiet": "1"}, data=data,
-                                          headers={"content-type": "application/x-tar"}, timeout=_UNLIMITED) as resp:
-                body = await resp.text()
-        errors = [json.loads(line).get("error") for line in body.splitlines() if line.strip().startswith("{")]
-        if any(errors) or await self.inspect(tag) is None:
-            raise BuildFailed("load", f"dockerd could not load {tag}: {'; '.join(e for e in errors if e) or body[:200]}")
+        try:
+            with open(archive, "rb") as data:
+                events = await self.client.images.import_image(data, timeout=_UNLIMITED)
+        except aiodocker.DockerError as exc:
+            raise BuildFailed("load", f"dockerd could not load {tag}: {exc.message}") from exc
+        errors = [event["error"] for event in events or [] if isinstance(event, dict) and event.get("error")]
+        if errors or await self.inspect(tag) is None:
+            raise BuildFailed("load", f"dockerd could not load {tag}: {'; '.join(errors) or 'the image is not there'}")
 
     async def remove(self, ref: str) -> None:
         try:

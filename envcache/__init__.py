@@ -1,9 +1,11 @@
 """envcache: a content-addressed environment build cache and OCI image registry daemon.
 
-The package is split by concern (see README, "Code layout"): ``spec`` turns a definition into
-canonical bytes and keys, ``store`` keeps blobs and metadata, ``registry`` serves them over the
-OCI Distribution API, ``build`` makes images, ``upstream`` talks to other registries,
-``service`` is the daemon and ``client`` the library users import.
+The package is split into layers that only import downwards (README, "Code layout"; checked by
+tests/test_layers.py): ``oci`` is the OCI vocabulary, ``definition`` turns a definition into
+canonical bytes, ``store`` keeps blobs and metadata behind interfaces, ``registry`` serves them
+over the OCI Distribution API, ``builder`` makes images, ``upstream`` talks to other registries,
+``service`` is the daemon (its one composition root), ``cli`` the command; ``client`` is the
+library users import, speaking ``wire``.
 
 The client classes are imported on first use, so ``import envcache`` (and with it every CLI
 start) stays cheap: no aiohttp import until a client is actually made.

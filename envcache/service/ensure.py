@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -75,27 +75,13 @@ class BuildError(EnvcacheError):
     http_status = 422
 
 
-@dataclass
-class ImageRecord:
-    """A cached image and what is known about it, as the API shows it."""
-
-    key: str
-    variant: str
-    spec_hash: str
-    repository: str
-    tag: str
-    manifest_digest: str
-    size: int
-    created: float
-    last_used: float
-    lock: dict
-    base_digest: str
-    recipe_version: str
+@dataclass(frozen=True)
+class ImageRecord(StoredImage):
+    """A cached image as the API shows it (the image index's entry, plus its documents)."""
 
     @classmethod
-    def from_stored(cls, image: StoredImage) -> ImageRecord:
-        return cls(image.key, image.variant, image.spec_hash, image.repository, image.tag, image.manifest_digest,
-                   image.size, image.created, image.last_used, image.lock, image.base_digest, image.recipe_version)
+    def from_stored(cls, image: StoredImage, **changes: Any) -> ImageRecord:
+        return cls(**{**{f.name: getattr(image, f.name) for f in fields(image)}, **changes})
 
     def model(self, host: str) -> schemas.Image:
         """The API's image document; ``host`` is how the caller reached us, so the ref pulls."""
@@ -263,9 +249,7 @@ class Ensurer:
             return None  # indexed but gone from the registry (deleted, collected): rebuild, never a dead ref
         now = time.time()
         self._touched[stored.key] = now
-        record = ImageRecord.from_stored(stored)
-        record.last_used = now
-        return record
+        return ImageRecord.from_stored(stored, last_used=now)
 
     async def flush_last_used(self) -> None:
         """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty)."""

@@ -44,7 +44,7 @@ class EnvironmentRecord:
         return cls(version.name, version.version, version.spec_hash, version.definition, version.created)
 
     def as_definition(self) -> Definition:
-        """The stored definition as a spec Definition ready for ensure (no second read of the row)."""
+        """The stored definition as a Definition ready for ensure (no second read of the row)."""
         return definition_from_dict(self.definition, source=f"environment {self.name}:{self.version}")
 
     def model(self) -> schemas.Environment:

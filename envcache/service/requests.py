@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import xxhash
 from aiohttp import web
 
-from envcache import definition as spec
+from envcache.definition import definition_from_dict, load_definition
 from envcache.definition.sources import check_yaml_aliases
 from envcache.definition.variants import resolve_variant
 from envcache.errors import EnvcacheError, InvalidInput
@@ -133,7 +133,7 @@ class Definitions:
         if subject.definition is not UNSET:
             try:
                 source = f"<api>{'/' + where.rstrip(': ') if where else ''}"
-                return spec.definition_from_dict(subject.definition, source=source), None
+                return definition_from_dict(subject.definition, source=source), None
             except EnvcacheError:
                 raise
             except (TypeError, ValueError, KeyError, AttributeError) as exc:  # belt and braces: bad input is a 400
@@ -166,7 +166,7 @@ def load_files(item: Any, where: str) -> Definition:
                 raise InvalidInput(f"{where}document.files[{name[:80]!r}]: cannot be written as a file: "
                                    f"{exc.strerror or exc}") from None
         try:
-            return spec.load_definition(Path(tmp, document.path), document.format)
+            return load_definition(Path(tmp, document.path), document.format)
         except EnvcacheError as exc:
             message = exc.message
         except (TypeError, ValueError, KeyError, AttributeError) as exc:  # belt and braces: bad input is a 400

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from envcache import definition as spec
+from envcache.definition import write_azure_dir
 from envcache.errors import InvalidInput
 from envcache.service import requests
 from envcache.service.environments import check_name
@@ -52,7 +52,7 @@ async def download(request: web.Request) -> web.Response:
     definition = record.as_definition()
     definition.name, definition.version = record.name, str(record.version)
     with tempfile.TemporaryDirectory(prefix="envcache-scaffold-") as tmp:
-        spec.write_azure_dir(definition, Path(tmp))
+        write_azure_dir(definition, Path(tmp))
         files = {p.relative_to(tmp).as_posix(): p.read_text(encoding="utf-8")
                  for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
     return json_response(Scaffold(record.name, record.version, files))

@@ -58,7 +58,8 @@ from envcache.build.maven import fetch_jars  # noqa: E402
 from envcache.service.config import Config  # noqa: E402
 from envcache.spec import definition_from_dict  # noqa: E402
 from envcache.store import Store  # noqa: E402
-from tests.fixtures.engines import build_python_base, load_into_dockerd, start_dockerd  # noqa: E402
+from tests.fixtures.bases import build_python_base, load_into_dockerd  # noqa: E402
+from tests.fixtures.engines import start_dockerd  # noqa: E402
 from tests.fixtures.testdata import MAVEN_GROUP, make_conda_channel, make_maven_repo  # noqa: E402
 
 BASE = "envcache-bench/python-base:cpu"

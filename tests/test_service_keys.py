@@ -14,7 +14,8 @@ import pytest
 
 from envcache.service.config import Config
 from envcache.service.wiring import make_resolvers
-from tests.fixtures.engines import SKOPEO, run
+from tests.fixtures.engines import SKOPEO
+from tests.fixtures.processes import run
 
 pytestmark = pytest.mark.engine
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "envcache.spec.azure": ("read_azure_dir", "write_azure_dir"),
-    "envcache.spec.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
+    "envcache.spec.canonical": ("CANONICAL_VERSION", "base_reference", "canonical_bytes", "canonical_form", "spec_hash"),
     "envcache.spec.keys": ("Stage", "for_variant", "stage_chain"),
     "envcache.spec.loaders": ("load_definition",),
     "envcache.spec.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
@@ -27,7 +27,7 @@ FORMATS = ("yaml", "json", "azure-dir", "conda", "conda-export", "requirements")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "CANONICAL_VERSION", "FORMATS", "VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
-    "RegistryCredentials", "SparkPackage", "SparkSection", "Stage", "VariantOverride", "canonical_bytes",
+    "RegistryCredentials", "SparkPackage", "SparkSection", "Stage", "VariantOverride", "base_reference", "canonical_bytes",
     "canonical_form", "definition_from_dict", "definition_to_dict", "for_variant", "load_definition",
     "read_azure_dir", "spec_hash", "stage_chain", "write_azure_dir",
 ]
@@ -48,7 +48,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from envcache.spec.azure import read_azure_dir, write_azure_dir
-    from envcache.spec.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
+    from envcache.spec.canonical import CANONICAL_VERSION, base_reference, canonical_bytes, canonical_form, spec_hash
     from envcache.spec.keys import Stage, for_variant, stage_chain
     from envcache.spec.loaders import load_definition
     from envcache.spec.model import (

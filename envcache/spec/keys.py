@@ -36,6 +36,8 @@ def for_variant(defn: Definition, variant: str) -> Definition:
 
     A base image or Dockerfile in the override replaces the general base; listed channels and
     options are appended; a package in the override replaces a general package of the same name.
+    ``docker.base_image_registry`` stays, so a variant's base image that names no registry comes
+    from its address too (a private name never falls through to Docker Hub).
     """
     if variant not in VARIANTS:
         raise DefinitionError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}", location="variant")

@@ -7,6 +7,7 @@ executed, not only against the report.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -39,6 +40,9 @@ async def test_first_run_runs_all_and_second_reuses_all(project: Project, backen
     assert [s.key for s in second.steps] == [s.key for s in first.steps]
     assert [s.outputs for s in second.steps] == [s.outputs for s in first.steps]
     assert len({s.key for s in first.steps}) == 3 and backend.stored_keys() == {s.key for s in first.steps}
+    wire = json.loads(json.dumps(second.to_dict()))            # the report as the CLI/API will send it
+    assert wire["ok"] is True and [s["status"] for s in wire["steps"]] == ["reused"] * 3
+    assert wire["steps"][1]["key"] == second.step("train").key and "model" in wire["steps"][1]["outputs"]
 
 
 async def test_a_helper_module_change_reruns_train_and_what_reads_it(project: Project, backend: HostBackend) -> None:

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -37,7 +38,7 @@ def stamp_of(st: os.stat_result) -> Stamp:
 class RootDigests:
     """The remembered digests of one tree root, for one listing of it."""
 
-    def __init__(self, file: Path, root: str, known: dict[str, list], racy_window_ns: int) -> None:
+    def __init__(self, file: Path, root: str, known: dict[str, list[Any]], racy_window_ns: int) -> None:
         self._file = file
         self._root = root
         self._known = known
@@ -70,7 +71,7 @@ class DigestCache:
     def open(self, root: Path) -> RootDigests:
         key = str(Path(root).resolve())
         file = self.directory / f"{xxhash.xxh3_128_hexdigest(key.encode())}.json"
-        known: dict[str, list] = {}
+        known: dict[str, list[Any]] = {}
         try:
             data = json.loads(file.read_bytes())
             if data.get("version") == CACHE_VERSION and data.get("root") == key and isinstance(data.get("files"), dict):

@@ -13,6 +13,11 @@ class TreeError(InvalidInput):
     """A source directory or input cannot be snapshotted (broken link, loop, unreadable file)."""
 
 
+def with_log_tail(message: str, log_tail: str) -> str:
+    """A step failure as the user reads it: the error, then the end of the step's log."""
+    return message + ("\n--- end of its log ---\n" + log_tail.rstrip("\n") if log_tail.strip() else "")
+
+
 class StepFailed(EnvcacheError):
     """A step ran and failed. Raised by a ``run_step`` implementation; ``log_tail`` is the end of
     its log, which the pipeline report carries so the user sees why without looking elsewhere."""
@@ -21,10 +26,7 @@ class StepFailed(EnvcacheError):
         self.step = step
         self.reason = reason
         self.log_tail = log_tail
-        message = f"step {step!r} failed: {reason}"
-        if log_tail.strip():
-            message += "\n--- end of its log ---\n" + log_tail.rstrip("\n")
-        super().__init__(message)
+        super().__init__(with_log_tail(f"step {step!r} failed: {reason}", log_tail))
 
 
 class PipelineFailed(EnvcacheError):

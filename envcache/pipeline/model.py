@@ -118,7 +118,7 @@ class _Fields:
         return PipelineDefinitionError(f"{field}: {message}" if field else message, source=self.source,
                                        location=self.locate(field) if field else None)
 
-    def known(self, mapping: dict, field: str, allowed: tuple[str, ...]) -> None:
+    def known(self, mapping: dict[str, Any], field: str, allowed: tuple[str, ...]) -> None:
         for key in mapping:
             if key not in allowed:
                 where = f"{field}.{key}" if field else str(key)
@@ -148,7 +148,7 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing"}.get(type(value), type(value).__name__)
 
 
-def _step(fields: _Fields, item: Any, field: str, defaults: dict, base_dir: Path) -> Step:
+def _step(fields: _Fields, item: Any, field: str, defaults: dict[str, Any], base_dir: Path) -> Step:
     if not isinstance(item, dict):
         raise fields.error(field, "expected a mapping (a step)")
     fields.known(item, field, STEP_FIELDS)

@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from envcache.errors import EnvcacheError
 from envcache.pipeline.digest_cache import DigestCache
-from envcache.pipeline.errors import PipelineFailed, StepFailed, TreeError
+from envcache.pipeline.errors import PipelineFailed, StepFailed, TreeError, with_log_tail
 from envcache.pipeline.keys import step_key
 from envcache.pipeline.model import DataInput, OutputInput, PipelineModel, Step
 from envcache.pipeline.tree import Tree, read_tree, snapshot
@@ -119,10 +119,7 @@ class PipelineReport:
     def raise_for_failure(self) -> None:
         failed = next((step for step in self.steps if step.status == "failed"), None)
         if failed is not None:
-            message = failed.error or f"step {failed.name!r} failed"
-            if failed.log_tail.strip():
-                message += "\n--- end of its log ---\n" + failed.log_tail.rstrip("\n")
-            raise PipelineFailed(message)
+            raise PipelineFailed(with_log_tail(failed.error or f"step {failed.name!r} failed", failed.log_tail))
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "seconds": round(self.seconds, 3), "steps": [step.to_dict() for step in self.steps]}

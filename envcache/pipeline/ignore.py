@@ -32,8 +32,7 @@ ALWAYS_EXCLUDED_DIRS = frozenset({".git"})
 class IgnoreRules:
     """The patterns of one ignore file (or none), and the questions the tree walker asks them."""
 
-    source: str | None = None          # ".amlignore", ".gitignore", or None: nothing excluded
-    spec: GitIgnoreSpec | None = None
+    spec: GitIgnoreSpec | None = None  # None: nothing excluded (but .git)
     negates: bool = False              # a "!" pattern exists: no directory may be skipped whole
 
     def excludes_file(self, relpath: str) -> bool:
@@ -63,6 +62,5 @@ def ignore_rules(root: Path) -> IgnoreRules:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
                 raise TreeError(f"{path}: cannot read the ignore file: {exc}") from None
-            return IgnoreRules(source=name, spec=GitIgnoreSpec.from_lines(lines),
-                               negates=any(line.startswith("!") for line in lines))
+            return IgnoreRules(spec=GitIgnoreSpec.from_lines(lines), negates=any(line.startswith("!") for line in lines))
     return NO_RULES

@@ -9,6 +9,7 @@
 - ``tests.fixtures.testdata``: local conda channels and Maven repositories the tests make.
 - ``tests.fixtures.upstream``: tiny OCI images in real stores, and upstream registries that misbehave.
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
+- ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
 """
 
 pytest_plugins = [
@@ -20,4 +21,5 @@ pytest_plugins = [
     "tests.fixtures.testdata",
     "tests.fixtures.daemon",
     "tests.fixtures.upstream",
+    "tests.fixtures.pipelines",
 ]

@@ -21,7 +21,7 @@ from envcache.spec.model import redact_url_credentials
 PYTHON = "python"
 
 
-def package_name(entry: str) -> str:
+def _package_name(entry: str) -> str:
     """The project a conda/pip entry names (``numpy>=1.2`` → ``numpy``; a wheel URL → its
     project), compared the way pip compares names, so ``add`` replaces and ``remove`` finds it."""
     if entry.endswith(".whl"):
@@ -98,12 +98,12 @@ class CondaDependencies:
 
     def add_conda_package(self, conda_package: str) -> None:
         """Add a MatchSpec; an entry of the same name is replaced (``python=3.11`` sets the Python)."""
-        name = package_name(conda_package)
-        self._conda = [p for p in self._conda if package_name(p) != name] + [conda_package]
+        name = _package_name(conda_package)
+        self._conda = [p for p in self._conda if _package_name(p) != name] + [conda_package]
 
     def remove_conda_package(self, conda_package: str) -> None:
-        name = package_name(conda_package)
-        self._conda = [p for p in self._conda if package_name(p) != name]
+        name = _package_name(conda_package)
+        self._conda = [p for p in self._conda if _package_name(p) != name]
 
     def set_python_version(self, version: str) -> None:
         self.add_conda_package(f"{PYTHON}={version}")
@@ -111,7 +111,7 @@ class CondaDependencies:
     def get_python_version(self) -> str | None:
         """The version in the ``python`` conda entry (``3.11`` from ``python=3.11``), or None."""
         for entry in self._conda:
-            if package_name(entry) == PYTHON:
+            if _package_name(entry) == PYTHON:
                 return entry.split("::")[-1][len(PYTHON):].lstrip("=<>!~ ") or None
         return None
 
@@ -121,12 +121,12 @@ class CondaDependencies:
         """Add a pip requirement; an entry for the same project is replaced."""
         if pip_package.startswith("-"):
             raise InvalidInput(f"pip package {pip_package!r} is an option: use set_pip_option")
-        name = package_name(pip_package)
-        self._pip = [p for p in self._pip if package_name(p) != name] + [pip_package]
+        name = _package_name(pip_package)
+        self._pip = [p for p in self._pip if _package_name(p) != name] + [pip_package]
 
     def remove_pip_package(self, pip_package: str) -> None:
-        name = package_name(pip_package)
-        self._pip = [p for p in self._pip if package_name(p) != name]
+        name = _package_name(pip_package)
+        self._pip = [p for p in self._pip if _package_name(p) != name]
 
     def set_pip_option(self, pip_option: str) -> None:
         """Add a pip option; one with the same flag (``--index-url``) replaces the old one."""

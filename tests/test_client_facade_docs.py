@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 
 from envcache import Workspace
+from envcache.errors import InvalidInput
 from envcache.client.aio import AsyncClient
 from envcache.service.config import Config
 from envcache.upstream.config import parse_upstream
@@ -280,6 +281,11 @@ async def test_how_to_create_and_manage_environments(daemon, page_dir: Path, mon
         assert ns["myenv"].python.conda_dependencies.pip_packages == ["numpy>=1.26", "requests==2.32.3"]
         assert (ns["myenv"].docker.base_image, ns["myenv"].docker.base_image_registry.address) == (
             "your_base-image", "your_registry_location")
+        # Azure takes the page's placeholder address as any string; envcache refuses an address that
+        # is no registry host once it reaches the daemon (README, "Coming from Azure ML").
+        with pytest.raises(InvalidInput, match="docker.base_image_registry.address"):
+            ns["myenv"].clone("placeholder").register(ns["ws"])
+        ns["myenv"].docker.base_image_registry.address = "myregistry.azurecr.io"
         run(HOWTO, HOWTO_DOCKERFILE, ns)
         assert ns["myenv"].docker.base_image is None and "from-a-file" in ns["myenv"].docker.base_dockerfile
         run(HOWTO, HOWTO_INTERPRETER, ns)
@@ -293,6 +299,9 @@ async def test_how_to_create_and_manage_environments(daemon, page_dir: Path, mon
         again = run(HOWTO, HOWTO_REGISTER, ns)                   # the same content: still version 1
         out.append(again)
         run_all(HOWTO, [HOWTO_2020_DOCKER, HOWTO_2020_DOCKERFILE_FROM_FILE], ns)
+        with pytest.raises(InvalidInput, match="docker.base_image_registry.address"):
+            ns["myenv"].register(workspace=ns["ws"])
+        ns["myenv"].docker.base_image_registry.address = "myregistry.azurecr.io"
         changed = ns["myenv"].register(workspace=ns["ws"])       # changed content: version 2
         return [*out, user_managed.version, changed.version]
 

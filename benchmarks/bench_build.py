@@ -57,7 +57,8 @@ from envcache.builder.helper import host_ca_bundle  # noqa: E402
 from envcache.builder.maven import fetch_jars  # noqa: E402
 from envcache.definition import definition_from_dict  # noqa: E402
 from envcache.store import open_store  # noqa: E402
-from tests.fixtures.engines import build_python_base, load_into_dockerd, start_dockerd  # noqa: E402
+from tests.fixtures.bases import build_python_base, load_into_dockerd  # noqa: E402
+from tests.fixtures.engines import start_dockerd  # noqa: E402
 from tests.fixtures.testdata import MAVEN_GROUP, make_conda_channel, make_maven_repo  # noqa: E402
 
 BASE = "envcache-bench/python-base:cpu"

@@ -52,10 +52,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures.bases import build_busybox_rootfs  # noqa: E402
 from tests.fixtures.daemon import image_manifest, push_image, sha256  # noqa: E402  (plain aiohttp helpers, no pytest needed)
-from tests.fixtures.engines import (  # noqa: E402
-    build_busybox_rootfs, free_port, start_dockerd, start_reference_registry,
-)
+from tests.fixtures.engines import start_dockerd  # noqa: E402
+from tests.fixtures.processes import free_port  # noqa: E402
+from tests.fixtures.registry import start_reference_registry  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 

@@ -41,8 +41,10 @@ from envcache.service.app import create_app  # noqa: E402
 from envcache.service.config import Config  # noqa: E402
 from envcache.upstream.config import parse_upstream  # noqa: E402
 from envcache.service.daemon import DAEMON  # noqa: E402
-from tests.fixtures.engines import (  # noqa: E402
-    build_busybox_rootfs, skopeo, start_dockerd, start_reference_registry, write_oci_layout)
+from tests.fixtures.bases import build_busybox_rootfs  # noqa: E402
+from tests.fixtures.engines import skopeo, start_dockerd  # noqa: E402
+from tests.fixtures.oci_images import write_oci_layout  # noqa: E402
+from tests.fixtures.registry import start_reference_registry  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = "python benchmarks/bench_upstream.py"

@@ -17,7 +17,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_CLIENT_NAMES = ("Client", "AsyncClient", "Environment", "CondaDependencies")
+_CLIENT_NAMES = (
+    "Client", "AsyncClient",
+    # The Azure-style facade: `from azureml.core… import X` becomes `from envcache import X`.
+    "Workspace", "Environment", "EnvironmentReference", "CondaDependencies", "ContainerRegistry", "DockerSection",
+    "PythonSection", "SparkSection", "SparkPackage", "DockerImageDetails", "ImageBuildDetails",
+)
 __all__ = ["__version__", *_CLIENT_NAMES]
 
 

@@ -49,3 +49,9 @@ class NotFound(EnvcacheError):
 
     exit_code = 3
     http_status = 404
+
+
+class UnsupportedFeature(InvalidInput):
+    """An Azure ML feature the Azure-style client facade does not provide (compute clusters,
+    labels, R sections, …): the message names the feature and, where there is one, what to do
+    instead — so ported code stops at a clear sentence, not at a TypeError or AttributeError."""

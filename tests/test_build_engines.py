@@ -30,8 +30,9 @@ from envcache.builder.plan import BuildPlan
 from envcache.service.config import Config
 from envcache.definition import Definition, definition_from_dict
 from envcache.store import Store
+from tests.fixtures.bases import PythonBase
 from tests.fixtures.daemon import DaemonURL, running_daemon
-from tests.fixtures.engines import Buildah, Dockerd, PythonBase, skopeo
+from tests.fixtures.engines import Buildah, Dockerd, skopeo
 from tests.fixtures.testdata import MAVEN_GROUP, CondaChannel, MavenRepo
 
 pytestmark = pytest.mark.engine

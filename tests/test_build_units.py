@@ -38,7 +38,7 @@ from envcache.definition import definition_from_dict
 from envcache.definition.model import SparkPackage
 from envcache.store import open_store
 from envcache.store.sqlite.schema import LAYER_BLOBS
-from tests.fixtures.engines import make_tar, write_oci_layout
+from tests.fixtures.oci_images import make_tar, write_oci_layout
 from tests.fixtures.testdata import MAVEN_GROUP, CondaPackage, MavenRepo, make_conda_channel, make_maven_repo
 
 # --- variants -------------------------------------------------------------------------------

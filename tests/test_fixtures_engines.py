@@ -10,7 +10,8 @@ from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.fixtures.engines import Buildah, Dockerd, RegistryServer, start_dockerd
+from tests.fixtures.engines import Buildah, Dockerd, start_dockerd
+from tests.fixtures.registry import RegistryServer
 
 
 def test_dockerd_answers_on_private_socket(dockerd: Dockerd) -> None:

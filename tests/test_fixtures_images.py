@@ -5,17 +5,9 @@ from __future__ import annotations
 import json
 import tarfile
 
-from tests.fixtures.engines import (
-    Buildah,
-    Dockerd,
-    OciImage,
-    Rootfs,
-    build_busybox_rootfs,
-    load_into_buildah,
-    load_into_dockerd,
-    push_oci_image,
-    skopeo,
-)
+from tests.fixtures.bases import Rootfs, build_busybox_rootfs, load_into_buildah, load_into_dockerd
+from tests.fixtures.engines import Buildah, Dockerd, skopeo
+from tests.fixtures.oci_images import OciImage, push_oci_image
 
 
 def test_busybox_rootfs_is_cached_and_complete(busybox_rootfs: Rootfs) -> None:

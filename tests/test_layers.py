@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("definition",),                        # environment definitions: pure, offline
     ("wire",),                              # what the client and the daemon both speak
     ("store",),                             # repositories (all SQL) and blob storage
-    ("registry", "builder", "upstream"),    # siblings over the store
+    ("registry", "builder", "upstream", "pipeline"),  # siblings over the store
     ("service",),                           # the daemon: composition root, views, ensure
     ("cli",),                               # the command
 ]

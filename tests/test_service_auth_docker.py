@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from envcache.service.config import Config, Token
-from tests.fixtures.engines import SKOPEO, CommandFailed, run
+from tests.fixtures.engines import SKOPEO
+from tests.fixtures.processes import CommandFailed, run
 
 
 async def test_docker_login_then_pull_works_and_is_required(make_daemon, dockerd, busybox_oci_layout) -> None:

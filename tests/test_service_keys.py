@@ -14,7 +14,8 @@ import pytest
 
 from envcache.service.config import Config
 from envcache.service.daemon import DAEMON
-from tests.fixtures.engines import SKOPEO, run
+from tests.fixtures.engines import SKOPEO
+from tests.fixtures.processes import run
 
 pytestmark = pytest.mark.engine
 

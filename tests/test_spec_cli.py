@@ -63,7 +63,7 @@ def test_canonical_prints_hashed_json(tmp_path: Path) -> None:
     assert json.loads(pretty.stdout) == json.loads(compact.stdout)
     form = json.loads(compact.stdout)
     assert form["docker"]["base_image"] == "docker.io/library/ubuntu:22.04"
-    assert form["python"]["conda_dependencies"]["pip_packages"] == ["pandas>=2", "requests==2.31.0"]
+    assert form["python"]["conda_dependencies"]["pip_packages"] == ["pandas>=2", "requests==2.31"]
     import xxhash
 
     digest = run("hash", "env.yaml", cwd=tmp_path).stdout.split()[0]
@@ -87,10 +87,21 @@ def test_diff_same_and_explains_differences(tmp_path: Path) -> None:
     for expected in ("pip package added: numpy==1.26.4",
                      "conda channel order changed: conda-forge, defaults → defaults, conda-forge",
                      "base image: docker.io/library/ubuntu:22.04 → docker.io/library/ubuntu:24.04",
-                     "pip package changed: requests==2.31.0 → requests==2.32.0"):
+                     "pip package changed: requests==2.31 → requests==2.32"):
         assert expected in result.stdout
     data = json.loads(run("diff", "--json", "a.yaml", "b.yaml", cwd=tmp_path).stdout)
     assert data["same"] is False and "pip package added: numpy==1.26.4" in data["differences"]
+
+
+def test_diff_names_a_changed_base_image_registry(tmp_path: Path) -> None:
+    base = "docker:\n  base_image: team/base:1.0\n  base_image_registry: {address: %s, username: bot}\n"
+    _write(tmp_path / "a.yaml", base % "myregistry.azurecr.io")
+    _write(tmp_path / "b.yaml", base % "otherregistry.azurecr.io")
+    _write(tmp_path / "c.yaml", "docker: {base_image: 'myregistry.azurecr.io/team/base:1.0'}\n")
+    result = run("diff", "a.yaml", "b.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "base image registry: myregistry.azurecr.io → otherregistry.azurecr.io (for team/base:1.0)" in result.stdout
+    assert run("diff", "a.yaml", "c.yaml", cwd=tmp_path).stdout.startswith("same: ")
 
 
 def test_convert_yaml_round_trip(tmp_path: Path) -> None:
@@ -139,6 +150,8 @@ ERRORS = [
      "decimal.yaml: line 3 (spark.packages[0].version): expected a string, got float 1.1 (quote it)"),
     ("spark.yaml", "spark:\n  packages: ['com.a:core']\n",
      "spark.yaml: line 2 (spark.packages[0]): Spark package 'com.a:core' must be 'group:artifact:version'"),
+    ("address.yaml", "docker:\n  base_image: team/base:1.0\n  base_image_registry:\n    address: https://r.example.com\n",
+     "address.yaml: line 4 (docker.base_image_registry.address): invalid registry address 'https://r.example.com'"),
     ("missing.yaml", None, "missing.yaml: file not found"),
 ]
 

@@ -118,8 +118,10 @@ def test_secrets_never_in_repr_or_canonical_bytes(tmp_path: Path) -> None:
     defn = load_definition(_write(tmp_path / "env.yaml", ENV_YAML))
     for text in (repr(defn), canonical_bytes(defn).decode()):
         assert "hunter2" not in text and "s3cret" not in text
-    assert "https://pypi.example.com/simple" in canonical_bytes(defn).decode()
-    assert "registry.example.com" not in canonical_bytes(defn).decode()  # registry credentials are not content
+    assert "https://pypi.example.com/simple/" in canonical_bytes(defn).decode()
+    # The registry address is where the base comes from (content); who logs in there is not.
+    assert '"base_image":"registry.example.com/ubuntu:22.04"' in canonical_bytes(defn).decode()
+    assert '"bot"' not in canonical_bytes(defn).decode()
     assert defn.python.conda_dependencies.pip_options == ["--index-url https://user:s3cret@pypi.example.com/simple"]
 
 
@@ -174,7 +176,7 @@ prefix: /opt/conda
     conda = canonical_form(defn)["python"]["conda_dependencies"]
     assert conda["conda_packages"] == ["_libgcc_mutex ==0.1 conda_forge", "numpy ==1.26.4 py311h64a7726_0",
                                        "python ==3.11.7 hab00c5b_1_cpython"]
-    assert conda["pip_packages"] == ["requests==2.31.0"]
+    assert conda["pip_packages"] == ["requests==2.31"]
 
 
 def test_requirements_txt_full_grammar(tmp_path: Path) -> None:
@@ -197,14 +199,14 @@ mypkg @ https://example.com/mypkg-1.0.tar.gz
     from envcache.definition import canonical_form
 
     conda = canonical_form(defn)["python"]["conda_dependencies"]
-    assert conda["pip_options"] == ["--index-url https://pypi.example.com/simple",
-                                    "--extra-index-url https://extra.example.com/simple",
+    assert conda["pip_options"] == ["--index-url https://pypi.example.com/simple/",
+                                    "--extra-index-url https://extra.example.com/simple/",
                                     "--find-links ./wheels", "--pre"]
     assert conda["pip_packages"] == [
         "git+https://github.com/pallets/flask.git@2.3.0#egg=flask",
         "mypkg @ https://example.com/mypkg-1.0.tar.gz",
         "numpy==1.26.4 --hash=sha256:aaaa --hash=sha256:bbbb",
-        'requests[security,socks]<3,>=2.0; python_version < "3.12"',
+        'requests[security,socks]<3,>=2; python_version < "3.12"',
         "six==1.16",
     ]
     assert conda["channels"] == [] and conda["conda_packages"] == []
@@ -217,7 +219,7 @@ def test_format_flag_overrides_detection(tmp_path: Path, fmt: str) -> None:
 
 
 VECTOR_PATHS = ["minimal.yaml", "full.yaml", "dockerfile.yaml", "user_managed.json", "azure_dir", "environment.yml",
-                "conda_export.yml", "requirements/requirements.txt"]
+                "conda_export.yml", "requirements/requirements.txt", "identity.yaml", "azure_registry"]
 
 
 @pytest.mark.parametrize("path", VECTOR_PATHS)

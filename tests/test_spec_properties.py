@@ -243,6 +243,155 @@ def test_user_managed_ignores_package_lists_but_not_interpreter(defn: Definition
     assert spec_hash(other) != spec_hash(defn)
 
 
+# ------------------------------------------------- equivalence classes: same install, same hash
+
+PADDED_OPERATORS = ["==", "!=", "<=", ">=", "<", ">"]
+PRE_SPELLINGS = {"a": ["a", "alpha", ".a", "-alpha"], "b": ["b", "beta", "_b"], "rc": ["rc", "c", "-rc", "pre", "preview"]}
+POST_SPELLINGS = [".post{}", "post{}", "-post{}", ".rev{}", "_r{}"]
+releases = st.lists(st.integers(0, 12), min_size=1, max_size=3)
+pep440_versions = st.builds(
+    lambda release, suffix: ".".join(map(str, release)) + suffix, releases,
+    st.sampled_from(["", "a1", "b2", "rc1", ".post1", ".dev0", "+cu121", "+cpu.1", "a1.post2.dev3"]))
+
+
+@st.composite
+def pep440_respellings(draw: st.DrawFn) -> tuple[str, str]:
+    """(specifier, another spelling of it) for an operator PEP 440 compares with zero padding:
+    trailing ``.0``s, an explicit ``0!`` epoch, other pre-/post-release words, local label case."""
+    operator = draw(st.sampled_from(PADDED_OPERATORS))
+    release = draw(releases)
+    pre = draw(st.sampled_from([None, ("a", 1), ("b", 2), ("rc", 1)]))
+    post = draw(st.sampled_from([None, 1, 4]))
+    dev = draw(st.sampled_from([None, 0, 3]))
+    local = draw(st.sampled_from([None, "cu121", "cpu.1"])) if operator in ("==", "!=") else None
+
+    def spell(parts: list[int], epoch: str, pre_word: str, post_form: str, local_text: str | None) -> str:
+        text = epoch + ".".join(map(str, parts))
+        text += f"{pre_word}{pre[1]}" if pre else ""
+        text += post_form.format(post) if post is not None else ""
+        text += f".dev{dev}" if dev is not None else ""
+        return text + (f"+{local_text}" if local_text else "")
+
+    plain = spell(release, "", pre[0] if pre else "", ".post{}", local)
+    respelled = spell(release + [0] * draw(st.integers(0, 3)), draw(st.sampled_from(["", "0!"])),
+                      draw(st.sampled_from(PRE_SPELLINGS[pre[0]])) if pre else "", draw(st.sampled_from(POST_SPELLINGS)),
+                      local.upper() if local else None)
+    return operator + plain, operator + respelled
+
+
+def _pip_only(*packages: str, options: tuple[str, ...] = ()) -> Definition:
+    return Definition(python=PythonSection(conda_dependencies=CondaDependencies(
+        pip_packages=list(packages), pip_options=list(options))))
+
+
+@FAST
+@given(pep440_respellings(), st.lists(pep440_versions, min_size=10, max_size=30))
+def test_pep440_respellings_pip_treats_alike_keep_hash(pair: tuple[str, str], candidates: list[str]) -> None:
+    from pip._vendor.packaging.specifiers import Specifier as PipSpecifier
+
+    a, b = pair
+    for prereleases in (True, None):
+        assert [PipSpecifier(a).contains(v, prereleases=prereleases) for v in candidates] == \
+            [PipSpecifier(b).contains(v, prereleases=prereleases) for v in candidates]
+    assert spec_hash(_pip_only(f"pkg{a}", "other>=1")) == spec_hash(_pip_only(f"Other >= 1.0", f"pkg {b}"))
+
+
+@FAST
+@given(releases, st.sampled_from(PADDED_OPERATORS + ["~=", "==="]), st.data())
+def test_pep440_operator_or_version_change_changes_hash(release: list[int], operator: str, data: st.DataObject) -> None:
+    parts = release + [0] * (len(release) == 1)  # ~= needs two components
+    version = ".".join(map(str, parts))
+    other_operator = data.draw(st.sampled_from([o for o in PADDED_OPERATORS + ["~=", "==="] if o != operator]))
+    bumped = ".".join(map(str, parts[:-1] + [parts[-1] + 1]))
+    before = spec_hash(_pip_only(f"pkg{operator}{version}"))
+    changed = [f"pkg{other_operator}{version}", f"pkg{operator}{bumped}"]
+    if operator in ("==", "!="):
+        changed.append(f"pkg{operator}{version}.*")
+    if operator == "~=":
+        changed.append(f"pkg~={version}.0")  # ~= takes its prefix from the length: never padded
+    for spelling in changed:
+        assert spec_hash(_pip_only(spelling)) != before, spelling
+
+
+@FAST
+@given(st.sampled_from(["https://pypi.example.com", "http://10.0.0.1:8080", "https://u:tok@host.example"]),
+       st.lists(st.sampled_from(["simple", "pypi", "whl", "cu121"]), min_size=0, max_size=3),
+       st.sampled_from(["--index-url", "--extra-index-url"]))
+def test_index_url_trailing_slash_keeps_hash_and_find_links_slash_does_not(host: str, path: list[str], option: str) -> None:
+    url = "/".join([host, *path])
+    plain = spec_hash(_pip_only("numpy", options=(f"{option} {url}",)))
+    assert spec_hash(_pip_only("numpy", options=(f"{option}={url}/",))) == plain
+    assert spec_hash(_pip_only("numpy", options=(f"{option} {url}//",))) != plain
+    assert spec_hash(_pip_only("numpy", options=(f"--find-links {url}/",))) != \
+        spec_hash(_pip_only("numpy", options=(f"--find-links {url}",)))
+
+
+CONDA_OPERATORS = [">=", "<", "<=", ">", "!=", "=="]
+conda_clauses = st.lists(st.tuples(st.sampled_from(CONDA_OPERATORS), st.sampled_from(VERSIONS)), min_size=2, max_size=4,
+                         unique=True)
+
+
+def _conda_only(*packages: str) -> Definition:
+    return Definition(python=PythonSection(conda_dependencies=CondaDependencies(conda_packages=list(packages))))
+
+
+@FAST
+@given(st.lists(conda_clauses, min_size=1, max_size=3), st.integers(0, 10_000),
+       st.lists(st.sampled_from(VERSIONS + ["0.1", "2", "4.0.1"]), min_size=5, max_size=12))
+def test_conda_version_clause_order_keeps_hash(groups: list[list[tuple[str, str]]], seed: int, versions: list[str]) -> None:
+    """``,`` (and) binds tighter than ``|`` (or); the operands of either are a set."""
+    from rattler import Version, VersionSpec
+
+    def spelled(order_seed: int | None) -> str:
+        alternatives = [",".join(op + v for op, v in (group if order_seed is None else _shuffled(group, order_seed + i)))
+                        for i, group in enumerate(groups)]
+        return "|".join(alternatives if order_seed is None else _shuffled(alternatives, order_seed))
+
+    written, reordered = spelled(None), spelled(seed)
+    assert [VersionSpec(written).matches(Version(v)) for v in versions] == \
+        [VersionSpec(reordered).matches(Version(v)) for v in versions]
+    assert spec_hash(_conda_only(f"numpy {written}")) == spec_hash(_conda_only(f"numpy {reordered}"))
+    clauses = {op + v for group in groups for op, v in group}
+    replacement = next(f">={v}" for v in ("0.0.1", "0.0.2", "0.0.3", "0.0.4") if f">={v}" not in clauses)
+    changed = written.replace(groups[0][0][0] + groups[0][0][1], replacement, 1)
+    assert spec_hash(_conda_only(f"numpy {changed}")) != spec_hash(_conda_only(f"numpy {written}"))
+
+
+BRACKET_KEYS = [("version", "'>=1.2,<2'"), ("build", "py*"), ("build_number", "3"), ("subdir", "linux-64"),
+                ("channel", "conda-forge"), ("md5", "d41d8cd98f00b204e9800998ecf8427e")]
+
+
+@FAST
+@given(st.lists(st.sampled_from(BRACKET_KEYS), min_size=2, max_size=len(BRACKET_KEYS), unique=True), st.integers(0, 10_000))
+def test_conda_bracket_key_order_keeps_hash_and_a_changed_key_does_not(keys: list[tuple[str, str]], seed: int) -> None:
+    def spec(items: list[tuple[str, str]]) -> str:
+        return "numpy[" + ", ".join(f"{k}={v}" for k, v in items) + "]"
+
+    before = spec_hash(_conda_only(spec(keys)))
+    assert spec_hash(_conda_only(spec(_shuffled(keys, seed)))) == before
+    for key, _ in keys:
+        other = {"version": "'>=1.3,<2'", "build": "py3*", "build_number": "4", "subdir": "linux-aarch64",
+                 "channel": "defaults", "md5": "0" * 32}[key]
+        assert spec_hash(_conda_only(spec([(k, other if k == key else v) for k, v in keys]))) != before, key
+
+
+@FAST
+@given(st.sampled_from(["myregistry.azurecr.io", "MyRegistry.AzureCR.io", "localhost:5000", "10.1.2.3:443"]),
+       st.sampled_from(["team/base:1.0", "base", "team/sub/base:2@sha256:" + "a" * 64]),
+       st.text(max_size=8), st.text(max_size=8))
+def test_registry_address_qualifies_the_base_and_credentials_never_count(address: str, image: str, user: str,
+                                                                         password: str) -> None:
+    from envcache.definition import RegistryCredentials
+
+    def defn(ref: str, registry: RegistryCredentials) -> Definition:
+        return Definition(docker=DockerSection(base_image=ref, base_image_registry=registry))
+
+    qualified = spec_hash(defn(f"{address.lower()}/{image}", RegistryCredentials()))
+    assert spec_hash(defn(image, RegistryCredentials(address, user, password))) == qualified
+    assert spec_hash(defn(image, RegistryCredentials("otherregistry.azurecr.io", user, password))) != qualified
+    assert spec_hash(defn(image, RegistryCredentials())) != qualified
+
+
 # ------------------------------------------------------------------- bad input is always clean
 
 json_values = st.recursive(

@@ -21,6 +21,9 @@ EXPECTED = VECTORS / "expected.json"
 PATHS = ["minimal.yaml", "full.yaml", "dockerfile.yaml", "user_managed.json", "azure_dir", "environment.yml",
          "conda_export.yml", "requirements/requirements.txt"]
 ROOT_KEY = "sha256:root|recipe-1"
+# Golden equivalences: each key's hash is pinned, and every path listed under it writes the same
+# environment another way (README, "Canonical rules") and must hash the same.
+EQUIVALENT = {"identity.yaml": ["identity_respelled.yaml", "azure_registry"]}
 
 
 def compute() -> dict[str, Any]:
@@ -31,6 +34,7 @@ def compute() -> dict[str, Any]:
         "variant_hash": {f"full.yaml:{v}": spec_hash(for_variant(full, v)) for v in ("cpu", "gpu")},
         "stage_keys": {f"full.yaml:{v}": [[s.kind, s.key] for s in stage_chain(full, v, ROOT_KEY)]
                        for v in ("cpu", "gpu")},
+        "equivalent": {path: spec_hash(load_definition(VECTORS / path)) for path in EQUIVALENT},
     }
 
 
@@ -38,8 +42,15 @@ def test_golden_vectors_are_stable() -> None:
     expected = json.loads(EXPECTED.read_text())
     actual = compute()
     assert actual["canonical_version"] == expected["canonical_version"]
-    for section in ("spec_hash", "variant_hash", "stage_keys"):
+    for section in ("spec_hash", "variant_hash", "stage_keys", "equivalent"):
         assert actual[section] == expected[section], section
+
+
+def test_respelled_vectors_hash_like_their_golden_case() -> None:
+    expected = json.loads(EXPECTED.read_text())["equivalent"]
+    for golden, respellings in EQUIVALENT.items():
+        for path in respellings:
+            assert spec_hash(load_definition(VECTORS / path)) == expected[golden], path
 
 
 def test_vectors_cover_every_format_and_are_distinct() -> None:

@@ -32,8 +32,8 @@ from envcache.upstream.auth import parse_challenge
 from envcache.upstream.client import RegistryClient, UpstreamError
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.copy import pull_image, push_image
-from tests.fixtures.engines import DOCKER_REGISTRY, _registry_answers, _stop_process, free_port, \
-    RegistryServer, remove_tree, short_tempdir
+from tests.fixtures.processes import _stop_process, free_port, remove_tree, short_tempdir
+from tests.fixtures.registry import DOCKER_REGISTRY, RegistryServer, _registry_answers
 from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 SERVICE, ISSUER, USER, PASSWORD = "envcache-test-registry", "envcache-test-issuer", "ci", "t0ken-pw"

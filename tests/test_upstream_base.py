@@ -14,7 +14,7 @@ from envcache.upstream.base import BaseNotAvailable, BasePuller
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.copy import push_image
-from tests.fixtures.engines import free_port
+from tests.fixtures.processes import free_port
 from tests.fixtures.upstream import make_image, make_layer
 
 

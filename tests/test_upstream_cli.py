@@ -12,7 +12,7 @@ from envcache.cli import main
 from envcache.errors import InvalidInput
 from envcache.store import open_store
 from envcache.upstream.config import parse_upstreams
-from tests.fixtures.engines import free_port
+from tests.fixtures.processes import free_port
 from tests.fixtures.upstream import make_image, make_layer
 
 

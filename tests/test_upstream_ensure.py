@@ -20,7 +20,9 @@ from envcache.service.config import AuthConfig, Config, Token
 from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.service.daemon import DAEMON
-from tests.fixtures.engines import Dockerd, OciImage, free_port, skopeo
+from tests.fixtures.engines import Dockerd, skopeo
+from tests.fixtures.oci_images import OciImage
+from tests.fixtures.processes import free_port
 from tests.fixtures.upstream import ensure_and_log
 
 

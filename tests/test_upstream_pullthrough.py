@@ -27,7 +27,9 @@ from envcache.upstream.base import BasePuller, stored_copy
 from envcache.upstream.client import RegistryClient
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.copy import push_image
-from tests.fixtures.engines import Buildah, Dockerd, OciImage, free_port, push_oci_image
+from tests.fixtures.engines import Buildah, Dockerd
+from tests.fixtures.oci_images import OciImage, push_oci_image
+from tests.fixtures.processes import free_port
 from tests.fixtures.upstream import ensure_and_log, make_image, make_layer
 
 USER, PASSWORD = "reader", "s3cret-pw"

@@ -15,7 +15,7 @@ from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.push import push_status
 from envcache.upstream.source import ENV_REPO, STAGE_REPO, UpstreamSource
-from tests.fixtures.engines import free_port
+from tests.fixtures.processes import free_port
 from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 

@@ -12,12 +12,18 @@ _LAZY = {
     "Client": "envcache.client.sync",
     "AsyncClient": "envcache.client.aio",
     "DaemonUnavailable": "envcache.client.base",
+    # The Azure-style facade (README, "Coming from Azure ML"):
     "Environment": "envcache.client.facade",
-    "CondaDependencies": "envcache.client.facade",
-    "DockerSection": "envcache.client.facade",
-    "PythonSection": "envcache.client.facade",
-    "SparkSection": "envcache.client.facade",
-    "ImageBuildDetails": "envcache.client.facade",
+    "EnvironmentReference": "envcache.client.facade",
+    "CondaDependencies": "envcache.client.conda_dependencies",
+    "ContainerRegistry": "envcache.client.sections",
+    "DockerSection": "envcache.client.sections",
+    "PythonSection": "envcache.client.sections",
+    "SparkPackage": "envcache.client.sections",
+    "SparkSection": "envcache.client.sections",
+    "DockerImageDetails": "envcache.client.image_details",
+    "ImageBuildDetails": "envcache.client.image_details",
+    "Workspace": "envcache.client.workspace",
 }
 __all__ = list(_LAZY)
 

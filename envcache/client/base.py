@@ -20,16 +20,24 @@ if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must loa
 @runtime_checkable
 class HasDefinition(Protocol):
     """Anything that can say what it is as envcache's definition document (the Azure-style
-    facade's ``Environment`` does)."""
+    facade's ``Environment`` does). A protocol, so this module imports no facade class."""
 
     def to_definition_dict(self) -> dict[str, Any]: ...
+
+
+class NamedVersion(Protocol):
+    """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
+
+    name: str
+    version: int | str | None
 
 
 if TYPE_CHECKING:
     # What the calls accept as a definition; a path is sent as its files when it can be.
     DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | HasDefinition | DefinitionFiles
-    # A registered environment: its name (latest version) or (name, version).
-    EnvironmentRef = str | tuple[str, int | None]
+    # ``environment=``: a registered environment's name (latest version), (name, version),
+    # {"name", "version"}, an EnvironmentReference — or, as Azure's ``environment=`` takes, an Environment.
+    EnvironmentRef = str | tuple[str, int | str | None] | dict[str, Any] | NamedVersion | HasDefinition
 
 
 class DaemonUnavailable(EnvcacheError):
@@ -94,13 +102,40 @@ def _subject(definition: DefinitionLike | None = None, environment: EnvironmentR
     """The request's subject. A path is sent as its raw files when that is safe (the daemon loads
     them; see :mod:`envcache.wire`), so looking it up imports no definition parser here."""
     if environment is not None:
-        name, version = (environment, None) if isinstance(environment, str) else environment
-        return {"environment": {"name": name, "version": version}}
+        return _environment_subject(environment)
     if isinstance(definition, (str, os.PathLike)):
         definition = DefinitionFiles.from_path(definition) or definition
     if isinstance(definition, DefinitionFiles):
         return {"document": definition.to_json()}
     return {"definition": definition_document(definition)}
+
+
+def _environment_subject(environment: EnvironmentRef) -> dict[str, Any]:
+    """``environment=`` as Azure's arguments of that name take it, and envcache's shorthands.
+
+    An Environment (anything with ``to_definition_dict``) is sent as its content, as Azure submits
+    an environment; the other forms name a registered one. Duck-typed, so this module imports no
+    facade class. The daemon checks the version (a whole number, or its digits as a string).
+    """
+    to_definition = getattr(environment, "to_definition_dict", None)
+    if callable(to_definition):
+        return {"definition": to_definition()}
+    if isinstance(environment, str):
+        name, version = environment, None
+    elif isinstance(environment, tuple) and len(environment) == 2:
+        name, version = environment
+    elif isinstance(environment, dict) and "name" in environment and set(environment) <= {"name", "version"}:
+        name, version = environment["name"], environment.get("version")
+    elif not isinstance(environment, (dict, tuple)) and all(hasattr(environment, a) for a in ("name", "version")):
+        name, version = environment.name, environment.version
+    else:
+        keys = sorted(map(str, environment)) if isinstance(environment, dict) else None
+        got = f"a dict with keys {keys}" if keys is not None else repr(environment)
+        raise InvalidInput(f"environment: expected a registered environment's name, (name, version), "
+                           f"{{'name': …, 'version': …}}, an EnvironmentReference or an Environment; got {got}")
+    if not isinstance(name, str):
+        raise InvalidInput(f"environment: the name must be a string, got {name!r}")
+    return {"environment": {"name": name, "version": version}}
 
 
 class Endpoints:

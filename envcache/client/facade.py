@@ -1,203 +1,62 @@
-"""An Azure ML-style facade: code written against ``azureml.core.Environment`` ports by
-changing imports and passing an envcache client where Azure took a workspace.
+"""An Azure ML-style facade: code written against ``azureml.core.Environment`` ports by changing
+its imports to ``from envcache import …``.
 
-    from envcache import Client, CondaDependencies, Environment
+    from envcache import CondaDependencies, Environment, Workspace
 
+    ws = Workspace.from_config()
     env = Environment("train")
     env.python.conda_dependencies = CondaDependencies()
     env.python.conda_dependencies.add_pip_package("scikit-learn==1.5.0")
-    env.register(client)
-    env.build(client).wait_for_completion(show_output=True)
+    env.register(workspace=ws)
+    env.build(workspace=ws).wait_for_completion(show_output=True)
 
 Objects here are plain, mutable and offline; only ``register``/``get``/``list``/``build``/
-``get_image_details`` talk to the daemon. They convert to and from envcache's definition
-document, so everything the daemon accepts round-trips through them.
+``build_local``/``get_image_details`` talk to the daemon (``workspace``: see
+:mod:`envcache.client.connection`). They convert to and from envcache's definition document, so
+everything the daemon accepts round-trips through them. Where Azure has a feature envcache has
+not, the call raises :class:`~envcache.errors.UnsupportedFeature` naming it. The differences are
+listed in README, "Coming from Azure ML".
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any
 
 from envcache import definition as spec
+from envcache.client.conda_dependencies import CondaDependencies
+from envcache.client.connection import connect
+from envcache.client.image_details import DockerImageDetails, ImageBuildDetails
+from envcache.client.sections import DockerSection, PythonSection, SparkSection
 from envcache.client.sync import Client
-from envcache.definition.model import DEFAULT_INTERPRETER_PATH
-from envcache.errors import EnvcacheError, InvalidInput
+from envcache.errors import EnvcacheError, InvalidInput, UnsupportedFeature
 
-ClientLike = Client | str | None
-
-
-def _client(client: ClientLike) -> Client:
-    """Where Azure takes a Workspace we take a Client (or a daemon URL, or None for the default)."""
-    return client if isinstance(client, Client) else Client(client)
-
-
-def _name_of(entry: str) -> str:
-    """The package name of a conda/pip spec (``numpy>=1.2`` → ``numpy``), for replace/remove."""
-    for stop in "=<>!~[ ;@":
-        entry = entry.split(stop, 1)[0]
-    return entry.split("::")[-1].strip().lower().replace("_", "-")
-
-
-class CondaDependencies:
-    """Azure's ``CondaDependencies``: channels, conda packages, pip packages and pip options."""
-
-    def __init__(self, conda_packages: Iterable[str] = (), pip_packages: Iterable[str] = (),
-                 channels: Iterable[str] = (), pip_options: Iterable[str] = ()) -> None:
-        self._channels: list[str] = []
-        self._conda: list[str] = []
-        self._pip: list[str] = []
-        self._pip_options: list[str] = []
-        for channel in channels:
-            self.add_channel(channel)
-        for package in conda_packages:
-            self.add_conda_package(package)
-        for package in pip_packages:
-            self.add_pip_package(package)
-        for option in pip_options:
-            self.set_pip_option(option)
-
-    @classmethod
-    def create(cls, pip_packages: Iterable[str] | None = None, conda_packages: Iterable[str] | None = None,
-               python_version: str | None = None, pip_indexurl: str | None = None,
-               channels: Iterable[str] | None = None) -> CondaDependencies:
-        """Azure's factory. Unlike Azure it adds nothing you did not ask for (no azureml-defaults)."""
-        conda = list(conda_packages or [])
-        if python_version:
-            conda.insert(0, f"python={python_version}")
-        deps = cls(conda_packages=conda, pip_packages=pip_packages or [], channels=channels or [])
-        if pip_indexurl:
-            deps.set_pip_option(f"--index-url {pip_indexurl}")
-        return deps
-
-    def add_conda_package(self, conda_package: str) -> None:
-        """Add (or replace the entry of the same name)."""
-        self._conda = [p for p in self._conda if _name_of(p) != _name_of(conda_package)] + [conda_package]
-
-    def add_pip_package(self, pip_package: str) -> None:
-        self._pip = [p for p in self._pip if _name_of(p) != _name_of(pip_package)] + [pip_package]
-
-    def add_channel(self, channel: str) -> None:
-        if channel not in self._channels:
-            self._channels.append(channel)
-
-    def set_pip_option(self, pip_option: str) -> None:
-        """Add a pip option; one with the same flag (``--index-url``) replaces the old one."""
-        flag = pip_option.split()[0].split("=")[0]
-        self._pip_options = [o for o in self._pip_options if o.split()[0].split("=")[0] != flag] + [pip_option]
-
-    def remove_conda_package(self, conda_package: str) -> None:
-        self._conda = [p for p in self._conda if _name_of(p) != _name_of(conda_package)]
-
-    def remove_pip_package(self, pip_package: str) -> None:
-        self._pip = [p for p in self._pip if _name_of(p) != _name_of(pip_package)]
-
-    def remove_channel(self, channel: str) -> None:
-        self._channels = [c for c in self._channels if c != channel]
-
-    @property
-    def conda_packages(self) -> list[str]:
-        return list(self._conda)
-
-    @property
-    def pip_packages(self) -> list[str]:
-        return list(self._pip)
-
-    @property
-    def conda_channels(self) -> list[str]:
-        return list(self._channels)
-
-    @property
-    def pip_options(self) -> list[str]:
-        return list(self._pip_options)
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {"channels": self.conda_channels, "conda_packages": self.conda_packages,
-                "pip_packages": self.pip_packages, "pip_options": self.pip_options}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CondaDependencies:
-        return cls(data.get("conda_packages", []), data.get("pip_packages", []), data.get("channels", []),
-                   data.get("pip_options", []))
-
-    def __repr__(self) -> str:
-        return f"CondaDependencies(conda={self._conda!r}, pip={self._pip!r}, channels={self._channels!r})"
-
-
-# The sections mirror Azure's attribute names and hold the facade's mutable CondaDependencies;
-# they are converted to envcache's definition document (spec.model's sections) at the daemon calls.
-@dataclass
-class PythonSection:
-    conda_dependencies: CondaDependencies = field(default_factory=CondaDependencies)
-    user_managed_dependencies: bool = False
-    interpreter_path: str = DEFAULT_INTERPRETER_PATH
-
-
-@dataclass
-class DockerSection:
-    base_image: str | None = None
-    base_dockerfile: str | None = None
-    shm_size: str | None = None
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SparkSection:
-    repositories: list[str] = field(default_factory=list)
-    packages: list[dict[str, str]] = field(default_factory=list)  # {group, artifact, version}
-    precache_packages: bool = True
-
-
-class ImageBuildDetails:
-    """What ``Environment.build`` returns: follow it with ``wait_for_completion``."""
-
-    def __init__(self, client: Client, answer: dict[str, Any]) -> None:
-        self._client = client
-        self._answer = answer
-        self.status = "Succeeded" if answer["status"] == "hit" else "Running"
-        self.image_details: dict[str, Any] | None = answer.get("image")
-        self.build_id: str | None = answer["build"]["id"] if answer.get("build") else None
-        self.log: list[str] = []
-
-    def wait_for_completion(self, show_output: bool = False) -> dict[str, Any]:
-        """Block until the image exists; stream the build log to stdout when ``show_output``.
-
-        Returns the image details; raises :class:`~envcache.errors.EnvcacheError` if the build failed.
-        """
-        if self.build_id is not None:
-            build = self._client.follow_build(self.build_id, on_log=lambda line: self._log(line, show_output))
-            self.status = "Succeeded" if build["state"] == "succeeded" else "Failed"
-            if self.status == "Failed":
-                raise EnvcacheError(f"image build {self.build_id} failed: {build['error']}")
-            self.image_details = build["image"]
-        elif show_output:
-            print(f"image already cached: {self.image_details['image']}", flush=True)  # type: ignore[index]
-        assert self.image_details is not None
-        return self.image_details
-
-    def _log(self, line: str, show_output: bool) -> None:
-        self.log.append(line)
-        if show_output:
-            print(line, flush=True)
-
-    def get_log(self) -> list[str]:
-        return list(self.log)
+# How long build_local waits for the daemon's background pushes (each retried with backoff).
+PUSH_WAIT_SECONDS = 600.0
+_PUSHING = ("queued", "running", "retrying")
 
 
 class Environment:
-    """Azure's ``Environment``: a named definition with python, docker and spark sections."""
+    """Azure's ``Environment``: a named definition with ``python``, ``docker`` and ``spark``
+    sections and ``environment_variables``. ``version`` is a string, as in Azure (``"1"``)."""
 
-    def __init__(self, name: str, version: int | None = None) -> None:
-        self.name = name
+    def __init__(self, name: str, version: str | None = None) -> None:
+        self.name = _checked_name(name)
         self.version = version
         self.python = PythonSection()
         self.docker = DockerSection()
         self.spark = SparkSection()
         self.environment_variables: dict[str, str] = {}
+        # Azure sections envcache has nothing to build from; setting one makes the daemon calls
+        # refuse (see _refuse_unsupported) instead of dropping it silently.
+        self.r: Any = None
+        self.databricks: Any = None
+        self.inferencing_stack_version: str | None = None
+        self.asset_id: str | None = None  # Azure's registry id; envcache names versions only
 
     def __repr__(self) -> str:
         return f"Environment(name={self.name!r}, version={self.version!r})"
@@ -206,53 +65,59 @@ class Environment:
 
     def to_definition_dict(self) -> dict[str, Any]:
         """envcache's definition document (what the daemon and ``envcache hash`` take)."""
-        deps = self.python.conda_dependencies
-        return {
-            "name": self.name,
-            "python": {"conda_dependencies": deps.to_dict() if deps is not None else CondaDependencies().to_dict(),
-                       "user_managed_dependencies": self.python.user_managed_dependencies,
-                       "interpreter_path": self.python.interpreter_path},
-            "docker": {"base_image": self.docker.base_image, "base_dockerfile": self.docker.base_dockerfile,
-                       "shm_size": self.docker.shm_size, "arguments": list(self.docker.arguments)},
-            "spark": {"repositories": list(self.spark.repositories),
-                      "packages": [dict(p) for p in self.spark.packages],
-                      "precache_packages": self.spark.precache_packages},
-            "environment_variables": dict(self.environment_variables),
-        }
+        self._refuse_unsupported()
+        return {"name": self.name, "python": self.python.to_dict(), "docker": self.docker.to_dict(),
+                "spark": self.spark.to_dict(), "environment_variables": dict(self.environment_variables)}
+
+    def _refuse_unsupported(self) -> None:
+        for attribute, feature in (("r", "the R section (R packages)"),
+                                   ("databricks", "the Databricks section (Databricks libraries)"),
+                                   ("inferencing_stack_version", "Azure's inferencing stack (add your inference "
+                                                                 "server, e.g. azureml-inference-server-http, as a "
+                                                                 "pip package instead)")):
+            if getattr(self, attribute) is not None:
+                raise UnsupportedFeature(f"Environment.{attribute}: {feature} is an Azure ML feature envcache does "
+                                         f"not provide; set it to None")
 
     @classmethod
-    def _from_definition_dict(cls, name: str, data: dict[str, Any], version: int | None = None) -> Environment:
+    def _from_definition_dict(cls, name: str, data: dict[str, Any], version: str | None = None) -> Environment:
         env = cls(name, version)
-        python = data.get("python") or {}
-        env.python = PythonSection(CondaDependencies.from_dict(python.get("conda_dependencies") or {}),
-                                   bool(python.get("user_managed_dependencies", False)),
-                                   python.get("interpreter_path") or DEFAULT_INTERPRETER_PATH)
-        docker = data.get("docker") or {}
-        env.docker = DockerSection(docker.get("base_image"), docker.get("base_dockerfile"), docker.get("shm_size"),
-                                   list(docker.get("arguments") or []))
-        spark = data.get("spark") or {}
-        env.spark = SparkSection(list(spark.get("repositories") or []), list(spark.get("packages") or []),
-                                 bool(spark.get("precache_packages", True)))
+        env.python = PythonSection.from_dict(data.get("python") or {})
+        env.docker = DockerSection.from_dict(data.get("docker") or {})
+        env.spark = SparkSection.from_dict(data.get("spark") or {})
         env.environment_variables = dict(data.get("environment_variables") or {})
         return env
+
+    @classmethod
+    def _from_record(cls, record: dict[str, Any]) -> Environment:
+        return cls._from_definition_dict(record["name"], record["definition"], str(record["version"]))
 
     @classmethod
     def _from_spec(cls, name: str, definition: spec.Definition) -> Environment:
         return cls._from_definition_dict(name, spec.definition_to_dict(definition))
 
-    # ---- constructors from files ---------------------------------------------------------
+    def clone(self, new_name: str) -> Environment:
+        """A copy under ``new_name``, unregistered (no version)."""
+        env = copy.deepcopy(self)
+        env.name, env.version, env.asset_id = _checked_name(new_name), None, None
+        return env
+
+    # ---- constructors --------------------------------------------------------------------
 
     @classmethod
-    def from_conda_specification(cls, name: str, file_path: str | Path) -> Environment:
-        """From a conda ``environment.yml`` (channels, dependencies, nested ``pip:``)."""
+    def from_conda_specification(cls, name: str, file_path: str | os.PathLike[str]) -> Environment:
+        """From a conda ``environment.yml`` (channels, dependencies, nested ``pip:``, variables).
+        Unlike Azure, no Python version is added when the file names none."""
         return cls._from_spec(name, spec.load_definition(file_path, format="conda"))
 
     @classmethod
-    def from_pip_requirements(cls, name: str, file_path: str | Path, pip_version: str | None = None) -> Environment:
-        """From a pip ``requirements.txt`` (``-r`` includes, index options, markers…)."""
+    def from_pip_requirements(cls, name: str, file_path: str | os.PathLike[str],
+                              pip_version: str | None = None) -> Environment:
+        """From a pip ``requirements.txt`` (``-r`` includes, index options, markers…). Azure also
+        adds a conda ``pip`` package; envcache adds ``pip=<pip_version>`` only when asked."""
         env = cls._from_spec(name, spec.load_definition(file_path, format="requirements"))
         if pip_version:
-            env.python.conda_dependencies.add_conda_package(f"pip={pip_version}")
+            env.python.conda_dependencies.add_conda_package(f"pip={pip_version}")  # type: ignore[union-attr]
         return env
 
     @classmethod
@@ -280,43 +145,123 @@ class Environment:
         env.python.conda_dependencies = deps
         return env
 
+    @classmethod
+    def from_dockerfile(cls, name: str, dockerfile: str | os.PathLike[str], conda_specification: str | None = None,
+                        pip_requirements: str | None = None) -> Environment:
+        """A Dockerfile (its text or a path), plus Python packages from at most one conda or pip
+        file; with neither file the Dockerfile's own Python is used (user-managed), as in Azure."""
+        env = cls._from_dependencies(name, conda_specification, pip_requirements)
+        env.docker.base_dockerfile = dockerfile
+        return env
+
+    @classmethod
+    def from_docker_image(cls, name: str, image: str, container_registry: Any = None,
+                          conda_specification: str | None = None, pip_requirements: str | None = None) -> Environment:
+        """A base image (and the ``ContainerRegistry`` to pull it from), plus Python packages as in
+        :meth:`from_dockerfile`."""
+        env = cls._from_dependencies(name, conda_specification, pip_requirements)
+        env.docker.base_image = image
+        if container_registry is not None:
+            env.docker.base_image_registry = container_registry
+        return env
+
+    @classmethod
+    def _from_dependencies(cls, name: str, conda_specification: str | None,
+                           pip_requirements: str | None) -> Environment:
+        if conda_specification and pip_requirements:
+            raise InvalidInput("give only one of conda_specification or pip_requirements")
+        if conda_specification:
+            return cls.from_conda_specification(name, conda_specification)
+        if pip_requirements:
+            return cls.from_pip_requirements(name, pip_requirements)
+        env = cls(name)
+        env.python.user_managed_dependencies = True
+        return env
+
+    @staticmethod
+    def from_docker_build_context(name: str, docker_build_context: Any) -> Environment:
+        raise UnsupportedFeature("Environment.from_docker_build_context (a build context uploaded to Azure storage) "
+                                 "is not provided by envcache: use Environment.from_dockerfile")
+
     # ---- daemon operations ---------------------------------------------------------------
 
-    def register(self, client: ClientLike = None) -> Environment:
-        """Register this definition; a new version only if its content changed. Returns the stored version."""
-        answer = _client(client).register_environment(self.name, self.to_definition_dict())
-        record = answer["environment"]
-        self.version = record["version"]
-        return Environment._from_definition_dict(record["name"], record["definition"], record["version"])
+    def register(self, workspace: Any = None) -> Environment:
+        """Register this definition; a new version only if its content changed. Returns the
+        registered environment (with its ``version``), as Azure does; this object is unchanged."""
+        record = connect(workspace).register_environment(self.name, self.to_definition_dict())["environment"]
+        return Environment._from_record(record)
 
     @staticmethod
-    def get(client: ClientLike, name: str, version: int | None = None) -> Environment:
+    def get(workspace: Any, name: str, version: str | int | None = None, label: str | None = None) -> Environment:
         """A registered (or curated) environment; the latest version when ``version`` is None."""
-        record = _client(client).environment(name, version)
-        return Environment._from_definition_dict(record["name"], record["definition"], record["version"])
+        if label is not None:
+            raise UnsupportedFeature("Environment.get(label=…): environment labels are an Azure ML feature envcache "
+                                     "does not provide; ask for a version")
+        return Environment._from_record(connect(workspace).environment(name, version))
 
     @staticmethod
-    def list(client: ClientLike = None) -> dict[str, Environment]:
-        """The latest version of every environment, by name (as Azure's ``Environment.list``)."""
-        records = _client(client).environments()["environments"]
-        return {r["name"]: Environment._from_definition_dict(r["name"], r["definition"], r["version"]) for r in records}
+    def list(workspace: Any = None) -> dict[str, Environment]:
+        """The latest version of every environment, curated ones included, by name."""
+        records = connect(workspace).environments()["environments"]
+        return {r["name"]: Environment._from_record(r) for r in records}
 
-    def build(self, client: ClientLike = None, variant: str = "auto") -> ImageBuildDetails:
-        """Ensure the image exists: a hit returns at once, a miss starts (or joins) the build."""
-        connected = _client(client)
-        return ImageBuildDetails(connected, connected.ensure(self.to_definition_dict(), variant))
+    @staticmethod
+    def label(workspace: Any, name: str, version: str, labels: Any) -> None:
+        raise UnsupportedFeature("Environment.label: environment labels are an Azure ML feature envcache does not "
+                                 "provide; refer to versions")
 
-    def get_image_details(self, client: ClientLike = None, variant: str = "auto") -> dict[str, Any]:
-        """The cached image's details, with Azure's ``dockerImage`` keys alongside envcache's."""
-        image = _client(client).resolve(self.to_definition_dict(), variant)
-        if image is None:
-            return {"imageExistsInRegistry": False, "dockerImage": None}
-        image = image["image"]
-        host, _, name = image["image"].partition("/")
-        return {**image, "imageExistsInRegistry": True,
-                "dockerImage": {"name": name, "registry": {"address": host}, "digest": image["digest"]}}
+    def build(self, workspace: Any = None, image_build_compute: str | None = None,
+              variant: str = "auto") -> ImageBuildDetails:
+        """Ensure the image exists: a hit is ``Succeeded`` at once, a miss starts (or joins) the
+        daemon's build. Unlike Azure this builds by content and does not register the environment."""
+        if image_build_compute is not None:
+            raise UnsupportedFeature("Environment.build(image_build_compute=…): Azure compute clusters are not used; "
+                                     "the envcache daemon builds with its own engine")
+        client = connect(workspace)
+        return ImageBuildDetails(client, client.ensure(self.to_definition_dict(), variant),
+                                 self.python.interpreter_path)
 
-    def save_to_directory(self, path: str | Path, overwrite: bool = False) -> None:
+    def build_local(self, workspace: Any = None, platform: str | None = None, *, useDocker: bool = True,  # noqa: N803
+                    pushImageToWorkspaceAcr: bool = False, variant: str = "auto",  # noqa: N803 - Azure's names
+                    **kwargs: Any) -> DockerImageDetails:
+        """Azure builds on this machine's Docker; envcache's equivalent is the daemon's engine
+        (the daemon being the local one). The build log streams to stdout; a failed build raises.
+
+        ``pushImageToWorkspaceAcr=True`` (Azure: push to the workspace's registry) here means the
+        daemon's push upstreams: they must be configured, a freshly built image is pushed and
+        this waits until the pushes are done. An image that was already cached is not pushed
+        again (the daemon pushes what it builds; ``envcache push KEY`` publishes by hand).
+        """
+        if kwargs:
+            raise UnsupportedFeature(f"Environment.build_local({', '.join(sorted(kwargs))}=…) is not provided by "
+                                     "envcache (it takes useDocker, pushImageToWorkspaceAcr and variant)")
+        if platform is not None and platform.lower() != "linux":
+            raise UnsupportedFeature(f"Environment.build_local(platform={platform!r}): envcache builds Linux images")
+        if not useDocker:
+            raise UnsupportedFeature("Environment.build_local(useDocker=False) builds a conda environment on the "
+                                     "host; envcache builds container images only (useDocker=True)")
+        client = connect(workspace)
+        before = _pushes(client) if pushImageToWorkspaceAcr else {}
+        answer = client.ensure_image(self.to_definition_dict(), variant, on_log=lambda line: print(line, flush=True))
+        details = DockerImageDetails.of(answer["image"], self.python.interpreter_path)
+        if pushImageToWorkspaceAcr:
+            if answer["status"] == "built":
+                _wait_for_pushes(client, before)
+                print(f"{details.image}: pushed to the daemon's upstream registries", flush=True)
+            else:
+                print(f"{details.image} was already cached, so it is not pushed now (the daemon pushes the images "
+                      "it builds; `envcache push KEY` on its host publishes one by hand)", flush=True)
+        return details
+
+    def get_image_details(self, workspace: Any = None, variant: str = "auto") -> DockerImageDetails:
+        """The cached image of this definition (by content, where Azure looks up the registered
+        name and version); ``imageExistsInRegistry`` is False when it has not been built."""
+        answer = connect(workspace).resolve(self.to_definition_dict(), variant)
+        return DockerImageDetails.of(answer["image"] if answer else None, self.python.interpreter_path)
+
+    # ---- Azure ML directories ------------------------------------------------------------
+
+    def save_to_directory(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         """Write the Azure ML directory layout (``azureml_environment.json`` …), offline."""
         out = Path(path)
         if out.exists() and any(out.iterdir()) and not overwrite:
@@ -326,9 +271,61 @@ class Environment:
         spec.write_azure_dir(definition, out)
 
     @classmethod
-    def load_from_directory(cls, path: str | Path) -> Environment:
+    def load_from_directory(cls, path: str | os.PathLike[str]) -> Environment:
         definition = spec.load_definition(path, format="azure-dir")
-        return cls._from_spec(definition.name or Path(path).name, definition)
+        env = cls._from_spec(definition.name or Path(path).name, definition)
+        env.version = definition.version
+        return env
+
+
+class EnvironmentReference:
+    """Azure's ``EnvironmentReference``: a registered environment by name (and version, else the
+    latest), accepted wherever the client takes ``environment=``."""
+
+    def __init__(self, name: str, version: str | int | None = None) -> None:
+        self.name = name
+        self.version = version
+
+    def get_environment(self, workspace: Any = None) -> Environment:
+        return Environment.get(workspace, self.name, self.version)
+
+    def __repr__(self) -> str:
+        return f"EnvironmentReference(name={self.name!r}, version={self.version!r})"
+
+
+def _checked_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"Environment name: expected a non-empty string, got {name!r}")
+    return name
+
+
+def _pushes(client: Client) -> dict[str, int]:
+    """The daemon's push counts by state; refuses when it has no upstream to push to."""
+    upstream = client.health()["upstream"]
+    if not upstream["configured"]:
+        raise InvalidInput(f"build_local(pushImageToWorkspaceAcr=True): the daemon at {client.url} has no upstream "
+                           "registry to push to; add an [[upstreams]] entry with mode = \"push\" or \"both\"")
+    return dict(upstream["pushes"])
+
+
+def _wait_for_pushes(client: Client, before: dict[str, int]) -> None:
+    """Wait until the daemon's push queue is empty; fail if none of this build's pushes was done
+    or one failed. (The daemon reports push counts, not pushes per image.)"""
+    deadline = time.monotonic() + PUSH_WAIT_SECONDS
+    while True:
+        counts = _pushes(client)
+        if not any(counts.get(state, 0) for state in _PUSHING):
+            break
+        if time.monotonic() > deadline:
+            raise EnvcacheError(f"the daemon at {client.url} is still pushing after {PUSH_WAIT_SECONDS:.0f} s; "
+                                "see `envcache upstream list`")
+        time.sleep(0.2)
+    if counts.get("failed", 0) > before.get("failed", 0):
+        raise EnvcacheError(f"the daemon at {client.url} built the image but could not push it to its upstream; "
+                            "see `envcache upstream list`")
+    if counts.get("done", 0) <= before.get("done", 0):
+        raise EnvcacheError(f"the daemon at {client.url} pushed nothing: its upstreams are pull-only "
+                            "(mode = \"push\" or \"both\" publishes)")
 
 
 def _find_conda_prefix(name_or_path: str) -> Path:

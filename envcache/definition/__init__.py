@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "envcache.definition.azure": ("read_azure_dir", "write_azure_dir"),
-    "envcache.definition.canonical": ("CANONICAL_VERSION", "canonical_bytes", "canonical_form", "spec_hash"),
+    "envcache.definition.canonical": ("CANONICAL_VERSION", "base_reference", "canonical_bytes", "canonical_form",
+                                      "spec_hash"),
     "envcache.definition.variants": ("for_variant", "resolve_variant"),
     "envcache.definition.loaders": ("load_definition",),
     "envcache.definition.model": ("VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
@@ -26,7 +27,8 @@ from envcache.definition.model import FORMATS  # the CLI's --format choices, wit
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "CANONICAL_VERSION", "FORMATS", "VARIANTS", "CondaDependencies", "Definition", "DockerSection", "PythonSection",
-    "RegistryCredentials", "SparkPackage", "SparkSection", "Variant", "VariantOverride", "canonical_bytes",
+    "RegistryCredentials", "SparkPackage", "SparkSection", "Variant", "VariantOverride", "base_reference",
+    "canonical_bytes",
     "canonical_form", "definition_from_dict", "definition_to_dict", "for_variant", "load_definition",
     "read_azure_dir", "resolve_variant", "spec_hash", "write_azure_dir",
 ]
@@ -47,7 +49,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from envcache.definition.azure import read_azure_dir, write_azure_dir
-    from envcache.definition.canonical import CANONICAL_VERSION, canonical_bytes, canonical_form, spec_hash
+    from envcache.definition.canonical import CANONICAL_VERSION, base_reference, canonical_bytes, canonical_form, spec_hash
     from envcache.definition.loaders import load_definition
     from envcache.definition.model import (
         VARIANTS, CondaDependencies, Definition, DockerSection, PythonSection, RegistryCredentials, SparkPackage,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -18,17 +19,18 @@ from typing import Any
 import xxhash
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import Specifier
-from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.utils import canonicalize_name, canonicalize_version
 
 from envcache.errors import DefinitionError
-from envcache.oci import parse_reference
-from envcache.definition.dockerfile import normalise_dockerfile
+from envcache.definition.dockerfile import dockerfile_base_image, normalise_dockerfile
 from envcache.definition.model import Definition, VariantOverride, redact_url_credentials
+from envcache.oci import is_registry_host, names_registry, parse_reference, registry_host
 
 # Bump whenever a rule below changes what bytes a definition canonicalises to: it is part of the
 # hashed bytes, so old hashes can never be confused with new ones.
-CANONICAL_VERSION = 1
+# 2: PEP 440 zero padding for ==, !=, <, <=, >, >=; ~= and prefix operands as written; index URLs
+#    as pip joins them; conda version clauses ordered; base_image_registry.address is content.
+CANONICAL_VERSION = 2
 
 # --------------------------------------------------------------------------------------- pip
 
@@ -114,15 +116,25 @@ def _parse_pip_requirement(entry: str) -> PipRequirement:
     )
 
 
+# Operators whose operand PEP 440 compares as a version, zero-padding the release segment:
+# ``==2.2`` ≡ ``==2.2.0`` (README, "Canonical rules", has the table with the reasons).
+_PADDED_OPERATORS = frozenset({"==", "!=", "<=", ">=", "<", ">"})
+
+
 def _normalise_specifier(spec: Specifier) -> str:
-    """PEP 440 normal form of the version (``2.02`` → ``2.2``); ``===`` compares strings, so
-    its operand is kept as written."""
-    version = spec.version
-    if spec.operator == "===":
-        return f"==={version}"
-    if version.endswith(".*"):
-        return f"{spec.operator}{Version(version[:-2])}.*"
-    return f"{spec.operator}{Version(version)}"
+    """The spelling shared by every specifier pip treats alike.
+
+    ``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=`` compare versions with the release segment
+    zero-padded (PEP 440), so their operand is written as a version with trailing release zeros
+    dropped (``>=2.0.0`` → ``>=2``), which is how ``packaging`` itself defines specifier
+    equality. Everything else is kept as written (packaging only strips blanks): ``~=`` takes its
+    prefix from the operand's length (``~=1.4`` allows 1.9, ``~=1.4.0`` does not), a prefix match
+    ``==1.2.*`` is a prefix of that length, ``===`` compares strings, and pip 23's packaging
+    builds the ``~=`` and ``.*`` prefixes from the text (``==1.02.*`` matches no 1.2 there).
+    """
+    if spec.operator in _PADDED_OPERATORS and not spec.version.endswith(".*"):
+        return spec.operator + canonicalize_version(spec.version, strip_trailing_zero=True)
+    return spec.operator + spec.version
 
 
 def canonical_pip_packages(entries: list[str]) -> list[str]:
@@ -173,7 +185,20 @@ def canonical_pip_option(entry: str) -> str:
     given = {k: v for k, v in vars(options).items() if v not in (None, [], False)}
     if given.keys() & _FORBIDDEN_OPTIONS:
         raise ValueError(f"pip option {entry!r}: includes (-r, -c, -e) are not options; list the packages instead")
+    if "index_url" in given:
+        given["index_url"] = _index_url(given["index_url"])
+    if "extra_index_urls" in given:
+        given["extra_index_urls"] = [_index_url(url) for url in given["extra_index_urls"]]
     return redact_url_credentials(dumps_global_options(given))
+
+
+def _index_url(url: str) -> str:
+    """An index URL as pip uses it: pip asks for ``posixpath.join(url, project) + "/"``, which
+    is the same request with or without one trailing ``/`` (``…/simple`` ≡ ``…/simple/``, but
+    ``…/simple//`` asks for ``…/simple//numpy/``), so the slash join would add is written out.
+    ``--find-links`` is not an index: a page's relative links resolve against its own URL, where
+    a trailing ``/`` changes the result, so find-links locations stay as written."""
+    return url if not url or url.endswith("/") else url + "/"
 
 
 def canonical_pip_options(entries: list[str]) -> list[str]:
@@ -186,17 +211,104 @@ def canonical_pip_options(entries: list[str]) -> list[str]:
 
 @lru_cache(maxsize=_CACHE_SIZE)
 def canonical_conda_package(entry: str) -> str:
-    """A conda MatchSpec in rattler's normal spelling (name lower-cased; ``=1.2`` stays fuzzy
-    ``1.2.*`` and ``==1.2`` stays exact; a ``channel::`` prefix is kept)."""
+    """A conda MatchSpec in rattler's normal spelling (name lower-cased; bracket keys in rattler's
+    order; ``=1.2`` stays fuzzy ``1.2.*`` and ``==1.2`` stays exact; a ``channel::`` prefix and
+    the build string are kept), with the clauses of its version spec in a normal order."""
     from rattler import MatchSpec
 
     text = entry.strip()
     if not text:
         raise ValueError("empty conda package")
     try:
-        return str(MatchSpec(text))
+        spec = MatchSpec(text)
     except Exception as exc:  # rattler raises its own InvalidMatchSpecError
         raise ValueError(f"invalid conda package {text!r}: {exc}") from None
+    written = str(spec)
+    if spec.version is None:
+        return written
+    # rattler writes ``[channel::]name version[ build][[key="value", …]]``: the version is the
+    # first blank-separated field after the name, and only it is replaced.
+    head, _, rest = written.partition(" ")
+    ordered = _ordered_version_spec(spec.version)
+    if ordered == spec.version or not rest.startswith(spec.version):
+        return written
+    candidate = f"{head} {ordered}{rest[len(spec.version):]}"
+    reread = MatchSpec(candidate)
+    # Only if rattler reads the reordered spec back as exactly that (same version, same spelling
+    # of every other part); otherwise the order stays as written: a possible miss, never a merge.
+    return candidate if reread.version == ordered and str(reread) == candidate else written
+
+
+def _ordered_version_spec(version: str) -> str:
+    """A conda version spec with its clauses in a normal order.
+
+    In a conda version spec ``,`` is *and*, ``|`` is *or* (``,`` binds tighter, parentheses
+    group), and a package matches by evaluating that expression: the order of the operands of
+    one *and* or one *or* means nothing (``>=3.10,<3.12`` ≡ ``<3.12,>=3.10``), and a repeated
+    operand adds nothing. py-rattler exposes no tree, so the tree is read back from rattler's own
+    spelling (where no constraint contains ``,|()``), its operands sorted, and the result
+    re-spelled by rattler's ``VersionSpec``.
+    """
+    from rattler import VersionSpec
+
+    tokens = re.findall(r"[(),|]|[^(),|]+", version)
+    try:
+        tree, end = _or_group(tokens, 0)
+        if end != len(tokens):
+            return version
+        return str(VersionSpec(_render(tree, inside_and=False)))
+    except Exception:  # a spelling this reader does not know (a newer rattler): keep the order as written
+        return version
+
+
+_Tree = str | tuple[str, tuple["_Tree", ...]]  # a constraint, or (operator, operands)
+_Parser = Callable[[list[str], int], tuple[_Tree, int]]
+
+
+def _or_group(tokens: list[str], at: int) -> tuple[_Tree, int]:
+    return _group(tokens, at, "|", _and_group)
+
+
+def _and_group(tokens: list[str], at: int) -> tuple[_Tree, int]:
+    return _group(tokens, at, ",", _operand)
+
+
+def _group(tokens: list[str], at: int, operator: str, parse: _Parser) -> tuple[_Tree, int]:
+    """``operand (operator operand)*``, flattened (``a,(b,c)`` is ``a,b,c``), operands as a set."""
+    operands: list[_Tree] = []
+    while True:
+        operand, at = parse(tokens, at)
+        if isinstance(operand, tuple) and operand[0] == operator:
+            operands.extend(operand[1])
+        else:
+            operands.append(operand)
+        if at < len(tokens) and tokens[at] == operator:
+            at += 1
+            continue
+        break
+    unique = sorted(set(operands), key=lambda o: _render(o, inside_and=operator == ","))
+    return (unique[0] if len(unique) == 1 else (operator, tuple(unique))), at
+
+
+def _operand(tokens: list[str], at: int) -> tuple[_Tree, int]:
+    if at >= len(tokens):
+        raise ValueError("unexpected end of version spec")
+    if tokens[at] == "(":
+        inner, at = _or_group(tokens, at + 1)
+        if at >= len(tokens) or tokens[at] != ")":
+            raise ValueError("unbalanced parenthesis in version spec")
+        return inner, at + 1
+    if tokens[at] in "),|":
+        raise ValueError(f"unexpected {tokens[at]!r} in version spec")
+    return tokens[at].strip(), at + 1
+
+
+def _render(tree: _Tree, *, inside_and: bool) -> str:
+    if isinstance(tree, str):
+        return tree
+    operator, operands = tree
+    text = operator.join(_render(o, inside_and=operator == ",") for o in operands)
+    return f"({text})" if operator == "|" and inside_and else text
 
 
 def conda_package_name(entry: str) -> str:
@@ -233,14 +345,66 @@ def canonical_image_ref(ref: str) -> str:
     return str(parse_reference(ref))
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
+def canonical_registry_address(address: str) -> str | None:
+    """``docker.base_image_registry.address`` as a registry host (``host[:port]``, lower-cased),
+    or None when it is blank. Azure calls it "the DNS name or IP address" of the registry; a
+    scheme or a path would leave it unclear which image is meant, so either is an error."""
+    text = address.strip()
+    if not text:
+        return None
+    if not is_registry_host(text):
+        raise ValueError(f"invalid registry address {address!r}: expected a registry host such as "
+                         f"'myregistry.azurecr.io' or 'localhost:5000' (no scheme, no path)")
+    return registry_host(text)
+
+
+def qualified_image_ref(ref: str, address: str | None) -> str:
+    """A base image reference read the way Azure ML reads ``docker.base_image`` with
+    ``base_image_registry.address``: a reference that names no registry comes from the address
+    (``team/base:1.0`` at ``myregistry.azurecr.io`` is ``myregistry.azurecr.io/team/base:1.0``);
+    one that names its registry is taken as written, the address then only saying where the
+    credentials apply. Normalised as :func:`canonical_image_ref` does."""
+    host = canonical_registry_address(address) if address is not None else None
+    if host is not None and not names_registry(ref):
+        ref = f"{host}/{ref.strip()}"
+    return canonical_image_ref(ref)
+
+
+def base_reference(defn: Definition) -> str | None:
+    """The full reference of the image ``defn`` builds on, for resolving and pulling it.
+
+    ``docker.base_image`` qualified by ``base_image_registry.address``
+    (:func:`qualified_image_ref`); for a ``base_dockerfile``, its first ``FROM`` as Docker reads
+    it (ARG defaults declared before it substituted; no address applied, envcache never rewrites
+    a Dockerfile; ``scratch`` as is; a reference with an unresolved ``$`` as written); None when
+    the definition names no base (the daemon's base for the variant applies). For a variant,
+    pass ``for_variant(defn, variant)``: a variant's own base image is qualified by the address
+    too. The username and password are never part of it.
+    """
+    docker = defn.docker
+    if docker.base_dockerfile is not None:
+        ref = dockerfile_base_image(docker.base_dockerfile)
+        if ref is None or ref == "scratch":
+            return ref
+        try:
+            return canonical_image_ref(ref)
+        except ValueError:
+            return ref
+    if docker.base_image is not None:
+        return qualified_image_ref(docker.base_image, docker.base_image_registry.address)
+    return None
+
+
 # ------------------------------------------------------------------------------------- whole
 
 
-def canonical_override(override: VariantOverride, user_managed: bool) -> dict[str, Any]:
-    """A variant override in canonical form; an empty override changes nothing → ``{}``."""
+def canonical_override(override: VariantOverride, user_managed: bool, address: str | None) -> dict[str, Any]:
+    """A variant override in canonical form; an empty override changes nothing → ``{}``.
+    ``address`` is the definition's base image registry: it qualifies the variant's base too."""
     out: dict[str, Any] = {}
     if override.base_image is not None:
-        out["base_image"] = canonical_image_ref(override.base_image)
+        out["base_image"] = qualified_image_ref(override.base_image, address)
     if override.base_dockerfile is not None:
         out["base_dockerfile"] = normalise_dockerfile(override.base_dockerfile)
     if not user_managed:
@@ -258,7 +422,8 @@ def canonical_override(override: VariantOverride, user_managed: bool) -> dict[st
 def base_content(defn: Definition) -> dict[str, Any]:
     docker = defn.docker
     return {
-        "base_image": canonical_image_ref(docker.base_image) if docker.base_image is not None else None,
+        "base_image": (qualified_image_ref(docker.base_image, docker.base_image_registry.address)
+                       if docker.base_image is not None else None),
         "base_dockerfile": normalise_dockerfile(docker.base_dockerfile) if docker.base_dockerfile is not None else None,
     }
 
@@ -316,7 +481,8 @@ def _canonical_form(defn: Definition) -> dict[str, Any]:
         # Not installed when user-managed, so not content.
         "conda_dependencies": None if user_managed else {**conda_content(defn), **pip_content(defn)},
     }
-    variants = {name: canonical_override(override, user_managed) for name, override in defn.variants.items()}
+    address = defn.docker.base_image_registry.address
+    variants = {name: canonical_override(override, user_managed, address) for name, override in defn.variants.items()}
     return {
         "canonical_version": CANONICAL_VERSION,
         "docker": base_content(defn),
@@ -343,7 +509,8 @@ def spec_hash(defn: Definition) -> str:
 
 def clear_caches() -> None:
     """Forget memoised entries (the benchmark measures cold and warm hashing)."""
-    for cached in (_parse_pip_requirement, canonical_pip_option, canonical_conda_package, parse_reference):
+    for cached in (_parse_pip_requirement, canonical_pip_option, canonical_conda_package, parse_reference,
+                   canonical_registry_address):
         cached.cache_clear()
 
 

@@ -49,8 +49,13 @@ def _word(flag: bool) -> str:
 
 
 def _base(a: dict[str, Any], b: dict[str, Any], prefix: str, out: list[str]) -> None:
-    if a["base_image"] != b["base_image"]:
-        out.append(f"{prefix}base image: {a['base_image'] or '(variant default)'} → {b['base_image'] or '(variant default)'}")
+    ia, ib = a["base_image"], b["base_image"]
+    if ia and ib and ia != ib and ia.split("/", 1)[1] == ib.split("/", 1)[1]:
+        # Canonical references always start with their registry: same image name, other registry.
+        out.append(f"{prefix}base image registry: {ia.split('/', 1)[0]} → {ib.split('/', 1)[0]} "
+                   f"(for {ia.split('/', 1)[1]})")
+    elif ia != ib:
+        out.append(f"{prefix}base image: {ia or '(variant default)'} → {ib or '(variant default)'}")
     sa, sb = a["base_dockerfile"], b["base_dockerfile"]
     if sa is None or sb is None:
         if sa != sb:

@@ -11,17 +11,11 @@ content and are kept verbatim.
 from __future__ import annotations
 
 import re
+import shlex
 from functools import lru_cache
 
-_FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 _DIRECTIVE = re.compile(r"^#\s*([A-Za-z]+)\s*=\s*(.*?)\s*$")
 _KNOWN_DIRECTIVES = {"syntax", "escape", "check"}
-
-
-def dockerfile_base(text: str) -> str | None:
-    """The image a Dockerfile starts from (its first ``FROM``), as written; None without one."""
-    match = _FROM.search(text)
-    return match.group(1) if match else None
 
 
 def normalise_dockerfile(text: str) -> list[str]:
@@ -70,6 +64,38 @@ def normalise_dockerfile(text: str) -> list[str]:
     if current:
         steps.append(_normalise_instruction(current, escape))
     return directives + steps
+
+
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def dockerfile_base_image(text: str) -> str | None:
+    """The image the first ``FROM`` names, or None without one.
+
+    ``ARG`` defaults declared before it are substituted (``ARG BASE=ubuntu:22.04`` then
+    ``FROM $BASE``), as Docker does for a build without build arguments, which is how envcache
+    builds. Anything else (``${BASE:-x}``, an ARG without a default) stays as written.
+    """
+    defaults: dict[str, str] = {}
+    for step in normalise_dockerfile(text):
+        keyword, _, rest = step.partition(" ")
+        if keyword == "ARG":
+            try:
+                words = shlex.split(rest)
+            except ValueError:
+                words = []
+            for word in words:
+                name, equals, value = word.partition("=")
+                if equals:
+                    defaults[name] = value
+                else:
+                    defaults.pop(name, None)
+        elif keyword == "FROM":
+            image = next((word for word in rest.split() if not word.startswith("--")), None)
+            if image is None:
+                return None
+            return _VARIABLE.sub(lambda m: defaults.get(m.group(1) or m.group(2), m.group(0)), image)
+    return None
 
 
 def _directives(lines: list[str]) -> tuple[list[str], int]:

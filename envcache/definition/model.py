@@ -76,7 +76,12 @@ class PythonSection:
 
 @dataclass
 class RegistryCredentials:
-    """Where and how to pull a private base image. Not image content: never hashed."""
+    """Where and how to pull a private base image (Azure's ``ContainerRegistry``).
+
+    ``address`` says where the base comes from, so it is content: a ``base_image`` that names no
+    registry is read from it (see :func:`envcache.definition.canonical.qualified_image_ref`). The
+    username and password only decide who may pull it, so they are never hashed.
+    """
 
     address: str | None = None
     username: str | None = None

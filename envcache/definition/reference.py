@@ -16,7 +16,8 @@ from typing import Any
 
 from envcache.errors import DefinitionError
 from envcache.definition.canonical import (
-    canonical_channel, canonical_conda_package, canonical_image_ref, canonical_pip_option, parse_pip_requirement,
+    canonical_channel, canonical_conda_package, canonical_image_ref, canonical_pip_option, canonical_registry_address,
+    parse_pip_requirement,
 )
 from envcache.definition.model import (
     VARIANTS, Definition, SparkPackage, VariantOverride, redact_url_credentials,
@@ -24,12 +25,13 @@ from envcache.definition.model import (
 
 Locator = Callable[[str], str | None]
 
-# Entry checks by the name of the list they sit in: the same helpers the canonical form uses.
+# Entry checks by the name of the field or list they sit in: the same helpers the canonical form uses.
 _ENTRY_CHECKS: dict[str, Callable[[str], object]] = {
     "channels": canonical_channel,
     "conda_packages": canonical_conda_package,
     "pip_packages": parse_pip_requirement,
     "pip_options": canonical_pip_option,
+    "address": canonical_registry_address,
 }
 _IMAGE_FIELDS = {"base_image"}
 

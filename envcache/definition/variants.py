@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from envcache.definition.canonical import conda_package_name, pip_package_name
-from envcache.definition.dockerfile import dockerfile_base
+from envcache.definition.dockerfile import dockerfile_base_image
 from envcache.definition.model import VARIANTS, Definition, Variant, VariantOverride
 from envcache.errors import DefinitionError, InvalidInput
 
@@ -59,6 +59,8 @@ def for_variant(defn: Definition, variant: str) -> Definition:
 
     A base image or Dockerfile in the override replaces the general base; listed channels and
     options are appended; a package in the override replaces a general package of the same name.
+    ``docker.base_image_registry`` stays, so a variant's base image that names no registry comes
+    from its address too (a private name never falls through to Docker Hub).
     """
     if variant not in VARIANTS:
         raise DefinitionError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}", location="variant")
@@ -96,5 +98,5 @@ def base_of(view: Definition, default: str | None) -> str | None:
     applies when the definition names neither.
     """
     if view.docker.base_dockerfile:
-        return dockerfile_base(view.docker.base_dockerfile)
+        return dockerfile_base_image(view.docker.base_dockerfile)
     return view.docker.base_image or default

@@ -19,7 +19,10 @@ from envcache.oci.media import (
 from envcache.oci.names import (
     ENV_REPOSITORY, STAGE_REPOSITORY, NameInvalid, TagInvalid, check_name, check_tag, image_tag, parse_image_tag,
 )
-from envcache.oci.reference import DOCKER_HUB_HOSTS, ImageRef, ReferenceInvalid, normalise_reference, parse_reference
+from envcache.oci.reference import (
+    DOCKER_HUB_HOSTS, ImageRef, ReferenceInvalid, is_registry_host, names_registry, normalise_reference, parse_reference,
+    registry_host,
+)
 
 __all__ = [
     "ACCEPT_MANIFESTS", "DOCKER_HUB_HOSTS", "DOCKER_LIST", "DOCKER_MANIFEST", "ENV_REPOSITORY", "INDEX_TYPES",
@@ -27,6 +30,7 @@ __all__ = [
     "MANIFEST_TYPES", "MAX_MANIFEST_SIZE", "OCI_CONFIG", "OCI_INDEX", "OCI_MANIFEST",
     "Descriptor", "DigestError", "ImageRef", "Manifest", "ManifestInvalid", "NameInvalid", "ReferenceInvalid",
     "TagInvalid", "check_name", "check_tag", "config_digest", "digest_bytes", "dumps_manifest", "image_index",
-    "image_manifest", "image_tag", "is_digest", "new_hasher", "normalise_reference", "parse_digest",
-    "parse_image_tag", "parse_manifest", "parse_reference", "platform_of_config",
+    "image_manifest", "image_tag", "is_digest", "is_registry_host", "names_registry", "new_hasher",
+    "normalise_reference", "parse_digest", "parse_image_tag", "parse_manifest", "parse_reference", "platform_of_config",
+    "registry_host",
 ]

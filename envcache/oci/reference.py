@@ -58,6 +58,24 @@ class ImageRef:
             f"@{self.digest}" if self.digest else "")
 
 
+def names_registry(ref: str) -> bool:
+    """Docker's rule: the first component names a registry host when it has a ``.`` or a ``:``,
+    is ``localhost``, or has upper case (``team/base`` is a Docker Hub repository)."""
+    first, slash, _ = ref.strip().partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost" or first != first.lower())
+
+
+def registry_host(host: str) -> str:
+    """A registry host's normal spelling: lower case, Docker Hub's aliases as ``docker.io``."""
+    host = host.lower()
+    return DOCKER_HUB if host in DOCKER_HUB_HOSTS else host
+
+
+def is_registry_host(text: str) -> bool:
+    """``host[:port]`` (a DNS name, an IPv4 or a bracketed IPv6 address), nothing else."""
+    return _DOMAIN.fullmatch(text) is not None
+
+
 @lru_cache(maxsize=1 << 16)
 def parse_reference(text: str) -> ImageRef:
     """``text`` as an :class:`ImageRef`; raises :class:`ReferenceInvalid`. Memoised: the daemon
@@ -66,13 +84,11 @@ def parse_reference(text: str) -> ImageRef:
     reference = text
     text = text.strip()
     name, _, digest = text.partition("@")
-    first, slash, remainder = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        domain, path = first.lower(), remainder
+    if names_registry(name):
+        first, _, path = name.partition("/")
+        domain = registry_host(first)
     else:
         domain, path = DOCKER_HUB, name
-    if domain in DOCKER_HUB_HOSTS:
-        domain = DOCKER_HUB
     tag = None
     if ":" in path:
         path, tag = path.rsplit(":", 1)

@@ -5,8 +5,9 @@ version instead of minting a new one, so CI jobs that register on every run do n
 endless versions of one environment. Content means the spec hash, so reformatting or
 reordering a pip list is not a new version either.
 
-Curated environments ship as files in ``config/curated/`` and are read-only: the ``envcache-``
-prefix is reserved for them so a user can never shadow one.
+Curated environments ship inside the package (``envcache/curated/``, package data, so a wheel
+install has them too) and are read-only: the ``envcache-`` prefix is reserved for them so a user
+can never shadow one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from envcache.store.interfaces import Environments as EnvironmentStore
 
 RESERVED_PREFIX = "envcache-"
-CURATED_DIR = Path(__file__).resolve().parents[2] / "config" / "curated"
+CURATED_DIR = Path(__file__).resolve().parents[1] / "curated"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 

@@ -139,7 +139,10 @@ class Definitions:
             except (TypeError, ValueError, KeyError, AttributeError) as exc:  # belt and braces: bad input is a 400
                 raise InvalidInput(f"{where}invalid definition: {exc}") from None
         if subject.environment is not UNSET:
-            record = await self._environments.get(subject.environment.name, subject.environment.version)
+            version = subject.environment.version
+            if isinstance(version, str):
+                version = positive_int(version, f"{where}environment.version")
+            record = await self._environments.get(subject.environment.name, version)
             return record.as_definition(), (record.name, record.version)
         raise InvalidInput(f"{where}give either 'definition' (a definition document), 'document' (its raw files) "
                            "or 'environment' ({name, version})")

@@ -26,6 +26,9 @@ _CHOICES = ", ".join(CHOICES)
 
 Variant = Literal[CHOICES]  # type: ignore[valid-type]  # cpu, gpu, auto
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_INTEGER)]
+# A version may come as its digits (clients pass Azure's string versions through); the one place
+# that uses it turns them into a PositiveInt (requests.positive_int), with the same sentence.
+VersionDigits = Annotated[str, msgspec.Meta(pattern="^[0-9]{1,19}$")]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
@@ -46,7 +49,7 @@ class EnvironmentRef(Request):
     """A registered or curated environment; the latest version when ``version`` is absent."""
 
     name: str
-    version: PositiveInt | None = None
+    version: PositiveInt | VersionDigits | None = None
 
 
 class Subject(Request):

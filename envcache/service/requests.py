@@ -76,7 +76,8 @@ async def read(request: web.Request, model: type[M]) -> tuple[M, bytes]:
 
 
 def positive_int(value: Any, field: str) -> int | None:
-    """A positive integer from a query string; ASCII digits only (``"²".isdigit()`` is True)."""
+    """A positive integer from its digits (a query string, a version sent as text); ASCII digits
+    only (``"²".isdigit()`` is True)."""
     if value is None:
         return None
     if not re.fullmatch(r"[0-9]{1,19}", value) or not 1 <= int(value) <= MAX_INTEGER:

@@ -340,8 +340,10 @@ def canonical_channels(entries: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------ images
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def canonical_image_ref(ref: str) -> str:
-    """Docker's reference normalisation: ``ubuntu`` → ``docker.io/library/ubuntu:latest``."""
+    """Docker's reference normalisation: ``ubuntu`` → ``docker.io/library/ubuntu:latest``.
+    Memoised as text too: a hash needs the string, not the parsed reference."""
     return str(parse_reference(ref))
 
 
@@ -509,8 +511,8 @@ def spec_hash(defn: Definition) -> str:
 
 def clear_caches() -> None:
     """Forget memoised entries (the benchmark measures cold and warm hashing)."""
-    for cached in (_parse_pip_requirement, canonical_pip_option, canonical_conda_package, parse_reference,
-                   canonical_registry_address):
+    for cached in (_parse_pip_requirement, canonical_pip_option, canonical_conda_package, canonical_image_ref,
+                   parse_reference, canonical_registry_address):
         cached.cache_clear()
 
 

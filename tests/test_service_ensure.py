@@ -60,7 +60,7 @@ def definition(name: str = "demo", value: str = "1"):
                                       "environment_variables": {"VALUE": value}})
 
 
-async def fixed(reference: str) -> str:
+async def fixed(reference: str, **_: object) -> str:
     return DIGEST
 
 
@@ -198,7 +198,7 @@ async def test_base_digests_are_cached_and_survive_an_unreachable_registry(tmp_p
     calls: list[str] = []
     online = True
 
-    async def registry(reference: str) -> str | None:
+    async def registry(reference: str, **_: object) -> str | None:
         calls.append(reference)
         await asyncio.sleep(0.02)
         if not online:

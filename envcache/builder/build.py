@@ -28,8 +28,8 @@ from envcache.builder.settings import BuildSettings
 from envcache.builder.stages import LOCK_FILES, PlannedStage, RecipeContext, chain, stage_tag, unpinned_requirements
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.oci import (
-    ENV_REPOSITORY, LAYER_MEDIA, OCI_INDEX, OCI_MANIFEST, STAGE_REPOSITORY, Descriptor, image_index, image_tag,
-    parse_manifest,
+    ENV_REPOSITORY, LAYER_MEDIA, OCI_INDEX, OCI_MANIFEST, STAGE_REPOSITORY, Descriptor, RegistryLogin, image_index,
+    image_tag, parse_manifest, parse_reference,
 )
 from envcache.store import Store
 
@@ -58,7 +58,7 @@ class BuiltImage:
 
 
 async def ensure_base(engine: Engine, ref: str, log: LogFn, *, store: Store | None = None,
-                      stored_base: StoredBase | None = None) -> ImageInfo:
+                      stored_base: StoredBase | None = None, login: RegistryLogin | None = None) -> ImageInfo:
     """The base image in the engine: as it is, else loaded from envcache's own registry, else
     pulled by the engine from its origin.
 
@@ -66,7 +66,8 @@ async def ensure_base(engine: Engine, ref: str, log: LogFn, *, store: Store | No
     credentials and TLS settings) comes first, so the engine needs neither, and the image the
     key was resolved from is the one built on. It is loaded under the very name the definition
     uses, so the generated ``FROM`` resolves locally. A digest-pinned name cannot be given to a
-    loaded image (engines record digests only on pull): such bases are pulled by the engine.
+    loaded image (engines record digests only on pull): such bases are pulled by the engine, with
+    the definition's ``login``.
     """
     info = await engine.inspect(ref)
     if info is not None:
@@ -75,7 +76,9 @@ async def ensure_base(engine: Engine, ref: str, log: LogFn, *, store: Store | No
         info = await _load_stored_base(engine, ref, log, store, stored_base)
         if info is not None:
             return info
-    return await engine.pull(ref, log)
+    if login is not None:
+        login = login.for_host(parse_reference(ref).host)
+    return await engine.pull(ref, log, login)
 
 
 async def _load_stored_base(engine: Engine, ref: str, log: LogFn, store: Store,
@@ -119,7 +122,7 @@ async def build_image(plan: BuildPlan, *, store: Store, engine: Engine | None, s
     tail = LogTail(log)  # the caller's log, plus the last lines for a failure message
     out = tail.line
     base_name = _base_name(plan)
-    base = await ensure_base(engine, base_name, out, store=store, stored_base=stored_base)
+    base = await ensure_base(engine, base_name, out, store=store, stored_base=stored_base, login=plan.login)
     stages = chain(plan.definition, root_key(base.id))
     timeout = float(settings.stage_timeout)
 
@@ -218,7 +221,7 @@ async def stage_keys_for(plan: BuildPlan, *, engine: Engine, log: LogFn = lambda
                          store: Store | None = None, stored_base: StoredBase | None = None) -> list[str]:
     """The chain keys ``build_image`` would use (shallowest first): the base is resolved in
     the engine (loaded from the store or pulled if missing), exactly as a build does."""
-    base = await ensure_base(engine, _base_name(plan), log, store=store, stored_base=stored_base)
+    base = await ensure_base(engine, _base_name(plan), log, store=store, stored_base=stored_base, login=plan.login)
     return [stage.key for stage in chain(plan.definition, root_key(base.id))]
 
 

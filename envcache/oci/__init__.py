@@ -8,6 +8,7 @@ a digest, a tag or a manifest is. Pure and cheap: no I/O, standard library only.
 """
 
 from envcache.oci.digest import DigestError, digest_bytes, is_digest, new_hasher, parse_digest
+from envcache.oci.login import RegistryLogin
 from envcache.oci.manifest import (
     Descriptor, Manifest, ManifestInvalid, config_digest, dumps_manifest, image_index, image_manifest, parse_manifest,
     platform_of_config,
@@ -29,7 +30,8 @@ __all__ = [
     "LAYER_MEDIA", "STAGE_REPOSITORY",
     "MANIFEST_TYPES", "MAX_MANIFEST_SIZE", "OCI_CONFIG", "OCI_INDEX", "OCI_MANIFEST",
     "Descriptor", "DigestError", "ImageRef", "Manifest", "ManifestInvalid", "NameInvalid", "ReferenceInvalid",
-    "TagInvalid", "check_name", "check_tag", "config_digest", "digest_bytes", "dumps_manifest", "image_index",
+    "RegistryLogin", "TagInvalid", "check_name", "check_tag", "config_digest", "digest_bytes", "dumps_manifest",
+    "image_index",
     "image_manifest", "image_tag", "is_digest", "is_registry_host", "names_registry", "new_hasher",
     "normalise_reference", "parse_digest", "parse_image_tag", "parse_manifest", "parse_reference", "platform_of_config",
     "registry_host",

@@ -231,7 +231,8 @@ class Ensurer:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
         plan = BuildPlan.of(definition, variant, default_base=self._variant_bases.get(variant))
         reference = plan.base_reference
-        digest = "none" if reference is None else await self.resolver.resolve(reference)
+        digest = "none" if reference is None else \
+            await self.resolver.resolve(reference, name=plan.base_name, login=plan.login)
         return plan.resolved(digest, self.recipe_version)
 
     async def lookup(self, prepared: Prepared) -> ImageRecord | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envcache.builder.errors import BuildFailed
+from envcache.oci import RegistryLogin
 
 LogFn = Callable[[str], None]
 
@@ -107,8 +108,9 @@ class Engine(ABC):
         """The image ``ref`` if present locally, else None (never pulls)."""
 
     @abstractmethod
-    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
-        """Fetch ``ref`` into the engine; raises BuildFailed(step="base") when it cannot."""
+    async def pull(self, ref: str, log: LogFn, login: RegistryLogin | None = None) -> ImageInfo:
+        """Fetch ``ref`` into the engine, logging in with ``login`` when it is for ``ref``'s
+        registry (the credentials never reach the log); raises BuildFailed(step="base") when it cannot."""
 
     @abstractmethod
     async def build(self, context_dir: Path, tag: str, *, network: bool,

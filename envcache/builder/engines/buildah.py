@@ -9,15 +9,18 @@ driver are configurable so the daemon (and each test session) can keep its own i
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail
 from envcache.builder.errors import BuildFailed, EngineUnavailable
+from envcache.oci import RegistryLogin
 
 
 def _is_loopback_registry(ref: str) -> bool:
@@ -97,13 +100,21 @@ class BuildahEngine(Engine):
         config = (data.get("OCIv1") or {}).get("config") or {}
         return ImageInfo(id=image_id if image_id.startswith("sha256:") else f"sha256:{image_id}", config=config)
 
-    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
+    async def pull(self, ref: str, log: LogFn, login: RegistryLogin | None = None) -> ImageInfo:
         tail = LogTail(log)
         tail.line(f"pulling {ref}")
         args = ["pull", "--quiet"]
         if _is_loopback_registry(ref):
             args.append("--tls-verify=false")
-        status, _ = await self._run([*args, ref], tail)
+        with tempfile.TemporaryDirectory(prefix="envcache-auth-") as private:
+            if login is not None:
+                # An auth file readable by us only, gone after the pull: ``--creds`` would put the
+                # password on buildah's command line, where any user can read it.
+                auth = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+                authfile = Path(private) / "auth.json"
+                authfile.write_text(json.dumps({"auths": {login.host: {"auth": auth}}}))
+                args += ["--authfile", str(authfile)]
+            status, _ = await self._run([*args, ref], tail)
         if status != 0:
             raise BuildFailed("base", f"cannot pull base image {ref}", tail.text())
         return await self._pulled(ref, tail)

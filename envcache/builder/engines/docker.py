@@ -20,6 +20,7 @@ import aiohttp
 
 from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, context_tar
 from envcache.builder.errors import BuildFailed, EngineUnavailable
+from envcache.oci import RegistryLogin, parse_reference
 
 # Builds, saves and loads take as long as they take: the only time limit is the builder's
 # per-stage one (cancelling the request stops the engine's work), not a socket timeout.
@@ -69,11 +70,15 @@ class DockerEngine(Engine):
             raise
         return ImageInfo(id=data["Id"], config=data.get("Config") or {})
 
-    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
+    async def pull(self, ref: str, log: LogFn, login: RegistryLogin | None = None) -> ImageInfo:
         tail = LogTail(log)
         tail.line(f"pulling {ref}")
+        # X-Registry-Auth: dockerd logs in for this one pull; nothing is stored in its config.
+        # aiodocker wants the registry host in the name it sends credentials with.
+        auth = {"username": login.username, "password": login.password} if login is not None else None
+        name = str(parse_reference(ref)) if login is not None else ref
         try:
-            async for event in self.client.images.pull(ref, stream=True):
+            async for event in self.client.images.pull(name, auth=auth, stream=True):
                 if "error" in event:
                     raise BuildFailed("base", f"cannot pull base image {ref}: {event['error']}", tail.text())
                 status = event.get("status")

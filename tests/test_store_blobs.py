@@ -38,7 +38,7 @@ async def test_schema_created_in_wal_mode_and_versioned(store: Store, tmp_path: 
     assert store.metadata.db["schema_version"].get(1)["version"] == len(MIGRATIONS)
     assert set(store.metadata.db["images"].columns_dict) == {
         "key", "variant", "spec_hash", "canonical", "repository", "tag", "manifest_digest", "size",
-        "created", "last_used", "lock", "base_digest", "recipe_version"}
+        "created", "last_used", "lock", "base_digest", "recipe_version", "compression"}
     await store.close()
     # Reopening an up-to-date database runs no migration and keeps the data.
     again = await open_store(tmp_path / "data")
@@ -53,10 +53,12 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
     with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:
         conn.execute(f"DROP TABLE {LAYER_BLOBS}")
         conn.execute(f"DROP TABLE {BASE_DIGESTS}")
+        conn.execute("DROP TABLE image_history")            # migration 3's; a version-1 file has neither
+        conn.execute("ALTER TABLE images DROP COLUMN compression")
         conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
         conn.execute("UPDATE schema_version SET version = 1")
     store = await open_store(tmp_path / "d")
-    assert store.schema_version == len(MIGRATIONS) == 2
+    assert store.schema_version == len(MIGRATIONS) == 3
     assert {LAYER_BLOBS, BASE_DIGESTS, UPSTREAM_PUSHES} <= set(store.metadata.db.table_names())
     assert set(store.metadata.db[LAYER_BLOBS].pks) == {"diff_id", "compression"}
     assert [row["id"] for row in store.metadata.db[UPSTREAM_PUSHES].rows] == ["p1"]

@@ -7,8 +7,11 @@ table ``build_layer_blobs`` (part of the store's schema) maps one to the other p
 so a layer ingested once (every base layer, every shared stage) is never read or compressed
 again — re-ingest costs the export and a lookup.
 
-The engine's config JSON is stored byte for byte: its digest is the engine's image id and its
-``rootfs.diff_ids`` are the engine's, so what a client pulls is exactly what was built.
+Layers are stored as the engine wrote them (their diff_ids are the engine's). The config is
+stored *reproducible* (:func:`reproducible_config`): the engine's build time, container ids and
+the build's one-shot helper URL are replaced by fixed values, so the same key and lock give the
+same config — and the same manifest — on any machine. The stored image's id is therefore that
+config's digest, not the engine's; an engine that loads it back gets the stored id.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import time
@@ -33,7 +37,7 @@ import zstandard
 
 from envcache.builder.engines.base import Engine, ExportedImage, LogFn
 from envcache.builder.errors import BuildFailed
-from envcache.builder.stages import LOCK_DIR, parse_locks
+from envcache.builder.stages import CREATED, LOCK_DIR
 from envcache.oci import (
     ENV_REPOSITORY, LAYER_MEDIA, OCI_CONFIG, OCI_MANIFEST, Descriptor, image_manifest, parse_manifest,
     platform_of_config,
@@ -42,6 +46,10 @@ from envcache.store import KnownLayer, Store
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
+#: The build's loopback helper (random port and token) as it appears in a RUN line.
+_HELPER_URL = re.compile(r"http://127\.0\.0\.1:\d+/[0-9a-f]{32}")
+#: What an engine records about the build itself rather than the image (container ids, versions).
+_BUILD_FIELDS = ("container", "container_config", "docker_version")
 
 Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
 
@@ -236,7 +244,6 @@ class IngestTarget:
     repository: str
     tag: str
     annotations: dict[str, str] = field(default_factory=dict)
-    expected_locks: set[str] = field(default_factory=set)
 
 
 async def ingest_image(store: Store, engine: Engine, ref: str, tag: str, compression: str, log: LogFn, *,
@@ -248,7 +255,7 @@ async def ingest_image(store: Store, engine: Engine, ref: str, tag: str, compres
 async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget], compression: str,
                         log: LogFn) -> list[dict[str, Any]]:
     """Export the targets from the engine and store each; per target: manifest (bytes and
-    digest), size, layers, platform and the lock files found in the image."""
+    digest), size, layers and platform."""
     if compression not in LAYER_MEDIA:
         raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
     results: list[dict[str, Any]] = []
@@ -258,13 +265,26 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
             for target in targets:
                 source = await asyncio.to_thread(open_export, exports[target.ref], stack, target.ref)
                 layers = await ingest_layers(store, source, compression, Path(tmp), log)
-                lock_files = await asyncio.to_thread(read_lock_files, source, target.expected_locks)
-                results.append(await store_image(store, target, source.config, layers, lock_files))
+                results.append(await store_image(store, target, reproducible_config(source.config), layers))
     return results
 
 
-async def store_image(store: Store, target: IngestTarget, config: bytes, layers: list[LayerBlob],
-                      lock_files: dict[str, bytes]) -> dict[str, Any]:
+def reproducible_config(config: bytes) -> bytes:
+    """The engine's config without what only says *when* and *how* it was built: ``created`` and
+    every history time at SOURCE_DATE_EPOCH, no container ids or engine version, and the build's
+    helper URL (a random port and token) out of the history's commands."""
+    doc = json.loads(config)
+    for name in _BUILD_FIELDS:
+        doc.pop(name, None)
+    doc["created"] = CREATED
+    for entry in doc.get("history") or []:
+        entry["created"] = CREATED
+        if "created_by" in entry:
+            entry["created_by"] = _HELPER_URL.sub("$ENVCACHE_BUILD_HELPER", entry["created_by"])
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+async def store_image(store: Store, target: IngestTarget, config: bytes, layers: list[LayerBlob]) -> dict[str, Any]:
     """Config, manifest and tag for layers already stored; what the build reports of the image."""
     # write_blob skips the write when the config is stored already (every re-ingest).
     await store.write_blob(config, media_type=OCI_CONFIG)
@@ -272,7 +292,6 @@ async def store_image(store: Store, target: IngestTarget, config: bytes, layers:
     digest = await store.put_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
     return {"manifest": manifest, "manifest_digest": digest, "platform": platform_of_config(config),
             "size": len(manifest) + len(config) + sum(layer.size for layer in layers),
-            "locks": parse_locks(lock_files),
             "layers": [{"diff_id": l.diff_id, "digest": l.digest, "size": l.size, "reused": l.reused} for l in layers]}
 
 

@@ -20,7 +20,7 @@ from envcache.definition.canonical import dumps_canonical
 
 #: Bumped whenever the generated Dockerfiles or stage procedures change what gets built: it is
 #: part of every root key (and so of every stage and image key).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 def image_key(spec_hash: str, variant: str, base_digest: str, recipe_version: str | int = RECIPE_VERSION) -> str:

@@ -33,6 +33,7 @@ class BuildPlan:
     # The definition's login for the base's registry: used to resolve and pull the base, never
     # hashed, shown or stored.
     login: RegistryLogin | None = field(default=None, repr=False, compare=False)
+    refresh: bool = False         # resolve the unpinned packages again instead of installing the lock
 
     @classmethod
     def of(cls, definition: Definition, variant: str, *, default_base: str | None = None, key: str = "") -> BuildPlan:

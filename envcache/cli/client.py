@@ -82,7 +82,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
     p.set_defaults(handler=_env_scaffold)
 
-    p = sub.add_parser("images", parents=parents, help="list cached images")
+    p = sub.add_parser("images", parents=parents, help="list cached images, or one key's image and its history")
+    p.add_argument("key", nargs="?", metavar="KEY", help="an image key (or KEY-VARIANT): show that image")
+    p.add_argument("--history", action="store_true",
+                   help="with KEY: also the images refreshes replaced (pullable by digest until gc expires them)")
     p.set_defaults(handler=_images)
     p = sub.add_parser("status", parents=parents, help="is the daemon up, and what is it doing")
     p.set_defaults(handler=_status)
@@ -130,6 +133,11 @@ def _ensure(args: argparse.Namespace) -> int:
     )
     if not quiet:
         print(f"envcache: {answer['status']} in {time.monotonic() - began:.1f}s", file=sys.stderr)
+        changes = (answer.get("build") or {}).get("changes")
+        if args.refresh and changes is not None:
+            print("envcache: refresh: " + ("; ".join(changes) if changes else
+                                           "nothing changed (every package resolved to its locked version)"),
+                  file=sys.stderr)
     emit(args, answer["image"]["image"], answer)
     return 0
 
@@ -239,11 +247,33 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    if args.key:
+        return _image(args)
     images = _client(args).images()["images"]
     rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
             for i in images]
     emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
     return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    """One key: its image, and with ``--history`` the images refreshes replaced."""
+    client = _client(args)
+    if not args.history:
+        image = client.image(args.key)
+        emit(args, f"{image['image']}  {image['digest']}", image)
+        return 0
+    history = client.image_history(args.key)
+    current = history["current"]
+    rows = [[current["image"], current["digest"], _when(current["created"]), "current"]]
+    rows += [[old["image"], old["digest"], _when(old["created"]), f"replaced {_when(old['replaced'])}"]
+             for old in history["replaced"]]
+    emit(args, table(["IMAGE", "DIGEST", "CREATED", ""], rows), history)
+    return 0
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
 def _status(args: argparse.Namespace) -> int:

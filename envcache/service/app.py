@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from envcache.builder.build import build_image, stage_keys_for
+from envcache.builder.build import build_image, recompress_image, stage_keys_for
 from envcache.builder.errors import EngineUnavailable
 from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
@@ -25,7 +25,7 @@ from envcache.service import auth, views
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
 from envcache.service.daemon import DAEMON, Daemon, EngineHandle
-from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
+from envcache.service.ensure import Build, BuiltLike, Ensurer, ImageRecord, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.requests import Definitions
@@ -101,6 +101,9 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
 
+    async def recompress(image: ImageRecord, log: LogFn) -> BuiltLike:
+        return await recompress_image(store, image.repository, image.tag, config.build.compression, log)
+
     metrics = Metrics()
 
     async def on_build_done(finished: Build, seconds: float) -> None:
@@ -113,7 +116,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         builder=build, recipe_version=RECIPE_VERSION,
         variant_bases={name: v.base_image for name, v in config.variants.items()},
         concurrency=config.build.concurrency, sources=[upstream] if upstream.pull_upstreams else [],
-        on_build_done=on_build_done, track_tags=True,
+        on_build_done=on_build_done, track_tags=True, compression=config.build.compression, recompress=recompress,
     )
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)

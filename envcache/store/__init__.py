@@ -29,13 +29,13 @@ atomic rename after its digest and size were verified and the file was fsync'd.
 
 from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch
 from envcache.store.records import (
-    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StoredImage, StoredManifest,
-    UploadSession,
+    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, ReplacedImage, StoredImage,
+    StoredManifest, UploadSession,
 )
 from envcache.store.store import Busy, Store, StoreSettings, open_store
 
 __all__ = [
     "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry", "KnownLayer",
-    "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "Store", "StoreSettings", "StoredImage", "StoredManifest",
+    "ManifestBlobUnknown", "ManifestRow", "ReplacedImage", "SizeMismatch", "Store", "StoreSettings", "StoredImage", "StoredManifest",
     "UploadSession", "open_store",
 ]

@@ -19,7 +19,8 @@ gc reads every repository through its interface (``roots_for_gc`` of tags and of
 index, the blob rows and links, the layer map) and never another layer's tables.
 
 ``--keep-days N`` first expires ``images`` rows unused for N days (``last_used``) and deletes
-their tags, so the same run sweeps them. An index tag over variants (``envcache/env:<spec
+their tags, so the same run sweeps them; images a refresh replaced more than N days ago leave
+their key's history (until then, history entries are roots too). An index tag over variants (``envcache/env:<spec
 hash>``) goes too once every image it lists has expired; while a sibling variant is still in use
 the index keeps the expired one reachable (reported in ``notes``) until the next rebuild
 replaces that entry.
@@ -143,7 +144,9 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
     async with store.transaction(write=not dry_run):
         manifests = await store.manifests.all()
         expired, dead_tags = await _expire_images(store, keep_days, now, report)
-        reachable, links = await _mark(store, manifests, dead_tags, expired, cutoff)
+        # An image a refresh replaced stays (pullable by digest) until --keep-days expires it.
+        history_cutoff = now - keep_days * 86400 if keep_days is not None else float("-inf")
+        reachable, links = await _mark(store, manifests, dead_tags, expired, cutoff, history_cutoff)
         for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
             report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
                                 "another tag), so it stays")
@@ -191,6 +194,9 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
                 stale_temp.append(entry.key)
 
         if not dry_run:
+            if keep_days is not None and (forgotten := await store.images.forget_history(history_cutoff)):
+                report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {keep_days:g} days ago "
+                                    "expired from their keys' history")
             await store.images.delete([key for key, _repo, _digest in expired])
             await store.manifests.delete_tags(sorted(dead_tags))
             await store.manifests.delete_many(dead_manifests)
@@ -260,7 +266,8 @@ async def _children_of(store: Store, digest: str) -> list[str]:
 
 
 async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple[str, str]],
-                expired: list[tuple[str, str, str]], cutoff: float) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+                expired: list[tuple[str, str, str]], cutoff: float,
+                history_cutoff: float) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """Reachable manifests as ``(repo, digest)`` and the ``(repo, blob)`` links they need."""
     known = {(m.repository, m.digest): m.created for m in manifests}
     referrers: dict[tuple[str, str], list[str]] = {}
@@ -270,6 +277,7 @@ async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple
     expired_keys = {key for key, _, _ in expired}
     roots = [(r, d) for r, t, d in await store.manifests.roots_for_gc() if (r, t) not in dead_tags]
     roots += [(r, d) for k, r, d in await store.images.roots_for_gc() if k not in expired_keys and r and d]
+    roots += await store.images.kept_history(history_cutoff)   # replaced by a refresh, not expired yet
     # Young manifests are roots too: a manifest pushed by digest waits for its tag.
     roots += [ref for ref, created in known.items() if created >= cutoff]
     reachable: set[tuple[str, str]] = set()

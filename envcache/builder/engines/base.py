@@ -123,6 +123,13 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
+        """Run ``command`` in a throw-away container of ``image`` (removed afterwards, nothing
+        committed); output goes to ``log`` line by line; a non-zero exit raises
+        BuildFailed(step, log tail). What the command finds out, it reports back over the
+        build's loopback helper (``network`` gives it the host network)."""
+
+    @abstractmethod
     async def export(self, ref: str, dest_dir: Path) -> ExportedImage:
         """Write ``ref`` under ``dest_dir`` with uncompressed layers, for ingest."""
 
@@ -138,6 +145,10 @@ class Engine(ABC):
     @abstractmethod
     async def load(self, archive: Path, tag: str) -> None:
         """Import a ``docker save``-format archive and tag it ``tag``."""
+
+    @abstractmethod
+    async def tag(self, ref: str, tag: str) -> None:
+        """Give the image ``ref`` (a name or an id) the name ``tag`` as well."""
 
     @abstractmethod
     async def remove(self, ref: str) -> None:

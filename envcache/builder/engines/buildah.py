@@ -137,6 +137,24 @@ class BuildahEngine(Engine):
         tail.flush()
         return info.id
 
+    async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
+        tail = LogTail(log)
+        status, out = await self._run(["from", "--pull=false", "--quiet", image])
+        container = out.strip().splitlines()[-1] if status == 0 and out.strip() else ""
+        if not container:
+            raise BuildFailed(step, f"cannot start a container of {image}", out)
+        try:
+            # chroot isolation shares the host network (buildah refuses any other setting).
+            args = ["run", "--isolation", self.isolation]
+            if self.isolation != "chroot":
+                args += ["--network", "host" if network else "none"]
+            status, _ = await self._run([*args, container, "--", *command], tail)
+        finally:
+            await asyncio.shield(self._run(["rm", container]))
+        if status != 0:
+            raise BuildFailed(step, f"the step exited with status {status}", tail.text())
+        tail.flush()
+
     async def export(self, ref: str, dest_dir: Path) -> ExportedImage:
         layout = dest_dir / "oci"
         tail = LogTail(lambda line: None)
@@ -151,6 +169,11 @@ class BuildahEngine(Engine):
         image_id = tail.text().strip().splitlines()[-1] if status == 0 and tail.text().strip() else ""
         if status != 0 or (await self._run(["tag", image_id, tag]))[0] != 0:
             raise BuildFailed("load", f"buildah could not load {tag}", tail.text())
+
+    async def tag(self, ref: str, tag: str) -> None:
+        status, out = await self._run(["tag", ref, tag])
+        if status != 0:
+            raise BuildFailed("load", f"buildah could not tag {ref} as {tag}", out)
 
     async def remove(self, ref: str) -> None:
         await self._run(["rmi", ref])

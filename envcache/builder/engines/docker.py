@@ -136,6 +136,26 @@ class DockerEngine(Engine):
         tail.flush()
         return info.id
 
+    async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
+        tail = LogTail(log)
+        config = {"Image": image, "Cmd": command, "Tty": False,
+                  "HostConfig": {"NetworkMode": "host" if network else "none"}}
+        try:
+            container = await self.client.containers.create(config=config)
+        except aiodocker.DockerError as exc:
+            raise BuildFailed(step, f"cannot start a container of {image}: {exc.message}", tail.text()) from exc
+        try:
+            await container.start()
+            async for chunk in container.log(stdout=True, stderr=True, follow=True):
+                tail.feed(chunk)
+            status = (await container.wait())["StatusCode"]
+        finally:
+            # Cancelled, failed or done: the container goes (it may still be running).
+            await asyncio.shield(self._remove_containers([container.id]))
+        if status != 0:
+            raise BuildFailed(step, f"the step exited with status {status}", tail.text())
+        tail.flush()
+
     async def _remove_containers(self, ids: list[str]) -> None:
         for container_id in ids:
             try:
@@ -167,6 +187,13 @@ class DockerEngine(Engine):
         errors = [event["error"] for event in events or [] if isinstance(event, dict) and event.get("error")]
         if errors or await self.inspect(tag) is None:
             raise BuildFailed("load", f"dockerd could not load {tag}: {'; '.join(errors) or 'the image is not there'}")
+
+    async def tag(self, ref: str, tag: str) -> None:
+        repository, _, name = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
+        try:
+            await self.client.images.tag(ref, repository, tag=name)
+        except aiodocker.DockerError as exc:
+            raise BuildFailed("load", f"dockerd could not tag {ref} as {tag}: {exc.message}") from exc
 
     async def remove(self, ref: str) -> None:
         try:

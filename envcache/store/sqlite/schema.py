@@ -128,7 +128,21 @@ def _m2_component_tables(db: sqlite_utils.Database) -> None:
     db[UPSTREAM_PUSHES].create_index(["state"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables]
+def _m3_image_history(db: sqlite_utils.Database) -> None:
+    """Images a key was filed under before a refresh re-resolved it: they stay pullable by digest
+    (and listed by ``envcache images KEY --history``) until gc expires them. And each image's
+    layer compression, so a daemon configured for another one never answers with it (empty for
+    images filed before: they are checked once)."""
+    db["images"].add_column("compression", str)
+    db["image_history"].create(
+        {"key": str, "variant": str, "repository": str, "tag": str, "manifest_digest": str, "size": int,
+         "created": float, "replaced": float, "lock": str},
+        pk=("key", "manifest_digest"),
+    )
+    db["image_history"].create_index(["replaced"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables, _m3_image_history]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

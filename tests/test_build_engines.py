@@ -126,8 +126,8 @@ async def run_build(defn: Definition, variant: str, *, engine: Engine, registry:
 
 
 def compression_for(engine: Engine) -> str:
-    # Docker 20.10 cannot pull zstd layers: the docker build is stored gzip so the docker CLI
-    # can pull it; the buildah one uses the default (zstd), pulled with skopeo/buildah.
+    # Docker 20.10 cannot pull zstd layers: the docker build is stored gzip (the default) so the
+    # docker CLI can pull it; the buildah one opts into zstd, pulled with skopeo/buildah.
     return "gzip" if engine.name == "docker" else "zstd"
 
 

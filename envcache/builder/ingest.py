@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gzip
 import hashlib
 import io
 import json
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import zstandard
+from isal import igzip, igzip_threaded
 
 from envcache.builder.engines.base import Engine, ExportedImage, LogFn
 from envcache.builder.errors import BuildFailed
@@ -45,7 +45,11 @@ from envcache.oci import (
 from envcache.store import KnownLayer, Store
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
-GZIP_LEVEL = 6
+# gzip through ISA-L (python-isal): level 2 on two threads is as fast as zstd level 3 here and
+# about 10× faster than zlib level 6, for ~14 % more bytes; its output does not depend on the
+# thread count (README "Layer compression").
+GZIP_LEVEL = 2
+GZIP_THREADS = 2
 #: The build's loopback helper (random port and token) as it appears in a RUN line.
 _HELPER_URL = re.compile(r"http://127\.0\.0\.1:\d+/[0-9a-f]{32}")
 #: What an engine records about the build itself rather than the image (container ids, versions).
@@ -142,7 +146,7 @@ def open_layer_blob(open_blob: Callable[[str], IO[bytes]], digest: str, media_ty
     (``+gzip`` and Docker's ``.gzip``, ``+zstd``, or none)."""
     with open_blob(digest) as raw:
         if media_type.endswith("gzip"):
-            with gzip.GzipFile(fileobj=raw) as stream:
+            with igzip.IGzipFile(fileobj=raw) as stream:
                 yield stream  # type: ignore[misc]
         elif media_type.endswith("+zstd"):
             with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
@@ -163,7 +167,8 @@ class _Compressor:
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
             self._stream: Any = cctx.stream_writer(out, closefd=False)
         elif compression == "gzip":
-            self._stream = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0)
+            # No name and mtime 0 in the header: equal layers, equal blobs.
+            self._stream = igzip_threaded.open(out, "wb", compresslevel=GZIP_LEVEL, threads=GZIP_THREADS)
         else:
             raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
 
@@ -271,11 +276,13 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
 
 def reproducible_config(config: bytes) -> bytes:
     """The engine's config without what only says *when* and *how* it was built: ``created`` and
-    every history time at SOURCE_DATE_EPOCH, no container ids or engine version, and the build's
-    helper URL (a random port and token) out of the history's commands."""
+    every history time at SOURCE_DATE_EPOCH, no container or parent ids, no engine version, and
+    the build's helper URL (a random port and token) out of the history's commands."""
     doc = json.loads(config)
     for name in _BUILD_FIELDS:
         doc.pop(name, None)
+    # Docker's runtime config names the engine's id of the image each step started from.
+    (doc.get("config") or {}).pop("Image", None)
     doc["created"] = CREATED
     for entry in doc.get("history") or []:
         entry["created"] = CREATED

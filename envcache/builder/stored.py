@@ -117,9 +117,8 @@ async def conform(store: Store, manifest: StoredManifest, compression: str,
     is always served in the configured compression — never in one a client may not read."""
     parsed = parse_manifest(manifest.body)
     source = stored_source(store, manifest.body)
-    wanted = compression if compression == "zstd" else "gzip"
     for diff_id, layer in zip(source.diff_ids, parsed.layers):
-        if (layer.media_type or "").endswith(wanted) and await store.layers.find(diff_id, compression) is None:
+        if (layer.media_type or "").endswith(compression) and await store.layers.find(diff_id, compression) is None:
             await store.layers.put(KnownLayer(diff_id, compression, layer.digest, layer.size or 0))
     with tempfile.TemporaryDirectory(prefix="envcache-conform-", dir=store.files.scratch_dir()) as tmp:
         return await ingest_mod.ingest_layers(store, source, compression, Path(tmp), log)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail
 from envcache.builder.errors import BuildFailed, EngineUnavailable
+from envcache.builder.keys import SOURCE_DATE_EPOCH
 from envcache.oci import RegistryLogin
 
 
@@ -122,8 +123,9 @@ class BuildahEngine(Engine):
     async def build(self, context_dir: Path, tag: str, *, network: bool,
                     log: LogFn, step: str) -> str:
         tail = LogTail(log)
+        # --timestamp: every file of the committed layer, and the config, at SOURCE_DATE_EPOCH.
         args = ["bud", "--isolation", self.isolation, "--format", "oci", "--pull=false",
-                "-f", str(context_dir / "Dockerfile"), "-t", tag]
+                "--timestamp", str(SOURCE_DATE_EPOCH), "-f", str(context_dir / "Dockerfile"), "-t", tag]
         # chroot isolation always shares the host's network namespace (buildah refuses any
         # other setting); the other isolations get the network only when a stage needs it.
         if self.isolation != "chroot":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from envcache.builder.engines.base import ImageInfo, LogFn
 from envcache.builder.helper import HelperServer
+from envcache.builder.keys import SOURCE_DATE_EPOCH
 from envcache.definition.model import Definition, Variant
 
 if TYPE_CHECKING:
@@ -17,11 +18,7 @@ if TYPE_CHECKING:
 
 #: Where each stage writes what it installed (its part of the lock), inside the image.
 LOCK_DIR = "/opt/envcache/lock"
-#: Every path a build step writes gets this mtime (SOURCE_DATE_EPOCH), 1980-01-01T00:00:00Z: a
-#: constant of the recipe, never the clock, so the same key and lock give the same bytes. (1980:
-#: the earliest time a zip file can hold, so tools that zip what they find keep working.)
-SOURCE_DATE_EPOCH = 315532800
-#: The same moment as an image config writes times (``created``, history).
+#: The same moment as SOURCE_DATE_EPOCH, as an image config writes times (``created``, history).
 CREATED = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(SOURCE_DATE_EPOCH))
 
 #: One package of a stage's part of the lock (see :mod:`envcache.builder.lock`).

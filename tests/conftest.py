@@ -10,6 +10,7 @@
 - ``tests.fixtures.upstream``: tiny OCI images in real stores, and upstream registries that misbehave.
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
+- ``tests.fixtures.browser``: headless Chromium (Debian's) driven by Selenium, and screenshots.
 """
 
 pytest_plugins = [
@@ -22,4 +23,5 @@ pytest_plugins = [
     "tests.fixtures.daemon",
     "tests.fixtures.upstream",
     "tests.fixtures.pipelines",
+    "tests.fixtures.browser",
 ]

@@ -21,7 +21,8 @@ from envcache.builder.errors import EngineUnavailable
 from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
-from envcache.service import auth, views
+from envcache.service import auth, dashboard, views
+from envcache.service.activity import Activity
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
 from envcache.service.daemon import DAEMON, Daemon, EngineHandle
@@ -33,7 +34,7 @@ from envcache.store import Store, StoreSettings, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
 from envcache.upstream.source import UpstreamSource
 
-#: How often batched last-used times are written (the hit path itself never writes).
+#: How often batched last-used times and activity counts are written (the hit path itself never writes).
 FLUSH_INTERVAL = 10.0
 
 
@@ -57,8 +58,9 @@ async def create_app(config: Config) -> web.Application:
         app["config"], app["store"] = config, store
     app[DAEMON] = parts
     views.setup(app)
+    dashboard.setup(app)
     app.router.add_get("/metrics", parts.metrics.handler)
-    app.on_response_prepare.append(parts.metrics.count_blob_bytes)
+    app.on_response_prepare.append(parts.metrics.count_served)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_builds)
     return app
@@ -101,11 +103,10 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
 
-    metrics = Metrics()
+    metrics = Metrics(Activity(store.activity))
 
     async def on_build_done(finished: Build, seconds: float) -> None:
-        metrics.builds.labels(finished.outcome if finished.state == "succeeded" else "failed").inc()
-        metrics.build_seconds.observe(seconds)
+        metrics.build_done((finished.outcome or "built") if finished.state == "succeeded" else "failed", seconds)
         await upstream.on_build_done(finished)
 
     ensurer = Ensurer(
@@ -135,6 +136,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await task
     await parts.upstream.aclose()
     await parts.puller.aclose()
+    await parts.metrics.activity.flush()
     await parts.store.close()
 
 
@@ -155,3 +157,4 @@ async def _flush_last_used(parts: Daemon) -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         await parts.ensurer.flush_last_used()
+        await parts.metrics.activity.flush()

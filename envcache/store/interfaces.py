@@ -27,7 +27,7 @@ Contracts every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -261,6 +261,17 @@ class Images(Protocol):
 
     async def delete(self, keys: Sequence[str]) -> None: ...
 
+    async def page(self, limit: int, after: tuple[float, str] | None = None) -> list[StoredImage]:
+        """Most recently used first, ties by key descending; a page starts strictly after the
+        ``(last_used, key)`` of the previous page's last image (keyset paging: as fast on the
+        hundredth page as on the first)."""
+
+    async def totals(self) -> tuple[int, int]:
+        """(number of images, sum of their sizes)."""
+
+    async def by_spec_hashes(self, spec_hashes: Sequence[str]) -> list[StoredImage]:
+        """Every image built from one of these (variant-applied) spec hashes."""
+
 
 class Builds(Protocol):
     """Builds as persisted: state while they run, state and log once they end."""
@@ -271,6 +282,18 @@ class Builds(Protocol):
 
     async def fail_interrupted(self, reason: str) -> int:
         """Builds a stopped daemon left queued or running end as failed; returns how many."""
+
+    async def page(self, limit: int, *, state: str | None = None, key: str | None = None,
+                   before: tuple[float, str] | None = None) -> list[BuildRecord]:
+        """Newest first (ties by id descending), optionally only one state or one image key;
+        a page starts strictly before the ``(created, id)`` of the previous page's last build.
+        Listings leave ``log`` out (None): logs are read one build at a time."""
+
+    async def counts(self) -> dict[str, int]:
+        """Builds per state."""
+
+    async def slowest(self, limit: int, since: float) -> list[BuildRecord]:
+        """Succeeded builds created since ``since``, longest ``finished - started`` first (no log)."""
 
 
 class Environments(Protocol):
@@ -289,6 +312,16 @@ class Environments(Protocol):
 
     async def latest(self) -> list[EnvironmentVersion]:
         """The latest version of every name, by name."""
+
+    async def page(self, limit: int, *, after: str | None = None, before: str | None = None,
+                   contains: str = "") -> list[EnvironmentVersion]:
+        """The latest version of each name, by name, only names containing ``contains`` (a
+        literal, no wildcards; ASCII case ignored); strictly after ``after`` or, going back, the ``limit`` names
+        just before ``before`` (still in name order). Keyset paging: no page costs more than
+        the first."""
+
+    async def count(self, contains: str = "") -> int:
+        """How many names (containing ``contains``) have at least one version."""
 
 
 class LayerMap(Protocol):
@@ -328,3 +361,25 @@ class PushLog(Protocol):
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         """The latest pushes, newest first."""
+
+    async def for_tag(self, repository: str, tag: str) -> list[dict[str, Any]]:
+        """Every push of ``repository:tag`` (to any upstream), newest first."""
+
+
+class Activity(Protocol):
+    """Counters per time bucket (hits, pulls, builds …): a small time series for the dashboard.
+
+    A row is (resolution in seconds, counter name, bucket start in epoch seconds, count). Adding
+    to a bucket that exists sums; the daemon prunes buckets past their retention, so the series
+    stays bounded.
+    """
+
+    async def add(self, counts: Mapping[tuple[int, str, int], int]) -> None:
+        """Add ``counts`` ((resolution, name, bucket start) → n) to their buckets, atomically."""
+
+    async def series(self, resolution: int, since: int, step: int) -> list[tuple[str, int, int]]:
+        """(name, start, count) of ``resolution`` buckets from ``since`` on, summed per ``step``
+        seconds (a multiple of ``resolution``; starts are multiples of ``step``)."""
+
+    async def prune(self, resolution: int, before: int) -> int:
+        """Drop buckets of ``resolution`` that start before ``before``; returns how many."""

@@ -23,6 +23,8 @@ LAYER_BLOBS = "build_layer_blobs"
 BASE_DIGESTS = "service_base_digests"
 #: One row per background push to an upstream registry, with its state and attempts.
 UPSTREAM_PUSHES = "upstream_pushes"
+#: The daemon's counters (hits, pulls, builds …) per time bucket: the dashboard's charts.
+ACTIVITY = "activity_counts"
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
@@ -128,7 +130,21 @@ def _m2_component_tables(db: sqlite_utils.Database) -> None:
     db[UPSTREAM_PUSHES].create_index(["state"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables]
+def _m3_dashboard(db: sqlite_utils.Database) -> None:
+    """The counters' time series, and the indexes the dashboard's listings page by.
+
+    ``activity_counts`` holds one row per (resolution in seconds, counter, bucket start); the
+    daemon prunes old buckets, so the table stays bounded however long it runs.
+    """
+    db[ACTIVITY].create({"resolution": int, "name": str, "bucket": int, "count": int},
+                        pk=("resolution", "name", "bucket"))
+    db["builds"].create_index(["created"])
+    db["builds"].create_index(["state", "created"])
+    db["images"].create_index(["last_used", "key"])
+    db[UPSTREAM_PUSHES].create_index(["repository", "tag"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables, _m3_dashboard]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

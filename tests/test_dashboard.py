@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -295,7 +296,8 @@ async def test_scripts_reach_the_pages_with_the_header_and_nobody_without(guarde
             assert resp.status == 303 and resp.headers["Location"] == "/ui/login?next=/ui/"
         async with http.get(guarded + "/ui/", headers={"Authorization": f"Bearer {READ_TOKEN}"}) as resp:
             assert resp.status == 200 and "Overview" in await resp.text()
-        async with http.get(guarded + "/ui/", auth=aiohttp.BasicAuth("me", READ_TOKEN)) as resp:
+        basic = "Basic " + base64.b64encode(f"me:{READ_TOKEN}".encode()).decode()
+        async with http.get(guarded + "/ui/", headers={"Authorization": basic}) as resp:
             assert resp.status == 200
         async with http.get(guarded + "/api/v1/environments") as resp:  # the JSON API still answers JSON
             assert resp.status == 401 and (await resp.json())["error"]["status"] == 401

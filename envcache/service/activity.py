@@ -37,13 +37,14 @@ class Window:
     resolution: int
     seconds: int
     step: int
+    bucket: str   # the step in words
 
 
 WINDOWS = {w.label: w for w in (
-    Window("1h", MINUTE, HOUR, MINUTE),
-    Window("24h", MINUTE, 86400, 15 * MINUTE),
-    Window("7d", HOUR, 7 * 86400, 3 * HOUR),
-    Window("30d", HOUR, 30 * 86400, 12 * HOUR),
+    Window("1h", MINUTE, HOUR, MINUTE, "minute"),
+    Window("24h", MINUTE, 86400, 15 * MINUTE, "15 minutes"),
+    Window("7d", HOUR, 7 * 86400, 3 * HOUR, "3 hours"),
+    Window("30d", HOUR, 30 * 86400, 12 * HOUR, "12 hours"),
 )}
 
 

@@ -1,13 +1,11 @@
-"""Templates and what every page shares: the Jinja2 environment and its filters, the page
-helper, and the keyset cursors listings page with."""
+"""Templates and what every page shares: the Jinja2 environment, the page helper, and the
+keyset cursors listings page with."""
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import jinja2
@@ -16,65 +14,14 @@ from aiohttp import web
 from envcache import __version__
 from envcache.errors import InvalidInput
 from envcache.service.auth import AUTH, COOKIE
+from envcache.service.dashboard.cells import (
+    ago, build_subject, build_time, duration, hash_chip, human_bytes, short, state_badge, timestamp, variant_link, when,
+)
 from envcache.service.dashboard.storage import StorageMonitor
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Route = tuple[str, str, Handler]
 PAGE_SIZE = 50
-
-
-def human_bytes(size: int | float | None) -> str:
-    """``1536`` → ``1.5 KiB``."""
-    if size is None:
-        return "—"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover - the loop always returns
-
-
-def duration(seconds: float | None) -> str:
-    """``75.2`` → ``1m 15s``; sub-second values keep a decimal."""
-    if seconds is None or seconds < 0:
-        return "—"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
-
-
-def ago(when: float | None, now: float | None = None) -> str:
-    """How long ago ``when`` was, in the largest unit that fits (``3 min ago``)."""
-    if not when:
-        return "never"
-    delta = (time.time() if now is None else now) - when
-    if delta < 5:
-        return "just now"
-    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
-        if delta >= seconds:
-            return f"{math.floor(delta / seconds)} {unit} ago"
-    return f"{int(delta)} s ago"
-
-
-def timestamp(when: float | None) -> str:
-    """UTC, to the second, for ``title`` attributes and ``<time datetime>``."""
-    if not when:
-        return ""
-    return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def short(value: str | None, length: int = 12) -> str:
-    """A digest or key shortened for a table cell (``sha256:`` dropped)."""
-    if not value:
-        return "—"
-    return value.split(":", 1)[-1][:length]
-
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("envcache.service.dashboard", "templates"),
@@ -84,7 +31,8 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
 )
 _ENV.filters.update(bytes=human_bytes, duration=duration, ago=ago, timestamp=timestamp, short=short)
-_ENV.globals.update(version=__version__)
+_ENV.globals.update(version=__version__, when=when, hash=hash_chip, badge=state_badge, build_time=build_time,
+                    build_subject=build_subject, variant_link=variant_link)
 
 
 @dataclass
@@ -109,7 +57,7 @@ def page(request: web.Request, template: str, *, status: int = 200, section: str
     whether they signed in)."""
     guarded = request.app.get(AUTH) is not None
     body = _ENV.get_template(template).render(
-        section=section, signed_in=guarded and COOKIE in request.cookies, now=time.time(), **context)
+        section=section, signed_in=guarded and COOKIE in request.cookies, **context)
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
 

@@ -141,6 +141,7 @@ def _m3_dashboard(db: sqlite_utils.Database) -> None:
     db["builds"].create_index(["created"])
     db["builds"].create_index(["state", "created"])
     db["images"].create_index(["last_used", "key"])
+    db["images"].create_index(["size"])   # count and total size from the index alone, not the wide rows
     db[UPSTREAM_PUSHES].create_index(["repository", "tag"])
 
 

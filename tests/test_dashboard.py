@@ -120,6 +120,12 @@ def test_overview_counts_charts_storage_and_slowest_builds(seeded: Seeded, page:
     assert len(bars) == 3 and bars[0].text.startswith("science")
     assert "failed" in text(page, "main").lower()
     screenshot(page, "overview")
+    # The dark scheme follows the system setting, charts included.
+    page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    page.refresh()
+    wait_for(page, "document.querySelector('#activity-chart canvas')")
+    assert page.execute_script("return getComputedStyle(document.body).backgroundColor") == "rgb(13, 17, 26)"
+    screenshot(page, "overview-dark")
     for window in ("1h", "7d", "30d"):
         page.get(f"{seeded.url}/ui/?window={window}")
         wait_for(page, "document.querySelector('#activity-chart canvas')")

@@ -4,6 +4,7 @@ files ship in the wheel."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,29 @@ from envcache.store.usage import ManifestGraph, storage_usage
 from tests.fixtures.daemon import push_blob, push_image
 
 LATER = 2 * 3600.0  # past gc's default one-hour grace period
+
+
+async def test_migration_3_adds_the_activity_table_and_listing_indexes_to_a_version_2_database(
+        tmp_path: Path) -> None:
+    await (await open_store(tmp_path / "d")).close()
+    indexes = ("idx_builds_created", "idx_builds_state_created", "idx_images_last_used_key", "idx_images_size",
+               "idx_upstream_pushes_repository_tag")
+    with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:   # what main's schema version 2 had
+        conn.execute("DROP TABLE activity_counts")
+        for index in indexes:
+            conn.execute(f"DROP INDEX {index}")
+        conn.execute("INSERT INTO builds (id, state, created) VALUES ('b1', 'succeeded', 1.0)")
+        conn.execute("UPDATE schema_version SET version = 2")
+    store = await open_store(tmp_path / "d")
+    try:
+        assert store.schema_version == 3
+        db = store.metadata.db
+        assert "activity_counts" in db.table_names() and set(db["activity_counts"].pks) == {"resolution", "name",
+                                                                                            "bucket"}
+        assert set(indexes) <= {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert [b.id for b in await store.builds.page(5)] == ["b1"]
+    finally:
+        await store.close()
 
 
 async def test_environment_pages_are_keyset_pages_by_name_with_a_literal_filter(tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ from envcache.service.views.common import daemon
 from envcache.store import StoredImage
 
 
+#: Environment versions whose variant hashes are kept (about 200 bytes each).
+MEMO_LIMIT = 100_000
+
+
 @dataclass
 class Row:
     """One environment version as a table row: its newest image per variant, and when any of
@@ -40,6 +44,8 @@ def variant_hashes(request: web.Request, record: EnvironmentRecord) -> dict[str,
     memo = pages(request).variant_hashes
     found = memo.get(record.spec_hash)
     if found is None:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()   # bounded: recomputing costs a canonicalisation per row, nothing more
         definition = record.as_definition()
         found = memo[record.spec_hash] = {v: spec_hash(for_variant(definition, v)) for v in VARIANTS}
     return found

@@ -18,9 +18,6 @@ from envcache.service.dashboard.render import PAGE_SIZE, Route, cursor, page, pa
 from envcache.service.views.common import daemon
 from envcache.store import Store, StoredImage
 
-_COMPRESSION = {"zstd": "zstd", "gzip": "gzip"}
-
-
 @dataclass
 class Layers:
     """An image's layers as its manifest lists them (empty when the manifest cannot be read)."""
@@ -37,9 +34,9 @@ class Layers:
 def compression_of(media_type: str | None) -> str:
     """``…tar+zstd`` → ``zstd``; a plain tar (or a foreign type) says so."""
     suffix = (media_type or "").rpartition("+")[2]
-    if suffix in _COMPRESSION:
-        return _COMPRESSION[suffix]
-    return "gzip" if (media_type or "").endswith("tar.gzip") else "none"
+    if suffix in ("zstd", "gzip"):
+        return suffix
+    return "gzip" if (media_type or "").endswith("tar.gzip") else "none"  # Docker's own gzip layer type
 
 
 async def layers_of(store: Store, image: StoredImage, *, with_config: bool = False) -> Layers:

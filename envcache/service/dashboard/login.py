@@ -17,7 +17,7 @@ from envcache.service.dashboard.render import Route, page
 HOME = "/ui/"
 
 
-def _next(request: web.Request, value: str | None) -> str:
+def _next(value: str | None) -> str:
     """Where to go after signing in: a dashboard page of this daemon, never another site."""
     return value if value and value.startswith(HOME) and "//" not in value and "\\" not in value else HOME
 
@@ -26,7 +26,7 @@ async def form(request: web.Request) -> web.StreamResponse:
     if request.app.get(AUTH) is None:
         raise web.HTTPSeeOther(HOME)  # no tokens configured: nothing to sign in to
     denied = request.query.get("denied") == "1"
-    return page(request, "login.html", section="login", next=_next(request, request.query.get("next")),
+    return page(request, "login.html", section="login", next=_next(request.query.get("next")),
                 error="That token lacks the read scope the dashboard needs." if denied else None)
 
 
@@ -36,7 +36,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther(HOME)
     data = await request.post()
     token = str(data.get("token", "")).strip()
-    target = _next(request, str(data.get("next", "")))
+    target = _next(str(data.get("next", "")))
     scopes = guard.scopes_of(token)
     if scopes is None or READ not in scopes:
         message = "That token is not valid here." if scopes is None else "That token lacks the read scope."

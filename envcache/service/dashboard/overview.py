@@ -12,11 +12,12 @@ from envcache.errors import InvalidInput
 from envcache.service.activity import HOUR, LABELS, NAMES, WINDOWS
 from envcache.service.dashboard.render import Route, page, pages
 from envcache.service.views.common import daemon
+from envcache.store.usage import StorageUsage
 
 SLOWEST_DAYS = 30
 
 
-def _storage_parts(usage: Any) -> list[dict[str, Any]]:
+def _storage_parts(usage: StorageUsage) -> list[dict[str, Any]]:
     """The stacked bar's segments, largest kinds first as the legend reads."""
     parts = [
         ("images", "Images", "cached environment images (and what they share)", usage.images),

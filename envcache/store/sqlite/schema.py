@@ -134,15 +134,17 @@ def _m3_dashboard(db: sqlite_utils.Database) -> None:
     """The counters' time series, and the indexes the dashboard's listings page by.
 
     ``activity_counts`` holds one row per (resolution in seconds, counter, bucket start); the
-    daemon prunes old buckets, so the table stays bounded however long it runs.
+    daemon prunes old buckets, so the table stays bounded however long it runs. Like migration
+    2, it keeps what is already there (a test re-running it over a newer database included).
     """
     db[ACTIVITY].create({"resolution": int, "name": str, "bucket": int, "count": int},
-                        pk=("resolution", "name", "bucket"))
-    db["builds"].create_index(["created"])
-    db["builds"].create_index(["state", "created"])
-    db["images"].create_index(["last_used", "key"])
-    db["images"].create_index(["size"])   # count and total size from the index alone, not the wide rows
-    db[UPSTREAM_PUSHES].create_index(["repository", "tag"])
+                        pk=("resolution", "name", "bucket"), if_not_exists=True)
+    db["builds"].create_index(["created"], if_not_exists=True)
+    db["builds"].create_index(["state", "created"], if_not_exists=True)
+    db["images"].create_index(["last_used", "key"], if_not_exists=True)
+    # Count and total size from the index alone, not from the wide rows.
+    db["images"].create_index(["size"], if_not_exists=True)
+    db[UPSTREAM_PUSHES].create_index(["repository", "tag"], if_not_exists=True)
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables, _m3_dashboard]

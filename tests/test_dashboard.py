@@ -119,6 +119,9 @@ def test_overview_counts_charts_storage_and_slowest_builds(seeded: Seeded, page:
     bars = page.find_elements(By.CSS_SELECTOR, "#slowest .bars li")
     assert len(bars) == 3 and bars[0].text.startswith("science")
     assert "failed" in text(page, "main").lower()
+    # Everything the page loaded came from the daemon itself: no CDN, no other host.
+    loaded = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(seeded.url + "/ui/static/") for url in loaded), loaded
     screenshot(page, "overview")
     # The dark scheme follows the system setting, charts included.
     page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
@@ -317,9 +320,13 @@ async def test_scripts_reach_the_pages_with_the_header_and_nobody_without(guarde
 
 
 def test_screenshots_directory_is_the_one_the_readme_names() -> None:
-    from tests.fixtures.browser import SCREENSHOTS
+    from tests.fixtures.browser import SCREENSHOTS, WIDTH
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "tests/artifacts/screenshots/" in readme
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "tests/artifacts/screenshots/" in readme and "(docs/dashboard-overview.png)" in readme
+    # The README's picture is one of these screenshots: a PNG as wide as the test browser.
+    header = (root / "docs" / "dashboard-overview.png").read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(header[16:20], "big") == WIDTH
     if "ENVCACHE_SCREENSHOTS" not in os.environ:
         assert SCREENSHOTS == Path(__file__).resolve().parent / "artifacts" / "screenshots"

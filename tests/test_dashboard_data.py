@@ -206,6 +206,6 @@ def test_dashboard_templates_and_static_files_ship_in_the_wheel(tmp_path: Path) 
     [wheel] = tmp_path.glob("envcache-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.relative_to(source).as_posix() for p in (source / "envcache" / "service" / "dashboard").rglob("*")
-               if p.is_file() and p.suffix in (".html", ".css", ".js") or p.name == "LICENSE"}
+               if p.is_file() and p.suffix in (".html", ".css", ".js", ".svg") or p.name == "LICENSE"}
     assert shipped and shipped <= names, sorted(shipped - names)
     assert "envcache/service/dashboard/static/uplot/uPlot.iife.min.js" in names

@@ -47,14 +47,14 @@ def free(path: Path) -> int:
 def fill(path: Path) -> Path:
     """Take every last byte of the filesystem, as another program would."""
     filler = path / "someone-elses-file"
-    with open(filler, "wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * MB)
-            out.flush()
-    with open(filler, "ab") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 512)
-            out.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (MB, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
     return filler
 
 

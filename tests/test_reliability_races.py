@@ -162,13 +162,13 @@ async def test_a_mount_is_a_use_that_gc_respects(daemon_process) -> None:
     layer = os.urandom(32 * 1024)
     async with aiohttp.ClientSession() as http:
         await push_blob(http, base, "team/source", layer)
-        await push_blob(http, base, "team/target", CONFIG)
         await asyncio.sleep(GRACE + 0.3)  # the blob is now old and nothing references it
         async with http.post(f"{base}/v2/team/target/blobs/uploads/",
                              params={"mount": sha256(layer), "from": "team/source"}) as resp:
             assert resp.status == 201
         await gc(http, base, grace=GRACE)
         assert await blob_status(http, base, "team/target", layer) == 200
+        await push_blob(http, base, "team/target", CONFIG)
         assert (await put_manifest(http, base, "team/target", "v1", [layer]))[0] == 201
 
 

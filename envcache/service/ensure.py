@@ -36,7 +36,7 @@ from envcache.builder.plan import BuildPlan
 from envcache.errors import EnvcacheError, NotFound
 from envcache.service import schemas
 from envcache.service.bases import BaseDigestResolver
-from envcache.store import BuildRecord, Store, StoredImage
+from envcache.store import BuildRecord, InsufficientStorage, Store, StoredImage
 
 if TYPE_CHECKING:
     from envcache.definition.model import Definition
@@ -252,10 +252,14 @@ class Ensurer:
         return ImageRecord.from_stored(stored, last_used=now)
 
     async def flush_last_used(self) -> None:
-        """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty)."""
+        """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty).
+        Best effort: on a full disk they stay batched for the next flush."""
         touched, self._touched = self._touched, {}
         if touched:
-            await self._store.images.touch(touched)
+            try:
+                await self._store.images.touch(touched)
+            except InsufficientStorage:
+                self._touched = {**touched, **self._touched}
 
     # ---- ensure -------------------------------------------------------------------------
 

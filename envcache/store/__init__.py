@@ -27,15 +27,15 @@ The database is the index, the blob files are the truth: a blob becomes visible 
 atomic rename after its digest and size were verified and the file was fsync'd.
 """
 
-from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch
+from envcache.store.errors import BlobInUse, DigestMismatch, InsufficientStorage, ManifestBlobUnknown, SizeMismatch
 from envcache.store.records import (
-    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StoredImage, StoredManifest,
-    UploadSession,
+    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StagedBlob, StoredImage,
+    StoredManifest, UploadSession,
 )
 from envcache.store.store import Busy, Store, StoreSettings, open_store
 
 __all__ = [
-    "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry", "KnownLayer",
-    "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "Store", "StoreSettings", "StoredImage", "StoredManifest",
-    "UploadSession", "open_store",
+    "BlobInUse", "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry",
+    "InsufficientStorage", "KnownLayer", "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "StagedBlob", "Store",
+    "StoreSettings", "StoredImage", "StoredManifest", "UploadSession", "open_store",
 ]

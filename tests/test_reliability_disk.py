@@ -151,3 +151,20 @@ async def test_full_disk_refuses_pushes_keeps_reads_and_recovers_through_gc(smal
     fsck = subprocess.run([sys.executable, "-m", "envcache.cli", "fsck", "--data", str(proc.data_dir)],
                           capture_output=True, text=True, timeout=120)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+async def test_the_free_space_floor_comes_from_the_config(daemon_process, tmp_path: Path) -> None:
+    """``[storage] min_free_mb``: a floor above the free space refuses every new blob write (and
+    nothing else) with the 507 that names disk space."""
+    config = tmp_path / "envcache.toml"
+    config.write_text("[storage]\nmin_free_mb = 100000000\n")
+    proc = daemon_process(tmp_path / "data", 0, config)
+    data = os.urandom(4096)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{proc.url}/v2/team/app/blobs/uploads/", params={"digest": sha256(data)},
+                             data=data) as resp:
+            await check_refused(resp)
+        async with http.get(f"{proc.url}/v2/_catalog") as resp:
+            assert resp.status == 200
+        async with http.post(f"{proc.url}/api/v1/gc", json={"grace_seconds": 0}) as resp:
+            assert resp.status == 200

@@ -214,6 +214,27 @@ async def test_idle_upload_sessions_and_stale_temp_files_go(daemon) -> None:
             assert resp.status == 404
 
 
+async def test_temp_files_and_scratch_dirs_a_writer_claims_survive_any_grace(daemon) -> None:
+    """A write or a build's export can idle longer than any grace period: gc skips what its
+    writer still holds (an flock), and removes the same kind of leftover once it is released."""
+    store: Store = daemon.store
+    with store.files.scratch("envcache-export-") as scratch:
+        (scratch / "layer.tar").write_bytes(b"exported")
+        staged = await store.files.stage(_chunks(b"half-written blob"))
+        report = await run_gc(store, now=time.time() + LATER)
+        assert report.tmp_files_deleted == 0
+        assert (scratch / "layer.tar").read_bytes() == b"exported" and (store.data_dir / staged.key).exists()
+        await store.files.discard(staged)
+    assert not scratch.exists()
+    leftover = store.files.tmp / "blob-of-a-crashed-writer"
+    leftover.write_bytes(b"?")
+    assert (await run_gc(store, now=time.time() + LATER)).tmp_files_deleted == 1 and not leftover.exists()
+
+
+async def _chunks(data: bytes) -> Any:
+    yield data
+
+
 async def test_gc_refuses_when_a_manifest_in_use_is_unreadable(daemon) -> None:
     store: Store = daemon.store
     async with aiohttp.ClientSession() as http:

@@ -205,8 +205,15 @@ class LocalFiles:
     def url_for(self, digest: str) -> str | None:
         return None  # served from the file (sendfile); an object store answers with a signed URL
 
-    def scratch_dir(self) -> Path:
-        return self.tmp
+    @contextlib.contextmanager
+    def scratch(self, prefix: str) -> Iterator[Path]:
+        """A private directory under ``tmp/`` for one job, claimed (flock'd) until it ends."""
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=self.tmp) as name:
+            fd = _locked(Path(name))
+            try:
+                yield Path(name)
+            finally:
+                os.close(fd)
 
     # -- space ---------------------------------------------------------------------------------
     def free_bytes(self) -> int:

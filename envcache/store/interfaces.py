@@ -70,7 +70,7 @@ Contracts every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -121,8 +121,9 @@ class BlobDriver(Protocol):
     def url_for(self, digest: str) -> str | None:
         """A URL a client may be redirected to for the bytes, or None to stream them."""
 
-    def scratch_dir(self) -> Path:
-        """Local scratch space for spool files (image exports, archives); emptied on start."""
+    def scratch(self, prefix: str) -> AbstractContextManager[Path]:
+        """A private local directory for one job's spool files (image exports, archives),
+        claimed until the block ends (gc leaves it alone), then removed; emptied on start."""
 
     def free_bytes(self) -> int | None:
         """Free space where new blobs land (None: not limited, as on an object store)."""
@@ -246,7 +247,8 @@ class BlobIndex(Protocol):
 
     async def forget_unused(self, marked: Sequence[tuple[str, int]], cutoff: float) -> list[str]:
         """gc: drop each ``(digest, generation)`` row, with its links, only if its generation is
-        still the marked one and it was not used or read since ``cutoff``; returns those dropped."""
+        still the marked one and it was not used or read since ``cutoff`` (reads this process
+        noted but did not flush yet count too); returns those dropped."""
 
     async def unlink_unused(self, links: Sequence[tuple[str, str, float]]) -> int:
         """gc: remove each ``(repository, digest, linked)`` link not refreshed since it was marked."""

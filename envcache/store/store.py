@@ -256,9 +256,10 @@ class Store:
         """Point ``tag`` at a manifest already stored in ``repository``."""
         check_name(repository)
         check_tag(tag)
-        if await self.manifests.find(repository, digest) is None:
-            raise NotFound(f"manifest {digest} is not in repository {repository}")
-        await self.manifests.set_tag(repository, tag, digest)
+        async with self.transaction():  # gc cannot remove the manifest between the check and the tag
+            if await self.manifests.find(repository, digest) is None:
+                raise NotFound(f"manifest {digest} is not in repository {repository}")
+            await self.manifests.set_tag(repository, tag, digest)
 
     async def config_digest(self, repository: str, reference: str) -> tuple[str, str] | None:
         """(manifest digest, config digest) of ``repository:reference``, or None.

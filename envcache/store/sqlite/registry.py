@@ -119,6 +119,8 @@ class SqliteBlobIndex:
         gone = []
         async with self._db.writing() as conn:
             for digest, gen in marked:
+                if self._reads.get(digest, 0.0) >= cutoff:
+                    continue  # read since the cutoff, not flushed yet: a read counts too
                 if conn.execute(f"DELETE FROM blobs WHERE digest = ? AND gen = ? AND {_USED} < ?",
                                 [digest, gen, cutoff]).rowcount:
                     gone.append(digest)

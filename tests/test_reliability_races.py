@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.fixtures.daemon import OCI_MANIFEST, error_code, image_manifest, push_blob, sha256
+from tests.fixtures.daemon import OCI_INDEX, OCI_MANIFEST, error_code, image_manifest, push_blob, sha256
 
 GRACE = 1.0  # seconds: long enough for every check below, short enough to age content quickly
 CONFIG = b'{"architecture":"amd64","os":"linux","race":true}'
@@ -153,6 +153,36 @@ async def test_manifest_naming_a_blob_gc_is_collecting_is_refused_or_complete(da
             if got != 200:
                 broken.append(f"#{i}: manifest acknowledged, its layer answers {got}")
     assert broken == [], f"{len(broken)} acknowledged manifests name a collected blob: {broken[:5]}"
+
+
+async def test_index_naming_an_old_untagged_manifest_gc_is_collecting_keeps_all_of_it(daemon_process) -> None:
+    """An index pushed (and tagged) in the same instant as gc collects the untagged image it
+    lists: once the index is acknowledged, the child manifest and every blob it names stay."""
+    proc = daemon_process()
+    base, port, repo = proc.url, proc.port, "race/index"
+    random.seed(1303)
+    broken: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        layers = await old_unreferenced_layers(http, base, repo, 40)
+        for i, layer in enumerate(layers):
+            async with http.get(f"{base}/v2/{repo}/manifests/keep-{i}", headers={"Accept": OCI_MANIFEST}) as resp:
+                child = await resp.read()
+            await untag(http, base, repo, f"keep-{i}")
+            index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": sha256(child), "size": len(child),
+                 "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+            put = await send(port, "PUT", f"/v2/{repo}/manifests/index-{i}", index, OCI_INDEX)
+            sweep = await gc_request(port)
+            pair = (put, sweep) if i % 2 == 0 else (sweep, put)
+            await collide(*pair, gap=0 if i % 4 < 2 else random.uniform(0, 0.02))
+            (status, answer), (swept, _) = await asyncio.gather(status_of(*put[:2]), status_of(*sweep[:2]))
+            assert status == 201 and swept == 200, answer
+            async with http.get(f"{base}/v2/{repo}/manifests/{sha256(child)}", headers={"Accept": OCI_MANIFEST}) as resp:
+                child_status = resp.status
+            got = await blob_status(http, base, repo, layer)
+            if child_status != 200 or got != 200:
+                broken.append(f"#{i}: child manifest {child_status}, its layer {got}")
+    assert broken == [], f"{len(broken)} acknowledged indexes lost what they list: {broken[:5]}"
 
 
 async def test_a_mount_is_a_use_that_gc_respects(daemon_process) -> None:

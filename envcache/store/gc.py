@@ -155,10 +155,11 @@ class _Plan:
 async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float, upload_busy: Busy | None) -> None:
     cutoff = now - report.grace_seconds
     await store.flush_reads()
+    # Images unused for keep_days go first, with their tags, so the mark sees them gone.
+    expired, dead_tags = await _expire_images(store, report, now)
     # The mark: what is used first (blob rows, then manifests), then what references it.
     rows = await store.blobs.all()
     manifests = await store.manifests.all()
-    expired, dead_tags = await _expire_images(store, report.keep_days, now, report)
     reachable, needed = await _mark(store, manifests, {(r, t) for r, t, _ in dead_tags}, expired, cutoff)
     for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
         report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
@@ -173,7 +174,7 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
         report.tmp_files_deleted = len(temps)
         report.tmp_bytes_freed = sum(entry.size for entry in temps)
     else:
-        await _sweep(store, report, plan, expired, dead_tags, now, cutoff, files)
+        await _sweep(store, report, plan, cutoff, files)
         for entry in temps:
             if await store.files.remove_temp(entry.key, cutoff):
                 report.tmp_files_deleted += 1
@@ -228,19 +229,9 @@ def _plan(report: GcReport, rows: list[BlobRow], manifests: list[ManifestRow], r
     return plan
 
 
-async def _sweep(store: Store, report: GcReport, plan: _Plan, expired: list[tuple[str, str, str]],
-                 dead_tags: list[tuple[str, str, str]], now: float, cutoff: float, files: list[FileEntry]) -> None:
+async def _sweep(store: Store, report: GcReport, plan: _Plan, cutoff: float, files: list[FileEntry]) -> None:
     """Delete what the plan found, each row only if still unused (interfaces, rule 2), in short
     transactions; blob files last, each only if no row names it now (rule 3)."""
-    if expired:
-        limit = now - (report.keep_days or 0.0) * 86400
-        async with store.transaction():
-            gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
-            # An image used since the mark keeps its tags (and the index over it).
-            await store.manifests.delete_tags(dead_tags if len(gone) == len(expired) else [])
-        report.images_expired = [key for key in report.images_expired if key in gone]
-        if len(gone) != len(expired):
-            report.tags_deleted = []
     report.manifests_deleted = sum(map(len, await _batched(
         plan.manifests, lambda batch: store.manifests.delete_unused(batch, cutoff), store)))
     forgotten = [d for batch in await _batched(plan.rows, lambda batch: store.blobs.forget_unused(batch, cutoff), store)
@@ -271,18 +262,35 @@ async def _batched(items: Sequence[Any], step: Callable[[Sequence[Any]], Awaitab
     return results
 
 
-async def _expire_images(store: Store, keep_days: float | None, now: float,
-                         report: GcReport) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
-    """Image-index entries unused for ``keep_days`` and the (repository, tag, digest) tags that
-    go with them."""
-    if keep_days is None:
+async def _expire_images(store: Store, report: GcReport,
+                         now: float) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """``--keep-days``: forget image-index entries still unused for that long, and delete the
+    (repository, tag, digest) tags that go with them — one transaction, before the mark, so an
+    image used meanwhile keeps its row and its tags. A dry run only computes them."""
+    if report.keep_days is None:
         return [], []
-    expired = await store.images.unused_since(now - keep_days * 86400)
-    if not expired:
-        return [], []
+    limit = now - report.keep_days * 86400
+    async with store.transaction(write=not report.dry_run):
+        expired = await store.images.unused_since(limit)
+        images = await store.images.all_tags()
+        if expired and not report.dry_run:
+            gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
+            expired = [entry for entry in expired if entry[0] in gone]
+        dead = await _dead_tags(store, images, expired)
+        if not report.dry_run:
+            await store.manifests.delete_tags(dead)
     report.images_expired = [key for key, _, _ in expired]
-    expired_keys = set(report.images_expired)
-    images = await store.images.all_tags()
+    report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
+    return expired, dead
+
+
+async def _dead_tags(store: Store, images: list[tuple[str, str, str, str]],
+                     expired: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The tags of the ``expired`` images (``images``: every row as (key, repository, tag,
+    digest)) that no live image shares, and the index tags whose every listed image expired."""
+    if not expired:
+        return []
+    expired_keys = {key for key, _, _ in expired}
     live = [row for row in images if row[0] not in expired_keys]
     live_tags = {(r, t) for _, r, t, _ in live}
     live_manifests = {(r, d) for _, r, _, d in live}
@@ -298,8 +306,7 @@ async def _expire_images(store: Store, keep_days: float | None, now: float,
             children = await _children_of(store, digest)
             if children and all((repo, c) in expired_manifests and (repo, c) not in live_manifests for c in children):
                 dead.add((repo, tag, digest))
-    report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
-    return expired, sorted(dead)
+    return sorted(dead)
 
 
 async def _children_of(store: Store, digest: str) -> list[str]:

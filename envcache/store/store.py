@@ -225,7 +225,7 @@ class Store:
                                          tag=tag)
                 for extra in tags:
                     await self.manifests.set_tag(repository, extra, digest)
-                await self.manifests.use(repository, [child.digest for child in info.manifests])
+                await self._use_tree(repository, [child.digest for child in info.manifests])
                 await self.blobs.link(repository, [*needed, digest])
         finally:
             await self.files.discard(staged)
@@ -260,6 +260,25 @@ class Store:
             if await self.manifests.find(repository, digest) is None:
                 raise NotFound(f"manifest {digest} is not in repository {repository}")
             await self.manifests.set_tag(repository, tag, digest)
+            await self._use_tree(repository, [digest])
+
+    async def _use_tree(self, repository: str, digests: Sequence[str]) -> None:
+        """Count a use of these stored manifests and of everything they name, transitively: a new
+        tag or index makes all of it reachable at once, and gc may have marked any of it dead
+        before (interfaces, rule 1)."""
+        todo, seen = list(digests), set()
+        while todo:
+            digest = todo.pop()
+            if digest in seen or await self.manifests.find(repository, digest) is None:
+                continue
+            seen.add(digest)
+            await self.manifests.use(repository, [digest])
+            try:
+                refs = manifest_refs(await self.files.read(digest) or b"")
+            except InvalidInput:
+                continue
+            await self.blobs.use([digest, *refs.blobs])
+            todo += refs.children
 
     async def config_digest(self, repository: str, reference: str) -> tuple[str, str] | None:
         """(manifest digest, config digest) of ``repository:reference``, or None.

@@ -120,9 +120,13 @@ async def test_full_disk_refuses_pushes_keeps_reads_and_recovers_through_gc(smal
         for _, layer in junk:
             await pull(http, base, "junk", sha256(layer), layer)
 
-        # 3. Someone else takes the last byte: reads still work, pushes are refused cleanly.
+        # 3. Someone else takes the last byte: reads still work, pushes are refused cleanly,
+        #    and the daemon even starts again on a disk with no byte left.
         filler = await asyncio.to_thread(fill, small_disk)
         assert free(small_disk) < MB
+        await pull(http, base, "team/app", sha256(kept_layers[0]), kept_layers[0])
+    await asyncio.to_thread(proc.restart)
+    async with aiohttp.ClientSession() as http:
         await pull(http, base, "team/app", sha256(kept_layers[0]), kept_layers[0])
         async with http.get(f"{base}/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST}) as resp:
             assert resp.status == 200 and await resp.read() == kept_body

@@ -23,6 +23,7 @@ the store and hand back what they made; filing it under its key happens here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -222,8 +223,10 @@ class Ensurer:
         self._track_tags = track_tags
 
     async def start(self) -> None:
-        """Builds left queued/running by a daemon that died are failed, not left hanging forever."""
-        await self._store.builds.fail_interrupted("interrupted: the daemon stopped during the build")
+        """Builds left queued/running by a daemon that died are failed, not left hanging forever
+        (on a full disk at start-up: at the next start, so the daemon still comes up)."""
+        with contextlib.suppress(InsufficientStorage):
+            await self._store.builds.fail_interrupted("interrupted: the daemon stopped during the build")
 
     # ---- lookup -------------------------------------------------------------------------
 

@@ -425,6 +425,7 @@ async def open_store(settings: StoreSettings | Path | str) -> Store:
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     files = LocalFiles(data_dir)
+    await files.release_reserve()  # on a full disk, SQLite needs room to open its WAL
     sql = open_sqlite(data_dir / "envcache.db")
     store = Store(data_dir, sql.database, files, files, sql.blobs, sql.manifests, sql.uploads, sql.images, sql.builds,
                   sql.environments, sql.layers, sql.base_digests, sql.pushes, min_free_bytes=settings.min_free_bytes)

@@ -39,12 +39,13 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite_utils.Database(path)
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.enable_wal()
-        # WAL + NORMAL: a commit survives a process crash; blob durability comes from fsync.
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.schema_version = migrate(self.db)
+        with _full_disk_is_507():
+            self.db = sqlite_utils.Database(path)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            self.db.enable_wal()
+            # WAL + NORMAL: a commit survives a process crash; blob durability comes from fsync.
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.schema_version = migrate(self.db)
         self._lock = asyncio.Lock()
 
     @property
@@ -97,7 +98,7 @@ class Database:
         also when the commit itself fails. A write the disk has no room for (the WAL could not
         grow) leaves as the caller's 507, never as an internal error."""
         self._commit_stray()
-        try:
+        with _full_disk_is_507():
             self.conn.execute(begin)
             try:
                 yield
@@ -106,10 +107,6 @@ class Database:
             finally:
                 if self.conn.in_transaction:
                     self.conn.rollback()
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
-                raise InsufficientStorage() from exc
-            raise
 
     def _commit_stray(self) -> None:
         # sqlite3's implicit transactions: a statement someone ran without committing (a test
@@ -117,3 +114,13 @@ class Database:
         if self.conn.in_transaction:
             self.conn.commit()
 
+
+@contextlib.contextmanager
+def _full_disk_is_507() -> Iterator[None]:
+    """SQLite's "database or disk is full" (the WAL could not grow) is the caller's clear 507."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            raise InsufficientStorage() from exc
+        raise

@@ -9,7 +9,6 @@ long soak is ``benchmarks/soak_reliability.py``; the ledger is ``tests/fixtures/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ async def test_gc_looping_during_pushes_and_repushes_loses_nothing(daemon_proces
         await asyncio.sleep(8)
         assert not work.done(), work.exception()
         work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
+        await asyncio.wait([work])
         await check(http, proc.url, proc.data_dir, ledger, time.monotonic())
     assert ledger.counter > 20 and ledger.tried > 40, ledger.summary()
     assert (ledger.lost, ledger.blob_unknown, ledger.fsck_problems) == ([], [], []), ledger.summary()

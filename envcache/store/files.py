@@ -345,7 +345,6 @@ class LocalFiles:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, Path(name)
 
-
     # -- listing, checking, quarantine (gc and fsck) --------------------------------------------
     async def blobs(self) -> AsyncIterator[FileEntry]:
         for entry in await asyncio.to_thread(self._list_blobs):  # a stat per file: off the event loop

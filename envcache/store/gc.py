@@ -237,8 +237,9 @@ async def _sweep(store: Store, report: GcReport, plan: _Plan, cutoff: float, fil
     forgotten = [d for batch in await _batched(plan.rows, lambda batch: store.blobs.forget_unused(batch, cutoff), store)
                  for d in batch]
     report.links_pruned = sum(await _batched(plan.links, store.blobs.unlink_unused, store))
-    planned = {digest for digest, _ in plan.rows}
-    await _batched([d for d in plan.layers if d in set(forgotten) or d not in planned], store.layers.forget_blobs, store)
+    # Layer-map rows over blobs just forgotten, or over blobs that had neither row nor file.
+    gone, planned = set(forgotten), {digest for digest, _ in plan.rows}
+    await _batched([d for d in plan.layers if d in gone or d not in planned], store.layers.forget_blobs, store)
     sizes = {entry.digest: entry.size for entry in files if entry.digest is not None}
     deleted = [d for batch in await _batched([*forgotten, *plan.orphans], lambda b: _delete_files(store, b), store)
                for d in batch]

@@ -28,7 +28,9 @@ Contracts every implementation keeps:
      repository (a mount, an upload, a manifest: ``BlobIndex.link``), a manifest naming blobs
      (``BlobIndex.use``, which also says which are missing) or child manifests
      (``Manifests.use``), a manifest pushed again or tagged (``Manifests.put``/``set_tag``). A
-     use bumps the row's *generation* and use time. Reads are not uses: they only note a time in
+     new tag or index is a use of everything it reaches, transitively (child manifests and
+     their blobs): gc may have marked any of it dead already. A use bumps the row's
+     *generation* and use time. Reads are not uses: they only note a time in
      memory, flushed in batches, best effort (``BlobIndex.touch``/``flush_reads``) — a read
      never needs a write.
   2. *gc marks without locks and deletes conditionally.* The mark reads blob rows (with their

@@ -17,6 +17,7 @@ from envcache.service.activity import HOUR, MINUTE, RETENTION, WINDOWS, Activity
 from envcache.service.daemon import DAEMON
 from envcache.store import BuildRecord, StoredImage, open_store
 from envcache.store.gc import run_gc
+from envcache.store.sqlite.schema import MIGRATIONS
 from envcache.store.usage import ManifestGraph, storage_usage
 from tests.fixtures.daemon import push_blob, push_image
 
@@ -36,7 +37,7 @@ async def test_migration_3_adds_the_activity_table_and_listing_indexes_to_a_vers
         conn.execute("UPDATE schema_version SET version = 2")
     store = await open_store(tmp_path / "d")
     try:
-        assert store.schema_version == 3
+        assert store.schema_version == len(MIGRATIONS)
         db = store.metadata.db
         assert "activity_counts" in db.table_names() and set(db["activity_counts"].pks) == {"resolution", "name",
                                                                                             "bucket"}

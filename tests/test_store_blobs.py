@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from envcache.oci import DigestError, digest_bytes
 from envcache.store import DigestMismatch, ManifestBlobUnknown, SizeMismatch, Store, open_store
@@ -61,6 +62,26 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
     assert set(store.metadata.db[LAYER_BLOBS].pks) == {"diff_id", "compression"}
     assert [row["id"] for row in store.metadata.db[UPSTREAM_PUSHES].rows] == ["p1"]
     await store.close()
+
+
+async def test_migration_3_adds_generations_and_the_link_index_to_a_version_2_database(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(tmp_path / "envcache.db")
+    db["schema_version"].create({"id": int, "version": int}, pk="id")
+    db["schema_version"].insert({"id": 1, "version": 2})
+    for migration in MIGRATIONS[:2]:
+        migration(db)
+    db["blobs"].insert({"digest": "sha256:" + "a" * 64, "size": 1, "created": 1.0, "last_access": 1.0})
+    db["manifests"].insert({"repository": "r", "digest": "sha256:" + "b" * 64, "media_type": "m", "size": 1,
+                            "created": 1.0})
+    db.close()
+    store = await open_store(tmp_path)
+    try:
+        assert (await store.blobs.all())[0].gen == 0
+        assert (await store.manifests.all())[0].last_used == 1.0  # never re-used: its first push
+        indexes = {tuple(i.columns) for i in store.metadata.db["repository_blobs"].indexes}
+        assert ("digest",) in indexes
+    finally:
+        await store.close()
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ async def load_image(store: Store, engine: Engine, manifest: StoredManifest, tag
     base images alike — so both keep their config bytes (the engine id stays the config digest
     the image key was computed from) and both avoid the engine's own registry client.
     """
-    with tempfile.TemporaryDirectory(prefix="envcache-load-", dir=store.files.scratch_dir()) as tmp:
+    with store.files.scratch("envcache-load-") as tmp:
         archive = Path(tmp) / "image.tar"
         await asyncio.to_thread(_write_archive, stored_source(store, manifest.body), tag, archive)
         await engine.load(archive, tag)

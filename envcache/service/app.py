@@ -30,11 +30,11 @@ from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.requests import Definitions
-from envcache.store import Store, StoreSettings, open_store
+from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
 from envcache.upstream.source import UpstreamSource
 
-#: How often batched last-used times and activity counts are written (the hit path itself never writes).
+#: How often batched last-used, read times and activity counts are written (the hit path and reads never write).
 FLUSH_INTERVAL = 10.0
 
 
@@ -43,7 +43,7 @@ async def create_app(config: Config) -> web.Application:
     # Bodies are streamed by the registry handlers themselves; this cap only applies to
     # handlers that call request.read()/json() (manifests, the JSON API).
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    store = await open_store(StoreSettings(config.server.data_dir))
+    store = await open_store(config.storage.settings(config.server.data_dir))
     try:
         # Auth first: it refuses an unsafe bind and installs the token middleware before any
         # route can answer.
@@ -141,8 +141,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _stop_builds(app: web.Application) -> None:
-    """On shutdown, before any cleanup: stop builds and flush what they batched."""
+    """On shutdown, before any cleanup: stop builds and flush what they and reads batched."""
     await app[DAEMON].ensurer.close()
+    await app[DAEMON].store.flush_reads()
 
 
 async def _expire_uploads(parts: Daemon) -> None:
@@ -154,7 +155,10 @@ async def _expire_uploads(parts: Daemon) -> None:
 
 
 async def _flush_last_used(parts: Daemon) -> None:
+    """Use times batched in memory (image hits, blob reads) reach the store every FLUSH_INTERVAL,
+    best effort: a read never writes, so a full disk only delays them."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         await parts.ensurer.flush_last_used()
         await parts.metrics.activity.flush()
+        await parts.store.flush_reads()

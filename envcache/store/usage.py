@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from envcache.errors import InvalidInput
 from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY
-from envcache.store.gc import DEFAULT_GRACE, ManifestRefs, manifest_refs
+from envcache.store.gc import DEFAULT_GRACE
+from envcache.store.references import ManifestRefs, manifest_refs
 from envcache.store.store import Store
 
 #: Manifests walked between two yields to the event loop.
@@ -92,7 +93,7 @@ async def storage_usage(store: Store, graph: ManifestGraph, *, grace: float = DE
                   + [(r, d) for r, _t, d in tags if r == ENV_REPOSITORY],
         "stages": [(r, d) for r, _t, d in tags if r == STAGE_REPOSITORY],
         "other": [(r, d) for r, _t, d in tags if r not in (ENV_REPOSITORY, STAGE_REPOSITORY)],
-        "young": [(m.repository, m.digest) for m in manifests if m.created >= cutoff],
+        "young": [(m.repository, m.digest) for m in manifests if max(m.created, m.last_used) >= cutoff],
     }
     owner: dict[str, str] = {}   # blob digest → the first kind that reached it
     seen: set[tuple[str, str]] = set()

@@ -147,7 +147,26 @@ def _m3_dashboard(db: sqlite_utils.Database) -> None:
     db[UPSTREAM_PUSHES].create_index(["repository", "tag"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables, _m3_dashboard]
+def _m4_generations(db: sqlite_utils.Database) -> None:
+    """What gc needs to never delete content a writer just used (issue 13), and to stay linear.
+
+    ``blobs.gen`` and ``manifests.gen`` count uses: every upload finish, re-push, mount and
+    manifest naming a blob bumps it in the transaction that creates the reference, and gc deletes
+    a row only if its generation is still the one it marked. ``manifests.last_used`` is when a
+    manifest was last pushed or tagged (a re-push restarts its grace period; ``created`` keeps
+    the first push, which orders referrers). The index on ``repository_blobs(digest)`` turns
+    gc's per-blob link deletion from a table scan into a lookup (16k dead blobs took minutes).
+    """
+    for table, column, kind in (("blobs", "gen", "INTEGER NOT NULL DEFAULT 0"),
+                                ("manifests", "gen", "INTEGER NOT NULL DEFAULT 0"), ("manifests", "last_used", "FLOAT")):
+        if column not in db[table].columns_dict:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db["repository_blobs"].create_index(["digest"], if_not_exists=True)
+    db[LAYER_BLOBS].create_index(["blob_digest"], if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

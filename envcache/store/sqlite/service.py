@@ -73,6 +73,11 @@ class SqliteImages:
         async with self._db.writing() as conn:
             conn.executemany("DELETE FROM images WHERE key = ?", [(k,) for k in keys])
 
+    async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
+        async with self._db.writing() as conn:
+            return [key for key in keys if conn.execute(
+                "DELETE FROM images WHERE key = ? AND COALESCE(last_used, created, 0) < ?", [key, limit]).rowcount]
+
     async def page(self, limit: int, after: tuple[float, str] | None = None) -> list[StoredImage]:
         where, params = ("", []) if after is None else ("WHERE (last_used < ? OR (last_used = ? AND key < ?)) ",
                                                         [after[0], after[0], after[1]])

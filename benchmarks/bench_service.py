@@ -17,6 +17,12 @@
    environment on a real dockerd, ``python3 -c pass`` and ``python3 -c "import urllib.request"``
    (the floor of any standard-library client), so all four see the same load; medians and the
    ratio envcache / docker are reported.
+3. The dashboard with 10,000 environments (and as many images and builds): the time of each page
+   (overview, the first and a later page of environments, a filtered one, images, one image,
+   builds) beside the JSON API's listings a script would use instead — ``GET /api/v1/environments``
+   (every environment, as JSON) and ``GET /api/v1/images?limit=50``. Requests are sequential from
+   one client, so the numbers are a page's own latency. Results go to ``<out>/dashboard.md`` and
+   ``<out>/dashboard.json``; ``--only dashboard`` runs just this part.
 
 The envcache package is byte-compiled first (``compileall``), because an installed
 package has bytecode and this sandbox sets ``PYTHONDONTWRITEBYTECODE``, which would otherwise
@@ -156,6 +162,112 @@ def fill_images(db_path: Path, count: int, start: int) -> None:
         conn.executemany("insert into images (key, variant, spec_hash, canonical, repository, tag, manifest_digest, "
                          "size, created, last_used, lock, base_digest, recipe_version) "
                          "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def fill_dashboard(db_path: Path, count: int, manifest_digest: str) -> tuple[str, str]:
+    """``count`` environments, each with a cpu image (of one real manifest) and a finished build,
+    so every listing the dashboard pages through is ``count`` long; returns (an image key, the
+    environment name in the middle)."""
+    from envcache import definition as spec
+
+    now = time.time()
+    environments, images, builds = [], [], []
+    for i in range(count):
+        name = f"team-{i:05d}"
+        body = {"name": name, "version": "1", "docker": {"base_image": "python:3.11-slim"},
+                "python": {"conda_dependencies": {"pip_packages": ["numpy==1.26.4", f"pkg{i}==1.0"]}},
+                "environment_variables": {"TEAM": str(i)}}
+        defn = spec.definition_from_dict(body)
+        environments.append((name, 1, spec.spec_hash(defn), json.dumps(body, sort_keys=True), now - i))
+        key = secrets.token_hex(16)
+        cpu_hash = spec.spec_hash(spec.for_variant(defn, "cpu"))
+        lock = json.dumps({"pip": ["numpy==1.26.4", f"pkg{i}==1.0"], "conda": [], "spark": [], "unpinned": []})
+        images.append((key, "cpu", cpu_hash, spec.canonical_bytes(spec.for_variant(defn, "cpu")), "envcache/env",
+                       f"{key}-cpu", manifest_digest, 50_000_000 + i, now - i, now - i, lock, "sha256:" + "0" * 64, "1"))
+        builds.append((secrets.token_hex(16), key, "cpu", cpu_hash, name, 1, "succeeded", now - i, now - i + 1,
+                       now - i + 30 + i % 97, None, "a build log\n" * 40))
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        conn.executemany("insert into environments (name, version, spec_hash, definition, created) "
+                         "values (?, ?, ?, ?, ?)", environments)
+        conn.executemany("insert into images (key, variant, spec_hash, canonical, repository, tag, manifest_digest, "
+                         "size, created, last_used, lock, base_digest, recipe_version) "
+                         "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", images)
+        conn.executemany("insert into builds (id, key, variant, spec_hash, env_name, env_version, state, created, "
+                         "started, finished, error, log) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", builds)
+    return images[count // 2][0], environments[count // 2][0]
+
+
+async def bench_dashboard(work: Path, count: int, runs: int) -> dict[str, Any]:
+    """Each page ``runs`` times, sequentially, after one warm-up view (which walks the storage)."""
+    port = free_port()
+    data = work / "dashboard-data"
+    proc = start_envcache(data, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            digest, _ = await push_image(http, base, "envcache/env", "real")
+            stop(proc)  # filled offline: the daemon owns its database while it runs
+            key, middle = fill_dashboard(data / "envcache.db", count, digest)
+            proc = start_envcache(data, port)
+            async with http.get(f"{base}/ui/images") as resp:
+                text = await resp.text()
+            later_images = text.split('rel="next" href="?after=')[1].split('"')[0].replace("&amp;", "&")
+            pages = {
+                "overview `/ui/`": "/ui/",
+                "environments, first page": "/ui/environments",
+                f"environments, a later page (after {middle})": f"/ui/environments?after={middle}",
+                "environments filtered (`?q=team-0999`)": "/ui/environments?q=team-0999",
+                "images, first page": "/ui/images",
+                "images, second page": f"/ui/images?after={later_images}",
+                "one image `/ui/images/{key}`": f"/ui/images/{key}",
+                "builds, first page": "/ui/builds",
+                "peer: JSON API `GET /api/v1/environments` (all)": "/api/v1/environments",
+                "peer: JSON API `GET /api/v1/images?limit=50`": "/api/v1/images?limit=50",
+            }
+            first_view = time.perf_counter()
+            async with http.get(base + "/ui/") as resp:
+                assert resp.status == 200, await resp.text()
+            results: dict[str, Any] = {"count": count, "runs": runs,
+                                       "first_overview_s": round(time.perf_counter() - first_view, 3), "pages": {}}
+            for label, path in pages.items():
+                samples, size = [], 0
+                for _ in range(runs + 1):
+                    began = time.perf_counter()
+                    async with http.get(base + path) as resp:
+                        body = await resp.read()
+                        assert resp.status == 200, (path, resp.status, body[:300])
+                    samples.append(time.perf_counter() - began)
+                    size = len(body)
+                samples = sorted(samples[1:])
+                results["pages"][label] = {"path": path, "median_ms": round(statistics.median(samples) * 1000, 1),
+                                           "p95_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+                                                           * 1000, 1), "bytes": size}
+                print(label, results["pages"][label], flush=True)
+    finally:
+        stop(proc)
+    return results
+
+
+def write_dashboard_report(out: Path, results: dict[str, Any], command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dashboard.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    dash = results["dashboard"]
+    lines = ["# Dashboard benchmark: page times with 10,000 environments", "",
+             f"Command: `{command}`  ", f"Machine: {results['machine']}  ",
+             f"Load average (1/5/15 min) at start: {results['loadavg_start']}, at end: {results['loadavg_end']} "
+             "(2 cores shared with other work)", "",
+             f"{dash['count']:,} environments, each with a cpu image and a finished build, filled into a fresh "
+             f"data directory; `envcache serve` as its own process, one aiohttp client, {dash['runs']} sequential "
+             "requests per page after one warm-up request. The first view of the overview walks the storage "
+             f"(every manifest and blob row) and took {dash['first_overview_s']} s; later views use that walk "
+             "for a minute and refresh it in the background.", "",
+             "| page | path | median ms | p95 ms | bytes |", "|---|---|---:|---:|---:|"]
+    for label, row in dash["pages"].items():
+        lines.append(f"| {label} | `{row['path'][:60]}` | {row['median_ms']} | {row['p95_ms']} | {row['bytes']:,} |")
+    lines += ["", "Listings page by keyset (names after the last one shown; times and ids for images and builds), "
+              "so a later page costs what the first does. The JSON API's environment listing returns every "
+              "environment at once, which is what a script wanting the same overview has to read today.", ""]
+    (out / "dashboard.md").write_text("\n".join(lines))
 
 
 async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[str, Any]:
@@ -350,20 +462,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--only", choices=("hit", "dashboard"), help="run one part (default: both)")
+    parser.add_argument("--environments", type=int, default=10_000, help="environments for the dashboard part")
     args = parser.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
+    command = "python3 " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     compile_package()
     work = Path(tempfile.mkdtemp(prefix="ecbench-", dir="/tmp"))
+    machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     try:
-        results = {"machine": f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                   "seconds": args.seconds, "loadavg_start": loadavg(), "bytecode": "compileall envcache/",
-                   "resolve": asyncio.run(bench_resolve(work, counts, args.seconds))}
-        results["cli"] = bench_cli(work, args.runs)
-        results["loadavg_end"] = loadavg()
-        print(json.dumps(results["cli"]), flush=True)
+        if args.only != "dashboard":
+            results = {"machine": machine, "seconds": args.seconds, "loadavg_start": loadavg(),
+                       "bytecode": "compileall envcache/", "resolve": asyncio.run(bench_resolve(work, counts, args.seconds))}
+            results["cli"] = bench_cli(work, args.runs)
+            results["loadavg_end"] = loadavg()
+            print(json.dumps(results["cli"]), flush=True)
+            write_report(args.out, results, command)
+        if args.only != "hit":
+            dash = {"machine": machine, "loadavg_start": loadavg(),
+                    "dashboard": asyncio.run(bench_dashboard(work, args.environments, args.runs))}
+            dash["loadavg_end"] = loadavg()
+            write_dashboard_report(args.out, dash, command)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_report(args.out, results, "python3 " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

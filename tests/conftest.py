@@ -11,6 +11,7 @@
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
 - ``tests.fixtures.wheels``: a local package index (real wheels over loopback) that gains releases.
+- ``tests.fixtures.browser``: headless Chromium (Debian's) driven by Selenium, and screenshots.
 """
 
 pytest_plugins = [
@@ -24,4 +25,5 @@ pytest_plugins = [
     "tests.fixtures.upstream",
     "tests.fixtures.pipelines",
     "tests.fixtures.wheels",
+    "tests.fixtures.browser",
 ]

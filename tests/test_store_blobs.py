@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from envcache.oci import DigestError, digest_bytes
 from envcache.store import DigestMismatch, ManifestBlobUnknown, SizeMismatch, Store, open_store
@@ -53,16 +54,55 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
     with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:
         conn.execute(f"DROP TABLE {LAYER_BLOBS}")
         conn.execute(f"DROP TABLE {BASE_DIGESTS}")
-        conn.execute("DROP TABLE image_history")            # migration 3's; a version-1 file has neither
+        conn.execute("DROP TABLE image_history")            # migration 5's; a version-1 file has neither
         conn.execute("ALTER TABLE images DROP COLUMN compression")
         conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
         conn.execute("UPDATE schema_version SET version = 1")
     store = await open_store(tmp_path / "d")
-    assert store.schema_version == len(MIGRATIONS) == 3
+    assert store.schema_version == len(MIGRATIONS)
     assert {LAYER_BLOBS, BASE_DIGESTS, UPSTREAM_PUSHES} <= set(store.metadata.db.table_names())
     assert set(store.metadata.db[LAYER_BLOBS].pks) == {"diff_id", "compression"}
     assert [row["id"] for row in store.metadata.db[UPSTREAM_PUSHES].rows] == ["p1"]
     await store.close()
+
+
+async def test_migration_3_adds_generations_and_the_link_index_to_a_version_2_database(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(tmp_path / "envcache.db")
+    db["schema_version"].create({"id": int, "version": int}, pk="id")
+    db["schema_version"].insert({"id": 1, "version": 2})
+    for migration in MIGRATIONS[:2]:
+        migration(db)
+    db["blobs"].insert({"digest": "sha256:" + "a" * 64, "size": 1, "created": 1.0, "last_access": 1.0})
+    db["manifests"].insert({"repository": "r", "digest": "sha256:" + "b" * 64, "media_type": "m", "size": 1,
+                            "created": 1.0})
+    db.close()
+    store = await open_store(tmp_path)
+    try:
+        assert (await store.blobs.all())[0].gen == 0
+        assert (await store.manifests.all())[0].last_used == 1.0  # never re-used: its first push
+        indexes = {tuple(i.columns) for i in store.metadata.db["repository_blobs"].indexes}
+        assert ("digest",) in indexes
+    finally:
+        await store.close()
+
+
+async def test_migration_5_adds_image_history_and_compression_to_a_version_4_database(tmp_path: Path) -> None:
+    await (await open_store(tmp_path / "d")).close()
+    with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:   # what main's schema version 4 had
+        conn.execute("DROP TABLE image_history")
+        conn.execute("ALTER TABLE images DROP COLUMN compression")
+        conn.execute("INSERT INTO images (key, variant, repository, tag, manifest_digest, size, created, lock) "
+                     "VALUES ('k', 'cpu', 'envcache/env', 'k-cpu', 'sha256:" + "c" * 64 + "', 1, 1.0, '{}')")
+        conn.execute("UPDATE schema_version SET version = 4")
+    store = await open_store(tmp_path / "d")
+    try:
+        assert store.schema_version == len(MIGRATIONS) == 5
+        assert "image_history" in store.metadata.db.table_names()
+        image = await store.images.get("k")
+        assert image is not None and image.compression == ""   # filed before: checked once on use
+        assert await store.images.history("k") == []
+    finally:
+        await store.close()
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -162,3 +162,39 @@ async def test_cli_refuses_a_running_daemons_store_then_works_offline(daemon_pro
     assert bad.returncode == 2 and "--keep-days" in bad.stderr
     missing = envcache("gc", "--data", str(tmp_path / "nowhere"))
     assert missing.returncode == 3 and "no envcache data directory" in missing.stderr
+
+
+async def test_crash_leftovers_are_a_note_not_a_problem(daemon_process, tmp_path: Path) -> None:
+    """What a kill -9 between the steps of a write leaves — a verified blob file whose row was
+    never committed, spool bytes of a session never created, a temp file — is harmless (nothing
+    names it; the next gc removes it): fsck says so and exits 0. Real problems still exit 1."""
+    proc = daemon_process(tmp_path / "data")
+    async with aiohttp.ClientSession() as http:
+        await push_image(http, proc.url, "team/app", "v1", config=CONFIG, layers=LAYERS)
+    orphan = b"pushed, never acknowledged" * 100
+    path = proc.data_dir / "blobs" / "sha256" / sha256(orphan)[7:9] / sha256(orphan)[7:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orphan)
+    (proc.data_dir / "uploads" / "3f0e1d9c-0000-4000-8000-000000000000").write_bytes(b"half a chunk")
+
+    found = envcache("fsck", "--data", str(proc.data_dir))
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert "no problems found" in found.stdout and sha256(orphan) in found.stdout
+    assert "orphan" in found.stdout and "next gc" in found.stdout
+    as_json = json.loads(envcache("fsck", "--data", str(proc.data_dir), "--json").stdout)
+    assert as_json["problems"] == 0 and as_json["orphan_files"] == [sha256(orphan)]
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{proc.url}/api/v1/gc", json={"grace_seconds": 0}) as resp:
+            assert resp.status == 200 and (await resp.json())["blobs_deleted"] == 1
+    assert not path.exists()
+    clean = envcache("fsck", "--data", str(proc.data_dir))
+    assert clean.returncode == 0 and "orphan" not in clean.stdout
+
+    proc.stop()
+    store = await open_store(proc.data_dir)
+    try:
+        store.files.path(sha256(LAYERS[1])).write_bytes(b"bit rot")
+    finally:
+        await store.close()
+    assert envcache("fsck", "--data", str(proc.data_dir)).returncode == 1

@@ -214,6 +214,27 @@ async def test_idle_upload_sessions_and_stale_temp_files_go(daemon) -> None:
             assert resp.status == 404
 
 
+async def test_temp_files_and_scratch_dirs_a_writer_claims_survive_any_grace(daemon) -> None:
+    """A write or a build's export can idle longer than any grace period: gc skips what its
+    writer still holds (an flock), and removes the same kind of leftover once it is released."""
+    store: Store = daemon.store
+    with store.files.scratch("envcache-export-") as scratch:
+        (scratch / "layer.tar").write_bytes(b"exported")
+        staged = await store.files.stage(_chunks(b"half-written blob"))
+        report = await run_gc(store, now=time.time() + LATER)
+        assert report.tmp_files_deleted == 0
+        assert (scratch / "layer.tar").read_bytes() == b"exported" and (store.data_dir / staged.key).exists()
+        await store.files.discard(staged)
+    assert not scratch.exists()
+    leftover = store.files.tmp / "blob-of-a-crashed-writer"
+    leftover.write_bytes(b"?")
+    assert (await run_gc(store, now=time.time() + LATER)).tmp_files_deleted == 1 and not leftover.exists()
+
+
+async def _chunks(data: bytes) -> Any:
+    yield data
+
+
 async def test_gc_refuses_when_a_manifest_in_use_is_unreadable(daemon) -> None:
     store: Store = daemon.store
     async with aiohttp.ClientSession() as http:
@@ -329,3 +350,52 @@ async def test_daemon_that_does_not_own_its_store_refuses_gc(tmp_path: Path) -> 
     finally:
         await runner.cleanup()
         await holder.close()
+
+
+async def test_gc_of_16k_dead_blobs_does_not_stall_other_requests(daemon_process, tmp_path: Path) -> None:
+    """Issue 13 item 5 (gc half): 16k unreferenced blobs, each linked into a repository as pushes
+    leave them. While ``envcache serve`` collects them, a client pinging ``/v2/`` every 10 ms must
+    keep getting answers (before the index on ``repository_blobs(digest)`` and the batched sweep
+    off the event loop, a ping waited seconds)."""
+    data_dir = tmp_path / "data"
+    store = await open_store(data_dir)
+    try:
+        digests = []
+        async with store.transaction():
+            for i in range(16000):
+                data = b"dead blob %d" % i
+                digest = sha256(data)
+                path = store.files.path(digest)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                await store.blobs.restore(digest, len(data), None, 0.0)
+                digests.append(digest)
+            for start in range(0, len(digests), 1000):
+                await store.blobs.link(f"team/app{start // 4000}", digests[start:start + 1000])
+    finally:
+        await store.close()
+    proc = daemon_process(data_dir)
+    gaps: list[float] = []
+
+    async def ping(http: aiohttp.ClientSession, done: asyncio.Event) -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            async with http.get(f"{proc.url}/v2/") as resp:
+                assert resp.status == 200
+            gaps.append(time.monotonic() - started)
+            await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as http:
+        done = asyncio.Event()
+        pinger = asyncio.create_task(ping(http, done))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        async with http.post(f"{proc.url}/api/v1/gc", json={"grace_seconds": 0},
+                             timeout=aiohttp.ClientTimeout(total=300)) as resp:
+            report = await resp.json()
+        took = time.monotonic() - started
+        done.set()
+        await pinger
+    assert resp.status == 200 and report["blobs_deleted"] == 16000, report
+    assert not [p for p in (data_dir / "blobs").rglob("*") if p.is_file()]
+    assert max(gaps) < 1.0, f"a ping waited {max(gaps):.2f}s while gc ran for {took:.2f}s"

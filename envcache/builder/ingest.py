@@ -264,7 +264,7 @@ async def ingest_images(store: Store, engine: Engine, targets: list[IngestTarget
     if compression not in LAYER_MEDIA:
         raise BuildFailed("ingest", f"unknown compression {compression!r} (use zstd or gzip)")
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="envcache-export-", dir=store.files.scratch_dir()) as tmp:
+    with store.files.scratch("envcache-export-") as tmp:
         exports = await engine.export_many([t.ref for t in targets], Path(tmp))
         with contextlib.ExitStack() as stack:
             for target in targets:

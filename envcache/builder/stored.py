@@ -103,7 +103,7 @@ async def load_image(store: Store, engine: Engine, manifest: StoredManifest, tag
     if parsed.config is not None and await engine.inspect(parsed.config.digest) is not None:
         await engine.tag(parsed.config.digest, tag)
         return False
-    with tempfile.TemporaryDirectory(prefix="envcache-load-", dir=store.files.scratch_dir()) as tmp:
+    with store.files.scratch("envcache-load-") as tmp:
         archive = Path(tmp) / "image.tar"
         await asyncio.to_thread(_write_archive, stored_source(store, manifest.body), tag, archive)
         await engine.load(archive, tag)
@@ -120,7 +120,7 @@ async def conform(store: Store, manifest: StoredManifest, compression: str,
     for diff_id, layer in zip(source.diff_ids, parsed.layers):
         if (layer.media_type or "").endswith(compression) and await store.layers.find(diff_id, compression) is None:
             await store.layers.put(KnownLayer(diff_id, compression, layer.digest, layer.size or 0))
-    with tempfile.TemporaryDirectory(prefix="envcache-conform-", dir=store.files.scratch_dir()) as tmp:
+    with store.files.scratch("envcache-conform-") as tmp:
         return await ingest_mod.ingest_layers(store, source, compression, Path(tmp), log)
 
 

@@ -1,7 +1,7 @@
 """Blob endpoints: HEAD/GET/DELETE a blob, and the upload protocol (POST/PATCH/GET/PUT/DELETE).
 
 Handlers are thin, as in distribution: parse and check the request, then one store call
-(``put_blob``, ``append_upload``, ``commit_upload``). Uploads in progress survive a restart (the
+(``write_blob``, ``mount_blob``, ``append_upload``, ``commit_upload``, ``delete_blob``). Uploads in progress survive a restart (the
 store keeps their bytes and acknowledged offset); the running sha256 is kept in memory only as a
 shortcut — when it is missing (after a restart, or for a sha512 digest) the store re-hashes.
 Nothing becomes a blob before its digest has been verified.
@@ -113,8 +113,9 @@ async def get_blob(request: web.Request, store: Store, name: str, digest: str) -
 
 
 async def delete_blob(request: web.Request, store: Store, name: str, digest: str) -> web.StreamResponse:
+    """202 once the blob is gone from ``name``; 405 DENIED while a manifest there names it."""
     _check_digest(digest)
-    if not await store.blobs.unlink(name, digest):
+    if not await store.delete_blob(name, digest):
         raise blob_unknown(digest)
     return web.Response(status=202, headers=_headers(**{"Docker-Content-Digest": digest}))
 
@@ -136,15 +137,14 @@ async def start_upload(request: web.Request, store: Store, state: UploadState, n
                 check_name(source)
             except NameInvalid:
                 raise RegistryError(400, "NAME_INVALID", f"invalid repository name in from: {source[:300]!r}") from None
-        available = await store.blob_visible(source, digest) if source else await store.has_blob(digest)
-        if available:
-            await store.blobs.link(name, [digest])
+        if await store.mount_blob(name, digest, source):
             return _blob_created(name, digest)
         # Not mountable: the spec says fall back to a regular upload session.
     elif "digest" in query:
         digest = _check_digest(query["digest"])
         try:
-            digest, _ = await store.put_blob(name, request.content.iter_any(), digest, request.content_length)
+            digest, _ = await store.write_blob(request.content.iter_any(), digest, request.content_length,
+                                               repository=name)
         except DigestMismatch as exc:
             raise digest_invalid(str(exc)) from None
         except SizeMismatch as exc:

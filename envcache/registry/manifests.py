@@ -17,7 +17,7 @@ from envcache.registry.errors import (
     name_unknown,
 )
 from envcache.oci import (
-    MAX_MANIFEST_SIZE, OCI_INDEX, DigestError, ManifestInvalid, TagInvalid, check_tag, is_digest, parse_digest,
+    MAX_MANIFEST_SIZE, OCI_INDEX, DigestError, ManifestInvalid, TagInvalid, check_tag, parse_digest,
 )
 from envcache.store import DigestMismatch, ManifestBlobUnknown, Store
 
@@ -67,9 +67,7 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
         raise _too_large(request.content_length or 0)
     body = await _read_limited(request)
     try:
-        digest = await store.put_manifest(name, reference, body, media_type)
-        for tag in extra_tags:
-            await store.set_tag(name, tag, digest)
+        digest = await store.put_manifest(name, reference, body, media_type, tags=extra_tags)
     except DigestMismatch as exc:
         raise digest_invalid(str(exc)) from None
     except ManifestBlobUnknown as exc:
@@ -105,9 +103,7 @@ def _too_large(size: int) -> RegistryError:
 async def delete_manifest(request: web.Request, store: Store, name: str, reference: str) -> web.StreamResponse:
     """DELETE by digest removes the manifest and its tags; by tag removes just the tag."""
     _check_reference(reference, 404)
-    deleted = await (store.manifests.delete(name, reference) if is_digest(reference)
-                     else store.manifests.delete_tag(name, reference))
-    if not deleted:
+    if not await store.delete_manifest(name, reference):
         raise manifest_unknown(reference)
     return web.Response(status=202, headers=API_VERSION_HEADER)
 

@@ -21,7 +21,7 @@ from envcache.registry import blobs, manifests
 from envcache.registry.blobs import UploadState
 from envcache.registry.errors import API_VERSION_HEADER, RegistryError, name_invalid
 from envcache.oci import DigestError, ManifestInvalid, NameInvalid, TagInvalid, check_name
-from envcache.store import DigestMismatch, SizeMismatch, Store
+from envcache.store import BlobInUse, DigestMismatch, InsufficientStorage, SizeMismatch, Store
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ _CODES: dict[type[EnvcacheError], str] = {
     TagInvalid: "MANIFEST_INVALID",
     ManifestInvalid: "MANIFEST_INVALID",
     NotFound: "MANIFEST_UNKNOWN",
+    BlobInUse: "DENIED",  # 405, as zot answers
+    InsufficientStorage: "UNKNOWN",  # 507; the spec has no code for it, the message names disk space
 }
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]

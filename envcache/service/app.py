@@ -21,7 +21,8 @@ from envcache.builder.errors import EngineUnavailable
 from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
-from envcache.service import auth, views
+from envcache.service import auth, dashboard, views
+from envcache.service.activity import Activity
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
 from envcache.service.daemon import DAEMON, Daemon, EngineHandle
@@ -29,11 +30,11 @@ from envcache.service.ensure import Build, BuiltLike, Ensurer, ImageRecord, LogF
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.requests import Definitions
-from envcache.store import Store, StoreSettings, open_store
+from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
 from envcache.upstream.source import UpstreamSource
 
-#: How often batched last-used times are written (the hit path itself never writes).
+#: How often batched last-used, read times and activity counts are written (the hit path and reads never write).
 FLUSH_INTERVAL = 10.0
 
 
@@ -42,7 +43,7 @@ async def create_app(config: Config) -> web.Application:
     # Bodies are streamed by the registry handlers themselves; this cap only applies to
     # handlers that call request.read()/json() (manifests, the JSON API).
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    store = await open_store(StoreSettings(config.server.data_dir))
+    store = await open_store(config.storage.settings(config.server.data_dir))
     try:
         # Auth first: it refuses an unsafe bind and installs the token middleware before any
         # route can answer.
@@ -57,8 +58,9 @@ async def create_app(config: Config) -> web.Application:
         app["config"], app["store"] = config, store
     app[DAEMON] = parts
     views.setup(app)
+    dashboard.setup(app)
     app.router.add_get("/metrics", parts.metrics.handler)
-    app.on_response_prepare.append(parts.metrics.count_blob_bytes)
+    app.on_response_prepare.append(parts.metrics.count_served)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_builds)
     return app
@@ -104,11 +106,10 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     async def recompress(image: ImageRecord, log: LogFn) -> BuiltLike:
         return await recompress_image(store, image.repository, image.tag, config.build.compression, log)
 
-    metrics = Metrics()
+    metrics = Metrics(Activity(store.activity))
 
     async def on_build_done(finished: Build, seconds: float) -> None:
-        metrics.builds.labels(finished.outcome if finished.state == "succeeded" else "failed").inc()
-        metrics.build_seconds.observe(seconds)
+        metrics.build_done((finished.outcome or "built") if finished.state == "succeeded" else "failed", seconds)
         await upstream.on_build_done(finished)
 
     ensurer = Ensurer(
@@ -138,12 +139,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await task
     await parts.upstream.aclose()
     await parts.puller.aclose()
+    await parts.metrics.activity.flush()
     await parts.store.close()
 
 
 async def _stop_builds(app: web.Application) -> None:
-    """On shutdown, before any cleanup: stop builds and flush what they batched."""
+    """On shutdown, before any cleanup: stop builds and flush what they and reads batched."""
     await app[DAEMON].ensurer.close()
+    await app[DAEMON].store.flush_reads()
 
 
 async def _expire_uploads(parts: Daemon) -> None:
@@ -155,6 +158,10 @@ async def _expire_uploads(parts: Daemon) -> None:
 
 
 async def _flush_last_used(parts: Daemon) -> None:
+    """Use times batched in memory (image hits, blob reads) reach the store every FLUSH_INTERVAL,
+    best effort: a read never writes, so a full disk only delays them."""
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         await parts.ensurer.flush_last_used()
+        await parts.metrics.activity.flush()
+        await parts.store.flush_reads()

@@ -8,6 +8,11 @@ library, curl), HTTP Basic with the token as password (skopeo ``--creds``, oras)
 Docker token flow — the registry answers 401 with ``WWW-Authenticate: Bearer realm=…/auth/token``,
 ``docker login`` fetches a token there with Basic credentials and uses it as Bearer — which is
 what makes ``docker login`` + ``docker pull`` work unchanged.
+
+Browsers get the dashboard (``/ui/``) by signing in once: its login form checks the token and
+sets it as an HttpOnly, SameSite=Strict cookie. The cookie is honoured for reads only (GET and
+HEAD), so no cross-site form can make it write anything, and a dashboard request without a
+valid token is sent to the login form instead of a JSON 401.
 """
 
 from __future__ import annotations
@@ -18,14 +23,23 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
 from aiohttp import web
 
 from envcache.errors import InvalidInput
 from envcache.service.config import Config, check_bind
 
 READ, WRITE = "read", "write"
-# Endpoints anyone may call: liveness probes and the API description carry no data.
-_PUBLIC = {"/api/v1/health", "/api/v1/openapi.json", "/auth/token"}
+#: The dashboard's login form.
+LOGIN = "/ui/login"
+# Endpoints anyone may call: liveness probes, the API description, the way in and out of the
+# dashboard (and its redirect from ``/``) carry no data.
+_PUBLIC = {"/api/v1/health", "/api/v1/openapi.json", "/auth/token", "/", LOGIN, "/ui/logout"}
+# The dashboard's stylesheet, script and chart library carry no data either.
+_PUBLIC_PREFIX = "/ui/static/"
+#: The cookie the dashboard's login form sets (the token itself; HttpOnly, SameSite=Strict).
+COOKIE = "envcache_token"
 # JSON API calls that only read, although they are POSTs (a lookup carries a body).
 _READ_POSTS = {"/api/v1/resolve"}
 
@@ -52,7 +66,7 @@ def _tokens(config: Config) -> dict[str, set[str]]:
 def required_scope(request: web.Request) -> str | None:
     """The scope a request needs, or None for public endpoints."""
     path = request.path
-    if path in _PUBLIC:
+    if path in _PUBLIC or path.startswith(_PUBLIC_PREFIX):
         return None
     if request.method in ("GET", "HEAD", "OPTIONS") or path in _READ_POSTS:
         return READ
@@ -60,8 +74,11 @@ def required_scope(request: web.Request) -> str | None:
 
 
 def presented_token(request: web.Request) -> str | None:
-    """The token from a Bearer header, or the password of Basic credentials."""
+    """The token from a Bearer header, or the password of Basic credentials, or — for a read
+    only — the dashboard's cookie."""
     header = request.headers.get("Authorization", "")
+    if not header and request.method in ("GET", "HEAD"):
+        return request.cookies.get(COOKIE) or None
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer":
         return value.strip() or None
@@ -91,6 +108,9 @@ class TokenAuth:
         return found
 
     def _deny(self, request: web.Request, status: int, message: str) -> web.Response:
+        if request.path.startswith("/ui/"):  # a browser: to the login form, and back here after it
+            denied = "&denied=1" if status == 403 else ""
+            raise web.HTTPSeeOther(f"{LOGIN}?next={quote(request.path_qs, safe='')}{denied}")
         headers = {}
         if status == 401:
             if request.path.startswith("/v2"):
@@ -130,6 +150,9 @@ class TokenAuth:
         return web.Response(text=json.dumps(body), content_type="application/json")
 
 
+AUTH = web.AppKey("envcache_auth", TokenAuth)
+
+
 def setup(app: web.Application, config: Config) -> None:
     """Refuse an unsafe bind, then (only when tokens are configured) guard every request."""
     check_bind(config)
@@ -137,5 +160,6 @@ def setup(app: web.Application, config: Config) -> None:
     if not tokens:
         return
     guard = TokenAuth(tokens)
+    app[AUTH] = guard
     app.middlewares.append(guard.middleware)
     app.router.add_get("/auth/token", guard.token_endpoint)

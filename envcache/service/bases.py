@@ -18,6 +18,7 @@ lists them in the order they are asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from envcache.errors import EnvcacheError
 from envcache.oci import RegistryLogin, parse_reference
-from envcache.store import Store
+from envcache.store import InsufficientStorage, Store
 from envcache.store.interfaces import BaseDigests
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
@@ -151,4 +152,6 @@ class BaseDigestResolver:
         # A reference pinned by digest names immutable content: its answer never expires.
         ttl = float("inf") if _DIGEST_RE.search(reference) else self._ttl
         self._cache[reference] = _Cached(digest, time.monotonic() + ttl)
-        await self._last_known.put(reference, digest, time.time())
+        # The stored copy is only the offline fallback: a full disk must not fail a lookup.
+        with contextlib.suppress(InsufficientStorage):
+            await self._last_known.put(reference, digest, time.time())

@@ -20,6 +20,9 @@ from typing import Any
 from envcache.builder.settings import COMPRESSIONS, ENGINES, BuildSettings
 from envcache.definition.model import VARIANTS, Variant
 from envcache.errors import InvalidInput
+from envcache.store import StoreSettings
+from envcache.store.errors import MB
+from envcache.store.store import DEFAULT_MIN_FREE
 from envcache.upstream.config import Upstream, parse_upstreams
 
 
@@ -71,6 +74,16 @@ class RegistryConfig:
 
 
 @dataclass
+class StorageConfig:
+    # New blob writes are refused (507 Insufficient Storage) when they would leave less than this
+    # many MiB free on the data directory's filesystem, so deletes and gc always have room.
+    min_free_mb: int = DEFAULT_MIN_FREE // MB
+
+    def settings(self, data_dir: Path) -> StoreSettings:
+        return StoreSettings(data_dir, min_free_bytes=self.min_free_mb * MB)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -79,6 +92,7 @@ class Config:
         default_factory=lambda: {name: VariantConfig(image) for name, image in DEFAULT_VARIANTS.items()})
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     # Shared registries to pull from / push to; their model and validation live in envcache.upstream.config.
     upstreams: list[Upstream] = field(default_factory=list)
 

@@ -23,6 +23,7 @@ the store and hand back what they made; filing it under its key happens here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -39,7 +40,7 @@ from envcache.errors import EnvcacheError, NotFound
 from envcache.oci import layer_compression, parse_manifest
 from envcache.service import schemas
 from envcache.service.bases import BaseDigestResolver
-from envcache.store import BuildRecord, Store, StoredImage
+from envcache.store import BuildRecord, InsufficientStorage, Store, StoredImage
 
 if TYPE_CHECKING:
     from envcache.definition.model import Definition
@@ -238,8 +239,10 @@ class Ensurer:
         self._recompress = recompress
 
     async def start(self) -> None:
-        """Builds left queued/running by a daemon that died are failed, not left hanging forever."""
-        await self._store.builds.fail_interrupted("interrupted: the daemon stopped during the build")
+        """Builds left queued/running by a daemon that died are failed, not left hanging forever
+        (on a full disk at start-up: at the next start, so the daemon still comes up)."""
+        with contextlib.suppress(InsufficientStorage):
+            await self._store.builds.fail_interrupted("interrupted: the daemon stopped during the build")
 
     # ---- lookup -------------------------------------------------------------------------
 
@@ -287,10 +290,14 @@ class Ensurer:
         return ImageRecord.from_stored(stored, last_used=now)
 
     async def flush_last_used(self) -> None:
-        """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty)."""
+        """Write the batched ``last_used`` times (GC orders by them; minute precision is plenty).
+        Best effort: on a full disk they stay batched for the next flush."""
         touched, self._touched = self._touched, {}
         if touched:
-            await self._store.images.touch(touched)
+            try:
+                await self._store.images.touch(touched)
+            except InsufficientStorage:
+                self._touched = {**touched, **self._touched}
 
     # ---- ensure -------------------------------------------------------------------------
 

@@ -112,6 +112,10 @@ class Environments:
             raise NotFound(f"no environment {name!r}")
         return [EnvironmentRecord.of(v) for v in found]
 
+    def curated(self) -> list[EnvironmentRecord]:
+        """The curated environments (they ship with envcache: one version each)."""
+        return list(self._curated.values())
+
     async def list(self) -> list[EnvironmentRecord]:
         """The latest version of every environment, curated first."""
-        return [*self._curated.values(), *(EnvironmentRecord.of(v) for v in await self._store.latest())]
+        return [*self.curated(), *(EnvironmentRecord.of(v) for v in await self._store.latest())]

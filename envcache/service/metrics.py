@@ -1,5 +1,6 @@
 """Prometheus ``/metrics``: how well the cache works (hit rate), what builds cost, what is served,
-and what the upstream tier does.
+and what the upstream tier does. The same events feed the dashboard's time series
+(:class:`~envcache.service.activity.Activity`), so the two can never disagree about what happened.
 
 Each app gets its own :class:`~prometheus_client.CollectorRegistry` so two daemons in one
 process (the test suite runs several) never share or double-register counters.
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from envcache.oci import MANIFEST_TYPES
+from envcache.service.activity import Activity
 from envcache.upstream.push import push_status
 
 if TYPE_CHECKING:
@@ -24,7 +27,8 @@ if TYPE_CHECKING:
 class Metrics:
     """The daemon's counters and gauges; handlers increment them, gauges read live values."""
 
-    def __init__(self) -> None:
+    def __init__(self, activity: Activity) -> None:
+        self.activity = activity
         self.registry = CollectorRegistry()
         self.hits = Counter("envcache_hits", "Lookups answered from the cache", ["variant"], registry=self.registry)
         self.misses = Counter("envcache_misses", "Lookups that found no image", ["variant"], registry=self.registry)
@@ -40,6 +44,17 @@ class Metrics:
         self.builds_running = Gauge("envcache_builds_running", "Builds in progress", registry=self.registry)
         # Read before each scrape: values that live in the store (prometheus collects synchronously).
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    def lookup(self, variant: str, hit: bool) -> None:
+        """One cache lookup (resolve, ensure, warm item) and whether an image answered it."""
+        (self.hits if hit else self.misses).labels(variant).inc()
+        self.activity.count("hit" if hit else "miss")
+
+    def build_done(self, outcome: str, seconds: float) -> None:
+        """A build ended: ``built``, ``pulled`` (from an upstream), ``unchanged`` or ``failed``."""
+        self.builds.labels(outcome).inc()
+        self.build_seconds.observe(seconds)
+        self.activity.count({"pulled": "upstream", "unchanged": "built"}.get(outcome, outcome))
 
     def bind_queue(self, depth: Callable[[], int], running: Callable[[], int]) -> None:
         """Gauges read the live value at scrape time instead of being kept in sync by hand."""
@@ -59,12 +74,17 @@ class Metrics:
     async def handler(self, request: web.Request) -> web.Response:
         return web.Response(body=await self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def count_blob_bytes(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Count /v2 blob bodies as they are sent (FileResponse knows its length at prepare time)."""
-        if request.method == "GET" and request.path.startswith("/v2/") and "/blobs/" in request.path:
-            length = response.content_length
-            if length and 200 <= response.status < 300:
-                self.bytes_served.inc(length)
+    async def count_served(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Count /v2 blob bodies as they are sent (FileResponse knows its length at prepare time),
+        and image pulls: a GET of an image manifest (an index only leads to one, so a pull of a
+        multi-platform tag counts once, and a HEAD is a client checking, not pulling)."""
+        if request.method != "GET" or not request.path.startswith("/v2/") or not 200 <= response.status < 300:
+            return
+        if "/blobs/" in request.path:
+            if response.content_length:
+                self.bytes_served.inc(response.content_length)
+        elif "/manifests/" in request.path and response.content_type in MANIFEST_TYPES:
+            self.activity.count("pull")
 
 
 class _UpstreamCollector:

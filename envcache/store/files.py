@@ -1,35 +1,57 @@
 """Blob files by digest under a data directory: the embedded blob driver (and upload spool).
 
-Every write goes the same way: bytes stream into a private temp file under ``tmp/`` while they
-are hashed; the digest and size are checked against what the caller expected; the file is
-fsync'd and renamed to ``blobs/<algorithm>/<first two hex>/<hex>``; the directory is fsync'd.
-A reader therefore either sees no file or the complete, verified one. Two writers of the same
-content each use their own temp file; the second rename finds the file present and discards its
-copy, so concurrent pushes of one blob end as one file and every push succeeds.
+Every write goes the same way. **Stage**: bytes stream into a private temp file under ``tmp/``
+while they are hashed; the digest and size are checked against what the caller expected; the
+file is fsync'd. The writer holds an ``flock`` on its temp file from creation until it is done,
+so gc never sweeps a write in progress, however long it idles. **Publish**, inside the store's
+transaction that records the blob: if ``blobs/<algorithm>/<first two hex>/<hex>`` is absent,
+the staged file is renamed there and the directory fsync'd; if it is present it is kept (gc
+deletes blob files only under that same transaction lock, after checking that no row names
+them, so a file seen there cannot vanish before the use is committed). A reader either sees no
+file or the complete, verified one; concurrent pushes of one blob end as one file.
 
-Uploads in progress live in ``uploads/<session id>``; their bytes become a blob by the same
-verified rename. The layout is written down in :mod:`envcache.store`.
+Uploads in progress live in ``uploads/<session id>``; their bytes are staged where they are and
+published by the same rename. A full filesystem (``ENOSPC``) is
+:class:`~envcache.store.errors.InsufficientStorage`, never an internal error, and leaves nothing
+behind. ``reserve`` is a small file the daemon holds so that deletes and gc can always write the
+index even when something else filled the disk; it is released before they run on a full disk.
+The layout is written down in :mod:`envcache.store`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from envcache.oci import is_digest, new_hasher, parse_digest
-from envcache.store.errors import check_content
-from envcache.store.records import FileEntry
+from envcache.store.errors import InsufficientStorage, check_content
+from envcache.store.records import FileEntry, StagedBlob
 
 CHUNK = 1 << 20
 # Received data is handed to the writer thread in batches of about this size.
 _BATCH = 1 << 20
+#: Size of ``<data_dir>/reserve``: room for the WAL of the deletes and the gc that free a full disk.
+RESERVE_BYTES = 8 << 20
+
+
+@contextlib.contextmanager
+def disk_full_is_507() -> Iterator[None]:
+    """ENOSPC/EDQUOT become the caller's clear insufficient-storage error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage() from exc
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -123,6 +145,13 @@ def _tree(path: Path) -> tuple[int, float]:
     return size, newest
 
 
+def _locked(path: Path) -> int:
+    """An fd holding an exclusive flock on ``path``: the writer's claim gc respects."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -143,6 +172,7 @@ class LocalFiles:
         self.root = data_dir / "blobs"
         self.tmp = data_dir / "tmp"
         self.uploads = data_dir / "uploads"
+        self.reserve = data_dir / "reserve"
         for directory in (self.root, self.tmp, self.uploads):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -175,35 +205,60 @@ class LocalFiles:
     def url_for(self, digest: str) -> str | None:
         return None  # served from the file (sendfile); an object store answers with a signed URL
 
-    def scratch_dir(self) -> Path:
-        return self.tmp
+    @contextlib.contextmanager
+    def scratch(self, prefix: str) -> Iterator[Path]:
+        """A private directory under ``tmp/`` for one job, claimed (flock'd) until it ends."""
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=self.tmp) as name:
+            fd = _locked(Path(name))
+            try:
+                yield Path(name)
+            finally:
+                os.close(fd)
 
-    # -- writing -----------------------------------------------------------------------------
-    async def write(self, chunks: bytes | AsyncIterable[bytes], expected_digest: str | None = None,
-                    expected_size: int | None = None) -> tuple[str, int]:
+    # -- space ---------------------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.data_dir).free
+
+    async def release_reserve(self) -> None:
+        """Give the reserve back to the filesystem when it is fuller than the reserve is large."""
+        if self.free_bytes() < RESERVE_BYTES:
+            self.reserve.unlink(missing_ok=True)
+
+    async def restore_reserve(self, floor: int) -> None:
+        """Hold the reserve again once that leaves ``floor`` bytes free (best effort)."""
+        if self.reserve.exists() or self.free_bytes() < floor + RESERVE_BYTES:
+            return
+        try:
+            with open(self.reserve, "wb") as out:
+                os.posix_fallocate(out.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            self.reserve.unlink(missing_ok=True)
+
+    # -- staging and publishing --------------------------------------------------------------------
+    async def stage(self, chunks: bytes | AsyncIterable[bytes], expected_digest: str | None = None,
+                    expected_size: int | None = None) -> StagedBlob:
         algorithm = parse_digest(expected_digest)[0] if expected_digest else "sha256"
         hasher = new_hasher(algorithm)
+        if isinstance(chunks, bytes | bytearray | memoryview):  # manifests and configs: kept in memory
+            hasher.update(chunks)
+            digest = f"{algorithm}:{hasher.hexdigest()}"
+            check_content(digest, len(chunks), expected_digest, expected_size)
+            return StagedBlob(digest, len(chunks), data=bytes(chunks))
         fd, tmp = self._new_temp()
         try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(chunks, bytes | bytearray | memoryview):
-                    hasher.update(chunks)
-                    out.write(chunks)
-                    size = len(chunks)
-                else:
+            with disk_full_is_507():
+                with open(fd, "wb", closefd=False) as out:
                     size = await pump(chunks, out, hasher)
-            digest = f"{algorithm}:{hasher.hexdigest()}"
-            check_content(digest, size, expected_digest, expected_size)
-            if isinstance(chunks, bytes | bytearray | memoryview) and size < CHUNK:
-                self._place(tmp, digest)  # manifests and configs: not worth a thread hop
-            else:
-                await asyncio.to_thread(self._place, tmp, digest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest, size
+                digest = f"{algorithm}:{hasher.hexdigest()}"
+                check_content(digest, size, expected_digest, expected_size)
+                await asyncio.to_thread(os.fsync, fd)
+        except BaseException:
+            await self.discard(StagedBlob("", 0, str(tmp.relative_to(self.data_dir)), handle=fd))
+            raise
+        return StagedBlob(digest, size, str(tmp.relative_to(self.data_dir)), handle=fd)
 
-    async def adopt(self, path: Path, expected_digest: str | None = None, *,
-                    verified: bool = False) -> tuple[str, int]:
+    async def stage_file(self, path: Path, expected_digest: str | None = None, *,
+                         verified: bool = False) -> StagedBlob:
         algorithm = parse_digest(expected_digest)[0] if expected_digest else "sha256"
         if verified and expected_digest is not None:
             digest, size = expected_digest, path.stat().st_size
@@ -211,40 +266,92 @@ class LocalFiles:
             digest, size = await asyncio.to_thread(hash_file, path, algorithm)
             check_content(digest, size, expected_digest, None)
         fd, tmp = self._new_temp()
-        os.close(fd)
+        os.close(fd)  # only the name: the file taken in replaces it, and is locked below
+        staged = StagedBlob(digest, size, str(tmp.relative_to(self.data_dir)))
         try:
-            try:
-                os.replace(path, tmp)  # same filesystem: no copy
-            except OSError:
-                await asyncio.to_thread(shutil.copyfile, path, tmp)
-                # The copy must be re-verified: the source could have changed under us.
-                check_content(*await asyncio.to_thread(hash_file, tmp, algorithm), digest, size)
-            await asyncio.to_thread(self._place, tmp, digest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest, size
+            with disk_full_is_507():
+                try:
+                    os.replace(path, tmp)  # same filesystem: no copy
+                except OSError:
+                    await asyncio.to_thread(shutil.copyfile, path, tmp)
+                    # The copy must be re-verified: the source could have changed under us.
+                    check_content(*await asyncio.to_thread(hash_file, tmp, algorithm), digest, size)
+                staged = StagedBlob(digest, size, staged.key, handle=_locked(tmp))
+                await asyncio.to_thread(os.fsync, staged.handle)
+        except BaseException:
+            await self.discard(staged)
+            raise
+        return staged
 
-    async def delete(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
+    async def stage_upload(self, session_id: str, digest: str) -> StagedBlob:
+        path = self.upload_path(session_id)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with disk_full_is_507():
+                await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+        return StagedBlob(digest, path.stat().st_size, str(path.relative_to(self.data_dir)))
+
+    async def publish(self, staged: StagedBlob) -> None:
+        final = self.path(staged.digest)
+        if final.exists():
+            return  # identical content, verified when it was placed
+        with disk_full_is_507():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if staged.data is not None:
+                fd, tmp = self._new_temp()
+                try:
+                    with open(fd, "wb", closefd=False) as out:
+                        out.write(staged.data)
+                        out.flush()
+                        os.fsync(fd)
+                    os.replace(tmp, final)
+                finally:
+                    os.close(fd)
+                    tmp.unlink(missing_ok=True)
+            else:
+                os.replace(self.data_dir / staged.key, final)
+            fsync_dir(final.parent)
+
+    async def unpublish(self, staged: StagedBlob) -> None:
+        source = self.data_dir / staged.key
+        if staged.data is None and not source.exists() and self.path(staged.digest).exists():
+            os.replace(self.path(staged.digest), source)
+
+    async def discard(self, staged: StagedBlob) -> None:
+        if staged.handle >= 0:
+            os.close(staged.handle)  # releases the flock
+        if staged.key.startswith("tmp/"):
+            (self.data_dir / staged.key).unlink(missing_ok=True)
+
+    async def delete(self, digests: Sequence[str]) -> list[str]:
+        return await asyncio.to_thread(self._unlink, [self.path(digest) for digest in digests], digests)
+
+    @staticmethod
+    def _unlink(paths: list[Path], digests: Sequence[str]) -> list[str]:
+        gone = []
+        for path, digest in zip(paths, digests):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                gone.append(digest)
+        return gone
 
     def _new_temp(self) -> tuple[int, Path]:
-        """A fresh temp file next to the blob tree (same filesystem, so rename is atomic)."""
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        """A fresh temp file next to the blob tree (same filesystem, so rename is atomic), locked
+        by this writer until it is discarded."""
+        with disk_full_is_507():
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, Path(name)
-
-    def _place(self, tmp: Path, digest: str) -> None:
-        """Publish a verified file under its digest: fsync, rename, fsync the directory."""
-        final = self.path(digest)
-        if not final.exists():
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            # Identical content either way, so a concurrent writer's rename racing ours is harmless.
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
 
     # -- listing, checking, quarantine (gc and fsck) --------------------------------------------
     async def blobs(self) -> AsyncIterator[FileEntry]:
+        for entry in await asyncio.to_thread(self._list_blobs):  # a stat per file: off the event loop
+            yield entry
+
+    def _list_blobs(self) -> list[FileEntry]:
+        found = []
         root = self.root
         for algorithm_dir in sorted(root.iterdir()) if root.is_dir() else []:
             for fan in sorted(algorithm_dir.iterdir()) if algorithm_dir.is_dir() else [algorithm_dir]:
@@ -255,7 +362,9 @@ class LocalFiles:
                     good = path.is_file() and is_digest(digest) and fan.name == path.name[:2] \
                         and fan.parent == algorithm_dir
                     size, modified = _tree(path)
-                    yield FileEntry(str(path.relative_to(self.data_dir)), size, modified, digest if good else None)
+                    found.append(FileEntry(str(path.relative_to(self.data_dir)), size, modified,
+                                           digest if good else None))
+        return found
 
     async def digest_of(self, entry: FileEntry) -> tuple[str, int]:
         """Re-hash a stored object with the algorithm its name says."""
@@ -278,8 +387,8 @@ class LocalFiles:
     async def temp_entries(self) -> list[FileEntry]:
         return [FileEntry(entry.name, *_tree(entry)) for entry in sorted(self.tmp.iterdir())]
 
-    async def remove_temp(self, key: str) -> None:
-        _remove(self.tmp / key)
+    async def remove_temp(self, key: str, older_than: float) -> bool:
+        return _remove_unclaimed(self.tmp / key, older_than)
 
     def clear_temp(self) -> None:
         """Temp files are private to one write; any left at start-up are from a crash."""
@@ -291,15 +400,19 @@ class LocalFiles:
         return self.uploads / session_id
 
     async def create_upload(self, session_id: str) -> None:
-        self.upload_path(session_id).touch()
+        with disk_full_is_507():
+            self.upload_path(session_id).touch()
 
     async def append(self, session_id: str, offset: int, chunks: AsyncIterable[bytes], hasher: Any = None) -> int:
         """Write ``chunks`` at ``offset``; returns the bytes written. On any failure the data is
-        cut back to ``offset``, so a half-received chunk is never kept."""
+        cut back to ``offset``, so a half-received chunk is never kept. The writer holds an
+        flock on the file meanwhile (gc leaves claimed spool files alone)."""
         with open(self.upload_path(session_id), "r+b") as out:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             out.seek(offset)
             try:
-                return await pump(chunks, out, hasher)
+                with disk_full_is_507():
+                    return await pump(chunks, out, hasher)
             except BaseException:
                 out.truncate(offset)
                 raise
@@ -316,11 +429,30 @@ class LocalFiles:
     async def upload_digest(self, session_id: str, algorithm: str) -> str:
         return (await asyncio.to_thread(hash_file, self.upload_path(session_id), algorithm))[0]
 
-    async def commit_upload(self, session_id: str, digest: str) -> None:
-        await asyncio.to_thread(self._place, self.upload_path(session_id), digest)
-
     async def delete_upload(self, session_id: str) -> None:
         _remove(self.upload_path(session_id))
 
+    async def remove_upload_leftover(self, key: str, older_than: float) -> bool:
+        return _remove_unclaimed(self.uploads / key, older_than)
+
     async def upload_entries(self) -> list[FileEntry]:
         return [FileEntry(entry.name, *_tree(entry)) for entry in sorted(self.uploads.iterdir())]
+
+
+def _remove_unclaimed(path: Path, older_than: float) -> bool:
+    """Remove ``path`` unless a writer holds its flock or it changed since ``older_than``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # being written right now
+        if _tree(path)[1] >= older_than:
+            return False
+        _remove(path)
+        return True
+    finally:
+        os.close(fd)

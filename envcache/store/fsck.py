@@ -6,8 +6,11 @@ What is checked, and what ``repair`` does about it:
   content does not match is **quarantined** (moved to ``<data>/quarantine/``, never deleted: it
   may be the only copy of something a person wants to look at) and its rows dropped;
   a file whose name is not a digest at all is quarantined the same way;
-- a good file without a ``blobs`` row gets its row back (size from the file; media type from the
-  manifests that name it); a row whose size disagrees with the file is corrected;
+- a good file without a ``blobs`` row that a manifest names gets its row back (size from the
+  file; media type from the manifests that name it); a row whose size disagrees with the file is
+  corrected. A good file without a row that *nothing* names is what a crash between a write's
+  steps leaves (its upload was never acknowledged): not a problem, only a note — the next gc
+  removes it;
 - a ``blobs`` row whose file is gone is dropped, with its ``repository_blobs`` links; a
   manifest whose own body is gone is dropped with its tags (its content is unknowable);
 - every stored manifest is re-parsed and its ``repository_blobs`` links restored;
@@ -16,7 +19,7 @@ What is checked, and what ``repair`` does about it:
   repair so the next ``ensure`` rebuilds or pulls the image.
 
 Without ``repair`` nothing is changed. ``problems`` counts what was found; ``unrepaired`` what is
-still wrong afterwards (the CLI exits 1 when that is non-zero).
+still wrong afterwards (the CLI exits 1 when that is non-zero); ``orphan_files`` are notes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from envcache.errors import InvalidInput
-from envcache.store.gc import manifest_refs
+from envcache.store.references import manifest_refs
 from envcache.store.records import FileEntry
 from envcache.store.store import Store
 
@@ -41,7 +44,8 @@ class FsckReport:
     corrupt: list[str] = field(default_factory=list)          # digest: content hashes to something else
     stray_files: list[str] = field(default_factory=list)      # files under blobs/ that are no blob
     quarantined: list[str] = field(default_factory=list)      # where they went (repair)
-    rows_missing: list[str] = field(default_factory=list)     # good file, no blobs row
+    rows_missing: list[str] = field(default_factory=list)     # good file a manifest names, no blobs row
+    orphan_files: list[str] = field(default_factory=list)     # good file nothing names, no row: a crash's leftover
     rows_wrong_size: list[str] = field(default_factory=list)
     files_missing: list[str] = field(default_factory=list)    # blobs row, no file
     manifests_missing: list[str] = field(default_factory=list)  # manifest row whose body is gone
@@ -80,6 +84,8 @@ class FsckReport:
         ]
         for title, items in sections:
             lines += [f"  {title}: {item}" for item in items]
+        lines += [f"  note: orphan blob file (a crash left it; nothing names it; the next gc removes it): {digest}"
+                  for digest in self.orphan_files]
         if not self.problems:
             lines.append("fsck: no problems found")
         elif not self.repair:
@@ -137,7 +143,10 @@ async def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
 
     # 3. The blob rows against the good files.
     rows = {row.digest: row.size for row in await store.blobs.all()}
-    report.rows_missing = sorted(d for d in good if d not in rows)
+    named = {m.digest for m in manifests} | {blob for blobs in needs.values() for blob in blobs}
+    unindexed = sorted(d for d in good if d not in rows)
+    report.rows_missing = [d for d in unindexed if d in named]
+    report.orphan_files = [d for d in unindexed if d not in named]
     report.rows_wrong_size = sorted(f"{d} (row says {rows[d]}, file has {good[d].size})"
                                     for d in good if d in rows and rows[d] != good[d].size)
     gone = sorted(d for d in rows if d not in good)
@@ -158,9 +167,9 @@ async def run_fsck(store: Store, *, repair: bool = False) -> FsckReport:
             report.dangling_manifests.append(f"{repo}@{digest}: missing blob {', '.join(absent)}")
     report.links_missing = [f"{r} {d}" for r, d in missing_links]
     stored = {(m.repository, m.digest) for m in manifests}
-    dangling_tags = [(r, t) for r, t, d in await store.manifests.roots_for_gc()
+    dangling_tags = [(r, t, d) for r, t, d in await store.manifests.roots_for_gc()
                      if (r, d) not in stored or (r, d) in lost_set]
-    report.tags_dangling = [f"{r}:{t}" for r, t in dangling_tags]
+    report.tags_dangling = [f"{r}:{t}" for r, t, _ in dangling_tags]
     images_broken = sorted(key for key, repo, digest in await store.images.roots_for_gc()
                            if (repo, digest) in broken or (repo, digest) not in stored)
     report.images_dangling = images_broken

@@ -6,14 +6,22 @@ pushed through ``/v2/``) and every ``images`` row. From a root manifest the mark
 reachable manifest). Everything else — untagged manifests, blobs no reachable manifest names,
 idle upload sessions, stale temp files — is removed once it is older than the grace period.
 
-WHY a grace period and one write transaction: a blob that was just uploaded is unreferenced
-until its manifest arrives (seconds later, or an hour later for a slow client), and a manifest
-pushed by digest is untagged until its tag follows. Anything touched within ``grace`` seconds
-(created, last read, or renamed into place — the file's ctime) survives. The mark and the index
-deletions happen inside one store transaction, so no other writer changes the index in between;
-blob files are deleted only after that commit (a crash in between leaves files without rows,
-which the next GC removes — never rows without files). Idle upload sessions then go through the
-store's one expiry path.
+WHY a grace period: a blob that was just uploaded is unreferenced until its manifest arrives
+(seconds later, or an hour later for a slow client), and a manifest pushed by digest is untagged
+until its tag follows. Anything used within ``grace`` seconds (created, pushed again, mounted,
+named by a manifest, tagged, or read) survives.
+
+WHY no lock during the mark, and conditional deletes (issue 13: gc deleted a blob an upload had
+just acknowledged): the mark runs while the registry keeps serving and writing. It reads what is
+used (blob rows, with their generations; manifest rows) before what references it (tags,
+images, links), so a reference created meanwhile shows as a changed generation. The sweep then
+runs in small transactions that delete a row only if its generation is still the marked one and
+it is still unused since the cutoff; blob files go last, each only after re-checking under the
+store's write lock that no row names it — the lock every upload holds while it publishes its
+bytes and records them. The rules are written down in :mod:`envcache.store.interfaces`. A crash
+in between leaves files without rows (harmless; the next gc removes them), never rows without
+files. The heavy parts — listing and planning over every file — run on a worker thread, and the
+sweep yields between batches, so requests keep being answered while gc runs.
 
 gc reads every repository through its interface (``roots_for_gc`` of tags and of the image
 index, the blob rows and links, the layer map) and never another layer's tables.
@@ -28,42 +36,29 @@ replaces that entry.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.oci import parse_manifest
-from envcache.store.records import ManifestRow
+from envcache.store.records import BlobRow, FileEntry, ManifestRow
+from envcache.store.references import manifest_refs
 from envcache.store.store import Busy, Store
 
 DEFAULT_GRACE = 3600.0
 DEFAULT_UPLOAD_TTL = 3600.0
+#: Rows per sweep transaction: short enough that writers waiting for the lock barely notice.
+SWEEP_BATCH = 500
+
+T = TypeVar("T")
 
 
 class GcAborted(EnvcacheError):
     """GC cannot run safely: a manifest in use is unreadable, or another process owns the store."""
 
     http_status = 409  # the store's state, not the request, is what is wrong
-
-
-@dataclass
-class ManifestRefs:
-    """What one manifest points at: child manifests (of an index) and blobs (config, layers)."""
-
-    children: list[str] = field(default_factory=list)
-    blobs: list[str] = field(default_factory=list)
-    media_types: dict[str, str] = field(default_factory=dict)  # blob digest → descriptor media type
-
-
-def manifest_refs(body: bytes) -> ManifestRefs:
-    """A stored manifest or index body's references; raises InvalidInput when it is not one."""
-    manifest = parse_manifest(body)
-    if manifest.is_index:
-        return ManifestRefs(children=[child.digest for child in manifest.manifests])
-    blobs = manifest.blobs
-    return ManifestRefs(blobs=[d.digest for d in blobs],
-                        media_types={d.digest: d.media_type for d in blobs if d.media_type is not None})
 
 
 @dataclass
@@ -125,7 +120,7 @@ def _human(size: int) -> str:
 async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = None,
                  grace: float = DEFAULT_GRACE, upload_ttl: float = DEFAULT_UPLOAD_TTL,
                  upload_busy: Busy | None = None, now: float | None = None) -> GcReport:
-    """Mark and sweep ``store``; returns what was (or would be) removed.
+    """Mark and sweep ``store``; returns what was (or would be) removed. One run at a time.
 
     ``upload_busy(id)`` tells the daemon's in-flight upload sessions apart so an idle-looking
     session that is receiving bytes right now is kept.
@@ -134,126 +129,192 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
         raise InvalidInput(f"keep_days must be 0 or more, not {keep_days}")
     if grace < 0:
         raise InvalidInput(f"grace must be 0 or more seconds, not {grace}")
-    started = time.monotonic()
-    now = time.time() if now is None else now
-    cutoff = now - grace
-    report = GcReport(dry_run=dry_run, grace_seconds=grace, keep_days=keep_days)
-    doomed: list[str] = []
-    stale_temp: list[str] = []
-    # A dry run still reads one consistent snapshot; a real run also changes it.
-    async with store.transaction(write=not dry_run):
-        manifests = await store.manifests.all()
-        expired, dead_tags = await _expire_images(store, keep_days, now, report)
-        # An image a refresh replaced stays (pullable by digest) until --keep-days expires it.
-        history_cutoff = now - keep_days * 86400 if keep_days is not None else float("-inf")
-        reachable, links = await _mark(store, manifests, dead_tags, expired, cutoff, history_cutoff)
-        for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
-            report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
-                                "another tag), so it stays")
+    async with store.gc_lock:
+        started = time.monotonic()
+        report = GcReport(dry_run=dry_run, grace_seconds=grace, keep_days=keep_days)
+        if not dry_run:
+            await store.files.release_reserve()  # room for the index's log on a full disk
+        await _collect(store, report, time.time() if now is None else now, upload_ttl, upload_busy)
+        if not dry_run:
+            await store.files.restore_reserve(store.min_free_bytes)
+        report.bytes_freed = report.blob_bytes_freed + report.upload_bytes_freed + report.tmp_bytes_freed
+        report.seconds = time.monotonic() - started
+        return report
 
-        # Manifests: unreachable and older than the grace period.
-        dead_manifests = [(m.repository, m.digest) for m in manifests
-                          if (m.repository, m.digest) not in reachable and m.created < cutoff]
-        report.manifests_deleted = len(dead_manifests)
-        reachable_blobs = {d for _, d in links}
 
-        # Blobs: from the files (the truth) and the rows (the index) alike.
-        rows = {b.digest: max(b.created, b.last_access) for b in await store.blobs.all()}
-        files = {entry.digest: entry async for entry in store.files.blobs() if entry.digest is not None}
-        dead_blobs: list[str] = []
-        for digest in sorted(set(rows) | set(files)):
-            if digest in reachable_blobs:
-                report.blobs_kept += 1
-                continue
-            entry = files.get(digest)
-            if max(rows.get(digest, 0.0), entry.modified if entry else 0.0) >= cutoff:
-                report.blobs_kept += 1
-                report.blobs_kept_young += 1
-                continue
-            dead_blobs.append(digest)
-            report.blobs_deleted += 1
-            if entry is not None:
-                report.blob_bytes_freed += entry.size
-                doomed.append(digest)
-        dead_blob_set = set(dead_blobs)
+@dataclass
+class _Plan:
+    """What the mark found dead, with the generations the sweep must still see."""
 
-        # Links of surviving blobs into repositories whose manifests no longer use them.
-        stale_links = [(r, d) for r, d, created in await store.blobs.links()
-                       if d not in dead_blob_set and (r, d) not in links and created < cutoff]
-        report.links_pruned = len(stale_links)
+    manifests: list[tuple[str, str, int]] = field(default_factory=list)  # (repository, digest, gen)
+    rows: list[tuple[str, int]] = field(default_factory=list)            # (digest, gen) of dead blob rows
+    orphans: list[str] = field(default_factory=list)                     # old files no row names
+    links: list[tuple[str, str, float]] = field(default_factory=list)    # stale (repository, digest, linked)
+    layers: list[str] = field(default_factory=list)                      # layer-map rows over missing blobs
 
-        # The build's diff_id → blob map must not point ingest at a swept blob.
-        gone_layers = [d for d in await store.layers.blob_digests()
-                       if d in dead_blob_set or (d not in rows and d not in files)]
-        report.layer_rows_deleted = len(gone_layers)
 
-        for entry in await store.files.temp_entries():
-            if entry.modified < cutoff:
+async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float, upload_busy: Busy | None) -> None:
+    cutoff = now - report.grace_seconds
+    await store.flush_reads()
+    # Images unused for keep_days go first, with their tags, so the mark sees them gone.
+    expired, dead_tags = await _expire_images(store, report, now)
+    # The mark: what is used first (blob rows, then manifests), then what references it.
+    rows = await store.blobs.all()
+    manifests = await store.manifests.all()
+    # An image a refresh replaced stays (pullable by digest) until --keep-days expires it.
+    history_cutoff = now - report.keep_days * 86400 if report.keep_days is not None else float("-inf")
+    reachable, needed = await _mark(store, manifests, {(r, t) for r, t, _ in dead_tags}, expired, cutoff,
+                                    history_cutoff)
+    for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
+        report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
+                            "another tag), so it stays")
+    links = await store.blobs.links()
+    layers = await store.layers.blob_digests()
+    files = [entry async for entry in store.files.blobs()]
+    plan = await asyncio.to_thread(_plan, report, rows, manifests, reachable, needed, links, layers, files, cutoff)
+    temps = [entry for entry in await store.files.temp_entries() if entry.modified < cutoff]
+
+    if report.dry_run:
+        report.tmp_files_deleted = len(temps)
+        report.tmp_bytes_freed = sum(entry.size for entry in temps)
+    else:
+        await _sweep(store, report, plan, cutoff, files)
+        for entry in temps:
+            if await store.files.remove_temp(entry.key, cutoff):
                 report.tmp_files_deleted += 1
                 report.tmp_bytes_freed += entry.size
-                stale_temp.append(entry.key)
-
-        if not dry_run:
-            if keep_days is not None and (forgotten := await store.images.forget_history(history_cutoff)):
-                report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {keep_days:g} days ago "
-                                    "expired from their keys' history")
-            await store.images.delete([key for key, _repo, _digest in expired])
-            await store.manifests.delete_tags(sorted(dead_tags))
-            await store.manifests.delete_many(dead_manifests)
-            await store.blobs.forget(dead_blobs)
-            await store.blobs.unlink_many(stale_links)
-            await store.layers.forget_blobs(sorted(set(gone_layers)))
-    if not dry_run:
-        # Only now that the index no longer names them may the files go.
-        for digest in doomed:
-            await store.files.delete(digest)
-        for key in stale_temp:
-            await store.files.remove_temp(key)
 
     # Upload sessions idle past their TTL (not one receiving bytes right now), then orphan data.
-    expired_uploads = await store.expire_uploads(upload_ttl, upload_busy, now=now, dry_run=dry_run)
+    expired_uploads = await store.expire_uploads(upload_ttl, upload_busy, now=now, dry_run=report.dry_run)
     report.uploads_expired = len(expired_uploads)
     report.upload_bytes_freed = sum(entry.size for entry in expired_uploads)
     sessions = {session.id for session in await store.uploads.all()}
     for entry in await store.spool.upload_entries():
-        if entry.key not in sessions and entry.modified < cutoff:
+        if entry.key not in sessions and entry.modified < cutoff and \
+                (report.dry_run or await store.spool.remove_upload_leftover(entry.key, cutoff)):
             report.upload_bytes_freed += entry.size
-            if not dry_run:
-                await store.spool.delete_upload(entry.key)
-    if not dry_run:
+    if not report.dry_run:
         report.repositories_deleted = await store.manifests.drop_empty_repositories(cutoff)
-    report.bytes_freed = report.blob_bytes_freed + report.upload_bytes_freed + report.tmp_bytes_freed
-    report.seconds = time.monotonic() - started
-    return report
 
 
-async def _expire_images(store: Store, keep_days: float | None, now: float,
-                         report: GcReport) -> tuple[list[tuple[str, str, str]], set[tuple[str, str]]]:
-    """Image-index entries unused for ``keep_days`` and the tags that go with them."""
-    if keep_days is None:
-        return [], set()
-    expired = await store.images.unused_since(now - keep_days * 86400)
-    if not expired:
-        return [], set()
+def _plan(report: GcReport, rows: list[BlobRow], manifests: list[ManifestRow], reachable: set[tuple[str, str]],
+          needed: set[tuple[str, str]], links: list[tuple[str, str, float]], layers: list[str],
+          files: list[FileEntry], cutoff: float) -> _Plan:
+    """Everything dead, from the mark's snapshot (pure: runs on a worker thread). The report
+    gets the predicted counts; the sweep corrects them to what it really removed."""
+    plan = _Plan()
+    plan.manifests = [(m.repository, m.digest, m.gen) for m in manifests
+                      if (m.repository, m.digest) not in reachable and max(m.created, m.last_used) < cutoff]
+    report.manifests_deleted = len(plan.manifests)
+    reachable_blobs = {digest for _, digest in needed}
+    by_digest = {row.digest: row for row in rows}
+    on_disk = {entry.digest: entry for entry in files if entry.digest is not None}
+    for digest in sorted(set(by_digest) | set(on_disk)):
+        row, entry = by_digest.get(digest), on_disk.get(digest)
+        if digest in reachable_blobs:
+            report.blobs_kept += 1
+            continue
+        if max(row.created if row else 0.0, row.last_access if row else 0.0, entry.modified if entry else 0.0) >= cutoff:
+            report.blobs_kept += 1
+            report.blobs_kept_young += 1
+            continue
+        if row is not None:
+            plan.rows.append((digest, row.gen))
+        else:
+            plan.orphans.append(digest)
+        report.blobs_deleted += 1
+        report.blob_bytes_freed += entry.size if entry else 0
+    dead = {digest for digest, _ in plan.rows}
+    plan.links = [(r, d, linked) for r, d, linked in links
+                  if d not in dead and (r, d) not in needed and linked < cutoff]
+    report.links_pruned = len(plan.links)
+    plan.layers = sorted({d for d in layers if d in dead or (d not in by_digest and d not in on_disk)})
+    report.layer_rows_deleted = len(plan.layers)
+    return plan
+
+
+async def _sweep(store: Store, report: GcReport, plan: _Plan, cutoff: float, files: list[FileEntry]) -> None:
+    """Delete what the plan found, each row only if still unused (interfaces, rule 2), in short
+    transactions; blob files last, each only if no row names it now (rule 3)."""
+    report.manifests_deleted = sum(map(len, await _batched(
+        plan.manifests, lambda batch: store.manifests.delete_unused(batch, cutoff), store)))
+    forgotten = [d for batch in await _batched(plan.rows, lambda batch: store.blobs.forget_unused(batch, cutoff), store)
+                 for d in batch]
+    report.links_pruned = sum(await _batched(plan.links, store.blobs.unlink_unused, store))
+    # Layer-map rows over blobs just forgotten, or over blobs that had neither row nor file.
+    gone, planned = set(forgotten), {digest for digest, _ in plan.rows}
+    await _batched([d for d in plan.layers if d in gone or d not in planned], store.layers.forget_blobs, store)
+    sizes = {entry.digest: entry.size for entry in files if entry.digest is not None}
+    deleted = [d for batch in await _batched([*forgotten, *plan.orphans], lambda b: _delete_files(store, b), store)
+               for d in batch]
+    report.blobs_deleted = len(set(forgotten) | set(deleted))
+    report.blob_bytes_freed = sum(sizes.get(d, 0) for d in deleted)
+
+
+async def _delete_files(store: Store, digests: Sequence[str]) -> list[str]:
+    """Inside the transaction: delete the files of those ``digests`` no row names any more."""
+    named = await store.blobs.known(digests)
+    return await store.files.delete([digest for digest in digests if digest not in named])
+
+
+async def _batched(items: Sequence[Any], step: Callable[[Sequence[Any]], Awaitable[T]], store: Store) -> list[T]:
+    """``step`` over ``items`` in SWEEP_BATCH slices, one transaction each, yielding in between."""
+    results = []
+    for start in range(0, len(items), SWEEP_BATCH):
+        async with store.transaction():
+            results.append(await step(items[start:start + SWEEP_BATCH]))
+        await asyncio.sleep(0)
+    return results
+
+
+async def _expire_images(store: Store, report: GcReport,
+                         now: float) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """``--keep-days``: forget image-index entries still unused for that long, and delete the
+    (repository, tag, digest) tags that go with them — one transaction, before the mark, so an
+    image used meanwhile keeps its row and its tags. A dry run only computes them."""
+    if report.keep_days is None:
+        return [], []
+    limit = now - report.keep_days * 86400
+    async with store.transaction(write=not report.dry_run):
+        expired = await store.images.unused_since(limit)
+        images = await store.images.all_tags()
+        if expired and not report.dry_run:
+            gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
+            expired = [entry for entry in expired if entry[0] in gone]
+        dead = await _dead_tags(store, images, expired)
+        if not report.dry_run:
+            await store.manifests.delete_tags(dead)
+            if forgotten := await store.images.forget_history(limit):
+                report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {report.keep_days:g} "
+                                    "days ago expired from their keys' history")
     report.images_expired = [key for key, _, _ in expired]
-    expired_keys = set(report.images_expired)
-    images = await store.images.all_tags()
+    report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
+    return expired, dead
+
+
+async def _dead_tags(store: Store, images: list[tuple[str, str, str, str]],
+                     expired: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The tags of the ``expired`` images (``images``: every row as (key, repository, tag,
+    digest)) that no live image shares, and the index tags whose every listed image expired."""
+    if not expired:
+        return []
+    expired_keys = {key for key, _, _ in expired}
     live = [row for row in images if row[0] not in expired_keys]
     live_tags = {(r, t) for _, r, t, _ in live}
     live_manifests = {(r, d) for _, r, _, d in live}
-    dead = {(repo, tag) for key, repo, tag, _digest in images
+    dead = {(repo, tag, digest) for key, repo, tag, digest in images
             if key in expired_keys and tag and (repo, tag) not in live_tags}
     # Index tags (envcache/env:<spec hash>) whose every listed image has expired.
     expired_manifests = {(r, d) for _, r, d in expired}
+    dead_pairs = {(r, t) for r, t, _ in dead}
     for repo in sorted({r for _, r, _ in expired if r}):
         for tag, digest in await store.manifests.tagged(repo):
-            if (repo, tag) in dead or await store.manifests.find(repo, digest) is None:
+            if (repo, tag) in dead_pairs or await store.manifests.find(repo, digest) is None:
                 continue
             children = await _children_of(store, digest)
             if children and all((repo, c) in expired_manifests and (repo, c) not in live_manifests for c in children):
-                dead.add((repo, tag))
-    report.tags_deleted = sorted(f"{r}:{t}" for r, t in dead)
-    return expired, dead
+                dead.add((repo, tag, digest))
+    return sorted(dead)
 
 
 async def _children_of(store: Store, digest: str) -> list[str]:
@@ -269,7 +330,7 @@ async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple
                 expired: list[tuple[str, str, str]], cutoff: float,
                 history_cutoff: float) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """Reachable manifests as ``(repo, digest)`` and the ``(repo, blob)`` links they need."""
-    known = {(m.repository, m.digest): m.created for m in manifests}
+    known = {(m.repository, m.digest): max(m.created, m.last_used) for m in manifests}
     referrers: dict[tuple[str, str], list[str]] = {}
     for m in manifests:
         if m.subject:
@@ -279,7 +340,7 @@ async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple
     roots += [(r, d) for k, r, d in await store.images.roots_for_gc() if k not in expired_keys and r and d]
     roots += await store.images.kept_history(history_cutoff)   # replaced by a refresh, not expired yet
     # Young manifests are roots too: a manifest pushed by digest waits for its tag.
-    roots += [ref for ref, created in known.items() if created >= cutoff]
+    roots += [ref for ref, used in known.items() if used >= cutoff]
     reachable: set[tuple[str, str]] = set()
     links: set[tuple[str, str]] = set()
     todo = [root for root in roots if root in known]
@@ -288,6 +349,8 @@ async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple
         if node in reachable:
             continue
         reachable.add(node)
+        if len(reachable) % SWEEP_BATCH == 0:
+            await asyncio.sleep(0)  # many images: let requests in between the reads
         repo, digest = node
         links.add(node)
         body = await store.files.read(digest)

@@ -19,7 +19,8 @@ class StoredManifest:
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """A manifest's index entry (what gc and fsck walk)."""
+    """A manifest's index entry (what gc and fsck walk). ``gen`` counts its uses (pushes, tags);
+    ``last_used`` is the latest of them (``created`` for one never used again)."""
 
     repository: str
     digest: str
@@ -27,18 +28,37 @@ class ManifestRow:
     size: int
     subject: str | None
     created: float
+    gen: int = 0
+    last_used: float = 0.0
 
 
 @dataclass(frozen=True)
 class BlobRow:
-    """A blob's index entry: size, media type (from the manifests that name it), and when it was
-    created and last read (gc keeps anything touched within its grace period)."""
+    """A blob's index entry: size, media type (from the manifests that name it), when it was
+    created and last used or read (gc keeps anything touched within its grace period), and its
+    generation ``gen``, bumped by every use (gc deletes the row only if it did not change)."""
 
     digest: str
     size: int
     media_type: str | None
     created: float
     last_access: float
+    gen: int = 0
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """Verified, durable bytes that are not visible yet: what a blob driver's ``stage*`` methods
+    return and its ``publish`` makes visible. ``key`` is where the driver holds them (a temp
+    file, an upload's spool file, an object key); ``data`` holds small content in memory
+    instead; ``handle`` is the driver's claim on the key while it is staged (the writer's flock
+    on a temp file), released by ``discard``."""
+
+    digest: str
+    size: int
+    key: str = ""
+    data: bytes | None = None
+    handle: int = -1
 
 
 @dataclass(frozen=True)

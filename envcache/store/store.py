@@ -3,44 +3,57 @@ the operations that span them.
 
 Distribution's handlers call ``digest.Parse`` and then ``Upload.Commit``, one storage call that
 verifies, moves, links and cleans up; the methods here have that shape too: ``commit_upload``,
-``put_manifest``, ``write_blob`` each do every step of their job, in the order the contracts
-of :mod:`envcache.store.interfaces` require (visible before indexed, indexed before linked).
+``put_manifest``, ``write_blob``, ``mount_blob``, ``delete_blob`` each do every step of their
+job, in the order the contracts of :mod:`envcache.store.interfaces` require: bytes staged and
+verified outside any lock, then published and recorded as a use in one short transaction, so
+that gc — which deletes only under that same lock, after re-checking — can never take away what
+a writer is acknowledging.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envcache.errors import NotFound
+from envcache.errors import InvalidInput, NotFound
 from envcache.oci import (
     MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, parse_digest,
     parse_manifest,
 )
-from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch, check_content
+from envcache.store.errors import (
+    MB, BlobInUse, DigestMismatch, InsufficientStorage, ManifestBlobUnknown, SizeMismatch,
+)
 from envcache.store.interfaces import (
-    BaseDigests, BlobDriver, BlobIndex, Builds, Environments, Images, LayerMap, Manifests, Metadata, PushLog,
+    Activity, BaseDigests, BlobDriver, BlobIndex, Builds, Environments, Images, LayerMap, Manifests, Metadata, PushLog,
     UploadSpool, Uploads,
 )
-from envcache.store.records import FileEntry, StoredManifest, UploadSession
+from envcache.store.records import FileEntry, StagedBlob, StoredManifest, UploadSession
+from envcache.store.references import manifest_refs
 
 #: Is this upload session receiving bytes right now? (The registry knows; gc must not expire it.)
 Busy = Callable[[str], bool]
 
 
+#: Default free-space floor: new blob writes are refused below it (room for the index and gc).
+DEFAULT_MIN_FREE = 64 * MB
+
+
 @dataclass(frozen=True)
 class StoreSettings:
-    """Where the store lives: a data directory (SQLite + blob files) today."""
+    """Where the store lives — a data directory (SQLite + blob files) today — and how much of its
+    filesystem new blob writes must leave free (``min_free_bytes``)."""
 
     data_dir: Path
+    min_free_bytes: int = DEFAULT_MIN_FREE
 
 
 @dataclass
@@ -60,9 +73,14 @@ class Store:
     layers: LayerMap
     base_digests: BaseDigests
     pushes: PushLog
+    activity: Activity
     #: True for the process that holds the data directory's lock: only the owner runs the
     #: start-up clean-up, and only the owner may collect garbage.
     owner: bool = False
+    #: New blob writes are refused (InsufficientStorage) when they would leave less free.
+    min_free_bytes: int = DEFAULT_MIN_FREE
+    #: One gc at a time (this process owns the data directory).
+    gc_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _lock_fd: int = -1
 
     @property
@@ -78,33 +96,41 @@ class Store:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
+    # -- space -------------------------------------------------------------------------------
+    def check_space(self, incoming: int = 0) -> None:
+        """Refuse a new write that would leave less than the free-space floor: deletes and gc
+        must always find room for the index's log (issue 13, full disk)."""
+        free = self.files.free_bytes()
+        if free is not None and free - incoming < self.min_free_bytes:
+            raise InsufficientStorage(free, self.min_free_bytes)
+
     # -- blobs ---------------------------------------------------------------------------------
+    async def _commit(self, staged: StagedBlob, media_type: str | None = None, repository: str | None = None) -> None:
+        """Publish staged bytes and record the use in one transaction (interfaces, rule 3)."""
+        try:
+            async with self.transaction():
+                await self.files.publish(staged)
+                await self.blobs.record(staged.digest, staged.size, media_type)
+                if repository is not None:
+                    await self.blobs.link(repository, [staged.digest])
+        finally:
+            await self.files.discard(staged)
+
     async def write_blob(self, data: bytes | AsyncIterable[bytes], expected_digest: str | None = None,
-                         expected_size: int | None = None, media_type: str | None = None) -> tuple[str, int]:
-        """Store and index verified bytes; returns ``(digest, size)``."""
-        if isinstance(data, bytes):  # small (a manifest, a config): skip the write when it is stored
-            digest = digest_bytes(data, parse_digest(expected_digest)[0] if expected_digest else "sha256")
-            check_content(digest, len(data), expected_digest, expected_size)
-            if await self.has_blob(digest):
-                await self.blobs.record(digest, len(data), media_type)
-                return digest, len(data)
-        digest, size = await self.files.write(data, expected_digest, expected_size)
-        await self.blobs.record(digest, size, media_type)
-        return digest, size
+                         expected_size: int | None = None, media_type: str | None = None,
+                         repository: str | None = None) -> tuple[str, int]:
+        """Store, verify and index bytes (and link them into ``repository``); returns ``(digest, size)``."""
+        self.check_space(len(data) if isinstance(data, bytes) else expected_size or 0)
+        staged = await self.files.stage(data, expected_digest, expected_size)
+        await self._commit(staged, media_type, repository)
+        return staged.digest, staged.size
 
     async def adopt_blob(self, path: Path, expected_digest: str | None = None, *, verified: bool = False,
                          media_type: str | None = None) -> tuple[str, int]:
-        """Take a finished local file in as a blob (see :meth:`BlobDriver.adopt`) and index it."""
-        digest, size = await self.files.adopt(path, expected_digest, verified=verified)
-        await self.blobs.record(digest, size, media_type)
-        return digest, size
-
-    async def put_blob(self, repository: str, data: AsyncIterable[bytes], expected_digest: str,
-                       expected_size: int | None = None) -> tuple[str, int]:
-        """A monolithic upload: store, index and make visible in ``repository``."""
-        digest, size = await self.write_blob(data, expected_digest, expected_size)
-        await self.blobs.link(repository, [digest])
-        return digest, size
+        """Take a finished local file in as a blob (see :meth:`BlobDriver.stage_file`) and index it."""
+        staged = await self.files.stage_file(path, expected_digest, verified=verified)
+        await self._commit(staged, media_type)
+        return staged.digest, staged.size
 
     async def has_blob(self, digest: str) -> bool:
         return await self.files.stat(digest) is not None
@@ -113,12 +139,55 @@ class Store:
         """Linked into ``repository`` and present."""
         return await self.blobs.linked(repository, digest) and await self.has_blob(digest)
 
-    # -- manifests -----------------------------------------------------------------------------
-    async def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
-        """Store ``body`` byte for byte; ``reference`` is a tag (moved to it) or its digest (checked).
+    async def mount_blob(self, repository: str, digest: str, source: str | None = None) -> bool:
+        """Cross-repository mount: link a stored blob (visible in ``source`` when given) into
+        ``repository``, as a use gc respects; False when it is not there to mount."""
+        async with self.transaction():
+            available = await self.blob_visible(source, digest) if source else await self.has_blob(digest)
+            if not available or await self.blobs.use([digest]):
+                return False
+            await self.blobs.link(repository, [digest])
+        return True
 
-        An image manifest's config and layers must be present; the body becomes a blob, then
-        the manifest is recorded with the links it needs and its tag, in one transaction.
+    async def delete_blob(self, repository: str, digest: str) -> bool:
+        """Remove a blob from ``repository`` (False when it was not there). Refused with
+        BlobInUse while a manifest stored there names it (config, layer, child, or the manifest
+        itself): the image would break. gc removes the bytes once nothing uses them."""
+        await self.files.release_reserve()
+        async with self.transaction():
+            if not await self.blobs.linked(repository, digest):
+                return False
+            users = [m.digest for m in await self.manifests.all(repository) if await self._names(m.digest, digest)]
+            if users:
+                raise BlobInUse(digest, users)
+            return await self.blobs.unlink(repository, digest)
+
+    async def _names(self, manifest: str, digest: str) -> bool:
+        if manifest == digest:
+            return True
+        body = await self.files.read(manifest)
+        try:
+            refs = manifest_refs(body or b"")
+        except InvalidInput:
+            return False
+        return digest in refs.blobs or digest in refs.children
+
+    async def flush_reads(self) -> None:
+        """Write batched read times, best effort: a full disk only delays them."""
+        try:
+            await self.blobs.flush_reads()
+        except InsufficientStorage:
+            pass
+
+    # -- manifests -----------------------------------------------------------------------------
+    async def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str,
+                           tags: Sequence[str] = ()) -> str:
+        """Store ``body`` byte for byte; ``reference`` is a tag (moved to it) or its digest
+        (checked); ``tags`` are moved to it too.
+
+        An image manifest's config and layers must be stored (each counts as used); the body
+        becomes a blob and the manifest is recorded with the links it needs and its tags, all in
+        one transaction.
         """
         check_name(repository)
         if len(body) > MAX_MANIFEST_SIZE:
@@ -131,22 +200,45 @@ class Store:
         else:
             tag = check_tag(reference)
             digest = digest_bytes(body)
+        for extra in tags:
+            check_tag(extra)
         info = parse_manifest(body)
         declared = info.doc.get("mediaType")
         if declared is not None and declared != media_type:
             raise ManifestInvalid(f"manifest mediaType {declared!r} does not match Content-Type {media_type!r}")
         needed = [] if info.is_index else [d.digest for d in info.blobs]
-        for blob in needed:
-            if not await self.has_blob(blob):
-                raise ManifestBlobUnknown(blob)
-        await self.write_blob(body, digest, media_type=media_type)
-        async with self.transaction():
-            await self.manifests.put(repository, digest, media_type=media_type, size=len(body),
-                                     subject=info.subject.digest if info.subject else None,
-                                     artifact_type=info.artifact_type,
-                                     annotations=json.dumps(info.annotations) if info.annotations else None, tag=tag)
-            await self.blobs.link(repository, [*needed, digest])
+        self.check_space(len(body))
+        staged = await self.files.stage(body, digest)
+        try:
+            async with self.transaction():
+                missing = await self.blobs.use(needed)
+                for blob in needed:
+                    if blob not in missing and not await self.has_blob(blob):
+                        missing.append(blob)
+                if missing:
+                    raise ManifestBlobUnknown(missing[0])
+                await self.files.publish(staged)
+                await self.blobs.record(digest, len(body), media_type)
+                await self.manifests.put(repository, digest, media_type=media_type, size=len(body),
+                                         subject=info.subject.digest if info.subject else None,
+                                         artifact_type=info.artifact_type,
+                                         annotations=json.dumps(info.annotations) if info.annotations else None,
+                                         tag=tag)
+                for extra in tags:
+                    await self.manifests.set_tag(repository, extra, digest)
+                await self._use_tree(repository, [child.digest for child in info.manifests])
+                await self.blobs.link(repository, [*needed, digest])
+        finally:
+            await self.files.discard(staged)
         return digest
+
+    async def delete_manifest(self, repository: str, reference: str) -> bool:
+        """By digest: the manifest, its tags and its own link; by tag: just the tag. A delete
+        works on a full disk too (it may use the reserve kept for that)."""
+        await self.files.release_reserve()
+        if is_digest(reference):
+            return await self.manifests.delete(repository, reference)
+        return await self.manifests.delete_tag(repository, reference)
 
     async def get_manifest(self, repository: str, reference: str, *, with_body: bool = True) -> StoredManifest | None:
         """The manifest ``reference`` (tag or digest) names in ``repository``; body read only if asked."""
@@ -165,9 +257,29 @@ class Store:
         """Point ``tag`` at a manifest already stored in ``repository``."""
         check_name(repository)
         check_tag(tag)
-        if await self.manifests.find(repository, digest) is None:
-            raise NotFound(f"manifest {digest} is not in repository {repository}")
-        await self.manifests.set_tag(repository, tag, digest)
+        async with self.transaction():  # gc cannot remove the manifest between the check and the tag
+            if await self.manifests.find(repository, digest) is None:
+                raise NotFound(f"manifest {digest} is not in repository {repository}")
+            await self.manifests.set_tag(repository, tag, digest)
+            await self._use_tree(repository, [digest])
+
+    async def _use_tree(self, repository: str, digests: Sequence[str]) -> None:
+        """Count a use of these stored manifests and of everything they name, transitively: a new
+        tag or index makes all of it reachable at once, and gc may have marked any of it dead
+        before (interfaces, rule 1)."""
+        todo, seen = list(digests), set()
+        while todo:
+            digest = todo.pop()
+            if digest in seen or await self.manifests.find(repository, digest) is None:
+                continue
+            seen.add(digest)
+            await self.manifests.use(repository, [digest])
+            try:
+                refs = manifest_refs(await self.files.read(digest) or b"")
+            except InvalidInput:
+                continue
+            await self.blobs.use([digest, *refs.blobs])
+            todo += refs.children
 
     async def config_digest(self, repository: str, reference: str) -> tuple[str, str] | None:
         """(manifest digest, config digest) of ``repository:reference``, or None.
@@ -195,15 +307,19 @@ class Store:
         check_name(repository)
         await self.manifests.ensure_repository(repository)
         now = time.time()
+        self.check_space()
         session = UploadSession(id=str(uuid.uuid4()), repository=repository, offset=0, created=now, updated=now)
-        await self.spool.create_upload(session.id)
+        # The row first: spool bytes no session owns are gc's to remove.
         await self.uploads.create(session)
+        await self.spool.create_upload(session.id)
         return session
 
     async def append_upload(self, session: UploadSession, chunks: AsyncIterable[bytes], *, hasher: Any = None,
                             expected_size: int | None = None) -> int:
         """Receive bytes at the session's offset; returns the new acknowledged offset. A short
-        or long body (``expected_size``) raises SizeMismatch and acknowledges nothing."""
+        or long body (``expected_size``) raises SizeMismatch and acknowledges nothing; so does a
+        disk below the free-space floor (InsufficientStorage)."""
+        self.check_space(expected_size or 0)
         written = 0
 
         async def checked() -> AsyncIterable[bytes]:
@@ -224,17 +340,29 @@ class Store:
         link it into the session's repository and end the session; returns the blob's size.
 
         ``received`` is the digest the caller computed while the bytes arrived (saves reading
-        them again). On a mismatch the session is dropped and DigestMismatch raised.
+        them again). On a mismatch the session is dropped and DigestMismatch raised. If the
+        transaction fails (a full disk), the bytes go back to the session, which stays resumable.
         """
         algorithm = parse_digest(digest)[0]
         actual = received or await self.spool.upload_digest(session.id, algorithm)
         if actual != digest:
             await self.drop_upload(session.id)
             raise DigestMismatch(f"uploaded content has digest {actual}, not {digest}")
-        await self.spool.commit_upload(session.id, digest)
-        await self.blobs.record(digest, session.offset, None)
-        await self.blobs.link(session.repository, [digest])
-        await self.drop_upload(session.id)
+        staged = await self.spool.stage_upload(session.id, digest)
+        try:
+            async with self.transaction():
+                await self.files.publish(staged)
+                await self.blobs.record(digest, session.offset, None)
+                await self.blobs.link(session.repository, [digest])
+                await self.uploads.delete(session.id)
+        except BaseException:
+            async with self.transaction():
+                if await self.blobs.known([digest]):
+                    await self.drop_upload(session.id)  # recorded by another writer meanwhile: done
+                else:
+                    await self.files.unpublish(staged)
+            raise
+        await self.spool.delete_upload(session.id)
         return session.offset
 
     async def drop_upload(self, session_id: str) -> bool:
@@ -293,12 +421,16 @@ async def open_store(settings: StoreSettings | Path | str) -> Store:
     from envcache.store.files import LocalFiles
     from envcache.store.sqlite import open_sqlite
 
-    data_dir = Path(settings.data_dir if isinstance(settings, StoreSettings) else settings)
+    if not isinstance(settings, StoreSettings):
+        settings = StoreSettings(Path(settings))
+    data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     files = LocalFiles(data_dir)
+    await files.release_reserve()  # on a full disk, SQLite needs room to open its WAL
     sql = open_sqlite(data_dir / "envcache.db")
     store = Store(data_dir, sql.database, files, files, sql.blobs, sql.manifests, sql.uploads, sql.images, sql.builds,
-                  sql.environments, sql.layers, sql.base_digests, sql.pushes)
+                  sql.environments, sql.layers, sql.base_digests, sql.pushes, sql.activity,
+                  min_free_bytes=settings.min_free_bytes)
     store._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(store._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -308,4 +440,5 @@ async def open_store(settings: StoreSettings | Path | str) -> Store:
     if store.owner:
         files.clear_temp()
         await store._reconcile_uploads()
+        await files.restore_reserve(store.min_free_bytes)
     return store

@@ -20,7 +20,7 @@ async def ensure(request: web.Request) -> web.Response:
     definition, environment = await parts.definitions.of_body(body, raw)
     variant = requests.variant(body.variant)
     outcome = await parts.ensurer.ensure(definition, variant, refresh=body.refresh, environment=environment)
-    (parts.metrics.hits if outcome.image is not None else parts.metrics.misses).labels(variant).inc()
+    parts.metrics.lookup(variant, hit=outcome.image is not None)
     host = request.host
     if outcome.image is not None:
         return json_response(Ensured("hit", outcome.image.model(host)))

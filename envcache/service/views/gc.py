@@ -22,6 +22,7 @@ async def gc_handler(request: web.Request) -> web.Response:
     if not store.owner:
         raise GcAborted(f"this daemon does not own {store.data_dir} (another process holds its lock); "
                         "run gc where the lock is held")
+    await parts.ensurer.flush_last_used()  # --keep-days decides on last_used: count recent hits
     report = await run_gc(store, dry_run=body.dry_run, keep_days=body.keep_days,
                           grace=DEFAULT_GRACE if body.grace_seconds is None else body.grace_seconds,
                           upload_ttl=float(parts.config.registry.upload_session_ttl), upload_busy=parts.uploads.busy)

@@ -21,11 +21,11 @@ async def resolve(request: web.Request) -> web.Response:
     prepared = await parts.ensurer.prepare(definition, variant)
     image = await parts.ensurer.lookup(prepared)
     if image is None:
-        parts.metrics.misses.labels(variant).inc()
+        parts.metrics.lookup(variant, hit=False)
         return json_response(Miss(error=ErrorBody(404, f"no cached image for this definition ({variant})"),
                                   status="miss", key=prepared.key, variant=variant, spec_hash=prepared.spec_hash),
                              status=404)
-    parts.metrics.hits.labels(variant).inc()
+    parts.metrics.lookup(variant, hit=True)
     return json_response(Hit("hit", image.model(request.host)))
 
 

@@ -35,7 +35,7 @@ async def warm(request: web.Request) -> web.Response:
             try:
                 definition, environment = subject
                 outcome = await parts.ensurer.ensure(definition, variant, refresh=body.refresh, environment=environment)
-                (parts.metrics.hits if outcome.image is not None else parts.metrics.misses).labels(variant).inc()
+                parts.metrics.lookup(variant, hit=outcome.image is not None)
                 if outcome.image is not None:
                     result.outcome, result.image = "hit", outcome.image.model(request.host)
                 else:

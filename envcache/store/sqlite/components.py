@@ -1,15 +1,15 @@
-"""Tables that serve one part of the daemon each: the build's layer map, the base-digest cache
-and the upstream push log."""
+"""Tables that serve one part of the daemon each: the build's layer map, the base-digest cache,
+the upstream push log and the activity counters."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from envcache.store.records import KnownLayer
 from envcache.store.sqlite.database import Database
-from envcache.store.sqlite.schema import BASE_DIGESTS, LAYER_BLOBS, UPSTREAM_PUSHES
+from envcache.store.sqlite.schema import ACTIVITY, BASE_DIGESTS, LAYER_BLOBS, UPSTREAM_PUSHES
 
 _PUSH = ("id, upstream, repository, tag, remote_repository, digest, state, attempts, error, bytes, mounted, "
          "created, updated")
@@ -81,3 +81,29 @@ class SqlitePushLog:
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         return self._db.dicts(f"SELECT {_PUSH} FROM {UPSTREAM_PUSHES} ORDER BY updated DESC LIMIT ?", [limit])
+
+    async def for_tag(self, repository: str, tag: str) -> list[dict[str, Any]]:
+        return self._db.dicts(f"SELECT {_PUSH} FROM {UPSTREAM_PUSHES} WHERE repository = ? AND tag = ? "
+                              "ORDER BY created DESC", [repository, tag])
+
+
+class SqliteActivity:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, counts: Mapping[tuple[int, str, int], int]) -> None:
+        async with self._db.writing() as conn:
+            conn.executemany(f"INSERT INTO {ACTIVITY} (resolution, name, bucket, count) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (resolution, name, bucket) DO UPDATE SET count = count + excluded.count",
+                             [(*key, n) for key, n in counts.items()])
+
+    async def series(self, resolution: int, since: int, step: int) -> list[tuple[str, int, int]]:
+        return [(name, start, n) for name, start, n in self._db.all(
+            f"SELECT name, (bucket / ?) * ? AS start, sum(count) FROM {ACTIVITY} "
+            "WHERE resolution = ? AND bucket >= ? GROUP BY name, start ORDER BY start",
+            [step, step, resolution, since])]
+
+    async def prune(self, resolution: int, before: int) -> int:
+        async with self._db.writing() as conn:
+            return conn.execute(f"DELETE FROM {ACTIVITY} WHERE resolution = ? AND bucket < ?",
+                                [resolution, before]).rowcount

@@ -25,7 +25,10 @@ from typing import Any
 
 import sqlite_utils
 
+from envcache.store.errors import InsufficientStorage
 from envcache.store.sqlite.schema import migrate
+
+_SQLITE_FULL = 13  # "database or disk is full": the WAL could not grow
 
 # The task (by id) that holds the write lock, so its own writes join its transaction.
 _HOLDER: contextvars.ContextVar[int | None] = contextvars.ContextVar("envcache_sqlite_writer", default=None)
@@ -36,12 +39,13 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite_utils.Database(path)
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.enable_wal()
-        # WAL + NORMAL: a commit survives a process crash; blob durability comes from fsync.
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.schema_version = migrate(self.db)
+        with _full_disk_is_507():
+            self.db = sqlite_utils.Database(path)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            self.db.enable_wal()
+            # WAL + NORMAL: a commit survives a process crash; blob durability comes from fsync.
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.schema_version = migrate(self.db)
         self._lock = asyncio.Lock()
 
     @property
@@ -71,15 +75,9 @@ class Database:
             return
         async with self._lock:
             token = _HOLDER.set(id(asyncio.current_task()))
-            self._commit_stray()
-            self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield
-            except BaseException:
-                self.conn.rollback()
-                raise
-            else:
-                self.conn.commit() if write else self.conn.rollback()
+                with self._unit("BEGIN IMMEDIATE" if write else "BEGIN", commit=write):
+                    yield
             finally:
                 _HOLDER.reset(token)
 
@@ -91,22 +89,38 @@ class Database:
             yield self.conn
             return
         async with self._lock:
-            with self._immediate():
+            with self._unit("BEGIN IMMEDIATE", commit=True):
                 yield self.conn
 
     @contextlib.contextmanager
-    def _immediate(self) -> Iterator[None]:
+    def _unit(self, begin: str, *, commit: bool) -> Iterator[None]:
+        """Begin; commit (or, for a snapshot, end) when the block succeeds, roll back otherwise —
+        also when the commit itself fails. A write the disk has no room for (the WAL could not
+        grow) leaves as the caller's 507, never as an internal error."""
         self._commit_stray()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.rollback()
-            raise
-        self.conn.commit()
+        with _full_disk_is_507():
+            self.conn.execute(begin)
+            try:
+                yield
+                if commit:
+                    self.conn.commit()
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.rollback()
 
     def _commit_stray(self) -> None:
         # sqlite3's implicit transactions: a statement someone ran without committing (a test
         # poking the database) would make BEGIN fail; the next commit would take it anyway.
         if self.conn.in_transaction:
             self.conn.commit()
+
+
+@contextlib.contextmanager
+def _full_disk_is_507() -> Iterator[None]:
+    """SQLite's "database or disk is full" (the WAL could not grow) is the caller's clear 507."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            raise InsufficientStorage() from exc
+        raise

@@ -23,6 +23,8 @@ LAYER_BLOBS = "build_layer_blobs"
 BASE_DIGESTS = "service_base_digests"
 #: One row per background push to an upstream registry, with its state and attempts.
 UPSTREAM_PUSHES = "upstream_pushes"
+#: The daemon's counters (hits, pulls, builds …) per time bucket: the dashboard's charts.
+ACTIVITY = "activity_counts"
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
@@ -128,21 +130,58 @@ def _m2_component_tables(db: sqlite_utils.Database) -> None:
     db[UPSTREAM_PUSHES].create_index(["state"], if_not_exists=True)
 
 
-def _m3_image_history(db: sqlite_utils.Database) -> None:
+def _m3_dashboard(db: sqlite_utils.Database) -> None:
+    """The counters' time series, and the indexes the dashboard's listings page by.
+
+    ``activity_counts`` holds one row per (resolution in seconds, counter, bucket start); the
+    daemon prunes old buckets, so the table stays bounded however long it runs. Like migration
+    2, it keeps what is already there (a test re-running it over a newer database included).
+    """
+    db[ACTIVITY].create({"resolution": int, "name": str, "bucket": int, "count": int},
+                        pk=("resolution", "name", "bucket"), if_not_exists=True)
+    db["builds"].create_index(["created"], if_not_exists=True)
+    db["builds"].create_index(["state", "created"], if_not_exists=True)
+    db["images"].create_index(["last_used", "key"], if_not_exists=True)
+    # Count and total size from the index alone, not from the wide rows.
+    db["images"].create_index(["size"], if_not_exists=True)
+    db[UPSTREAM_PUSHES].create_index(["repository", "tag"], if_not_exists=True)
+
+
+def _m4_generations(db: sqlite_utils.Database) -> None:
+    """What gc needs to never delete content a writer just used (issue 13), and to stay linear.
+
+    ``blobs.gen`` and ``manifests.gen`` count uses: every upload finish, re-push, mount and
+    manifest naming a blob bumps it in the transaction that creates the reference, and gc deletes
+    a row only if its generation is still the one it marked. ``manifests.last_used`` is when a
+    manifest was last pushed or tagged (a re-push restarts its grace period; ``created`` keeps
+    the first push, which orders referrers). The index on ``repository_blobs(digest)`` turns
+    gc's per-blob link deletion from a table scan into a lookup (16k dead blobs took minutes).
+    """
+    for table, column, kind in (("blobs", "gen", "INTEGER NOT NULL DEFAULT 0"),
+                                ("manifests", "gen", "INTEGER NOT NULL DEFAULT 0"), ("manifests", "last_used", "FLOAT")):
+        if column not in db[table].columns_dict:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db["repository_blobs"].create_index(["digest"], if_not_exists=True)
+    db[LAYER_BLOBS].create_index(["blob_digest"], if_not_exists=True)
+
+
+def _m5_image_history(db: sqlite_utils.Database) -> None:
     """Images a key was filed under before a refresh re-resolved it: they stay pullable by digest
     (and listed by ``envcache images KEY --history``) until gc expires them. And each image's
     layer compression, so a daemon configured for another one never answers with it (empty for
     images filed before: they are checked once)."""
-    db["images"].add_column("compression", str)
+    if "compression" not in db["images"].columns_dict:
+        db["images"].add_column("compression", str)
     db["image_history"].create(
         {"key": str, "variant": str, "repository": str, "tag": str, "manifest_digest": str, "size": int,
          "created": float, "replaced": float, "lock": str},
-        pk=("key", "manifest_digest"),
+        pk=("key", "manifest_digest"), if_not_exists=True,
     )
-    db["image_history"].create_index(["replaced"])
+    db["image_history"].create_index(["replaced"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables, _m3_image_history]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_image_history]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -15,6 +15,8 @@ _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest,
           "base_digest, recipe_version, compression")
 _HISTORY = "key, variant, repository, tag, manifest_digest, size, created, replaced, lock"
 _BUILD = "id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, error, log"
+# A listing's columns: the log stays behind (it is read one build at a time).
+_BUILD_LISTED = _BUILD.replace(", log", ", NULL")
 _ENVIRONMENT = "name, version, spec_hash, definition, created"
 
 
@@ -94,6 +96,28 @@ class SqliteImages:
         async with self._db.writing() as conn:
             return conn.execute("DELETE FROM image_history WHERE replaced < ?", [replaced_before]).rowcount
 
+    async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
+        async with self._db.writing() as conn:
+            return [key for key in keys if conn.execute(
+                "DELETE FROM images WHERE key = ? AND COALESCE(last_used, created, 0) < ?", [key, limit]).rowcount]
+
+    async def page(self, limit: int, after: tuple[float, str] | None = None) -> list[StoredImage]:
+        where, params = ("", []) if after is None else ("WHERE (last_used < ? OR (last_used = ? AND key < ?)) ",
+                                                        [after[0], after[0], after[1]])
+        return [_image(row) for row in self._db.all(
+            f"SELECT {_IMAGE} FROM images {where}ORDER BY last_used DESC, key DESC LIMIT ?", [*params, limit])]
+
+    async def totals(self) -> tuple[int, int]:
+        count, size = self._db.one("SELECT count(*), COALESCE(sum(size), 0) FROM images") or (0, 0)
+        return count, size
+
+    async def by_spec_hashes(self, spec_hashes: Sequence[str]) -> list[StoredImage]:
+        if not spec_hashes:
+            return []
+        marks = ", ".join("?" * len(spec_hashes))
+        return [_image(row) for row in self._db.all(
+            f"SELECT {_IMAGE} FROM images WHERE spec_hash IN ({marks}) ORDER BY last_used DESC", list(spec_hashes))]
+
 
 class SqliteBuilds:
     """``builds``: state while running, state and log once finished."""
@@ -114,6 +138,29 @@ class SqliteBuilds:
             cursor = conn.execute("UPDATE builds SET state = 'failed', error = ?, finished = ? "
                                   "WHERE state IN ('queued', 'running')", [reason, time.time()])
         return cursor.rowcount
+
+    async def page(self, limit: int, *, state: str | None = None, key: str | None = None,
+                   before: tuple[float, str] | None = None) -> list[BuildRecord]:
+        clauses, params = [], []
+        for column, value in (("state", state), ("key", key)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            clauses.append("(created < ? OR (created = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        return [BuildRecord(*row) for row in self._db.all(
+            f"SELECT {_BUILD_LISTED} FROM builds {where}ORDER BY created DESC, id DESC LIMIT ?", [*params, limit])]
+
+    async def counts(self) -> dict[str, int]:
+        return {state: n for state, n in self._db.all("SELECT state, count(*) FROM builds GROUP BY state")}
+
+    async def slowest(self, limit: int, since: float) -> list[BuildRecord]:
+        return [BuildRecord(*row) for row in self._db.all(
+            f"SELECT {_BUILD_LISTED} FROM builds WHERE created >= ? AND state = 'succeeded' "
+            "AND started IS NOT NULL AND finished IS NOT NULL ORDER BY finished - started DESC LIMIT ?",
+            [since, limit])]
 
 
 class SqliteEnvironments:
@@ -153,3 +200,31 @@ class SqliteEnvironments:
             "SELECT e.name, e.version, e.spec_hash, e.definition, e.created FROM environments e "
             "JOIN (SELECT name, max(version) v FROM environments GROUP BY name) m ON e.name = m.name AND e.version = m.v "
             "ORDER BY e.name")]
+
+    async def page(self, limit: int, *, after: str | None = None, before: str | None = None,
+                   contains: str = "") -> list[EnvironmentVersion]:
+        clauses, params = ["e.version = (SELECT max(version) FROM environments WHERE name = e.name)"], []
+        if contains:
+            clauses.append("e.name LIKE ? ESCAPE '\\'")
+            params.append(f"%{_like(contains)}%")
+        if after is not None:
+            clauses.append("e.name > ?")
+            params.append(after)
+        if before is not None:
+            clauses.append("e.name < ?")
+            params.append(before)
+        order = "DESC" if before is not None and after is None else "ASC"
+        rows = self._db.all(f"SELECT {_ENVIRONMENT} FROM environments e WHERE {' AND '.join(clauses)} "
+                            f"ORDER BY e.name {order} LIMIT ?", [*params, limit])
+        return sorted((_environment(row) for row in rows), key=lambda version: version.name)
+
+    async def count(self, contains: str = "") -> int:
+        if not contains:
+            return self._db.one("SELECT count(DISTINCT name) FROM environments")[0]
+        return self._db.one("SELECT count(DISTINCT name) FROM environments WHERE name LIKE ? ESCAPE '\\'",
+                            [f"%{_like(contains)}%"])[0]
+
+
+def _like(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (``%`` and ``_`` are wildcards there)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1,21 +1,24 @@
 """Real bases that are valid but unusual (issue 9 §6), on both engines: a base whose config has
 no ``history`` (valid per the OCI image spec; hand-made and some tool-made images), named by a
 short name (buildah files it as ``localhost/NAME:TAG``, Docker as ``docker.io/library/…``), with
-only ``python3`` where the definition's interpreter path says ``python``.
+only ``python3`` where the definition's interpreter path says ``python``. And a stored base the
+engine still holds under another name is found by its id (the config digest), not loaded again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 from envcache.service.config import Config
 from tests.fixtures.bases import PythonBase, load_into_buildah, load_into_dockerd
-from tests.fixtures.oci_images import OciImage, read_oci_image
+from tests.fixtures.oci_images import OciImage, push_oci_image, read_oci_image
 from tests.fixtures.upstream import ensure_and_log
 from tests.fixtures.wheels import WheelIndex
 
@@ -83,3 +86,33 @@ async def test_history_less_base_by_short_name_with_only_python3(
     layers = [entry for entry in image_config["history"] if not entry.get("empty_layer")]
     assert len(layers) == len(image_config["rootfs"]["diff_ids"]) == len(manifest["layers"])
     assert [(e["name"], e["version"]) for e in answer["image"]["lock"]["pip"]] == [("envcache-app", "1.0")]
+
+
+async def test_a_base_the_engine_still_holds_by_id_is_tagged_not_loaded_again(
+        make_daemon, dockerd, reference_registry_factory, busybox_oci_layout: OciImage) -> None:
+    config = Config()
+    config.build.engine, config.build.docker_host = "docker", dockerd.host
+    daemon = await make_daemon(config)
+    registry = reference_registry_factory()
+    base = f"{registry.host}/quirks/base:{secrets.token_hex(4)}"
+    await asyncio.to_thread(push_oci_image, busybox_oci_layout, base)
+
+    first = await ensure_and_log(daemon, {"docker": {"base_image": base}, "environment_variables": {"N": "1"}})
+    assert first.get("status") == "built", first.get("log", first)
+    assert f"base {base}: loaded into docker from envcache's registry" in first["log"]
+    # The engine loses every name envcache gave the base (its own and the stage tags) but keeps
+    # the image: another name holds it.
+    image_id = first["image"]["base_digest"]
+    keep = f"envcache-test/keep:{secrets.token_hex(4)}"
+    await asyncio.to_thread(dockerd.docker, "tag", image_id, keep)
+    names = json.loads((await asyncio.to_thread(dockerd.docker, "image", "inspect", image_id)).stdout)[0]["RepoTags"]
+    for name in names:
+        if name != keep:
+            await asyncio.to_thread(dockerd.docker, "rmi", name)
+    try:
+        second = await ensure_and_log(daemon, {"docker": {"base_image": base}, "environment_variables": {"N": "2"}})
+        assert second.get("status") == "built", second.get("log", second)
+        assert "found by id in docker from envcache's registry" in second["log"], second["log"]
+        assert "loaded into" not in second["log"]
+    finally:
+        await asyncio.to_thread(dockerd.docker, "rmi", keep)

@@ -170,7 +170,7 @@ async def main(out_dir: Path) -> dict[str, Any]:
         }
 
         # 4: ingest alone
-        final = f"envcache-stage:{change.stage_keys[-1]}"
+        final = f"envcache-stage:{change.stage_keys[-2]}"   # the last engine stage (the config stage is JSON)
         fresh = await open_store(work / "store-fresh")
         _, ingest_cold_s = await timed(ingest_image(fresh, engine, final, "x", "zstd", lambda line: None))
         _, ingest_known_s = await timed(ingest_image(fresh, engine, final, "y", "zstd", lambda line: None))

@@ -195,6 +195,10 @@ async def test_full_build_runs_with_every_stage(engine: Engine, built: Built, ta
     # shows certificate text.
     assert not any("BEGIN CERTIFICATE" in line for line in built.log)
     assert "pip.json" in out and "conda.json" in out and "spark.json" in out
+    # The base Dockerfile's RUN step may fetch anything: the image says it is not reproducible.
+    manifest = json.loads((await target.store.get_manifest("envcache/env", image.tag)).body)
+    assert manifest["annotations"]["envcache.reproducible"] == \
+        "no: the base Dockerfile's RUN steps may download unpinned content"
 
 
 def _engine_diff_ids(engine: Engine, request: pytest.FixtureRequest, ref: str) -> list[str]:

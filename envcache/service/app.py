@@ -26,7 +26,7 @@ from envcache.service.activity import Activity
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
 from envcache.service.daemon import DAEMON, Daemon, EngineHandle
-from envcache.service.ensure import Build, BuiltLike, Ensurer, ImageRecord, LogFn, Prepared
+from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.requests import Definitions
@@ -103,7 +103,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
 
-    async def recompress(image: ImageRecord, log: LogFn) -> BuiltLike:
+    async def recompress(image: BuiltLike, log: LogFn) -> BuiltLike:
         return await recompress_image(store, image.repository, image.tag, config.build.compression, log)
 
     metrics = Metrics(Activity(store.activity))

@@ -66,8 +66,9 @@ class BuiltLike(Protocol):
 Builder = Callable[["Prepared", LogFn], Awaitable[BuiltLike]]
 #: A source (e.g. an upstream registry) returns the image if it could provide it, else None.
 Source = Callable[["Prepared", LogFn], Awaitable[BuiltLike | None]]
-#: Re-stores a filed image with its layers in the configured compression (same config, same lock).
-Recompressor = Callable[["ImageRecord", LogFn], Awaitable[BuiltLike]]
+#: Re-stores a stored image (filed, or just pulled) with its layers in the configured compression
+#: (same config, same lock).
+Recompressor = Callable[[BuiltLike, LogFn], Awaitable[BuiltLike]]
 
 
 class KeyCollision(EnvcacheError):
@@ -263,14 +264,17 @@ class Ensurer:
         """Whether ``image`` is stored in the compression the daemon serves (or uncompressed,
         which every client reads). An image filed before compressions were recorded is looked
         at once, and its compression recorded."""
-        if self._compression is None or image.compression in (self._compression, "none"):
-            return True
-        if image.compression:
-            return False
+        if self._compression is None or image.compression:
+            return not self._foreign(image.compression)
         manifest = await self._store.get_manifest(image.repository, image.manifest_digest)
         found = (layer_compression(parse_manifest(manifest.body)) if manifest is not None else "") or self._compression
         await self._store.images.put(replace(image, compression=found))
-        return found in (self._compression, "none")
+        return not self._foreign(found)
+
+    def _foreign(self, compression: str) -> bool:
+        """Whether layers in ``compression`` are in another one than the daemon serves (and so
+        may be unreadable by its clients): uncompressed layers never are."""
+        return self._compression is not None and compression not in (self._compression, "none", "")
 
     async def find(self, prepared: Prepared) -> ImageRecord | None:
         """The image filed for ``prepared`` or None; verifies canonical bytes on a hit."""
@@ -413,6 +417,11 @@ class Ensurer:
             for source in self.sources:
                 got = await source(prepared, build.log)
                 if got is not None:
+                    if self._recompress is not None and self._foreign(got.compression):
+                        # The upstream's copy is in another compression: never answer with it.
+                        build.log(f"envcache: the pulled image is stored {got.compression}; this daemon serves "
+                                  f"{self._compression}: storing its layers so (same image, same lock)")
+                        got = await self._recompress(got, build.log)
                     return got, "pulled"
         built = await self._builder(prepared, build.log)
         return built, "built"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
+from envcache.registry import body
 from envcache.registry.errors import (
     API_VERSION_HEADER,
     RegistryError,
@@ -144,7 +145,7 @@ async def start_upload(request: web.Request, store: Store, state: UploadState, n
     elif "digest" in query:
         digest = _check_digest(query["digest"])
         try:
-            digest, _ = await store.put_blob(name, request.content.iter_any(), digest, request.content_length)
+            digest, _ = await store.put_blob(name, body.chunks(request), digest, request.content_length)
         except DigestMismatch as exc:
             raise digest_invalid(str(exc)) from None
         except SizeMismatch as exc:
@@ -240,7 +241,7 @@ async def _append(request: web.Request, store: Store, state: UploadState, sessio
     if progress is not None and progress.offset != session.offset:
         progress = None
     try:
-        offset = await store.append_upload(session, request.content.iter_any(),
+        offset = await store.append_upload(session, body.chunks(request),
                                            hasher=progress.hasher if progress else None, expected_size=declared)
     except SizeMismatch as exc:
         state.progress.pop(session.id, None)

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from envcache.registry.body import read_limited
 from envcache.registry.errors import (
     API_VERSION_HEADER,
     RegistryError,
@@ -63,9 +64,7 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
     media_type = request.headers.get("Content-Type", "").split(";")[0].strip()
     if not media_type:
         raise RegistryError(400, "MANIFEST_INVALID", "a Content-Type header naming the manifest media type is required")
-    if (request.content_length or 0) > MAX_MANIFEST_SIZE:
-        raise _too_large(request.content_length or 0)
-    body = await _read_limited(request)
+    body = await read_limited(request, MAX_MANIFEST_SIZE, _too_large)
     try:
         digest = await store.put_manifest(name, reference, body, media_type)
         for tag in extra_tags:
@@ -83,18 +82,6 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
     if manifest is not None and manifest.subject:
         headers["OCI-Subject"] = manifest.subject
     return web.Response(status=201, headers=headers)
-
-
-async def _read_limited(request: web.Request) -> bytes:
-    """The body, refusing (413) as soon as it grows past the limit (chunked bodies have no length)."""
-    parts: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > MAX_MANIFEST_SIZE:
-            raise _too_large(total)
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _too_large(size: int) -> RegistryError:

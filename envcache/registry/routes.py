@@ -19,6 +19,7 @@ from aiohttp import web
 from envcache.errors import EnvcacheError, NotFound
 from envcache.registry import blobs, manifests
 from envcache.registry.blobs import UploadState
+from envcache.registry.body import BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT, BodyTimeout
 from envcache.registry.errors import API_VERSION_HEADER, RegistryError, name_invalid
 from envcache.oci import DigestError, ManifestInvalid, NameInvalid, TagInvalid, check_name
 from envcache.store import DigestMismatch, SizeMismatch, Store
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 UPLOADS = web.AppKey("registry.uploads", UploadState)
 
 _CODES: dict[type[EnvcacheError], str] = {
+    BodyTimeout: "BLOB_UPLOAD_INVALID",
     DigestError: "DIGEST_INVALID",
     DigestMismatch: "DIGEST_INVALID",
     SizeMismatch: "SIZE_INVALID",
@@ -55,13 +57,17 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler], bool]] = [
 ]
 
 
-def setup(app: web.Application, store: Store, *, upload_ttl: float) -> UploadState:
-    """Mount the registry on ``app``; sessions idle for ``upload_ttl`` seconds are expired.
+def setup(app: web.Application, store: Store, *, upload_ttl: float,
+          body_timeout: float = DEFAULT_BODY_TIMEOUT) -> UploadState:
+    """Mount the registry on ``app``; sessions idle for ``upload_ttl`` seconds are expired, a
+    body that sends nothing for ``body_timeout`` seconds is answered 408 (every body the app
+    reads, the JSON API's too).
 
     Returns the process's upload bookkeeping (``app[UPLOADS]``): the daemon's periodic expiry and
     gc ask it which sessions are receiving bytes right now.
     """
     state = app[UPLOADS] = UploadState(ttl=upload_ttl)
+    app[BODY_TIMEOUT] = body_timeout
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         return await _dispatch(request, store, state)

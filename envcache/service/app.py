@@ -65,7 +65,8 @@ async def create_app(config: Config) -> web.Application:
 
 
 def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
-    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl))
+    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl),
+                             body_timeout=float(config.server.body_timeout))
     engine = EngineHandle(config.build)
     stored_base = stored_copy(store)
     upstreams = list(config.upstreams)

@@ -21,6 +21,7 @@ from envcache.definition import definition_from_dict, load_definition
 from envcache.definition.sources import check_yaml_aliases
 from envcache.definition.variants import resolve_variant
 from envcache.errors import EnvcacheError, InvalidInput
+from envcache.registry.body import read_limited
 from envcache.service.schemas import MAX_INTEGER, UNSET, Request, Subject, convert
 from envcache.wire import check_files
 
@@ -33,13 +34,8 @@ M = TypeVar("M", bound=Request)
 
 
 async def raw_body(request: web.Request) -> bytes:
-    """The request body, read with a hard size cap."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
-    return raw
+    """The whole request body, however many reads it arrives in; 413 past :data:`MAX_BODY`."""
+    return await read_limited(request, MAX_BODY)
 
 
 def json_object(raw: bytes) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from envcache.store import DigestMismatch, SizeMismatch, Store, UploadSession
 
 # ASCII digits, at most 19 (an int64 offset): "\d+" took any Unicode digit and any length,
 # and int() of thousands of digits raises instead of answering 400.
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})$")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})")
 
 
 @dataclass
@@ -223,7 +223,7 @@ async def _append(request: web.Request, store: Store, state: UploadState, sessio
     declared = request.content_length
     content_range = request.headers.get("Content-Range")
     if content_range is not None:
-        match = _CONTENT_RANGE.match(content_range.strip())
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
         if not match:
             raise RegistryError(400, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {content_range[:100]!r}")
         start, end = int(match.group(1)), int(match.group(2))

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from envcache.registry.body import read_limited
 from envcache.registry.errors import (
@@ -76,11 +77,13 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
                             {"digest": exc.digest}) from None
     except ManifestInvalid as exc:
         raise RegistryError(400, "MANIFEST_INVALID", str(exc)) from None
-    headers = {**API_VERSION_HEADER, "Location": f"/v2/{name}/manifests/{digest}",
-               "Docker-Content-Digest": digest}
+    headers = CIMultiDict({**API_VERSION_HEADER, "Location": f"/v2/{name}/manifests/{digest}",
+                           "Docker-Content-Digest": digest})
     manifest = await store.get_manifest(name, digest, with_body=False)
     if manifest is not None and manifest.subject:
         headers["OCI-Subject"] = manifest.subject
+    for tag in extra_tags:  # the spec: one OCI-Tag per tag accepted with ?tag=
+        headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
 
 

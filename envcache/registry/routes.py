@@ -41,19 +41,21 @@ _CODES: dict[type[EnvcacheError], str] = {
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
-# (pattern over the path after "/v2/", {method: handler}, whether the handler takes the upload state)
+# (pattern over the path after "/v2/", {method: handler}, whether the handler takes the upload state).
+# Matched in full with DOTALL: a name or reference with a newline (``$`` would match before it,
+# ``.`` would stop at it) reaches the grammar checks and is refused there, in the spec's shape.
 _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler], bool]] = [
-    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), {"POST": blobs.start_upload}, True),
-    (re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)$"),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/?", re.DOTALL), {"POST": blobs.start_upload}, True),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)", re.DOTALL),
      {"GET": blobs.upload_status, "PATCH": blobs.patch_upload, "PUT": blobs.finish_upload,
       "DELETE": blobs.cancel_upload}, True),
-    (re.compile(r"^(?P<name>.+)/blobs/(?P<ref>[^/]+)$"),
+    (re.compile(r"(?P<name>.+)/blobs/(?P<ref>[^/]+)", re.DOTALL),
      {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob}, False),
-    (re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$"),
+    (re.compile(r"(?P<name>.+)/manifests/(?P<ref>[^/]+)", re.DOTALL),
      {"GET": manifests.get_manifest, "HEAD": manifests.get_manifest, "PUT": manifests.put_manifest,
       "DELETE": manifests.delete_manifest}, False),
-    (re.compile(r"^(?P<name>.+)/referrers/(?P<ref>[^/]+)$"), {"GET": manifests.referrers}, False),
-    (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": manifests.list_tags}, False),
+    (re.compile(r"(?P<name>.+)/referrers/(?P<ref>[^/]+)", re.DOTALL), {"GET": manifests.referrers}, False),
+    (re.compile(r"(?P<name>.+)/tags/list", re.DOTALL), {"GET": manifests.list_tags}, False),
 ]
 
 
@@ -73,7 +75,7 @@ def setup(app: web.Application, store: Store, *, upload_ttl: float,
         return await _dispatch(request, store, state)
 
     app.router.add_route("*", "/v2", dispatch)
-    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch)  # any character: see _ENDPOINTS
     return state
 
 
@@ -109,7 +111,7 @@ async def _route(request: web.Request, store: Store, uploads: UploadState) -> we
             raise _unsupported(request)
         return await manifests.catalog(request, store)
     for pattern, methods, wants_uploads in _ENDPOINTS:
-        match = pattern.match(tail)
+        match = pattern.fullmatch(tail)
         if match is None:
             continue
         name = match.group("name")

@@ -28,6 +28,7 @@ from envcache.service.daemon import DAEMON, Daemon, EngineHandle
 from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
+from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
 from envcache.store import Store, StoreSettings, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
@@ -103,6 +104,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
                                  stored_base=stored_base)
 
     metrics = Metrics()
+    offload = Offload()
 
     async def on_build_done(finished: Build, seconds: float) -> None:
         metrics.builds.labels(finished.outcome if finished.state == "succeeded" else "failed").inc()
@@ -114,13 +116,13 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         builder=build, recipe_version=RECIPE_VERSION,
         variant_bases={name: v.base_image for name, v in config.variants.items()},
         concurrency=config.build.concurrency, sources=[upstream] if upstream.pull_upstreams else [],
-        on_build_done=on_build_done, track_tags=True,
+        on_build_done=on_build_done, track_tags=True, offload=offload,
     )
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
-    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments), upstream,
-                  puller, uploads, metrics)
+    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments, offload), upstream,
+                  puller, uploads, metrics, offload)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -134,6 +136,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    parts.offload.close()
     await parts.upstream.aclose()
     await parts.puller.aclose()
     await parts.store.close()

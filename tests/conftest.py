@@ -10,6 +10,8 @@
 - ``tests.fixtures.upstream``: tiny OCI images in real stores, and upstream registries that misbehave.
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
+
+``tests.fixtures.abuse`` holds plain helpers, no fixtures: what broken or hostile clients send.
 """
 
 pytest_plugins = [

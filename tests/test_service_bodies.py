@@ -11,10 +11,7 @@ with a Content-Length.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,61 +20,7 @@ import aiohttp
 import pytest
 
 from envcache.service.requests import MAX_BODY
-
-SEGMENT = 1448  # a TCP segment's payload on Ethernet (MSS)
-
-
-class SplittingProxy:
-    """A real TCP proxy on loopback that forwards client bytes in ``SEGMENT``-sized writes with a
-    pause between them, so the daemon sees each as its own read (as over a real network)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
-
-    async def __aenter__(self) -> SplittingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        for writer in (client_w, upstream_w):
-            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        pumps = [asyncio.create_task(self._pump(client_r, upstream_w, split=True)),
-                 asyncio.create_task(self._pump(upstream_r, client_w, split=False))]
-        self._tasks.update(pumps)
-        await asyncio.gather(*pumps, return_exceptions=True)
-        for writer in (client_w, upstream_w):
-            writer.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, split: bool) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                pieces = [data[i:i + SEGMENT] for i in range(0, len(data), SEGMENT)] if split else [data]
-                for piece in pieces:
-                    writer.write(piece)
-                    await writer.drain()
-                    if split:
-                        await asyncio.sleep(0.002)
-            if writer.can_write_eof():
-                writer.write_eof()
-
+from tests.fixtures.abuse import SEGMENT, SplittingProxy
 
 @pytest.fixture
 async def proxy(offline_daemon) -> AsyncIterator[SplittingProxy]:

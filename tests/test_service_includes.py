@@ -18,26 +18,10 @@ import aiohttp
 import pytest
 
 from envcache.wire import MAX_CHARS, MAX_FILES
+from tests.fixtures.abuse import CYCLES, diamond
 
 # Every case must answer well within this; before the fix they never answered.
 ANSWER_WITHIN = 20.0
-
-CYCLES = {
-    "self, twice": {"top.txt": "-c top.txt\n-r top.txt\nsix\n"},
-    "mutual, twice": {"top.txt": "-r b.txt\n-r b.txt\nsix\n", "b.txt": "-r top.txt\n-r top.txt\nidna\n"},
-    "three files": {"top.txt": "-r b.txt\nsix\n", "b.txt": "-r c.txt\n", "c.txt": "--requirement=top.txt\n"},
-}
-
-
-def diamond(levels: int = 20) -> dict[str, str]:
-    """``top.txt`` → {l0a, l0b} → {l1a, l1b} → … : 2**levels include paths, 2*levels files, no cycle."""
-    files = {"top.txt": "-r l0a.txt\n-r l0b.txt\n-c l0a.txt\nsix\n"}
-    for level in range(levels):
-        below = "" if level == levels - 1 else f"-r l{level + 1}a.txt\n-r l{level + 1}b.txt\n"
-        files[f"l{level}a.txt"] = f"{below}pkg-{level}a>=1\n"
-        files[f"l{level}b.txt"] = f"{below}pkg-{level}b>=1\n--extra-index-url https://pypi.example/{level}/\n"
-    return files
-
 
 def write(tmp_path: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():

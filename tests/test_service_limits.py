@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures.daemon import push_image, sha256
+from tests.fixtures.abuse import closed_by_server, open_sockets
 
 IDLE = 2      # [server] idle_timeout in these tests
 BODY = 2      # [server] body_timeout
@@ -32,33 +33,6 @@ def config_file(tmp_path: Path, **server: int) -> Path:
     lines = [f"{key} = {value}" for key, value in {"idle_timeout": IDLE, "body_timeout": BODY, **server}.items()]
     path.write_text("[server]\n" + "\n".join(lines) + "\n")
     return path
-
-
-async def open_sockets(port: int, count: int, first_bytes: bytes = b"") -> list[socket.socket]:
-    """``count`` connected client sockets, each having sent ``first_bytes``."""
-    loop = asyncio.get_running_loop()
-    opened = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        if first_bytes:
-            await loop.sock_sendall(sock, first_bytes)
-        opened.append(sock)
-    return opened
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    """Has the server closed this connection (EOF or reset)? Reads and discards what it sent."""
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return True
-    except BlockingIOError:
-        return False
-    except ConnectionError:
-        return True
 
 
 async def response(reader: asyncio.StreamReader) -> bytes:

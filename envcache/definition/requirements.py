@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from envcache.errors import DefinitionError
 from envcache.definition.canonical import canonical_pip_option, parse_pip_requirement
@@ -108,7 +108,7 @@ def read_requirements(path: Path, includes: Includes | None = None) -> tuple[lis
 
 #: What one line of a requirements file contributes: an option's text, or a requirement
 #: (the parser's record, its text, and the text parsed).
-_Line = Union[str, tuple[Any, str, Any]]
+_Line = str | tuple[Any, str, Any]
 
 
 def _read(filename: str, constraint: bool, includes: Includes, stack: list[str], out: list[_Line]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from envcache.errors import EnvcacheError, InvalidInput
+from envcache.errors import InvalidInput
 
 #: Seconds a body may go without a single byte before the request is answered 408 (the
 #: composition root sets the daemon's ``[server] body_timeout``).
@@ -29,7 +29,7 @@ class BodyTimeout(InvalidInput):
     http_status = 408
 
 
-class BodyTooLarge(EnvcacheError):
+class BodyTooLarge(InvalidInput):
     """A body over the endpoint's limit (with a Content-Length, or chunked)."""
 
     http_status = 413

@@ -27,9 +27,8 @@ import asyncio
 import errno
 import json
 import resource
-import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +59,9 @@ class ListenFailed(EnvcacheError):
 class Listening:
     """A bound socket (not yet accepting) and what it serves."""
 
-    server: asyncio.AbstractServer
     tls: ssl.SSLContext | None
     max_connections: int
+    server: asyncio.AbstractServer = field(init=False)
     handler: Any = None  # the runner's aiohttp Server once started; connections get 503 until then
     open: int = 0        # connections being served (counted from accept to close)
 
@@ -103,7 +102,7 @@ def connection_cap(configured: int) -> int:
 async def listen(settings: ServerConfig) -> Listening:
     """Bind ``host:port`` (not accepting yet); :class:`ListenFailed` with a hint if it cannot."""
     tls = tls_context(settings)
-    listening = Listening(None, tls, connection_cap(settings.max_connections))  # type: ignore[arg-type]
+    listening = Listening(tls, connection_cap(settings.max_connections))
     loop = asyncio.get_running_loop()
     try:
         listening.server = await loop.create_server(
@@ -120,11 +119,6 @@ async def listen(settings: ServerConfig) -> Listening:
                                "privileges); choose another with --port PORT") from None
         raise ListenFailed(f"cannot listen on {address}: {exc.strerror or exc}") from None
     return listening
-
-
-def runner(app: web.Application, settings: ServerConfig, **kwargs: Any) -> web.AppRunner:
-    """The app's runner with the daemon's timeouts (``kwargs``: aiohttp's, e.g. ``access_log``)."""
-    return web.AppRunner(app, keepalive_timeout=float(settings.idle_timeout), **kwargs)
 
 
 class ListeningSite(web.BaseSite):
@@ -227,7 +221,7 @@ class _Refusal(asyncio.Protocol):
 async def serve(app: web.Application, settings: ServerConfig, listening: Listening,
                 **kwargs: Any) -> tuple[web.AppRunner, str]:
     """Start serving ``app`` on ``listening``; returns the runner (clean up to stop) and its URL."""
-    app_runner = runner(app, settings, **kwargs)
+    app_runner = web.AppRunner(app, keepalive_timeout=float(settings.idle_timeout), **kwargs)
     await app_runner.setup()
     site = ListeningSite(app_runner, listening)
     await site.start()

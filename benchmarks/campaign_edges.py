@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -213,7 +214,12 @@ async def campaign(work: Path, rounds: int) -> dict[str, Any]:
         finally:
             proc.stop()
     log = proc.log.read_text(errors="replace")
-    return {"cases": results, "daemon_log_bytes": len(log), "log_tracebacks": log.count("Traceback")}
+    # Each record's first line, and the last line of each traceback (the exception itself).
+    errors = [line.split(" ", 2)[2] if " ERROR " in line or " WARNING " in line else line
+              for line in log.splitlines()
+              if " ERROR " in line or " WARNING " in line or re.match(r"[\w.]+(Error|Exception): ", line)]
+    return {"cases": results, "daemon_log_bytes": len(log), "log_tracebacks": log.count("Traceback"),
+            "log_records": errors}
 
 
 def write_report(out: Path, results: dict[str, Any], command: str) -> None:
@@ -233,7 +239,9 @@ def write_report(out: Path, results: dict[str, Any], command: str) -> None:
     tried = sum(c["tried"] for c in results["cases"].values())
     survived = sum(c["survived"] for c in results["cases"].values())
     lines += ["", f"**{tried} tried, {survived} survived, {tried - survived} failed.** The daemon's log after the "
-              f"campaign: {results['daemon_log_bytes']:,} bytes, {results['log_tracebacks']} traceback(s).", ""]
+              f"campaign: {results['daemon_log_bytes']:,} bytes, {results['log_tracebacks']} traceback(s)"
+              + ("; its warnings and errors:" if results["log_records"] else ", no warnings or errors."), "",
+              *(f"- `{record[:200]}`" for record in results["log_records"]), ""]
     failures = [f for c in results["cases"].values() for f in c["failures"]]
     if failures:
         lines += ["Failures:", "", *(f"- {f}" for f in failures), ""]

@@ -9,6 +9,7 @@ else happens) and turns every failure into the spec's error body.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -94,7 +95,14 @@ async def _dispatch(request: web.Request, store: Store, uploads: UploadState) ->
         raise
     except (asyncio.CancelledError, ConnectionError):
         raise
-    except Exception:  # a bug of ours: log it, but answer in the spec's shape so clients show a reason
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            # Out of file descriptors (the connection cap keeps a reserve, so only under outside
+            # pressure): a clean retry-later, not a 500 with a traceback.
+            log.warning("out of file descriptors on %s %s", request.method, request.path[:300])
+            return RegistryError(503, "TOOMANYREQUESTS", "the daemon is out of file descriptors; retry shortly",
+                                 headers={"Retry-After": "1"}).response(head=head)
+        # A bug of ours: log it, but answer in the spec's shape so clients show a reason.
         log.exception("internal error on %s %s", request.method, request.path[:300])
         return RegistryError(500, "UNKNOWN", "internal error (see the daemon log)").response(head=head)
 

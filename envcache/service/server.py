@@ -37,16 +37,16 @@ from aiohttp import web
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.service.config import ServerConfig
 
-#: File descriptors kept out of the connection budget: SQLite, logs, the engine, the parser,
-#: refusals still lingering.
-RESERVED_FILES = 128
+#: asyncio accepts up to this many connections per wake-up, each a descriptor, before any of
+#: them can be refused (aiohttp's default backlog).
+BACKLOG = 128
 #: Refused connections linger this long, so the client reads the 503 before the close; at most
-#: this many at once (each holds a descriptor from the reserve), the rest close at once.
+#: this many at once, the rest close at once.
 REFUSAL_LINGER = 1.0
 MAX_LINGERING = 32
-#: asyncio accepts up to this many connections per wake-up, before any of them is refused: it
-#: must fit in the reserve (aiohttp's default, 128).
-BACKLOG = RESERVED_FILES
+#: File descriptors kept out of the connection budget: one accept burst, the lingering
+#: refusals, and what the daemon itself holds open (SQLite, logs, the parser's pipes, engines).
+RESERVED_FILES = BACKLOG + MAX_LINGERING + 96
 
 
 class ListenFailed(EnvcacheError):

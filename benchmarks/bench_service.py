@@ -17,12 +17,18 @@
    environment on a real dockerd, ``python3 -c pass`` and ``python3 -c "import urllib.request"``
    (the floor of any standard-library client), so all four see the same load; medians and the
    ratio envcache / docker are reported.
-3. The dashboard with 10,000 environments (and as many images and builds): the time of each page
+3. The hit path while a large definition is parsed (issue 13): one client asks ``POST
+   /api/v1/resolve`` for a cached image in a loop, first alone, then while another client sends a
+   254 KiB, 20,000-line requirements document (a fresh one each round, so the parse memo cannot
+   answer). p50/p99/max of the hits in both phases, and how long the large request took. With
+   ``--compare-with CHECKOUT`` the same rounds run, alternately, against a daemon started from
+   that checkout (e.g. ``main`` before large definitions moved off the event loop).
+4. The dashboard with 10,000 environments (and as many images and builds): the time of each page
    (overview, the first and a later page of environments, a filtered one, images, one image,
    builds) beside the JSON API's listings a script would use instead — ``GET /api/v1/environments``
    (every environment, as JSON) and ``GET /api/v1/images?limit=50``. Requests are sequential from
    one client, so the numbers are a page's own latency. Results go to ``<out>/dashboard.md`` and
-   ``<out>/dashboard.json``; ``--only dashboard`` runs just this part.
+   ``<out>/dashboard.json``; ``--parts dashboard`` runs just this part.
 
 The envcache package is byte-compiled first (``compileall``), because an installed
 package has bytecode and this sandbox sets ``PYTHONDONTWRITEBYTECODE``, which would otherwise
@@ -83,11 +89,14 @@ def compile_package() -> None:
         raise RuntimeError("compileall failed on the envcache package")
 
 
-def start_envcache(data: Path, port: int, config: Path | None = None) -> subprocess.Popen[bytes]:
+def start_envcache(data: Path, port: int, config: Path | None = None, checkout: Path = ROOT) -> subprocess.Popen[bytes]:
+    """``envcache serve`` from ``checkout`` (its own code first on the path) on ``port``."""
     args = [sys.executable, "-m", "envcache.cli", "serve", "--data", str(data), "--port", str(port)]
     if config:
         args += ["--config", str(config)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(data.parent / f"serve-{port}.log", "wb"))
+    data.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(data.parent / f"serve-{port}.log", "wb"),
+                            cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -270,9 +279,32 @@ def write_dashboard_report(out: Path, results: dict[str, Any], command: str) -> 
     (out / "dashboard.md").write_text("\n".join(lines))
 
 
-async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[str, Any]:
+async def seed_hit(base: str, data: Path, port: int) -> bytes:
+    """File one image the way a build does (registry tag + images row); returns the resolve body
+    that hits it."""
     from envcache import definition as spec
 
+    async with aiohttp.ClientSession() as http:
+        await push_image(http, base, "base/tiny", "1")
+        definition = {"docker": {"base_image": f"127.0.0.1:{port}/base/tiny:1"},
+                      "python": {"conda_dependencies": {"pip_packages": ["numpy>=1.26", "pandas==2.2.2"]}},
+                      "environment_variables": {"A": "1"}}
+        body = json.dumps({"definition": definition, "variant": "cpu"}).encode()
+        async with http.post(base + "/api/v1/resolve", data=body) as resp:
+            key = (await resp.json())["key"]
+        # The hit needs a real image under the key's tag: the daemon checks the registry has it.
+        image_digest, _ = await push_image(http, base, "envcache/env", f"{key}-cpu")
+    canonical = spec.canonical_bytes(spec.for_variant(spec.definition_from_dict(definition), "cpu"))
+    now = time.time()
+    with sqlite3.connect(data / "envcache.db", timeout=30) as conn:
+        conn.execute("insert into images (key, variant, spec_hash, canonical, repository, tag, manifest_digest, "
+                     "size, created, last_used, lock, base_digest, recipe_version) "
+                     "values (?, 'cpu', 'x', ?, 'envcache/env', ?, ?, 1, ?, ?, '{}', '', '1')",
+                     [key, canonical, f"{key}-cpu", image_digest, now, now])
+    return body
+
+
+async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[str, Any]:
     port = free_port()
     data = work / "envcache-data"
     proc = start_envcache(data, port)
@@ -281,23 +313,8 @@ async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[s
     results: dict[str, Any] = {"envcache_resolve": {}, "distribution_head": {}}
     try:
         async with aiohttp.ClientSession() as http:
-            await push_image(http, base, "base/tiny", "1")
             await push_two_step(http, f"http://{registry.host}", "bench/env", "latest")
-            definition = {"docker": {"base_image": f"127.0.0.1:{port}/base/tiny:1"},
-                          "python": {"conda_dependencies": {"pip_packages": ["numpy>=1.26", "pandas==2.2.2"]}},
-                          "environment_variables": {"A": "1"}}
-            body = json.dumps({"definition": definition, "variant": "cpu"}).encode()
-            async with http.post(base + "/api/v1/resolve", data=body) as resp:
-                key = (await resp.json())["key"]
-            # The hit needs a real image under the key's tag: the daemon checks the registry has it.
-            image_digest, _ = await push_image(http, base, "envcache/env", f"{key}-cpu")
-        canonical = spec.canonical_bytes(spec.for_variant(spec.definition_from_dict(definition), "cpu"))
-        now = time.time()
-        with sqlite3.connect(data / "envcache.db", timeout=30) as conn:
-            conn.execute("insert into images (key, variant, spec_hash, canonical, repository, tag, manifest_digest, "
-                         "size, created, last_used, lock, base_digest, recipe_version) "
-                         "values (?, 'cpu', 'x', ?, 'envcache/env', ?, ?, 1, ?, ?, '{}', '', '1')",
-                         [key, canonical, f"{key}-cpu", image_digest, now, now])
+        body = await seed_hit(base, data, port)
         stored = 1
         headers = {"Content-Type": "application/json"}
         head_url = f"http://{registry.host}/v2/bench/env/manifests/latest"
@@ -322,6 +339,116 @@ async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[s
         stop(proc)
         registry.stop()
     return results
+
+
+LARGE_LINES = 20_000
+
+
+def large_document(round_number: int) -> bytes:
+    """A 254 KiB, 20,000-line requirements document as raw files; each round's differs (memo)."""
+    lines = [f"# round {round_number}\n"] + [f"pk{i:05d}>={i % 9}.{i % 7}\n" for i in range(LARGE_LINES)]
+    text = "".join(lines)
+    return json.dumps({"document": {"path": "requirements.txt", "files": {"requirements.txt": text}},
+                       "variant": "cpu"}).encode()
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {"requests": len(latencies), "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
+            "max_ms": round(latencies[-1] * 1000, 2)}
+
+
+async def hits_while(http: aiohttp.ClientSession, url: str, body: bytes, busy: asyncio.Task | None,
+                     seconds: float) -> list[float]:
+    """Latencies of back-to-back hits for ``seconds``, or (``busy``) until that task is done."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while (not busy.done()) if busy is not None else time.perf_counter() < deadline:
+        began = time.perf_counter()
+        async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"the hit answered {resp.status}")
+        latencies.append(time.perf_counter() - began)
+    return latencies
+
+
+async def bench_large(work: Path, rounds: int, seconds: float, compare: Path | None) -> dict[str, Any]:
+    """Part 3: the hit path alone, then while a large definition is parsed (see the docstring)."""
+    checkouts = {"this": ROOT, **({"compare": compare} if compare else {})}
+    # Variants build on scratch: the large document (no base image) resolves offline to a miss.
+    config = work / "large.toml"
+    config.write_text('[variants.cpu]\nbase_image = "scratch"\n[variants.gpu]\nbase_image = "scratch"\n')
+    daemons = {}
+    for name, checkout in checkouts.items():
+        port = free_port()
+        data = work / f"large-{name}" / "data"
+        daemons[name] = (start_envcache(data, port, config, checkout), f"http://127.0.0.1:{port}", data, port)
+    results: dict[str, Any] = {"lines": LARGE_LINES, "bytes": len(large_document(0)), "rounds": rounds,
+                               "checkouts": {name: str(path) for name, path in checkouts.items()},
+                               "loadavg_before": loadavg()}
+    try:
+        bodies = {name: await seed_hit(url, data, port) for name, (_, url, data, port) in daemons.items()}
+        samples: dict[str, dict[str, list[float]]] = {name: {"alone": [], "during": [], "large_s": []}
+                                                      for name in daemons}
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for round_number in range(rounds):
+                for name, (_, url, _, _) in daemons.items():  # alternate daemons, round by round
+                    resolve, hit = url + "/api/v1/resolve", bodies[name]
+                    await hits_while(http, resolve, hit, None, 0.5)  # warm-up
+                    samples[name]["alone"] += await hits_while(http, resolve, hit, None, seconds)
+
+                    async def large(resolve: str = resolve) -> float:
+                        began = time.perf_counter()
+                        async with http.post(resolve, data=large_document(round_number),
+                                             headers={"Content-Type": "application/json"}) as resp:
+                            await resp.read()
+                            if resp.status != 404:  # parsed: a miss
+                                raise RuntimeError(f"the large definition answered {resp.status}")
+                        return time.perf_counter() - began
+
+                    task = asyncio.create_task(large())
+                    await asyncio.sleep(0.05)  # let its body reach the daemon first
+                    samples[name]["during"] += await hits_while(http, resolve, hit, task, 0)
+                    samples[name]["large_s"].append(round(await task, 2))
+                    print(f"round {round_number} {name}: large definition {samples[name]['large_s'][-1]} s", flush=True)
+        for name, cell in samples.items():
+            results[name] = {"alone": percentiles(cell["alone"]), "during": percentiles(cell["during"]),
+                             "large_request_s": cell["large_s"]}
+        results["loadavg_after"] = loadavg()
+    finally:
+        for proc, *_ in daemons.values():
+            stop(proc)
+    return results
+
+
+def write_large_report(out: Path, results: dict[str, Any], command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "service-large.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    lines = ["# Service benchmark: the hit path while a large definition is parsed", "",
+             f"Command: `{command}`  ", f"Machine: {results['machine']}  ",
+             f"Load average (1/5/15 min) during the run: {results['loadavg_before']} → {results['loadavg_after']} "
+             "(2 cores shared with other work)", "",
+             f"One client asks `POST /api/v1/resolve` for a cached image back to back: alone for a few seconds, "
+             f"then while a second client sends a {results['bytes'] // 1024} KiB request: a requirements document of "
+             f"{results['lines']:,} lines as raw files (a new one each round, so the parse memo cannot answer it; it "
+             f"is a miss once parsed). {results['rounds']} rounds per daemon, daemons alternating round by round.", "",
+             "| daemon | hits | alone: p50 ms | p99 ms | max ms | during the parse: hits | p50 ms | p99 ms | max ms "
+             "| large request s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name in ("this", "compare"):
+        if name not in results:
+            continue
+        row, alone, during = results[name], results[name]["alone"], results[name]["during"]
+        label = f"{name} (`{results['checkouts'][name]}`)"
+        lines.append(f"| {label} | {alone['requests']} | {alone['p50_ms']} | {alone['p99_ms']} | {alone['max_ms']} | "
+                     f"{during['requests']} | {during['p50_ms']} | {during['p99_ms']} | {during['max_ms']} | "
+                     f"{', '.join(map(str, row['large_request_s']))} |")
+    lines += ["", "A daemon that parses on its event loop answers no hit while the document is parsed: the hits "
+              "\"during\" are then few and their max is the parse time. Caveat: the machine has 2 cores shared "
+              "with other work (the worker process and the client compete with it), so compare rows of one run.", ""]
+    (out / "service-large.md").write_text("\n".join(lines))
 
 
 def timed(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
@@ -462,27 +589,32 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--only", choices=("hit", "dashboard"), help="run one part (default: both)")
+    parser.add_argument("--parts", default="hit,large,dashboard",
+                        help="comma-separated: hit (parts 1 and 2), large (part 3), dashboard (part 4)")
+    parser.add_argument("--large-rounds", type=int, default=3)
+    parser.add_argument("--compare-with", type=Path, help="part 3: also run a daemon from this checkout")
     parser.add_argument("--environments", type=int, default=10_000, help="environments for the dashboard part")
     args = parser.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
+    parts = set(args.parts.split(","))
     command = "python3 " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     compile_package()
     work = Path(tempfile.mkdtemp(prefix="ecbench-", dir="/tmp"))
     machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     try:
-        if args.only != "dashboard":
+        if "hit" in parts:
             results = {"machine": machine, "seconds": args.seconds, "loadavg_start": loadavg(),
-                       "bytecode": "compileall envcache/", "resolve": asyncio.run(bench_resolve(work, counts, args.seconds))}
-            results["cli"] = bench_cli(work, args.runs)
-            results["loadavg_end"] = loadavg()
-            print(json.dumps(results["cli"]), flush=True)
-            write_report(args.out, results, command)
-        if args.only != "hit":
+                       "bytecode": "compileall envcache/",
+                       "resolve": asyncio.run(bench_resolve(work, counts, args.seconds))}
+        if "dashboard" in parts:
             dash = {"machine": machine, "loadavg_start": loadavg(),
                     "dashboard": asyncio.run(bench_dashboard(work, args.environments, args.runs))}
             dash["loadavg_end"] = loadavg()
             write_dashboard_report(args.out, dash, command)
+            results["cli"] = bench_cli(work, args.runs)
+            results["loadavg_end"] = loadavg()
+            print(json.dumps(results["cli"]), flush=True)
+            write_report(args.out, results, command)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

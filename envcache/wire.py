@@ -295,6 +295,10 @@ def check_files(document: Any) -> DefinitionFiles:
         raise InvalidInput("document.format must be a string or null")
     if not isinstance(shown, str):
         raise InvalidInput("document.display_root must be a string")
+    if sum(len(text) for text in files.values() if isinstance(text, str)) > MAX_CHARS:
+        # The client never sends more (it loads such a definition itself); the cap bounds the
+        # parsing one request can ask for.
+        raise InvalidInput(f"document.files hold more than {MAX_CHARS} characters in all")
     names = set(files)
     for name, text in files.items():
         if _bad_name(name) or not isinstance(text, str):

@@ -11,6 +11,8 @@
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
 - ``tests.fixtures.browser``: headless Chromium (Debian's) driven by Selenium, and screenshots.
+
+``tests.fixtures.abuse`` holds plain helpers, no fixtures: what broken or hostile clients send.
 """
 
 pytest_plugins = [

@@ -57,26 +57,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly (store closed, sessions kept on disk)."""
-    from aiohttp import web
-
     from envcache.errors import EnvcacheError
     from envcache.service.app import create_app
+    from envcache.service.logs import log_to_stderr
+    from envcache.service.server import listen, serve
 
+    # The port first: a conflict is one clear line, before the data directory is even created.
+    listening = await listen(config.server)
     app = await create_app(config)
     if not app["store"].owner:
         # Two daemons (or a daemon and an offline gc) writing one data directory would sweep
         # each other's uploads; the first one keeps it.
         await app["store"].close()
+        listening.server.close()
         data = config.server.data_dir
         raise EnvcacheError(f"{data} is in use by another envcache process (it holds {Path(data) / '.lock'}); "
                             "stop it or pass a different --data")
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
-    await site.start()
-    port = runner.addresses[0][1]
+    log_to_stderr()
+    runner, url = await serve(app, config.server, listening, access_log=None, shutdown_timeout=5)
     # One flushed line on stdout, so scripts and tests can wait for it and learn the port.
-    print(f"envcache serving on http://{config.server.host}:{port} (data: {config.server.data_dir})", flush=True)
+    print(f"envcache serving on {url} (data: {config.server.data_dir})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

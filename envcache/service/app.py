@@ -29,6 +29,7 @@ from envcache.service.daemon import DAEMON, Daemon, EngineHandle
 from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
+from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
 from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
@@ -67,7 +68,8 @@ async def create_app(config: Config) -> web.Application:
 
 
 def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
-    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl))
+    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl),
+                             body_timeout=float(config.server.body_timeout))
     engine = EngineHandle(config.build)
     stored_base = stored_copy(store)
     upstreams = list(config.upstreams)
@@ -104,6 +106,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
                                  stored_base=stored_base)
 
     metrics = Metrics(Activity(store.activity))
+    offload = Offload()
 
     async def on_build_done(finished: Build, seconds: float) -> None:
         metrics.build_done((finished.outcome or "built") if finished.state == "succeeded" else "failed", seconds)
@@ -114,13 +117,13 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         builder=build, recipe_version=RECIPE_VERSION,
         variant_bases={name: v.base_image for name, v in config.variants.items()},
         concurrency=config.build.concurrency, sources=[upstream] if upstream.pull_upstreams else [],
-        on_build_done=on_build_done, track_tags=True,
+        on_build_done=on_build_done, track_tags=True, offload=offload,
     )
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
-    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments), upstream,
-                  puller, uploads, metrics)
+    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments, offload), upstream,
+                  puller, uploads, metrics, offload)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -134,6 +137,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    parts.offload.close()
     await parts.upstream.aclose()
     await parts.puller.aclose()
     await parts.metrics.activity.flush()

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from envcache.errors import InvalidInput
-from envcache.service.config import Config, check_bind
+from envcache.service.config import Config, check_bind, check_token
 
 READ, WRITE = "read", "write"
 #: The dashboard's login form.
@@ -53,9 +53,8 @@ def _tokens(config: Config) -> dict[str, set[str]]:
     through ``config_from_dict``, and a bad token must stop the daemon, not weaken it.
     """
     result: dict[str, set[str]] = {}
-    for item in config.auth.tokens:
-        if not item.token:
-            raise InvalidInput("auth.tokens: every entry needs a non-empty 'token'")
+    for index, item in enumerate(config.auth.tokens):
+        check_token(item.token, f"auth.tokens[{index}]")
         bad = set(item.scopes) - {READ, WRITE}
         if bad:
             raise InvalidInput(f"auth.tokens: unknown scope(s) {sorted(bad)}; valid scopes are 'read' and 'write'")

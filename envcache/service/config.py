@@ -37,6 +37,16 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5050
     data_dir: Path = field(default_factory=_default_data_dir)
+    # TLS on the daemon's own port: a PEM certificate (chain) and its key; both or neither.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    # A connection must send a complete request's headers within this many seconds of opening
+    # or of its previous response (idle keep-alive connections and half-sent headers alike).
+    idle_timeout: int = 60
+    # A request body that sends nothing for this many seconds is answered 408 and dropped.
+    body_timeout: int = 60
+    # Connections served at once; more are answered 503 at once. 0: half the open-file limit.
+    max_connections: int = 0
 
 
 @dataclass
@@ -154,7 +164,7 @@ def _section(cls: type, name: str, values: dict[str, Any], source: str) -> Any:
         allowed = _CHOICES.get((name, key))
         if allowed and value not in allowed:
             raise InvalidInput(f"{source}: {name}.{key} must be one of {', '.join(sorted(allowed))}, not {value!r}")
-        if expected == (int,) and value < (0 if key == "port" else 1):
+        if expected == (int,) and value < (0 if key in ("port", "max_connections") else 1):
             raise InvalidInput(f"{source}: {name}.{key} must be positive")
         setattr(instance, key, Path(value) if isinstance(default, Path) else value)
     return instance
@@ -169,6 +179,7 @@ def _tokens(section: dict[str, Any], source: str) -> list[Token]:
         where = f"{source}: auth.tokens[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("token"), str) or not item["token"]:
             raise InvalidInput(f"{where} must be a table with a non-empty string 'token'")
+        check_token(item["token"], where)
         if set(item) - {"token", "scopes"}:
             raise InvalidInput(f"{where}: unknown key {sorted(set(item) - {'token', 'scopes'})[0]}; valid keys: scopes, token")
         scopes = item.get("scopes", ["read", "write"])
@@ -176,6 +187,25 @@ def _tokens(section: dict[str, Any], source: str) -> list[Token]:
             raise InvalidInput(f"{where}.scopes must be a non-empty list of 'read' and 'write'")
         tokens.append(Token(token=item["token"], scopes=list(scopes)))
     return tokens
+
+
+MIN_TOKEN_LENGTH = 32
+
+
+def check_token(token: str, where: str) -> None:
+    """Refuse a token an attacker could guess or a client could not send as written.
+
+    32 characters of ``openssl rand -hex 16`` are 128 bits; anything shorter in a config file is
+    a placeholder or a password. Clients strip the header value, so surrounding whitespace (or
+    a token of nothing else) would never match.
+    """
+    if not token.strip():
+        raise InvalidInput(f"{where}: the token is empty or only whitespace")
+    if token != token.strip():
+        raise InvalidInput(f"{where}: the token starts or ends with whitespace, which clients cannot send")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidInput(f"{where}: the token has {len(token)} characters; use at least {MIN_TOKEN_LENGTH} "
+                           "random ones (e.g. `openssl rand -hex 32`)")
 
 
 def _variants(section: dict[str, Any], source: str) -> dict[str, VariantConfig]:

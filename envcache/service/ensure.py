@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +39,7 @@ from envcache.builder.plan import BuildPlan
 from envcache.errors import EnvcacheError, NotFound
 from envcache.service import schemas
 from envcache.service.bases import BaseDigestResolver
+from envcache.service.offload import Offload, is_large
 from envcache.store import BuildRecord, InsufficientStorage, Store, StoredImage
 
 if TYPE_CHECKING:
@@ -204,6 +207,7 @@ class Ensurer:
         sources: Sequence[Source] = (),
         on_build_done: Callable[[Build, float], Awaitable[None]] | None = None,
         track_tags: bool = False,
+        offload: Offload | None = None,
     ) -> None:
         """``track_tags`` keeps the image index in step with the registry's tags: a hit needs its
         tag to still name a manifest, and an unchanged refresh moves the tag back to the image
@@ -221,6 +225,10 @@ class Ensurer:
         self._touched: dict[str, float] = {}
         self._on_build_done = on_build_done
         self._track_tags = track_tags
+        self._offload = offload
+        # Plans of large definitions, by the identity of the (never mutated, memoised) Definition:
+        # canonicalising one takes a worker round trip, so each is done once per variant.
+        self._plans: OrderedDict[tuple[int, str], tuple[Definition, BuildPlan]] = OrderedDict()
 
     async def start(self) -> None:
         """Builds left queued/running by a daemon that died are failed, not left hanging forever
@@ -232,10 +240,26 @@ class Ensurer:
 
     async def prepare(self, definition: Definition, variant: str) -> Prepared:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
-        plan = BuildPlan.of(definition, variant, default_base=self._variant_bases.get(variant))
+        plan = await self._plan(definition, variant)
         reference = plan.base_reference
         digest = "none" if reference is None else await self.resolver.resolve(reference)
         return plan.resolved(digest, self.recipe_version)
+
+    async def _plan(self, definition: Definition, variant: str) -> BuildPlan:
+        """The variant applied and canonicalised: inline, or for a large definition in the worker."""
+        default_base = self._variant_bases.get(variant)
+        if self._offload is None or not is_large(definition):
+            return BuildPlan.of(definition, variant, default_base=default_base)
+        key = (id(definition), variant)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is definition:
+            self._plans.move_to_end(key)
+            return cached[1]
+        plan = await self._offload.run(functools.partial(BuildPlan.of, default_base=default_base), definition, variant)
+        self._plans[key] = (definition, plan)
+        if len(self._plans) > 16:
+            self._plans.popitem(last=False)
+        return plan
 
     async def lookup(self, prepared: Prepared) -> ImageRecord | None:
         """The cached image for ``prepared`` or None; verifies canonical bytes on a hit."""

@@ -28,7 +28,9 @@ Variant = Literal[CHOICES]  # type: ignore[valid-type]  # cpu, gpu, auto
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_INTEGER)]
 # A version may come as its digits (clients pass Azure's string versions through); the one place
 # that uses it turns them into a PositiveInt (requests.positive_int), with the same sentence.
-VersionDigits = Annotated[str, msgspec.Meta(pattern="^[0-9]{1,19}$")]
+# A full match that Python (msgspec validates with re.search) and JSON Schema (ECMA-262) read
+# alike: Python's ``$`` also matches before a final newline, "not followed by anything" does not.
+VersionDigits = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}(?![\s\S])")]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType

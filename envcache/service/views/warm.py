@@ -12,20 +12,21 @@ from aiohttp import web
 
 from envcache.errors import EnvcacheError
 from envcache.service import requests
+from envcache.service.offload import LARGE_BODY
 from envcache.service.schemas import UNSET, WarmRequest, WarmResult, Warmed
 from envcache.service.views.common import Route, daemon, json_response
 
 
 async def warm(request: web.Request) -> web.Response:
     parts = daemon(request)
-    body, _ = await requests.read(request, WarmRequest)
+    body, raw = await requests.read(request, WarmRequest)
     variants = list(dict.fromkeys(requests.variant(v) for v in body.variants))
     # Parse everything first (once; every variant shares it): a typo in item 40 should fail the
     # request, not half a warm-up.
     parsed = []
     for index, item in enumerate(body.items):
         label = str(item.label) if item.label is not UNSET else f"items[{index}]"
-        parsed.append((label, await parts.definitions.of(item, f"items[{index}]: ")))
+        parsed.append((label, await parts.definitions.of(item, f"items[{index}]: ", large=len(raw) >= LARGE_BODY)))
     gate = asyncio.Semaphore(body.concurrency)
 
     async def one(label: str, subject: tuple[Any, tuple[str, int] | None], variant: str) -> WarmResult:

@@ -73,10 +73,21 @@ def error_for(status: int, body: bytes) -> EnvcacheError:
     return RequestFailed(status, message, data if isinstance(data, dict) else None)
 
 
+class BuildFailure(EnvcacheError):
+    """A build the client waited for failed: ``build id: verdict`` on the first line, then the
+    failing step's error lines (pip's, conda's, the Dockerfile step's)."""
+
+    def __init__(self, build: dict[str, Any]) -> None:
+        error = build.get("error") or "build failed"
+        super().__init__(f"build {build['id']}: {error}")
+        self.build = build
+        self.verdict = error.splitlines()[0] if error.strip() else error
+
+
 def finished(build: dict[str, Any]) -> dict[str, Any]:
-    """``ensure_image``'s answer for a build that has ended; raises if it did not succeed."""
+    """``ensure_image``'s answer for a build that has ended; raises BuildFailure if it did not succeed."""
     if build["state"] != "succeeded":
-        raise EnvcacheError(f"build {build['id']} failed: {build['error']}")
+        raise BuildFailure(build)
     return {"status": build["outcome"], "image": build["image"], "build": build}
 
 
@@ -192,8 +203,12 @@ class Endpoints:
     def warm(self, items: list[dict[str, Any]], variants: list[str] | None = None, concurrency: int = 4,
              refresh: bool = False) -> Any:
         """``items``: ``{"definition": …, "label": …}`` or ``{"environment": {name, version}}``."""
-        body = {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
-        return self._request("POST", "/api/v1/warm", body)
+        return self._request("POST", "/api/v1/warm", self.warm_body(items, variants, concurrency, refresh))
+
+    @staticmethod
+    def warm_body(items: list[dict[str, Any]], variants: list[str] | None, concurrency: int,
+                  refresh: bool) -> dict[str, Any]:
+        return {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
 
 
 def headers(token: str | None) -> dict[str, str]:

@@ -28,6 +28,7 @@ replaces that entry.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -123,11 +124,13 @@ def _human(size: int) -> str:
 
 async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = None,
                  grace: float = DEFAULT_GRACE, upload_ttl: float = DEFAULT_UPLOAD_TTL,
-                 upload_busy: Busy | None = None, now: float | None = None) -> GcReport:
+                 upload_busy: Busy | None = None, now: float | None = None,
+                 phase: Callable[[str], None] = lambda text: None) -> GcReport:
     """Mark and sweep ``store``; returns what was (or would be) removed.
 
     ``upload_busy(id)`` tells the daemon's in-flight upload sessions apart so an idle-looking
-    session that is receiving bytes right now is kept.
+    session that is receiving bytes right now is kept. ``phase`` hears each phase as it starts
+    (``envcache gc`` prints them: a big store takes a while).
     """
     if keep_days is not None and keep_days < 0:
         raise InvalidInput(f"keep_days must be 0 or more, not {keep_days}")
@@ -142,6 +145,7 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
     # A dry run still reads one consistent snapshot; a real run also changes it.
     async with store.transaction(write=not dry_run):
         manifests = await store.manifests.all()
+        phase(f"gc: marking what {len(manifests)} manifests reach")
         expired, dead_tags = await _expire_images(store, keep_days, now, report)
         reachable, links = await _mark(store, manifests, dead_tags, expired, cutoff)
         for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
@@ -155,6 +159,7 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
         reachable_blobs = {d for _, d in links}
 
         # Blobs: from the files (the truth) and the rows (the index) alike.
+        phase("gc: listing blobs (files and index)")
         rows = {b.digest: max(b.created, b.last_access) for b in await store.blobs.all()}
         files = {entry.digest: entry async for entry in store.files.blobs() if entry.digest is not None}
         dead_blobs: list[str] = []
@@ -199,12 +204,14 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
             await store.layers.forget_blobs(sorted(set(gone_layers)))
     if not dry_run:
         # Only now that the index no longer names them may the files go.
+        phase(f"gc: deleting {len(doomed)} blob file(s)")
         for digest in doomed:
             await store.files.delete(digest)
         for key in stale_temp:
             await store.files.remove_temp(key)
 
     # Upload sessions idle past their TTL (not one receiving bytes right now), then orphan data.
+    phase("gc: expiring idle uploads")
     expired_uploads = await store.expire_uploads(upload_ttl, upload_busy, now=now, dry_run=dry_run)
     report.uploads_expired = len(expired_uploads)
     report.upload_bytes_freed = sum(entry.size for entry in expired_uploads)

@@ -16,14 +16,38 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from envcache.cli.output import exit_status
 from envcache.errors import EnvcacheError
 
 Handler = Callable[[argparse.Namespace], int]
 
+DESCRIPTION = """envcache answers "is there already an image for this environment?" and builds it
+when there is not. Start the daemon with "envcache serve", then resolve or ensure definitions;
+"envcache COMMAND --help" describes each command."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Prose is wrapped to the terminal; indented lines (the exit-status list) stay as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for block in text.split("\n\n"):
+            kept = [line for line in block.splitlines() if line.startswith("  ")]
+            prose = " ".join(line.strip() for line in block.splitlines() if not line.startswith("  "))
+            filled = super()._fill_text(prose, width, indent) if prose else ""
+            paragraphs.append("\n".join([filled, *(indent + line for line in kept)] if filled else
+                                        [indent + line for line in kept]))
+        return "\n\n".join(paragraphs)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep its message but make it one clear line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess tests
         self.print_usage(sys.stderr)
@@ -40,7 +64,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser = _Parser(prog="envcache", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="envcache", description=DESCRIPTION,
+                     epilog=exit_status(s0="success", s1="failure (daemon unreachable, build failed, …)",
+                                        s2="bad input: an argument, a definition, a config file",
+                                        s3="not found (resolve: a cache miss)"))
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

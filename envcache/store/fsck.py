@@ -80,13 +80,19 @@ class FsckReport:
         ]
         for title, items in sections:
             lines += [f"  {title}: {item}" for item in items]
+        # Only the files can repair the index: a manifest naming a blob no file holds stays broken.
+        unfixable = len(self.dangling_manifests)
+        advice = (f"{unfixable} manifest(s) name a blob that no file holds, which --repair cannot fix: re-push "
+                  "the blob (or the image), or delete the tag")
         if not self.problems:
             lines.append("fsck: no problems found")
         elif not self.repair:
-            lines.append(f"fsck: {self.problems} problem(s) found; run `envcache fsck --repair` to fix the index")
+            fixable = self.problems - unfixable
+            steps = [f"run `envcache fsck --repair` to fix {fixable} in the index"] if fixable else []
+            lines.append(f"fsck: {self.problems} problem(s) found; " + "; ".join([*steps, *([advice] if unfixable else [])]))
         elif self.unrepaired:
             lines.append(f"fsck: {self.problems} problem(s) found, {self.unrepaired} could not be repaired "
-                         "from the files")
+                         f"from the files; {advice}")
         else:
             lines.append(f"fsck: {self.problems} problem(s) found and repaired")
         return "\n".join(lines)

@@ -79,8 +79,10 @@ async def seed_hit(daemon, path: Path) -> str:
 
 
 # What a cache hit must not import in the CLI process: the definition parsers and aiohttp stay
-# in the daemon, and ``serve``'s asyncio is not needed for one request.
-HEAVY = ("yaml", "packaging", "pip_requirements_parser", "aiohttp", "asyncio", "envcache.definition")
+# in the daemon, ``serve``'s asyncio is not needed for one request, and http.client is all the
+# HTTP a hit needs (urllib.request's openers would only add start-up time).
+HEAVY = ("yaml", "packaging", "pip_requirements_parser", "aiohttp", "asyncio", "envcache.definition",
+         "urllib.request")
 
 
 async def test_resolve_and_ensure_hit_from_raw_files_without_importing_parsers(offline_daemon, tmp_path: Path) -> None:

@@ -255,7 +255,8 @@ def _warm(args: argparse.Namespace) -> int:
     summary = dict(Counter(result["outcome"] for result in results))
     ok = "failed" not in summary
     totals = ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items()))
-    emit(args, f"{_warm_table(results, progress.tty)}\n{totals}", {"results": results, "summary": summary, "ok": ok})
+    emit(args, f"{_warm_table(results, sys.stdout.isatty())}\n{totals}", {"results": results, "summary": summary,
+                                                                          "ok": ok})
     return 0 if ok else 1
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,12 +92,11 @@ async def _run(config: Config, as_json: bool) -> None:
     _announce(Path(config.server.data_dir), url)
     engine = await app[DAEMON].engine.state()
     # One flushed line on stdout, so scripts and tests can wait for it and learn the port.
-    emit(argparse.Namespace(json=as_json),
-         f"envcache serving on {url} (data: {config.server.data_dir}; {engine.describe()})",
-         {"serving": url, "version": __version__, "data": str(config.server.data_dir),
-          "engine": {"name": engine.name, "answers": engine.answers, "version": engine.version,
-                     "endpoint": engine.endpoint, "detail": engine.detail}})
-    sys.stdout.flush()
+    if as_json:
+        print(json.dumps({"serving": url, "version": __version__, "data": str(config.server.data_dir),
+                          "engine": dataclasses.asdict(engine)}), flush=True)
+    else:
+        print(f"envcache serving on {url} (data: {config.server.data_dir}; {engine.describe()})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -45,9 +45,10 @@ class Progress:
     def status(self, text: str) -> None:
         """The current status: in place on a terminal, else a line."""
         if self.tty:
-            import shutil
+            import os
 
-            text = text[:shutil.get_terminal_size().columns - 1]  # one row, or \r cannot take it back
+            columns = os.get_terminal_size(self.stream.fileno()).columns or 80
+            text = text[:columns - 1]  # one row, or \r cannot take it back
             self._write(f"{self._clear()}{text}")
             self._status = text
         else:

@@ -92,7 +92,9 @@ class EngineHandle:
         return engine, await engine.version()
 
     async def state(self) -> EngineState:
-        """Which engine is in use, its version and whether it answers (probed at most every few seconds)."""
+        """Which engine is in use, its version and whether it answers. An engine that answers is
+        believed for a few seconds; one that does not is asked again each time (a stat, a
+        refused connection), so starting it shows at once."""
         from envcache.errors import EnvcacheError
 
         if self._state is not None and time.monotonic() - self._state[0] < STATE_TTL:
@@ -110,7 +112,7 @@ class EngineHandle:
                     state = EngineState(engine.name, True, await engine.version(), endpoint)
                 except EnvcacheError as exc:
                     state = EngineState(engine.name, False, endpoint=endpoint, detail=exc.message)
-        self._state = (time.monotonic(), state)
+        self._state = (time.monotonic(), state) if state.answers else None
         return state
 
     async def close(self) -> None:

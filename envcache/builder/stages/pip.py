@@ -49,7 +49,7 @@ class PipStage(Stage):
         ])
         # The helper URL (random port and token, dead after the build) is written into the RUN
         # line rather than passed as an ARG: an ARG costs one more container on the classic builder.
-        shown = f"<pip install of {len(lines)} requirement line(s): a script written by envcache>"
+        shown = f"<pip install -r requirements.txt ({len(lines)} lines): a script written by envcache>"
         return StageRecipe(f"FROM {ctx.parent}\nRUN {run}\n", network=True,
                            display={run: shown, helper.url: "<envcache build helper>"})
 

@@ -16,10 +16,13 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from envcache.cli.output import exit_status
+from envcache.cli.output import HelpFormatter, exit_status
 from envcache.errors import EnvcacheError
+
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:
+    from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,25 +31,11 @@ when there is not. Start the daemon with "envcache serve", then resolve or ensur
 "envcache COMMAND --help" describes each command."""
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Prose is wrapped to the terminal; indented lines (the exit-status list) stay as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = []
-        for block in text.split("\n\n"):
-            kept = [line for line in block.splitlines() if line.startswith("  ")]
-            prose = " ".join(line.strip() for line in block.splitlines() if not line.startswith("  "))
-            filled = super()._fill_text(prose, width, indent) if prose else ""
-            paragraphs.append("\n".join([filled, *(indent + line for line in kept)] if filled else
-                                        [indent + line for line in kept]))
-        return "\n\n".join(paragraphs)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep its message but make it one clear line."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess tests
@@ -62,7 +51,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     and building every sub-parser costs more than the lookup itself. An unknown verb, ``--help``
     or ``--version`` still builds the full parser, so help and "did you mean" stay complete.
     """
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser = _Parser(prog="envcache", description=DESCRIPTION,
                      epilog=exit_status(s0="success", s1="failure (daemon unreachable, build failed, …)",

@@ -16,13 +16,15 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from envcache.cli.output import Progress, emit, exit_status, table
+from envcache.cli.output import HelpFormatter, Progress, emit, exit_status, table
 from envcache.errors import EnvcacheError
 from envcache.wire import VARIANT_CHOICES
 
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
 if TYPE_CHECKING:
+    from typing import Any
+
     from envcache.client.sync import Client
 
 _DEFINITION_SUFFIXES = (".yml", ".yaml", ".json", ".txt")
@@ -31,12 +33,12 @@ _AZURE_JSON = "azureml_environment.json"
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the client-side verbs to the ``envcache`` parser."""
-    daemon = argparse.ArgumentParser(add_help=False)
+    daemon = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     daemon.add_argument("--url", help="daemon URL (default: $ENVCACHE_URL or http://127.0.0.1:5050)")
     daemon.add_argument("--token", help="auth token (default: $ENVCACHE_TOKEN)")
-    fmt = argparse.ArgumentParser(add_help=False)
+    fmt = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     fmt.add_argument("--format", help="definition format (default: detected from the path)")
-    variant = argparse.ArgumentParser(add_help=False)
+    variant = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     variant.add_argument("--variant", choices=VARIANT_CHOICES, default="auto", help="image variant (default: auto)")
     parents = [common, daemon]
 

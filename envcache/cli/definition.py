@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envcache.cli.output import exit_status
+from envcache.cli.output import HelpFormatter, exit_status
 from envcache.definition import FORMATS
 from envcache.definition.model import VARIANTS
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the definition sub-commands to the ``envcache`` parser."""
-    fmt = argparse.ArgumentParser(add_help=False)
+    fmt = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     fmt.add_argument("--format", choices=FORMATS, help="input format (default: detected from the path)")
 
     p = sub.add_parser("hash", parents=[common, fmt], help="print the spec hash of definitions",

@@ -4,8 +4,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every parser's formatter: prose is wrapped to the terminal, indented lines (the exit-status
+    list) stay as written.
+
+    It also asks the terminal's width itself: argparse's own formatter imports ``shutil`` (and with
+    it zlib, bz2 and lzma) for that, and argparse makes a formatter for every ``add_argument`` —
+    start-up time on every cache hit, for a width that only ``--help`` uses.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for block in text.split("\n\n"):
+            kept = [indent + line for line in block.splitlines() if line.startswith("  ")]
+            prose = " ".join(line.strip() for line in block.splitlines() if not line.startswith("  "))
+            paragraphs.append("\n".join([super()._fill_text(prose, width, indent), *kept] if prose else kept))
+        return "\n\n".join(paragraphs)
+
+
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it: $COLUMNS, else stdout's, else 80."""
+    try:
+        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (ValueError, OSError, AttributeError):
+        return 80
 
 
 def emit(args: argparse.Namespace, text: str, data: Any) -> None:

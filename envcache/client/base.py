@@ -8,31 +8,28 @@ cannot drift apart, and each transport is only a ``_request`` and a ``_lines`` i
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.wire import DefinitionFiles, error_message
 
-if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must load no parser
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:  # nor a parser: a cache hit from the CLI must load none
+    from typing import Any, Protocol
+
     from envcache import definition as spec
 
+    class HasDefinition(Protocol):
+        """Anything that can say what it is as envcache's definition document (the Azure-style
+        facade's ``Environment`` does). A protocol, so this module imports no facade class."""
 
-@runtime_checkable
-class HasDefinition(Protocol):
-    """Anything that can say what it is as envcache's definition document (the Azure-style
-    facade's ``Environment`` does). A protocol, so this module imports no facade class."""
+        def to_definition_dict(self) -> dict[str, Any]: ...
 
-    def to_definition_dict(self) -> dict[str, Any]: ...
+    class NamedVersion(Protocol):
+        """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
 
+        name: str
+        version: int | str | None
 
-class NamedVersion(Protocol):
-    """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
-
-    name: str
-    version: int | str | None
-
-
-if TYPE_CHECKING:
     # What the calls accept as a definition; a path is sent as its files when it can be.
     DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | HasDefinition | DefinitionFiles
     # ``environment=``: a registered environment's name (latest version), (name, version),
@@ -98,8 +95,9 @@ def definition_document(definition: DefinitionLike) -> dict[str, Any]:
     """
     if isinstance(definition, dict):
         return definition
-    if isinstance(definition, HasDefinition):
-        return definition.to_definition_dict()
+    to_definition = getattr(definition, "to_definition_dict", None)  # HasDefinition
+    if callable(to_definition):
+        return to_definition()
     from envcache import definition as spec
 
     if isinstance(definition, (str, os.PathLike)):

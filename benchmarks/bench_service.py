@@ -12,11 +12,13 @@
    parse memo, apply the variant, canonicalise, hash, compute the image key, compare the stored
    canonical bytes); distribution does a tag lookup.
 2. ``envcache ensure env.yml`` on a hit, as a whole CLI process (interpreter start included):
-   the CLI reads the definition's files with the standard library, sends them raw with urllib,
-   and the daemon loads them. Timed round-robin with a fully cached ``docker build`` of the same
-   environment on a real dockerd, ``python3 -c pass`` and ``python3 -c "import urllib.request"``
-   (the floor of any standard-library client), so all four see the same load; medians and the
-   ratio envcache / docker are reported.
+   the CLI reads the definition's files with the standard library, sends them raw with
+   ``http.client``, and the daemon loads them — once as installed (a fresh venv) and once in the
+   dev venv. Beside it: the ``curl`` one-liner for build tools that cannot start Python (the file
+   posted to ``/api/v1/resolve?path=env.yml`` with ``Accept: text/plain``), a fully cached
+   ``docker build`` of the same environment on a real dockerd, ``python -c pass`` and
+   ``python -c "import http.client"`` (the floor of any standard-library client). All run
+   round-robin, so they see the same load; medians and the ratios to docker are reported.
 3. The hit path while a large definition is parsed (issue 13): one client asks ``POST
    /api/v1/resolve`` for a cached image in a loop, first alone, then while another client sends a
    254 KiB, 20,000-line requirements document (a fresh one each round, so the parse memo cannot
@@ -465,54 +467,78 @@ def summary(samples: list[float]) -> dict[str, float]:
             "min_s": round(min(samples), 4), "max_s": round(max(samples), 4)}
 
 
+def installed_python(work: Path) -> str:
+    """A fresh venv (no system site-packages) that sees envcache through a plain ``.pth`` path entry:
+    the interpreter a user who ``pip install``-ed envcache runs. The hit path imports only the
+    standard library, so no dependency is needed; the dev venv's start-up (editable-install finder,
+    the machine's own ``.pth`` hooks) is measured beside it."""
+    venv = work / "installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "envcache.pth").write_text(f"{ROOT}\n")
+    return python
+
+
 def bench_cli(work: Path, runs: int) -> dict[str, Any]:
     dockerd = start_dockerd()
     try:
         rootfs = build_busybox_rootfs()
         dockerd.docker("import", "--change", 'CMD ["/bin/sh"]', rootfs.tar, "bench/busybox:latest")
         config = work / "envcache.toml"
-        config.write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\ncompression = "gzip"\n')
+        config.write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\ncompression = "gzip"\n'
+                          '[log]\nlevel = "warning"\n')
         port = free_port()
         proc = start_envcache(work / "cli-data", port, config)
+        installed = installed_python(work)
         try:
             steps = "RUN echo benchmark > /marker"
             env_file = work / "env.yml"
             env_file.write_text(json.dumps({"docker": {"base_dockerfile": f"FROM bench/busybox:latest\n{steps}\n"},
                                             "environment_variables": {"MARKER": "benchmark"}}))
-            ensure = [sys.executable, "-m", "envcache.cli", "ensure", str(env_file), "--variant", "cpu",
-                      "--url", f"http://127.0.0.1:{port}"]
-            first = timed(ensure)
+            url = f"http://127.0.0.1:{port}"
+            args = ["-m", "envcache.cli", "ensure", str(env_file), "--variant", "cpu", "--url", url]
+            first = timed([sys.executable, *args])
             context = work / "docker-context"
             context.mkdir()
             (context / "Dockerfile").write_text(f"FROM bench/busybox:latest\n{steps}\nENV MARKER=benchmark\n")
             build = [shutil.which("docker") or "docker", "build", "-q", "-t", "bench/cached:latest", str(context)]
             uncached = timed(build, env=dockerd.env)
+            # What each row runs. The floors say how much of a hit is the interpreter and the HTTP
+            # stack (``import http.client`` is the least any standard-library client imports)
+            # rather than envcache; curl is the path for build tools that cannot start Python.
+            commands = {
+                "envcache_ensure_hit": ([installed, *args], None),
+                "envcache_ensure_hit_dev_venv": ([sys.executable, *args], None),
+                "curl_resolve_hit": ([shutil.which("curl") or "curl", "-fsS", "-H", "Accept: text/plain",
+                                      "--data-binary", f"@{env_file}", f"{url}/api/v1/resolve?path=env.yml&variant=cpu"],
+                                     None),
+                "docker_build_cached": (build, dockerd.env),
+                "python_startup": ([installed, "-c", "pass"], None),
+                "python_import_http_client": ([installed, "-c", "import http.client"], None),
+                "python_startup_dev_venv": ([sys.executable, "-c", "pass"], None),
+            }
+            samples: dict[str, list[float]] = {name: [] for name in commands}
             # One warm-up round, then round-robin: a burst of load from other work then hits all
-            # four commands alike instead of whichever happened to be running.
-            # ``import urllib.request`` alone is the floor of any standard-library client: it shows
-            # how much of the hit is the interpreter and the HTTP stack rather than envcache.
-            bare, with_urllib = [sys.executable, "-c", "pass"], [sys.executable, "-c", "import urllib.request"]
-            hits: list[float] = []
-            cached: list[float] = []
-            interpreter: list[float] = []
-            urllib_floor: list[float] = []
-            timed(ensure), timed(build, env=dockerd.env), timed(bare), timed(with_urllib)
+            # commands alike instead of whichever happened to be running.
+            for command, env in commands.values():
+                timed(command, env=env)
             load_before = loadavg()
             for _ in range(runs):
-                hits.append(timed(ensure))
-                cached.append(timed(build, env=dockerd.env))
-                interpreter.append(timed(bare))
-                urllib_floor.append(timed(with_urllib))
+                for name, (command, env) in commands.items():
+                    samples[name].append(timed(command, env=env))
             load_after = loadavg()
         finally:
             stop(proc)
     finally:
         dockerd.stop()
-    return {"envcache_ensure_first_build_s": round(first, 3), "envcache_ensure_hit": summary(hits),
-            "docker_build_first_s": round(uncached, 3), "docker_build_cached": summary(cached),
-            "python_startup": summary(interpreter), "python_import_urllib": summary(urllib_floor),
-            "ratio_envcache_vs_docker": round(statistics.median(hits) / statistics.median(cached), 2),
-            "ratio_envcache_vs_python": round(statistics.median(hits) / statistics.median(interpreter), 2),
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {"envcache_ensure_first_build_s": round(first, 3), "docker_build_first_s": round(uncached, 3),
+            **{name: summary(values) for name, values in samples.items()},
+            "ratio_envcache_vs_docker": round(medians["envcache_ensure_hit"] / medians["docker_build_cached"], 2),
+            "ratio_curl_vs_docker": round(medians["curl_resolve_hit"] / medians["docker_build_cached"], 2),
+            "ratio_envcache_vs_python": round(medians["envcache_ensure_hit"] / medians["python_startup"], 2),
             "loadavg_before": load_before, "loadavg_after": load_after}
 
 
@@ -552,32 +578,41 @@ def write_report(out: Path, results: dict[str, Any], command: str) -> None:
     def cli_row(name: str, cell: dict[str, float]) -> str:
         return f"| {name} | {cell['runs']} | {cell['median_s']} | {cell['min_s']} | {cell['max_s']} |"
 
-    lines += ["## `envcache ensure` on a hit (whole CLI process) vs a fully cached `docker build`", "",
-              f"The four commands were run round-robin ({cli['envcache_ensure_hit']['runs']} rounds after one "
+    rows = [("envcache ensure (hit), installed", "envcache_ensure_hit"),
+            ("envcache ensure (hit), in the dev venv", "envcache_ensure_hit_dev_venv"),
+            ("`curl` resolve (hit), `Accept: text/plain`", "curl_resolve_hit"),
+            ("docker build (all steps cached)", "docker_build_cached"),
+            ("`python -c pass`, installed", "python_startup"),
+            ("`python -c 'import http.client'`, installed", "python_import_http_client"),
+            ("`python -c pass`, in the dev venv", "python_startup_dev_venv")]
+    lines += ["## `envcache ensure` on a hit (whole CLI process) and `curl` vs a fully cached `docker build`", "",
+              f"The commands were run round-robin ({cli['envcache_ensure_hit']['runs']} rounds after one "
               f"warm-up round); load average during this part: {cli['loadavg_before']} → {cli['loadavg_after']}.", "",
               "| command | runs | median s | min s | max s |", "|---|---:|---:|---:|---:|",
-              cli_row("envcache ensure (hit)", cli["envcache_ensure_hit"]),
-              cli_row("docker build (all steps cached)", cli["docker_build_cached"]),
-              cli_row("`python3 -c pass`", cli["python_startup"]),
-              cli_row("`python3 -c 'import urllib.request'`", cli["python_import_urllib"]), "",
-              f"envcache / docker (medians): **{cli['ratio_envcache_vs_docker']:.2f}×**; "
-              f"envcache / bare interpreter start: {cli['ratio_envcache_vs_python']:.2f}×.", "",
+              *(cli_row(name, cli[key]) for name, key in rows), "",
+              f"envcache / docker (medians): **{cli['ratio_envcache_vs_docker']:.2f}×**; curl / docker: "
+              f"**{cli['ratio_curl_vs_docker']:.2f}×**; envcache / bare interpreter start: "
+              f"{cli['ratio_envcache_vs_python']:.2f}×.", "",
               "The envcache hit is a whole process (`python -m envcache.cli ensure env.yml`): interpreter start, "
               "importing only the `ensure` verb's module, reading the definition's files with the standard library "
               "(the CLI parses nothing: PyYAML, packaging and pip-requirements-parser are not imported), and one "
-              "HTTP request with urllib from the standard library, which sends the raw files; the daemon loads them "
-              "with the same loaders as a local load and answers the hit. `docker build` is the Go docker CLI "
-              "talking to dockerd over its Unix socket. "
+              "request with the standard library's `http.client`, which sends the raw files; the daemon loads them "
+              "with the same loaders as a local load and answers the hit. \"Installed\" is a fresh venv that sees "
+              "envcache as a plain path entry, as after `pip install envcache`; \"the dev venv\" is the test "
+              "suite's venv, whose every start also runs the editable-install finder and this machine's own `.pth` "
+              "hooks (compare its bare `python -c pass` row). `curl` sends the same file to `/api/v1/resolve` "
+              "(`?path=env.yml`) and gets the bare image reference back. `docker build` is the Go docker CLI talking "
+              "to dockerd over its Unix socket. "
               f"The first, building `envcache ensure` took {cli['envcache_ensure_first_build_s']} s (build in "
               "dockerd + ingest into the registry); docker's own first build "
               f"({cli['docker_build_first_s']} s) was already cached by the stages envcache had built in the "
               "same dockerd.", "",
               ("envcache is slower than docker here. " if cli["ratio_envcache_vs_docker"] > 1 else "")
-              + "Most of the envcache time is the client's start-up, not the lookup: a resolve round trip takes a median "
-              f"{one_client_p50} ms (one client, table above), while a Python process that only imports urllib takes "
-              f"{cli['python_import_urllib']['median_s']} s here against {cli['python_startup']['median_s']} s for "
-              "a bare interpreter (`urllib.request` pulls in `http.client`, `email` and `ssl`); the docker CLI is "
-              "a compiled Go binary. The CLI uses urllib on purpose rather than a hand-written HTTP client.", "",
+              + "Most of the envcache time is the client's start-up, not the lookup: a resolve round trip takes a "
+              f"median {one_client_p50} ms (one client, table above), while a Python process that only imports "
+              f"http.client takes {cli['python_import_http_client']['median_s']} s here against "
+              f"{cli['python_startup']['median_s']} s for a bare interpreter (`http.client` pulls in `email` and "
+              "`ssl`); the docker CLI is a compiled Go binary, and curl a C one.", "",
               "Caveat: the machine has 2 cores shared with other work; cells vary run to run, "
               "so compare rows of one run, not across runs.", ""]
     (out / "service.md").write_text("\n".join(lines))

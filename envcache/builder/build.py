@@ -147,7 +147,7 @@ async def build_image(plan: BuildPlan, *, store: Store, engine: Engine | None, s
                                                                         has_conda, helper, ca_bundle))
                         (context / "Dockerfile").write_text(recipe.dockerfile)
                         await engine.build(context, stage_tag(stage.key), network=recipe.network, log=out,
-                                           step=stage.kind)
+                                           step=stage.kind, display=recipe.display)
                 except TimeoutError:
                     raise BuildFailed(stage.kind, f"stage exceeded its time limit of {timeout:g}s",
                                       tail.text()) from None

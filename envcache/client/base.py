@@ -8,31 +8,28 @@ cannot drift apart, and each transport is only a ``_request`` and a ``_lines`` i
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from envcache.errors import EnvcacheError, InvalidInput, NotFound
 from envcache.wire import DefinitionFiles, error_message
 
-if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must load no parser
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:  # nor a parser: a cache hit from the CLI must load none
+    from typing import Any, Protocol
+
     from envcache import definition as spec
 
+    class HasDefinition(Protocol):
+        """Anything that can say what it is as envcache's definition document (the Azure-style
+        facade's ``Environment`` does). A protocol, so this module imports no facade class."""
 
-@runtime_checkable
-class HasDefinition(Protocol):
-    """Anything that can say what it is as envcache's definition document (the Azure-style
-    facade's ``Environment`` does). A protocol, so this module imports no facade class."""
+        def to_definition_dict(self) -> dict[str, Any]: ...
 
-    def to_definition_dict(self) -> dict[str, Any]: ...
+    class NamedVersion(Protocol):
+        """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
 
+        name: str
+        version: int | str | None
 
-class NamedVersion(Protocol):
-    """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
-
-    name: str
-    version: int | str | None
-
-
-if TYPE_CHECKING:
     # What the calls accept as a definition; a path is sent as its files when it can be.
     DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | HasDefinition | DefinitionFiles
     # ``environment=``: a registered environment's name (latest version), (name, version),
@@ -73,10 +70,21 @@ def error_for(status: int, body: bytes) -> EnvcacheError:
     return RequestFailed(status, message, data if isinstance(data, dict) else None)
 
 
+class BuildFailure(EnvcacheError):
+    """A build the client waited for failed: ``build id: verdict`` on the first line, then the
+    failing step's error lines (pip's, conda's, the Dockerfile step's)."""
+
+    def __init__(self, build: dict[str, Any]) -> None:
+        error = build.get("error") or "build failed"
+        super().__init__(f"build {build['id']}: {error}")
+        self.build = build
+        self.verdict = error.splitlines()[0] if error.strip() else error
+
+
 def finished(build: dict[str, Any]) -> dict[str, Any]:
-    """``ensure_image``'s answer for a build that has ended; raises if it did not succeed."""
+    """``ensure_image``'s answer for a build that has ended; raises BuildFailure if it did not succeed."""
     if build["state"] != "succeeded":
-        raise EnvcacheError(f"build {build['id']} failed: {build['error']}")
+        raise BuildFailure(build)
     return {"status": build["outcome"], "image": build["image"], "build": build}
 
 
@@ -87,8 +95,9 @@ def definition_document(definition: DefinitionLike) -> dict[str, Any]:
     """
     if isinstance(definition, dict):
         return definition
-    if isinstance(definition, HasDefinition):
-        return definition.to_definition_dict()
+    to_definition = getattr(definition, "to_definition_dict", None)  # HasDefinition
+    if callable(to_definition):
+        return to_definition()
     from envcache import definition as spec
 
     if isinstance(definition, (str, os.PathLike)):
@@ -192,8 +201,12 @@ class Endpoints:
     def warm(self, items: list[dict[str, Any]], variants: list[str] | None = None, concurrency: int = 4,
              refresh: bool = False) -> Any:
         """``items``: ``{"definition": …, "label": …}`` or ``{"environment": {name, version}}``."""
-        body = {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
-        return self._request("POST", "/api/v1/warm", body)
+        return self._request("POST", "/api/v1/warm", self.warm_body(items, variants, concurrency, refresh))
+
+    @staticmethod
+    def warm_body(items: list[dict[str, Any]], variants: list[str] | None, concurrency: int,
+                  refresh: bool) -> dict[str, Any]:
+        return {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
 
 
 def headers(token: str | None) -> dict[str, str]:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import warnings
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from envcache.builder.build import build_image, stage_keys_for
-from envcache.builder.errors import EngineUnavailable
 from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
-from envcache.service import auth, dashboard, views
+from envcache.service import auth, dashboard, logs, views
 from envcache.service.activity import Activity
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
@@ -35,6 +35,8 @@ from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
 from envcache.upstream.source import UpstreamSource
 
+log = logging.getLogger(__name__)
+
 #: How often batched last-used, read times and activity counts are written (the hit path and reads never write).
 FLUSH_INTERVAL = 10.0
 
@@ -46,8 +48,10 @@ async def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     store = await open_store(config.storage.settings(config.server.data_dir))
     try:
-        # Auth first: it refuses an unsafe bind and installs the token middleware before any
-        # route can answer.
+        # The request id first, so every answer (a refusal too) carries it; then auth, which
+        # refuses an unsafe bind and installs the token middleware before any route can answer.
+        app.middlewares.append(logs.request_ids)
+        app.on_response_prepare.append(logs.answer_request_id)
         auth.setup(app, config)
         parts = _assemble(app, config, store)
     except BaseException:
@@ -96,11 +100,9 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     resolvers = [own_registry(store, own_hosts), local_engine(engine_image_id), puller, remote_registry]
 
     async def build(prepared: Prepared, log: LogFn) -> BuiltLike:
-        found = await engine.get()
-        if found is None:
-            raise EngineUnavailable(
-                "no container engine available to build this image: install Docker (and start dockerd) or "
-                "buildah, or set [build] engine / docker_host in the daemon config")
+        # Detected again now: an engine installed or started after the daemon is found.
+        found, version = await engine.ready()
+        log(f"envcache: building with {found.name} {version}")
         # Bases the engine lacks are loaded from their pulled-through copy in the store.
         return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
@@ -129,6 +131,8 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Start-up work and background loops; at cleanup the upstream tier stops and the store closes."""
     parts = app[DAEMON]
+    engine = await parts.engine.state()  # detected at start: the serve banner and the log say which
+    log.info("build %s", engine.describe())
     await parts.ensurer.start()
     await parts.upstream.pushes.resume(parts.upstream.upstreams)
     loops = [asyncio.create_task(_expire_uploads(parts)), asyncio.create_task(_flush_last_used(parts))]
@@ -140,6 +144,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     parts.offload.close()
     await parts.upstream.aclose()
     await parts.puller.aclose()
+    await parts.engine.close()
     await parts.metrics.activity.flush()
     await parts.store.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class ServerConfig:
 class Token:
     token: str
     scopes: list[str] = field(default_factory=lambda: ["read", "write"])
+    name: str | None = None   # what the access log shows; unset: token-<n>, its place in the list
 
 
 @dataclass
@@ -83,6 +85,19 @@ class RegistryConfig:
     upload_session_ttl: int = 3600
 
 
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class LogConfig:
+    """``[log]``: the daemon's log (the access log and its own messages)."""
+
+    format: str = "json"        # one of LOG_FORMATS
+    level: str = "info"         # one of LOG_LEVELS; "warning" and above turn the access log off
+    file: str | None = None     # unset: stderr
+
+
 @dataclass
 class StorageConfig:
     # New blob writes are refused (507 Insufficient Storage) when they would leave less than this
@@ -103,12 +118,15 @@ class Config:
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     # Shared registries to pull from / push to; their model and validation live in envcache.upstream.config.
     upstreams: list[Upstream] = field(default_factory=list)
 
 
-_CHOICES = {("build", "engine"): set(ENGINES), ("build", "compression"): set(COMPRESSIONS)}
+_CHOICES = {("build", "engine"): set(ENGINES), ("build", "compression"): set(COMPRESSIONS),
+            ("log", "format"): set(LOG_FORMATS), ("log", "level"): set(LOG_LEVELS)}
 _SCOPES = {"read", "write"}
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def load_config(path: Path | str | None = None) -> Config:
@@ -174,18 +192,24 @@ def _tokens(section: dict[str, Any], source: str) -> list[Token]:
     unknown = set(section) - {"tokens"}
     if unknown:
         raise InvalidInput(f"{source}: unknown key auth.{sorted(unknown)[0]}; valid keys: tokens")
-    tokens = []
+    tokens: list[Token] = []
     for index, item in enumerate(section.get("tokens", [])):
         where = f"{source}: auth.tokens[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("token"), str) or not item["token"]:
             raise InvalidInput(f"{where} must be a table with a non-empty string 'token'")
         check_token(item["token"], where)
-        if set(item) - {"token", "scopes"}:
-            raise InvalidInput(f"{where}: unknown key {sorted(set(item) - {'token', 'scopes'})[0]}; valid keys: scopes, token")
+        if set(item) - {"token", "scopes", "name"}:
+            raise InvalidInput(f"{where}: unknown key {sorted(set(item) - {'token', 'scopes', 'name'})[0]}; "
+                               "valid keys: name, scopes, token")
         scopes = item.get("scopes", ["read", "write"])
         if not isinstance(scopes, list) or not scopes or not set(scopes) <= _SCOPES:
             raise InvalidInput(f"{where}.scopes must be a non-empty list of 'read' and 'write'")
-        tokens.append(Token(token=item["token"], scopes=list(scopes)))
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name)):
+            raise InvalidInput(f"{where}.name must be 1 to 64 letters, digits, '.', '_' or '-'")
+        if name is not None and name in {t.name for t in tokens}:
+            raise InvalidInput(f"{where}.name {name!r} is used twice; names tell tokens apart in the access log")
+        tokens.append(Token(token=item["token"], scopes=list(scopes), name=name))
     return tokens
 
 

@@ -72,6 +72,51 @@ async def read(request: web.Request, model: type[M]) -> tuple[M, bytes]:
     return convert(json_object(raw), model), raw
 
 
+def sends_files(request: web.Request) -> bool:
+    """Is the body the definition's own files (``?path=NAME``, or multipart) rather than the API's JSON?"""
+    return "path" in request.query or request.content_type == "multipart/form-data"
+
+
+async def files_read(request: web.Request, model: type[M]) -> tuple[M, bytes]:
+    """A request whose body is the definition's own files (README, "The fast hit path"): the
+    same model as :func:`read` gives for a JSON body, and a memo key.
+
+    The body is one file, named by ``?path=NAME`` (the name decides the format unless ``?format=``
+    says) — or, as ``multipart/form-data``, several: each part's field name is the file's
+    relative path, the first part is the definition. ``?variant=`` as in JSON. So
+    ``curl --data-binary @env.yml '…?path=env.yml'`` and ``curl -F env.yml=@env.yml -F
+    base.txt=@base.txt …`` both work, with no JSON quoting in a shell script.
+    """
+    query = request.query
+    files: dict[str, str] = {}
+    if request.content_type == "multipart/form-data":
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+        for name, part in (await request.post()).items():
+            data = part.file.read() if isinstance(part, web.FileField) else str(part).encode()
+            files[name] = _text(data, name)
+        if not files:
+            raise InvalidInput("multipart body has no parts: send each file as NAME=@FILE")
+        path = next(iter(files))
+        if sum(len(text) for text in files.values()) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=sum(map(len, files.values())))
+    else:
+        path = query["path"]
+        files[path] = _text(await raw_body(request), path)
+    data = {"document": {"path": path, "files": files, "format": query.get("format")}}
+    if "variant" in query:
+        data["variant"] = query["variant"]
+    key = json.dumps(data, sort_keys=True).encode()
+    return convert(data, model), key
+
+
+def _text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{name[:80]}: not UTF-8 text") from None
+
+
 def positive_int(value: Any, field: str) -> int | None:
     """A positive integer from its digits (a query string, a version sent as text); ASCII digits
     only (``"²".isdigit()`` is True)."""

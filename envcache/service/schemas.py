@@ -164,6 +164,8 @@ class Build(msgspec.Struct):
     finished: float | None
     error: str | None
     image: Image | None
+    request_id: Annotated[str | None, msgspec.Meta(
+        description="X-Request-Id of the request that started the build (while the daemon remembers it)")] = None
 
 
 class Environment(msgspec.Struct):
@@ -253,6 +255,16 @@ class Warmed(msgspec.Struct):
     ok: bool
 
 
+class EngineHealth(msgspec.Struct):
+    """The build engine as the daemon finds it now (detected again when a build needs one)."""
+
+    name: Annotated[str, msgspec.Meta(description="docker, buildah, or none")]
+    answers: bool
+    version: str | None = None
+    detail: Annotated[str | None, msgspec.Meta(description="what is wrong and what to do")] = None
+    summary: Annotated[str, msgspec.Meta(description="the line `envcache status` and the serve banner print")] = ""
+
+
 class Health(msgspec.Struct):
     status: Literal["ok"]
     version: str
@@ -260,6 +272,7 @@ class Health(msgspec.Struct):
     builds_running: int
     recipe_version: str
     upstream: dict[str, Any]
+    engine: EngineHealth
 
 
 # -- turning requests into models ----------------------------------------------------------------------

@@ -118,11 +118,13 @@ def _human(size: int) -> str:
 
 async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = None,
                  grace: float = DEFAULT_GRACE, upload_ttl: float = DEFAULT_UPLOAD_TTL,
-                 upload_busy: Busy | None = None, now: float | None = None) -> GcReport:
+                 upload_busy: Busy | None = None, now: float | None = None,
+                 phase: Callable[[str], None] = lambda text: None) -> GcReport:
     """Mark and sweep ``store``; returns what was (or would be) removed. One run at a time.
 
     ``upload_busy(id)`` tells the daemon's in-flight upload sessions apart so an idle-looking
-    session that is receiving bytes right now is kept.
+    session that is receiving bytes right now is kept. ``phase`` hears each phase as it starts
+    (``envcache gc`` prints them: a big store takes a while).
     """
     if keep_days is not None and keep_days < 0:
         raise InvalidInput(f"keep_days must be 0 or more, not {keep_days}")
@@ -133,7 +135,7 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
         report = GcReport(dry_run=dry_run, grace_seconds=grace, keep_days=keep_days)
         if not dry_run:
             await store.files.release_reserve()  # room for the index's log on a full disk
-        await _collect(store, report, time.time() if now is None else now, upload_ttl, upload_busy)
+        await _collect(store, report, time.time() if now is None else now, upload_ttl, upload_busy, phase)
         if not dry_run:
             await store.files.restore_reserve(store.min_free_bytes)
         report.bytes_freed = report.blob_bytes_freed + report.upload_bytes_freed + report.tmp_bytes_freed
@@ -152,7 +154,8 @@ class _Plan:
     layers: list[str] = field(default_factory=list)                      # layer-map rows over missing blobs
 
 
-async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float, upload_busy: Busy | None) -> None:
+async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float, upload_busy: Busy | None,
+                   phase: Callable[[str], None]) -> None:
     cutoff = now - report.grace_seconds
     await store.flush_reads()
     # Images unused for keep_days go first, with their tags, so the mark sees them gone.
@@ -160,10 +163,12 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
     # The mark: what is used first (blob rows, then manifests), then what references it.
     rows = await store.blobs.all()
     manifests = await store.manifests.all()
+    phase(f"gc: marking what {len(manifests)} manifests reach")
     reachable, needed = await _mark(store, manifests, {(r, t) for r, t, _ in dead_tags}, expired, cutoff)
     for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
         report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
                             "another tag), so it stays")
+    phase("gc: listing blobs (files and index)")
     links = await store.blobs.links()
     layers = await store.layers.blob_digests()
     files = [entry async for entry in store.files.blobs()]
@@ -174,6 +179,7 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
         report.tmp_files_deleted = len(temps)
         report.tmp_bytes_freed = sum(entry.size for entry in temps)
     else:
+        phase(f"gc: deleting {len(plan.manifests)} manifest(s) and {len(plan.rows) + len(plan.orphans)} blob(s)")
         await _sweep(store, report, plan, cutoff, files)
         for entry in temps:
             if await store.files.remove_temp(entry.key, cutoff):
@@ -181,6 +187,7 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
                 report.tmp_bytes_freed += entry.size
 
     # Upload sessions idle past their TTL (not one receiving bytes right now), then orphan data.
+    phase("gc: expiring idle uploads")
     expired_uploads = await store.expire_uploads(upload_ttl, upload_busy, now=now, dry_run=report.dry_run)
     report.uploads_expired = len(expired_uploads)
     report.upload_bytes_freed = sum(entry.size for entry in expired_uploads)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY, image_tag, parse_manifest
+from envcache.progress import Ticker, size
 from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import image_size, pull_image
@@ -152,8 +153,12 @@ class UpstreamSource:
         for upstream in self.pull_upstreams:
             remote = upstream.repo(kind)
             began = time.monotonic()
+            client = self.client(upstream)
+            before = client.bytes_in
             try:
-                stats = await pull_image(self.client(upstream), remote, tag, self.store, local_repo, tag)
+                async with Ticker(say, lambda ticker: f"upstream: pulling {remote}:{tag} from {upstream.url}: "
+                                                      f"{size(client.bytes_in - before)} received"):
+                    stats = await pull_image(client, remote, tag, self.store, local_repo, tag)
             except EnvcacheError as exc:
                 self._error(f"pull {remote}:{tag} from {upstream.url}: {exc}", say)
                 continue
@@ -212,6 +217,10 @@ class UpstreamSource:
             if stage_layers and len(stage_layers) <= len(layers) and layers[:len(stage_layers)] == stage_layers:
                 found.append(stage_tag)
         return found
+
+    def bytes_sent(self) -> int:
+        """Bytes pushed by every upstream client so far (``envcache push`` shows it as it goes)."""
+        return sum(client.bytes_out for client in self._clients.values())
 
     async def status(self) -> dict[str, Any]:
         return {"upstreams": [u.describe() for u in self.upstreams], "counters": dict(self.counters),

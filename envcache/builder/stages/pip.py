@@ -49,7 +49,9 @@ class PipStage(Stage):
         ])
         # The helper URL (random port and token, dead after the build) is written into the RUN
         # line rather than passed as an ARG: an ARG costs one more container on the classic builder.
-        return StageRecipe(f"FROM {ctx.parent}\nRUN {run}\n", network=True)
+        shown = f"<pip install -r requirements.txt ({len(lines)} lines): a script written by envcache>"
+        return StageRecipe(f"FROM {ctx.parent}\nRUN {run}\n", network=True,
+                           display={run: shown, helper.url: "<envcache build helper>"})
 
     def unpinned(self) -> list[str]:
         from packaging.requirements import InvalidRequirement, Requirement

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +21,9 @@ class StageRecipe:
 
     dockerfile: str
     network: bool = False
+    #: Generated text → what the build log shows instead (the engine echoes each step, and a
+    #: generated script is long and carries the build helper's URL and token).
+    display: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

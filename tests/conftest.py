@@ -10,6 +10,7 @@
 - ``tests.fixtures.upstream``: tiny OCI images in real stores, and upstream registries that misbehave.
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
+- ``tests.fixtures.wheels``: real wheels of tiny projects, built with ``pip wheel``.
 """
 
 pytest_plugins = [
@@ -22,4 +23,5 @@ pytest_plugins = [
     "tests.fixtures.daemon",
     "tests.fixtures.upstream",
     "tests.fixtures.pipelines",
+    "tests.fixtures.wheels",
 ]

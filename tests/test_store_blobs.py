@@ -54,9 +54,10 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
         conn.execute(f"DROP TABLE {LAYER_BLOBS}")
         conn.execute(f"DROP TABLE {BASE_DIGESTS}")
         conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
+        conn.execute("DROP TABLE wheels")  # a version-1 database predates it (migration 3)
         conn.execute("UPDATE schema_version SET version = 1")
     store = await open_store(tmp_path / "d")
-    assert store.schema_version == len(MIGRATIONS) == 2
+    assert store.schema_version == len(MIGRATIONS) == 3
     assert {LAYER_BLOBS, BASE_DIGESTS, UPSTREAM_PUSHES} <= set(store.metadata.db.table_names())
     assert set(store.metadata.db[LAYER_BLOBS].pks) == {"diff_id", "compression"}
     assert [row["id"] for row in store.metadata.db[UPSTREAM_PUSHES].rows] == ["p1"]

@@ -5,12 +5,14 @@ No aiohttp or asyncio import, so a CLI process that asks one question stays fast
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envcache.client.base import Endpoints, error_for, finished, headers, query_string, unavailable
+from envcache.client.base import Endpoints, error_for, finished, headers, is_miss, query_string, unavailable
 from envcache.wire import daemon_url
 from envcache.errors import EnvcacheError
 
@@ -33,7 +35,8 @@ class Client(Endpoints):
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def _open(self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None) -> Any:
+    def _open(self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None,
+              upload: Path | None = None) -> Any:
         """One request; HTTP errors come back as :class:`_HTTPFailure`, a dead daemon as unavailable."""
         import http.client
         import urllib.error
@@ -45,7 +48,13 @@ class Client(Endpoints):
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout)
+            with contextlib.ExitStack() as stack:
+                if upload is not None:  # streamed from the open file by http.client, never read whole
+                    handle = stack.enter_context(open(upload, "rb"))
+                    request.data = handle
+                    request.add_header("Content-Type", "application/octet-stream")
+                    request.add_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
+                return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise _HTTPFailure(exc.code, exc.read()) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
@@ -54,11 +63,11 @@ class Client(Endpoints):
             raise _malformed(self.url, exc) from None
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+                 query: dict[str, Any] | None = None, none_on_404: bool = False, upload: Path | None = None) -> Any:
         import http.client
 
         try:
-            with self._open(method, path, body, query) as response:
+            with self._open(method, path, body, query, upload) as response:
                 status, payload = response.status, response.read()
         except _HTTPFailure as failure:
             status, payload = failure.status, failure.body
@@ -69,7 +78,7 @@ class Client(Endpoints):
                 return json.loads(payload)
             except ValueError as exc:
                 raise _malformed(self.url, exc) from None
-        if none_on_404 and status == 404:
+        if none_on_404 and status == 404 and is_miss(payload):
             return None
         raise error_for(status, payload)
 

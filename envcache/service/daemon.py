@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from envcache.service.environments import Environments
     from envcache.service.metrics import Metrics
     from envcache.service.requests import Definitions
+    from envcache.service.wheels import Wheels
     from envcache.store import Store
     from envcache.upstream.base import BasePuller
     from envcache.upstream.source import UpstreamSource
@@ -59,6 +60,7 @@ class Daemon:
     puller: BasePuller
     uploads: UploadState
     metrics: Metrics
+    wheels: Wheels
 
 
 DAEMON = web.AppKey("envcache_daemon", Daemon)

@@ -30,12 +30,12 @@ atomic rename after its digest and size were verified and the file was fsync'd.
 from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch
 from envcache.store.records import (
     BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StoredImage, StoredManifest,
-    UploadSession,
+    UploadSession, WheelRecord,
 )
 from envcache.store.store import Busy, Store, StoreSettings, open_store
 
 __all__ = [
     "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry", "KnownLayer",
     "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "Store", "StoreSettings", "StoredImage", "StoredManifest",
-    "UploadSession", "open_store",
+    "UploadSession", "WheelRecord", "open_store",
 ]

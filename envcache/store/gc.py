@@ -18,6 +18,11 @@ store's one expiry path.
 gc reads every repository through its interface (``roots_for_gc`` of tags and of the image
 index, the blob rows and links, the layer map) and never another layer's tables.
 
+Wheel artifacts (``envcache/wheel:<sha256 hex>``) are tagged like any artifact, but the tag of a
+wheel that is not an uploaded wheel (removed with ``wheels rm``, or pulled for a build) only
+lives while a registered environment or a cached image pins the wheel: once nothing does and the
+grace period has passed, the tag goes and the same run sweeps the wheel.
+
 ``--keep-days N`` first expires ``images`` rows unused for N days (``last_used``) and deletes
 their tags, so the same run sweeps them. An index tag over variants (``envcache/env:<spec
 hash>``) goes too once every image it lists has expired; while a sibling variant is still in use
@@ -27,12 +32,14 @@ replaces that entry.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from envcache.definition.canonical import wheel_digests
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.oci import parse_manifest
+from envcache.oci import WHEEL_REPOSITORY, parse_manifest
 from envcache.store.records import ManifestRow
 from envcache.store.store import Busy, Store
 
@@ -143,6 +150,8 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
     async with store.transaction(write=not dry_run):
         manifests = await store.manifests.all()
         expired, dead_tags = await _expire_images(store, keep_days, now, report)
+        dead_tags |= await _unkept_wheels(store, {key for key, _, _ in expired}, cutoff)
+        report.tags_deleted = sorted(f"{r}:{t}" for r, t in dead_tags)
         reachable, links = await _mark(store, manifests, dead_tags, expired, cutoff)
         for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
             report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
@@ -246,8 +255,28 @@ async def _expire_images(store: Store, keep_days: float | None, now: float,
             children = await _children_of(store, digest)
             if children and all((repo, c) in expired_manifests and (repo, c) not in live_manifests for c in children):
                 dead.add((repo, tag))
-    report.tags_deleted = sorted(f"{r}:{t}" for r, t in dead)
     return expired, dead
+
+
+async def _unkept_wheels(store: Store, expired_keys: set[str], cutoff: float) -> set[tuple[str, str]]:
+    """Tags of wheel artifacts nothing keeps: not uploaded here (any more) and pinned by no
+    registered environment version and no cached image (but those expiring in this run), once
+    older than the grace period."""
+    tags = await store.manifests.tagged(WHEEL_REPOSITORY)
+    if not tags:
+        return set()
+    kept = {wheel.digest for wheel in await store.wheels.all()}
+    for version in await store.environments.mentioning("sha256="):
+        kept |= wheel_digests(version.definition)
+    for image in await store.images.mentioning("sha256="):
+        if image.key not in expired_keys and image.canonical is not None:
+            kept |= wheel_digests(json.loads(image.canonical))
+    dead = set()
+    for tag, digest in tags:
+        row = await store.manifests.find(WHEEL_REPOSITORY, digest)
+        if f"sha256:{tag}" not in kept and (row is None or row.created < cutoff):
+            dead.add((WHEEL_REPOSITORY, tag))
+    return dead
 
 
 async def _children_of(store: Store, digest: str) -> list[str]:

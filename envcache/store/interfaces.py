@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, Protocol
 
 from envcache.store.records import (
     BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StoredImage, UploadSession,
+    WheelRecord,
 )
 
 #: (repository, manifest digest): what gc roots and marks.
@@ -261,6 +262,10 @@ class Images(Protocol):
 
     async def delete(self, keys: Sequence[str]) -> None: ...
 
+    async def mentioning(self, text: str) -> list[StoredImage]:
+        """Images whose canonical form contains ``text``: a cheap filter (wheel removal and gc
+        look for the images that pin a wheel), which callers refine by parsing."""
+
 
 class Builds(Protocol):
     """Builds as persisted: state while they run, state and log once they end."""
@@ -289,6 +294,33 @@ class Environments(Protocol):
 
     async def latest(self) -> list[EnvironmentVersion]:
         """The latest version of every name, by name."""
+
+    async def mentioning(self, text: str) -> list[EnvironmentVersion]:
+        """Every version (of every name) whose stored definition contains ``text``: a cheap
+        filter, refined by the caller (which wheels does a registered environment pin?)."""
+
+
+class Wheels(Protocol):
+    """Private wheels uploaded to the daemon, by digest. A file name names one wheel only, as on
+    PyPI: an index listing two different files under one name could serve either."""
+
+    async def add(self, wheel: WheelRecord) -> tuple[WheelRecord, bool]:
+        """Atomically: the wheel already filed under ``wheel.digest`` (False), else ``wheel``
+        filed (True). Raises :class:`~envcache.errors.Conflict` when another wheel has its file name."""
+
+    async def get(self, digest: str) -> WheelRecord | None: ...
+
+    async def named(self, filename: str) -> WheelRecord | None:
+        """The wheel with this file name."""
+
+    async def all(self) -> list[WheelRecord]:
+        """Every wheel, by project name and then file name."""
+
+    async def project(self, name: str) -> list[WheelRecord]:
+        """The wheels of one project (PEP 503 name), by file name."""
+
+    async def delete(self, digest: str) -> bool:
+        """Forget the wheel (its artifact is the caller's business); True if it was there."""
 
 
 class LayerMap(Protocol):

@@ -28,7 +28,7 @@ from envcache.oci import (
 from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch, check_content
 from envcache.store.interfaces import (
     BaseDigests, BlobDriver, BlobIndex, Builds, Environments, Images, LayerMap, Manifests, Metadata, PushLog,
-    UploadSpool, Uploads,
+    UploadSpool, Uploads, Wheels,
 )
 from envcache.store.records import FileEntry, StoredManifest, UploadSession
 
@@ -60,6 +60,7 @@ class Store:
     layers: LayerMap
     base_digests: BaseDigests
     pushes: PushLog
+    wheels: Wheels
     #: True for the process that holds the data directory's lock: only the owner runs the
     #: start-up clean-up, and only the owner may collect garbage.
     owner: bool = False
@@ -298,7 +299,7 @@ async def open_store(settings: StoreSettings | Path | str) -> Store:
     files = LocalFiles(data_dir)
     sql = open_sqlite(data_dir / "envcache.db")
     store = Store(data_dir, sql.database, files, files, sql.blobs, sql.manifests, sql.uploads, sql.images, sql.builds,
-                  sql.environments, sql.layers, sql.base_digests, sql.pushes)
+                  sql.environments, sql.layers, sql.base_digests, sql.pushes, sql.wheels)
     store._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(store._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

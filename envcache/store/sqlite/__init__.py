@@ -9,7 +9,7 @@ from pathlib import Path
 from envcache.store.sqlite.components import SqliteBaseDigests, SqliteLayerMap, SqlitePushLog
 from envcache.store.sqlite.database import Database
 from envcache.store.sqlite.registry import SqliteBlobIndex, SqliteManifests
-from envcache.store.sqlite.service import SqliteBuilds, SqliteEnvironments, SqliteImages
+from envcache.store.sqlite.service import SqliteBuilds, SqliteEnvironments, SqliteImages, SqliteWheels
 from envcache.store.sqlite.uploads import SqliteUploads
 
 
@@ -27,6 +27,7 @@ class SqliteMetadata:
     layers: SqliteLayerMap
     base_digests: SqliteBaseDigests
     pushes: SqlitePushLog
+    wheels: SqliteWheels
 
 
 def open_sqlite(path: Path) -> SqliteMetadata:
@@ -34,4 +35,4 @@ def open_sqlite(path: Path) -> SqliteMetadata:
     db = Database(path)
     return SqliteMetadata(db, SqliteBlobIndex(db), SqliteManifests(db), SqliteUploads(db), SqliteImages(db),
                           SqliteBuilds(db), SqliteEnvironments(db), SqliteLayerMap(db), SqliteBaseDigests(db),
-                          SqlitePushLog(db))
+                          SqlitePushLog(db), SqliteWheels(db))

@@ -128,7 +128,18 @@ def _m2_component_tables(db: sqlite_utils.Database) -> None:
     db[UPSTREAM_PUSHES].create_index(["state"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables]
+def _m3_wheels(db: sqlite_utils.Database) -> None:
+    """Private wheels: one row per uploaded wheel (its bytes are a blob, its artifact a manifest)."""
+    db["wheels"].create(
+        {"digest": str, "filename": str, "name": str, "version": str, "tags": str, "requires_python": str,
+         "summary": str, "size": int, "created": float},
+        pk="digest",
+    )
+    db["wheels"].create_index(["filename"], unique=True)
+    db["wheels"].create_index(["name"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_component_tables, _m3_wheels]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

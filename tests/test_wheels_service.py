@@ -103,7 +103,7 @@ async def test_what_is_not_a_wheel_is_refused_and_nothing_is_kept(
                              data=changed.read_bytes()) as resp:
             assert resp.status == 409 and (await resp.json())["error"]["status"] == 409
     assert {b.digest for b in await daemon.store.blobs.all()} == blobs_before
-    assert not [p for p in daemon.store.files.scratch_dir().iterdir() if p.name.startswith("wheel-")]
+    assert not [p for p in daemon.store.files.scratch_dir().iterdir() if p.name.startswith("received-")]
     assert [w.filename for w in await daemon.store.wheels.all()] == [wheel.path.name]
 
 

@@ -106,8 +106,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_status)
 
 
-def client_for(args: argparse.Namespace) -> Client:
-    """The client for ``--url``/``--token`` (imported only when a verb runs)."""
+def _client(args: argparse.Namespace) -> Client:
     from envcache.client.sync import Client
 
     return Client(args.url, args.token)
@@ -153,7 +152,7 @@ def _resolve(args: argparse.Namespace) -> int:
     from envcache.errors import NotFound
 
     subject = _subject(args)
-    answer = _asking(args, subject, lambda: client_for(args).resolve(variant=args.variant, **subject))
+    answer = _asking(args, subject, lambda: _client(args).resolve(variant=args.variant, **subject))
     if answer is None:
         if args.json:
             emit(args, "", {"status": "miss", "path": args.path, "variant": args.variant})
@@ -168,7 +167,7 @@ def _ensure(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     # Progress and the build log go to stderr; stdout gets only the image ref (or the JSON).
     subject = _subject(args)
-    answer = _asking(args, subject, lambda: client_for(args).ensure_image(
+    answer = _asking(args, subject, lambda: _client(args).ensure_image(
         variant=args.variant, refresh=args.refresh,
         on_log=None if quiet else (lambda line: print(f"  | {line}", file=sys.stderr, flush=True)), **subject))
     if not quiet:
@@ -208,7 +207,7 @@ def _warm(args: argparse.Namespace) -> int:
     items, failed = [], []
     if args.registered:  # pinned to the versions that are latest now, so the report names them
         items = [{"label": f"{r['name']}:{r['version']}", "environment": {"name": r["name"], "version": r["version"]}}
-                 for r in client_for(args).environments()["environments"] if not r["curated"]]
+                 for r in _client(args).environments()["environments"] if not r["curated"]]
     for label, path in collect_definitions(args.paths):
         try:
             items.append({"label": label, "definition": _document(str(path), None)})
@@ -217,7 +216,7 @@ def _warm(args: argparse.Namespace) -> int:
                           for v in variants)
     results: list[dict[str, Any]] = list(failed)
     if items:
-        report = client_for(args).warm(items, variants, args.concurrency, refresh=args.refresh)
+        report = _client(args).warm(items, variants, args.concurrency, refresh=args.refresh)
         results = report["results"] + failed
     if not results and args.paths:
         raise InvalidInput(f"no definitions found under {', '.join(args.paths)}")
@@ -236,7 +235,7 @@ def _warm(args: argparse.Namespace) -> int:
 
 
 def _env_register(args: argparse.Namespace) -> int:
-    answer = client_for(args).register_environment(args.name, _document(args.path, args.format))
+    answer = _client(args).register_environment(args.name, _document(args.path, args.format))
     record = answer["environment"]
     verb = "registered" if answer["created"] else "unchanged, already"
     emit(args, f"{verb} {record['name']} version {record['version']} ({record['spec_hash']})", answer)
@@ -244,7 +243,7 @@ def _env_register(args: argparse.Namespace) -> int:
 
 
 def _env_list(args: argparse.Namespace) -> int:
-    records = client_for(args).environments()["environments"]
+    records = _client(args).environments()["environments"]
     rows = [[r["name"], str(r["version"]), r["spec_hash"], "curated" if r["curated"] else ""] for r in records]
     emit(args, table(["NAME", "VERSION", "SPEC HASH", ""], rows), records)
     return 0
@@ -253,7 +252,7 @@ def _env_list(args: argparse.Namespace) -> int:
 def _env_show(args: argparse.Namespace) -> int:
     import yaml
 
-    record = client_for(args).environment(args.name, args.version)
+    record = _client(args).environment(args.name, args.version)
     text = f"# {record['name']} version {record['version']} ({record['spec_hash']})\n" + yaml.safe_dump(
         record["definition"], sort_keys=False)
     emit(args, text.rstrip(), record)
@@ -264,7 +263,7 @@ def _env_download(args: argparse.Namespace) -> int:
     from envcache.errors import InvalidInput
     from envcache.definition.files import atomic_write
 
-    answer = client_for(args).download_environment(args.name, args.version)
+    answer = _client(args).download_environment(args.name, args.version)
     out = Path(args.directory)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InvalidInput(f"{out} is not empty (use --overwrite)")
@@ -291,7 +290,7 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    images = client_for(args).images()["images"]
+    images = _client(args).images()["images"]
     rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
             for i in images]
     emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
@@ -299,7 +298,7 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    client = client_for(args)
+    client = _client(args)
     health = client.health()
     text = (f"envcache daemon {health['version']} at {client.url}: {health['status']}, "
             f"{health['builds_running']} build(s) running, {health['queue_depth']} queued")

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from envcache.cli.client import client_for, daemon_options
+from envcache.cli.client import daemon_options
 from envcache.cli.output import emit, table
+
+if TYPE_CHECKING:
+    from envcache.client.sync import Client
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -37,8 +40,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_rm)
 
 
+def _client(args: argparse.Namespace) -> Client:
+    from envcache.client.sync import Client
+
+    return Client(args.url, args.token)
+
+
 def _add(args: argparse.Namespace) -> int:
-    client = client_for(args)
+    client = _client(args)
     answers = []
     for path in args.files:
         answer = client.upload_wheel(path)
@@ -52,7 +61,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    wheels = client_for(args).wheels()["wheels"]
+    wheels = _client(args).wheels()["wheels"]
     rows = [[w["filename"], w["name"], w["version"], f"{w['size']:,}", w["digest"][:19],
              time.strftime("%Y-%m-%d %H:%M", time.localtime(w["created"]))] for w in wheels]
     emit(args, table(["FILE", "PROJECT", "VERSION", "BYTES", "DIGEST", "UPLOADED"], rows), wheels)
@@ -60,7 +69,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    answer = client_for(args).wheel(args.wheel)
+    answer = _client(args).wheel(args.wheel)
     wheel, users = answer["wheel"], answer["used_by"]
     lines = [f"{wheel['filename']}  {wheel['digest']}",
              f"  project {wheel['name']} {wheel['version']}, tags {', '.join(wheel['tags'])}, "
@@ -72,7 +81,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    answer = client_for(args).remove_wheel(args.wheel)
+    answer = _client(args).remove_wheel(args.wheel)
     wheel = answer["wheel"]
     text = f"removed {wheel['filename']} ({wheel['digest']})"
     if answer["artifact_kept"]:

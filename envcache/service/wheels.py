@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -25,10 +24,8 @@ from envcache.definition.wheel import inspect_wheel
 from envcache.errors import Conflict, NotFound
 from envcache.oci import (
     EMPTY_JSON, OCI_EMPTY, OCI_MANIFEST, WHEEL_ARTIFACT, WHEEL_MEDIA, WHEEL_REPOSITORY, Descriptor, artifact_manifest,
-    new_hasher,
 )
 from envcache.store import Store, WheelRecord
-from envcache.store.files import pump
 
 #: Called with a new wheel's sha256 hex once it is stored (the upstream tier pushes it).
 OnAdded = Callable[[str], Awaitable[object]]
@@ -57,12 +54,8 @@ class Wheels:
 
     async def add(self, filename: str, body: AsyncIterable[bytes]) -> tuple[WheelRecord, bool]:
         """Store the wheel ``body`` as ``filename``; (record, False) when these bytes already are."""
-        scratch = self._store.files.scratch_dir() / f"wheel-{uuid.uuid4().hex}"
-        hasher = new_hasher("sha256")
+        scratch, digest, size = await self._store.receive(body)
         try:
-            with open(scratch, "wb") as out:
-                size = await pump(body, out, hasher)
-            digest = f"sha256:{hasher.hexdigest()}"
             info = await asyncio.to_thread(inspect_wheel, scratch, filename)
             for found in (await self._store.wheels.get(digest), await self._store.wheels.named(filename)):
                 if found is not None and (found.digest, found.filename) != (digest, filename):

@@ -22,8 +22,8 @@ from typing import Any
 
 from envcache.errors import NotFound
 from envcache.oci import (
-    MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, parse_digest,
-    parse_manifest,
+    MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, new_hasher,
+    parse_digest, parse_manifest,
 )
 from envcache.store.errors import DigestMismatch, ManifestBlobUnknown, SizeMismatch, check_content
 from envcache.store.interfaces import (
@@ -99,6 +99,22 @@ class Store:
         digest, size = await self.files.adopt(path, expected_digest, verified=verified)
         await self.blobs.record(digest, size, media_type)
         return digest, size
+
+    async def receive(self, chunks: AsyncIterable[bytes]) -> tuple[Path, str, int]:
+        """Receive bytes into a scratch file, hashed (sha256) as they arrive: ``(path, digest,
+        size)``. For content the caller checks before it may become a blob (then
+        :meth:`adopt_blob` with ``verified=True``); the caller removes the file otherwise."""
+        from envcache.store.files import pump
+
+        path = self.files.scratch_dir() / f"received-{uuid.uuid4().hex}"
+        hasher = new_hasher("sha256")
+        try:
+            with open(path, "wb") as out:
+                size = await pump(chunks, out, hasher)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path, f"sha256:{hasher.hexdigest()}", size
 
     async def put_blob(self, repository: str, data: AsyncIterable[bytes], expected_digest: str,
                        expected_size: int | None = None) -> tuple[str, int]:

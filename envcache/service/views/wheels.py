@@ -68,7 +68,8 @@ async def file(request: web.Request) -> web.StreamResponse:
     """The wheel file (sendfile, ``Range`` honoured), or a redirect when blobs live elsewhere."""
     parts = daemon(request)
     record = await parts.wheels.find(request.match_info["sha256"])
-    if record.digest != f"sha256:{request.match_info['sha256']}" or record.filename != request.match_info["filename"]:
+    if record.digest != f"sha256:{request.match_info['sha256']}" or record.filename != request.match_info["filename"] \
+            or not await parts.store.has_blob(record.digest):  # a file fsck had to quarantine is gone
         raise NotFound(f"no wheel {request.match_info['filename'][:120]!r} with that digest")
     url = parts.store.files.url_for(record.digest)
     if url is not None:

@@ -102,7 +102,7 @@ def test_openapi_operations_never_answer_5xx(threaded_daemon: str) -> None:
                 _check_answer(case, response.status_code, response.content)
 
             run()
-    assert time.monotonic() - began < 60
+    assert time.monotonic() - began < 90  # 60 s for the first 15 operations, scaled to 22
     with urllib.request.urlopen(f"{threaded_daemon}/api/v1/health", timeout=10) as resp:
         assert resp.status == 200  # and the daemon is still serving
 

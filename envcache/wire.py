@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 ENV_JSON = "azureml_environment.json"   # as envcache.definition.azure (not imported: it pulls in YAML)
 CONDA_YML = "conda_dependencies.yml"
 DOCKERFILE = "BaseDockerfile"
+VARIANTS_YML = "envcache_variants.yml"
 MAX_FILES = 64
 MAX_CHARS = 512 * 1024                  # well under the API's body cap, JSON escaping included
 
@@ -232,7 +233,7 @@ class _Collector:
             return  # invalid JSON or shape: the loader stops there, no other file is read
         if not isinstance(deps_file, str) or _unsafe(deps_file):
             raise Unfollowable(f"condaDependenciesFile {deps_file!r}")
-        for name in (deps_file, DOCKERFILE):
+        for name in (deps_file, DOCKERFILE, VARIANTS_YML):
             if (directory / name).is_file():
                 self._add(str(directory / name), _lexical(directory / name), base)
 

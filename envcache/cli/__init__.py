@@ -4,7 +4,7 @@ One sub-command per verb; each is a small function that parses nothing itself (a
 and prints either text for people or, with ``--json``, one JSON document for scripts
 (:mod:`envcache.cli.output`). The verbs live in one module per group: ``definition`` (offline:
 hash, canonical, diff, convert), ``daemon`` (serve, gc, fsck), ``client`` (talk to a running
-daemon) and ``upstream``. Errors a user can cause are :class:`~envcache.errors.EnvcacheError`:
+daemon), ``wheels`` (private wheels on a daemon) and ``upstream``. Errors a user can cause are :class:`~envcache.errors.EnvcacheError`:
 they print one line to stderr and exit with the error's status (2 for bad input, 3 for "not
 found"), never a traceback.
 """
@@ -100,6 +100,7 @@ _COMMAND_OWNERS = {
     **dict.fromkeys(("serve", "gc", "fsck"), "envcache.cli.daemon"),
     **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.cli.client"),
     **dict.fromkeys(("upstream", "push", "pull"), "envcache.cli.upstream"),
+    "wheels": "envcache.cli.wheels",
 }
 _COMMAND_MODULES = list(dict.fromkeys(_COMMAND_OWNERS.values()))
 

@@ -5,6 +5,11 @@ standard-library client at start-up. ``resolve`` and ``ensure`` send the definit
 and the daemon loads them (:mod:`envcache.wire`), so a hit imports no parser here;
 ``warm`` and ``env register`` load definitions locally (a bad file is reported per item).
 
+``resolve``/``ensure`` take a PATH or a registered environment as ``NAME[:VERSION]`` (the latest
+version without one); a path that exists always wins, so a file named like an environment is
+never mistaken for it. ``warm --registered`` warms every registered environment's latest
+version (curated ones excepted), in both variants unless ``--variants`` says otherwise.
+
 Exit codes: 0 ok, 1 failure (daemon unreachable, build failed), 2 bad input, 3 not found /
 cache miss (``resolve``), so ``envcache resolve env.yml || make-image`` works in a Makefile.
 """
@@ -12,6 +17,7 @@ cache miss (``resolve``), so ``envcache resolve env.yml || make-image`` works in
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -29,13 +35,22 @@ if TYPE_CHECKING:
 
 _DEFINITION_SUFFIXES = (".yml", ".yaml", ".json", ".txt")
 _AZURE_JSON = "azureml_environment.json"
+# A registered environment: the daemon's name rule (letters, digits, - _ .; not starting with -
+# or .), then an optional :VERSION.
+_ENVIRONMENT = r"(?P<name>[A-Za-z0-9_][A-Za-z0-9._-]{0,254})(?::(?P<version>[0-9]{1,19}))?"
+
+
+def daemon_options() -> argparse.ArgumentParser:
+    """``--url`` and ``--token``: the parent parser of every verb that talks to a daemon."""
+    daemon = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
+    daemon.add_argument("--url", help="daemon URL (default: $ENVCACHE_URL or http://127.0.0.1:5050)")
+    daemon.add_argument("--token", help="auth token (default: $ENVCACHE_TOKEN)")
+    return daemon
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the client-side verbs to the ``envcache`` parser."""
-    daemon = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
-    daemon.add_argument("--url", help="daemon URL (default: $ENVCACHE_URL or http://127.0.0.1:5050)")
-    daemon.add_argument("--token", help="auth token (default: $ENVCACHE_TOKEN)")
+    daemon = daemon_options()
     fmt = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     fmt.add_argument("--format", help="definition format (default: detected from the path)")
     variant = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
@@ -50,7 +65,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "'envcache resolve env.yml || envcache ensure env.yml' works in a Makefile.",
                        epilog=exit_status(s0="hit: the image reference is on stdout", s1=daemon_down,
                                           s2="bad input (the definition, an argument)", s3="miss: no cached image"))
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH|NAME[:VERSION]", help="a definition, or a registered environment")
     p.set_defaults(handler=_resolve)
 
     p = sub.add_parser("ensure", parents=[*parents, fmt, variant],
@@ -61,7 +76,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        epilog=exit_status(s0="the image reference is on stdout (hit, pulled or built)",
                                           s1=f"the build failed (its error lines are printed last), or {daemon_down}",
                                           s2="bad input (the definition, an argument)"))
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH|NAME[:VERSION]", help="a definition, or a registered environment")
     p.add_argument("--refresh", action="store_true", help="rebuild to pick up new versions of unpinned requirements")
     p.add_argument("--quiet", "-q", action="store_true", help="do not stream the build log")
     p.set_defaults(handler=_ensure)
@@ -70,11 +85,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Ensure every definition under the given files and directories, in the given "
                                    "variants, a few at a time. A line on stderr as each item starts and ends (on "
                                    "a terminal, a status line while builds run); then a table, or the report "
-                                   "with --json. A broken definition fails its item, not the run.",
+                                   "with --json. A broken definition fails its item, not the run. "
+                                   "--registered adds every registered environment's latest version.",
                        epilog=exit_status(s0="every item is cached", s1=f"an item failed, or {daemon_down}",
                                           s2="bad arguments, or no definitions found"))
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--variants", default="auto", help="comma-separated variants, e.g. cpu,gpu (default: auto)")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--registered", action="store_true",
+                   help="also every registered environment (latest versions; not the curated ones)")
+    p.add_argument("--variants", help="comma-separated variants, e.g. cpu,gpu (default: auto; cpu,gpu with "
+                                      "--registered)")
     p.add_argument("--concurrency", type=int, default=4, help="definitions ensured at once (default: 4)")
     p.add_argument("--refresh", action="store_true", help="rebuild images with unpinned requirements")
     p.set_defaults(handler=_warm)
@@ -148,10 +167,34 @@ def _files_or_document(path: str, fmt: str | None) -> Any:
     return DefinitionFiles.from_path(path, fmt) or _document(path, fmt)
 
 
+def _subject(args: argparse.Namespace) -> dict[str, Any]:
+    """``definition``/``environment`` keyword arguments for PATH or NAME[:VERSION] (a path that
+    exists wins; ``--format`` always means a path)."""
+    if args.format is None and not Path(args.path).exists():
+        found = re.fullmatch(_ENVIRONMENT, args.path)
+        if found is not None:
+            version = found["version"]
+            return {"environment": (found["name"], int(version) if version else None)}
+    return {"definition": _files_or_document(args.path, args.format)}
+
+
+def _asking(args: argparse.Namespace, subject: dict[str, Any], call: Any) -> Any:
+    """``call()``, with a missing registered environment said in the CLI's words."""
+    from envcache.errors import NotFound
+
+    try:
+        return call()
+    except NotFound as exc:
+        if "environment" not in subject:
+            raise
+        raise NotFound(f"{args.path}: no such file, and {exc.message}") from None
+
+
 def _resolve(args: argparse.Namespace) -> int:
     from envcache.errors import NotFound
 
-    answer = _client(args).resolve(_files_or_document(args.path, args.format), args.variant)
+    subject = _subject(args)
+    answer = _asking(args, subject, lambda: _client(args).resolve(variant=args.variant, **subject))
     if answer is None:
         if args.json:
             emit(args, "", {"status": "miss", "path": args.path, "variant": args.variant})
@@ -193,9 +236,10 @@ def _ensure(args: argparse.Namespace) -> int:
         flush()
         held.append(line)
 
+    subject = _subject(args)
     try:
-        answer = _client(args).ensure_image(_files_or_document(args.path, args.format), args.variant,
-                                            refresh=args.refresh, on_log=None if quiet else show)
+        answer = _asking(args, subject, lambda: _client(args).ensure_image(
+            variant=args.variant, refresh=args.refresh, on_log=None if quiet else show, **subject))
     except BuildFailure as failure:
         if quiet:
             raise  # the verdict, then the step's error lines: last, once
@@ -231,13 +275,19 @@ def collect_definitions(paths: list[str]) -> list[tuple[str, Path]]:
 def _warm(args: argparse.Namespace) -> int:
     from envcache.errors import EnvcacheError, InvalidInput
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not args.paths and not args.registered:
+        raise InvalidInput("warm: give definition paths, --registered, or both")
+    chosen = args.variants or ("cpu,gpu" if args.registered else "auto")
+    variants = [v.strip() for v in chosen.split(",") if v.strip()]
     if not variants or set(variants) - set(VARIANT_CHOICES):
-        raise InvalidInput(f"--variants: {args.variants!r}; use a comma-separated list of {', '.join(VARIANT_CHOICES)}")
+        raise InvalidInput(f"--variants: {chosen!r}; use a comma-separated list of {', '.join(VARIANT_CHOICES)}")
     if not 1 <= args.concurrency <= 64:
         raise InvalidInput("--concurrency must be from 1 to 64")
     progress = Progress()
     items, results = [], []
+    if args.registered:  # pinned to the versions that are latest now, so the report names them
+        items = [{"label": f"{r['name']}:{r['version']}", "environment": {"name": r["name"], "version": r["version"]}}
+                 for r in _client(args).environments()["environments"] if not r["curated"]]
     for label, path in collect_definitions(args.paths):
         try:
             items.append({"label": label, "definition": _document(str(path), None)})
@@ -246,7 +296,10 @@ def _warm(args: argparse.Namespace) -> int:
                 results.append({"label": label, "variant": v, "outcome": "failed", "error": exc.message, "seconds": 0.0})
                 progress.line(f"warm: {label} ({v}): failed: {exc.message.splitlines()[0]}")
     if not items and not results:
-        raise InvalidInput(f"no definitions found under {', '.join(args.paths)}")
+        if args.paths:
+            raise InvalidInput(f"no definitions found under {', '.join(args.paths)}")
+        emit(args, "nothing to warm: no environments are registered", {"results": [], "summary": {}, "ok": True})
+        return 0
     if items:
         for event in _client(args).warm_events(items, variants, args.concurrency, refresh=args.refresh):
             if event["event"] == "report":

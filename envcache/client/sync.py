@@ -11,11 +11,12 @@ directly, as the daemon is meant to be on the machine or the local network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
 
-from envcache.client.base import Endpoints, error_for, finished, headers, query_string, unavailable
+from envcache.client.base import Endpoints, error_for, finished, headers, is_miss, query_string, unavailable
 from envcache.errors import EnvcacheError
 from envcache.wire import daemon_url
 
@@ -23,6 +24,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast h
 if TYPE_CHECKING:
     import http.client
     import socket
+    from pathlib import Path
     from typing import Any
 
     from envcache.client.base import DefinitionLike, EnvironmentRef
@@ -44,7 +46,7 @@ class Client(Endpoints):
         return None
 
     def _open(self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None,
-              accept: str = "application/json") -> http.client.HTTPResponse:
+              accept: str = "application/json", upload: Path | None = None) -> http.client.HTTPResponse:
         """One request on a fresh connection; the response is open (the caller reads and closes it).
 
         A dead daemon raises :class:`DaemonUnavailable`, a peer that does not speak HTTP a
@@ -64,8 +66,14 @@ class Client(Endpoints):
         if data is not None:
             sent["Content-Type"] = "application/json"
         try:
-            connection.request(method, parts.path + path + query_string(query), body=data, headers=sent)
-            return connection.getresponse()
+            with contextlib.ExitStack() as stack:
+                payload: Any = data
+                if upload is not None:  # streamed from the open file by http.client, never read whole
+                    payload = stack.enter_context(open(upload, "rb"))
+                    sent["Content-Type"] = "application/octet-stream"
+                    sent["Content-Length"] = str(os.fstat(payload.fileno()).st_size)
+                connection.request(method, parts.path + path + query_string(query), body=payload, headers=sent)
+                return connection.getresponse()
         except OSError as exc:  # refused, reset, timed out, TLS failed
             connection.close()
             raise unavailable(self.url, exc) from None
@@ -74,10 +82,10 @@ class Client(Endpoints):
             raise _malformed(self.url, exc) from None
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+                 query: dict[str, Any] | None = None, none_on_404: bool = False, upload: Path | None = None) -> Any:
         import http.client
 
-        with self._open(method, path, body, query) as response:
+        with self._open(method, path, body, query, upload=upload) as response:
             try:
                 status, payload = response.status, response.read()
             except http.client.HTTPException as exc:  # e.g. the body was cut short
@@ -87,7 +95,7 @@ class Client(Endpoints):
                 return json.loads(payload)
             except ValueError as exc:
                 raise _malformed(self.url, exc) from None
-        if none_on_404 and status == 404:
+        if none_on_404 and status == 404 and is_miss(payload):
             return None
         raise error_for(status, payload)
 

@@ -31,6 +31,7 @@ from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
+from envcache.service.wheels import Wheels
 from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
 from envcache.upstream.source import UpstreamSource
@@ -124,8 +125,11 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
+    # A new wheel goes to the push upstreams at once: other daemons may build with it before
+    # anything that pins it is built here.
+    wheels = Wheels(store, on_added=upstream.push_wheel if upstream.push_upstreams else None)
     return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments, offload), upstream,
-                  puller, uploads, metrics, offload)
+                  puller, uploads, metrics, offload, wheels)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

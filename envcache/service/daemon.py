@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from envcache.service.metrics import Metrics
     from envcache.service.offload import Offload
     from envcache.service.requests import Definitions
+    from envcache.service.wheels import Wheels
     from envcache.store import Store
     from envcache.upstream.base import BasePuller
     from envcache.upstream.source import UpstreamSource
@@ -142,6 +143,7 @@ class Daemon:
     uploads: UploadState
     metrics: Metrics
     offload: Offload                   # large definitions are parsed in its worker process
+    wheels: Wheels
 
 
 DAEMON = web.AppKey("envcache_daemon", Daemon)

@@ -239,6 +239,49 @@ class Scaffold(msgspec.Struct):
     files: Annotated[dict[str, str], msgspec.Meta(description="relative path → text of the Azure ML files")]
 
 
+class Wheel(msgspec.Struct):
+    digest: str
+    filename: str
+    name: Annotated[str, msgspec.Meta(description="the project, PEP 503 normalised")]
+    version: str
+    tags: list[str]
+    requires_python: str | None
+    summary: str | None
+    size: int
+    created: float
+    url: Annotated[str, msgspec.Meta(description="where this daemon serves the file, as the caller reached it")]
+    requirement: Annotated[str, msgspec.Meta(
+        description="what to put in a definition's pip_packages: name @ url#sha256=…")]
+
+
+class WheelAdded(msgspec.Struct):
+    wheel: Wheel
+    created: bool
+
+
+class WheelList(msgspec.Struct):
+    wheels: list[Wheel]
+
+
+class WheelUsers(msgspec.Struct):
+    environments: Annotated[list[str], msgspec.Meta(
+        description="registered environments whose latest version pins the wheel (name:version)")]
+    older_versions: list[str]
+    images: Annotated[list[str], msgspec.Meta(description="keys of cached images that pin it")]
+
+
+class WheelDetails(msgspec.Struct):
+    wheel: Wheel
+    used_by: WheelUsers
+
+
+class WheelRemoved(msgspec.Struct):
+    wheel: Wheel
+    used_by: WheelUsers
+    artifact_kept: Annotated[bool, msgspec.Meta(
+        description="its envcache/wheel artifact stays while an older environment version or an image pins it")]
+
+
 class WarmResult(msgspec.Struct):
     label: str
     variant: str
@@ -355,11 +398,12 @@ def _json(model: Any, description: str = "ok") -> dict[str, Any]:
 
 
 def openapi_document(version: str, routes: list[tuple[str, str, str, dict[str, Any]]]) -> dict[str, Any]:
-    """OpenAPI 3.1 for ``routes``: (method, path, summary, {"body": Model, "responses": {status:
-    Model or description}, "params": [...]}), with every model's JSON Schema from msgspec."""
+    """OpenAPI 3.1 for ``routes``: (method, path, summary, {"body": Model or a media type (raw
+    bytes), "responses": {status: Model or description}, "params": [...]}), with every model's
+    JSON Schema from msgspec."""
     models: list[Any] = [Error]
     for _method, _path, _summary, spec in routes:
-        models += [spec[k] for k in ("body",) if k in spec]
+        models += [spec[k] for k in ("body",) if k in spec and not isinstance(spec[k], str)]
         models += [m for m in spec.get("responses", {}).values() if not isinstance(m, str)]
     refs, components = msgspec.json.schema_components(models, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(map(id, models), refs))
@@ -370,7 +414,10 @@ def openapi_document(version: str, routes: list[tuple[str, str, str, dict[str, A
             operation["responses"][status] = (
                 {"description": model, "content": {"text/plain": {"schema": {"type": "string"}}}}
                 if isinstance(model, str) else _json(ref_of[id(model)]))
-        if "body" in spec:
+        if isinstance(spec.get("body"), str):
+            operation["requestBody"] = {"required": True, "content": {spec["body"]: {
+                "schema": {"type": "string", "format": "binary"}}}}
+        elif "body" in spec:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": ref_of[id(spec["body"])]}}}
         if spec.get("params"):
@@ -390,6 +437,6 @@ def path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def query_param(name: str, kind: str = "integer") -> dict[str, Any]:
+def query_param(name: str, kind: str = "integer", required: bool = False) -> dict[str, Any]:
     schema = {"type": "integer", "minimum": 1, "maximum": MAX_INTEGER} if kind == "integer" else {"type": kind}
-    return {"name": name, "in": "query", "required": False, "schema": schema}
+    return {"name": name, "in": "query", "required": required, "schema": schema}

@@ -26,6 +26,11 @@ sweep yields between batches, so requests keep being answered while gc runs.
 gc reads every repository through its interface (``roots_for_gc`` of tags and of the image
 index, the blob rows and links, the layer map) and never another layer's tables.
 
+Wheel artifacts (``envcache/wheel:<sha256 hex>``) are tagged like any artifact, but the tag of a
+wheel that is not an uploaded wheel (removed with ``wheels rm``, or pulled for a build) only
+lives while a registered environment or a cached image pins the wheel: once nothing does and the
+grace period has passed, the tag goes and the same run sweeps the wheel.
+
 ``--keep-days N`` first expires ``images`` rows unused for N days (``last_used``) and deletes
 their tags, so the same run sweeps them. An index tag over variants (``envcache/env:<spec
 hash>``) goes too once every image it lists has expired; while a sibling variant is still in use
@@ -36,12 +41,15 @@ replaces that entry.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from envcache.definition.canonical import wheel_digests
 from envcache.errors import EnvcacheError, InvalidInput
+from envcache.oci import WHEEL_REPOSITORY
 from envcache.store.records import BlobRow, FileEntry, ManifestRow
 from envcache.store.references import manifest_refs
 from envcache.store.store import Busy, Store
@@ -272,20 +280,23 @@ async def _batched(items: Sequence[Any], step: Callable[[Sequence[Any]], Awaitab
 
 async def _expire_images(store: Store, report: GcReport,
                          now: float) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
-    """``--keep-days``: forget image-index entries still unused for that long, and delete the
-    (repository, tag, digest) tags that go with them — one transaction, before the mark, so an
-    image used meanwhile keeps its row and its tags. A dry run only computes them."""
-    if report.keep_days is None:
-        return [], []
-    limit = now - report.keep_days * 86400
+    """``--keep-days``: forget image-index entries still unused for that long; with them, delete
+    the (repository, tag, digest) tags that go with them and the tags of wheel artifacts nothing
+    keeps any more — one transaction, before the mark, so an image or wheel used meanwhile keeps
+    its row and its tags. A dry run only computes them."""
+    expired: list[tuple[str, str, str]] = []
+    dead: list[tuple[str, str, str]] = []
     async with store.transaction(write=not report.dry_run):
-        expired = await store.images.unused_since(limit)
-        images = await store.images.all_tags()
-        if expired and not report.dry_run:
-            gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
-            expired = [entry for entry in expired if entry[0] in gone]
-        dead = await _dead_tags(store, images, expired)
-        if not report.dry_run:
+        if report.keep_days is not None:
+            limit = now - report.keep_days * 86400
+            expired = await store.images.unused_since(limit)
+            images = await store.images.all_tags()
+            if expired and not report.dry_run:
+                gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
+                expired = [entry for entry in expired if entry[0] in gone]
+            dead = await _dead_tags(store, images, expired)
+        dead += await _unkept_wheels(store, {key for key, _, _ in expired}, now - report.grace_seconds)
+        if dead and not report.dry_run:
             await store.manifests.delete_tags(dead)
     report.images_expired = [key for key, _, _ in expired]
     report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
@@ -315,6 +326,27 @@ async def _dead_tags(store: Store, images: list[tuple[str, str, str, str]],
             if children and all((repo, c) in expired_manifests and (repo, c) not in live_manifests for c in children):
                 dead.add((repo, tag, digest))
     return sorted(dead)
+
+
+async def _unkept_wheels(store: Store, expired_keys: set[str], cutoff: float) -> list[tuple[str, str, str]]:
+    """Tags of wheel artifacts nothing keeps: not uploaded here (any more) and pinned by no
+    registered environment version and no cached image (but those expiring in this run), once
+    older than the grace period."""
+    tags = await store.manifests.tagged(WHEEL_REPOSITORY)
+    if not tags:
+        return []
+    kept = {wheel.digest for wheel in await store.wheels.all()}
+    for version in await store.environments.mentioning("sha256="):
+        kept |= wheel_digests(version.definition)
+    for image in await store.images.mentioning("sha256="):
+        if image.key not in expired_keys and image.canonical is not None:
+            kept |= wheel_digests(json.loads(image.canonical))
+    dead = []
+    for tag, digest in tags:
+        row = await store.manifests.find(WHEEL_REPOSITORY, digest)
+        if f"sha256:{tag}" not in kept and (row is None or max(row.created, row.last_used) < cutoff):
+            dead.append((WHEEL_REPOSITORY, tag, digest))
+    return dead
 
 
 async def _children_of(store: Store, digest: str) -> list[str]:

@@ -103,7 +103,7 @@ async def test_what_is_not_a_wheel_is_refused_and_nothing_is_kept(
                              data=changed.read_bytes()) as resp:
             assert resp.status == 409 and (await resp.json())["error"]["status"] == 409
     assert {b.digest for b in await daemon.store.blobs.all()} == blobs_before
-    assert not [p for p in daemon.store.files.scratch_dir().iterdir() if p.name.startswith("received-")]
+    assert not [p for p in daemon.store.files.tmp.iterdir() if p.name.startswith("wheel-")]
     assert [w.filename for w in await daemon.store.wheels.all()] == [wheel.path.name]
 
 
@@ -248,7 +248,7 @@ async def test_registered_environments_by_name_from_the_cli(daemon: DaemonURL, t
     Path("env.yml").write_text(yaml.safe_dump(_definition("six", base=f"{daemon.host}/base/tiny:1")))
     assert (await cli(daemon, "env", "register", "demo", "env.yml"))[0] == 0
     code, out, err = await cli(daemon, "resolve", "demo", "--variant", "cpu")
-    assert (code, out) == (3, "") and "demo: no cached image (cpu); run `envcache ensure demo`" in err
+    assert (code, out) == (3, "") and "demo: no cached image (cpu); run `envcache ensure demo --variant cpu --url " in err
     code, out, err = await cli(daemon, "resolve", "demo:1", "--variant", "cpu", "--json")
     assert code == 3 and json.loads(out)["status"] == "miss"
     code, _, err = await cli(daemon, "resolve", "demo:7", "--variant", "cpu")

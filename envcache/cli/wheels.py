@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from envcache.cli.client import daemon_options
-from envcache.cli.output import emit, table
+from envcache.cli.output import HelpFormatter, emit, exit_status, table
 
 if TYPE_CHECKING:
     from envcache.client.sync import Client
@@ -22,20 +22,43 @@ if TYPE_CHECKING:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parents = [common, daemon_options()]
+    down = "the daemon does not answer, or refused the request"
 
-    wheels = sub.add_parser("wheels", help="private wheels: upload once, pin by digest in definitions")
+    wheels = sub.add_parser("wheels", help="private wheels: upload once, pin by digest in definitions",
+                            formatter_class=HelpFormatter,
+                            description="Private wheels on the daemon: uploaded once, stored by sha256, served "
+                                        "to builds from the daemon's own package index, and pinned in definitions "
+                                        "by their digest.",
+                            epilog=exit_status(s0="success", s1=down, s2="bad arguments"))
     actions = wheels.add_subparsers(dest="wheels_command", metavar="ACTION")
     actions.required = True
-    p = actions.add_parser("add", parents=parents, help="upload wheel files; prints the requirement for each")
+    p = actions.add_parser("add", parents=parents, help="upload wheel files; prints the requirement for each",
+                           formatter_class=HelpFormatter,
+                           description="Upload wheel files (checked: name, version and tags from the file name "
+                                       "and METADATA). stdout gets one requirement per file, pinning its digest, "
+                                       "to put in a definition.",
+                           epilog=exit_status(s0="uploaded (or already there): the requirements are on stdout",
+                                              s1=f"a file name already names other bytes, or {down}",
+                                              s2="not a wheel (the reason is printed)"))
     p.add_argument("files", nargs="+", metavar="FILE.whl")
     p.set_defaults(handler=_add)
-    p = actions.add_parser("list", parents=parents, help="the daemon's private wheels")
+    p = actions.add_parser("list", parents=parents, help="the daemon's private wheels", formatter_class=HelpFormatter,
+                           description="List the daemon's private wheels: file, project, version, size, digest "
+                                       "and when each was uploaded.",
+                           epilog=exit_status(s0="the list is on stdout", s1=down))
     p.set_defaults(handler=_list)
-    p = actions.add_parser("show", parents=parents, help="one wheel, and what pins it")
+    p = actions.add_parser("show", parents=parents, help="one wheel, and what pins it", formatter_class=HelpFormatter,
+                           description="Show one wheel (by file name or sha256 digest): its metadata, the "
+                                       "requirement that pins it, and the environments and images that use it.",
+                           epilog=exit_status(s0="shown", s1=down, s3="no such wheel"))
     p.add_argument("wheel", metavar="WHEEL", help="file name or sha256 digest")
     p.set_defaults(handler=_show)
-    p = actions.add_parser("rm", parents=parents,
-                           help="remove a wheel (refused while a registered environment uses it)")
+    p = actions.add_parser("rm", parents=parents, formatter_class=HelpFormatter,
+                           help="remove a wheel (refused while a registered environment uses it)",
+                           description="Remove an uploaded wheel. Refused while a registered environment pins it; "
+                                       "images that pin it keep it until gc finds nothing uses it any more.",
+                           epilog=exit_status(s0="removed", s1=f"a registered environment still uses it, or {down}",
+                                              s3="no such wheel"))
     p.add_argument("wheel", metavar="WHEEL", help="file name or sha256 digest")
     p.set_defaults(handler=_rm)
 

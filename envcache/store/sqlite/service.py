@@ -213,14 +213,14 @@ class SqliteEnvironments:
         return self._db.one("SELECT count(DISTINCT name) FROM environments WHERE name LIKE ? ESCAPE '\\'",
                             [f"%{_like(contains)}%"])[0]
 
+    async def mentioning(self, text: str) -> list[EnvironmentVersion]:
+        return [_environment(row) for row in self._db.all(
+            f"SELECT {_ENVIRONMENT} FROM environments WHERE instr(definition, ?) > 0 ORDER BY name, version", [text])]
+
 
 def _like(text: str) -> str:
     """``text`` as a literal inside a LIKE pattern (``%`` and ``_`` are wildcards there)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-    async def mentioning(self, text: str) -> list[EnvironmentVersion]:
-        return [_environment(row) for row in self._db.all(
-            f"SELECT {_ENVIRONMENT} FROM environments WHERE instr(definition, ?) > 0 ORDER BY name, version", [text])]
 
 
 class SqliteWheels:

@@ -20,7 +20,7 @@ from envcache.service.config import Config
 from tests.fixtures.bases import PythonBase, load_into_buildah, load_into_dockerd
 from tests.fixtures.oci_images import OciImage, push_oci_image, read_oci_image
 from tests.fixtures.upstream import ensure_and_log
-from tests.fixtures.wheels import WheelIndex
+from tests.fixtures.wheel_index import WheelIndex
 
 pytestmark = pytest.mark.engine
 

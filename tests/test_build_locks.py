@@ -1,7 +1,7 @@
 """The lock, end to end: recorded per package, fed back on every rebuild, re-resolved on refresh.
 
 Real parts only: daemons building with the session's dockerd and buildah on the Debian python
-base, a local package index of real wheels (``tests.fixtures.wheels``) that gains a release
+base, a local package index of real wheels (``tests.fixtures.wheel_index``) that gains a release
 while the test runs, a CNCF distribution as the shared upstream, and the ``envcache`` CLI as a
 user runs it. ``envcache-app`` depends on ``envcache-dep``, which the definitions never name:
 the transitive package is where unpinned drift hides.
@@ -25,7 +25,7 @@ from envcache.service.daemon import DAEMON
 from envcache.upstream.config import parse_upstream
 from tests.fixtures.daemon import DaemonURL
 from tests.fixtures.engines import Buildah, Dockerd
-from tests.fixtures.wheels import WheelIndex
+from tests.fixtures.wheel_index import WheelIndex
 
 pytestmark = pytest.mark.engine
 

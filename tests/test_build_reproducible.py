@@ -21,7 +21,7 @@ from tests.fixtures.bases import PythonBase, load_into_buildah, load_into_docker
 from tests.fixtures.engines import start_buildah
 from tests.fixtures.testdata import CondaChannel
 from tests.fixtures.upstream import ensure_and_log
-from tests.fixtures.wheels import WheelIndex
+from tests.fixtures.wheel_index import WheelIndex
 
 pytestmark = pytest.mark.engine
 

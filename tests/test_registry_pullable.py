@@ -26,7 +26,7 @@ from envcache.service.config import Config
 from tests.fixtures.bases import PythonBase, load_into_dockerd
 from tests.fixtures.engines import Dockerd
 from tests.fixtures.upstream import ensure_and_log
-from tests.fixtures.wheels import WheelIndex
+from tests.fixtures.wheel_index import WheelIndex
 
 pytestmark = pytest.mark.engine
 

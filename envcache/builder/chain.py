@@ -13,7 +13,9 @@ stage's stored config.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,11 +66,22 @@ class ChainWalk:
                 directory = tmp / f"{index}-{planned.kind}"
                 directory.mkdir()
                 ctx = RecipeContext(self.parent_ref, None, directory, self.plan.variant, has_conda, helper, ca_bundle,
-                                    engine=self.engine, log=self.log)
+                                    engine=self.engine, log=self.log, wheel_file=functools.partial(self._wheel_file, tmp))
                 await self._stage(planned, ctx)
         finally:
             await helper.stop()
         return self.walked
+
+    async def _wheel_file(self, tmp: Path, digest: str) -> Path | None:
+        """The stored wheel's blob file (a copy in the build's directory when the blob driver
+        keeps no local files), or None when the store has no such wheel."""
+        if not await self.store.has_blob(digest):
+            return None
+        path = self.store.files.local_path(digest)
+        if path is None:
+            path = tmp / digest.replace(":", "-")
+            await asyncio.to_thread(_copy_blob, self.store, digest, path)
+        return path
 
     async def _stage(self, planned: PlannedStage, ctx: RecipeContext) -> None:
         timeout = float(self.settings.stage_timeout)
@@ -110,7 +123,7 @@ class ChainWalk:
         recipe = await planned.stage.recipe(ctx)
         (ctx.directory / "Dockerfile").write_text(recipe.dockerfile)
         await self.engine.build(ctx.directory, stage_tag(key), network=recipe.network, log=self.log,
-                                step=planned.kind)
+                                step=planned.kind, display=recipe.display)
         if recipe.after is not None:
             try:
                 self.walked.annotations[key] = recipe.after()
@@ -135,3 +148,8 @@ class ChainWalk:
             config = await stored.stored_config(self.store, self._pending)
             return ImageInfo(id="", config=json.loads(config).get("config") or {})
         return await self.engine.inspect(self.parent_ref)
+
+
+def _copy_blob(store: Store, digest: str, path: Path) -> None:
+    with store.files.open(digest) as source, open(path, "wb") as out:
+        shutil.copyfileobj(source, out)

@@ -51,6 +51,9 @@ STAGE_REPOSITORY = "envcache/stage"
 #: Where envcache keeps each image's lock as an OCI artifact (tag: the image's), whose subject is
 #: the image: it outlives the image (gc), and travels to and from upstreams on its own.
 LOCK_REPOSITORY = "envcache/lock"
+#: Where envcache keeps each private wheel as an artifact (tag: the wheel's sha256 hex), so push
+#: and pull carry wheels like images and any OCI client can fetch one.
+WHEEL_REPOSITORY = "envcache/wheel"
 
 
 def image_tag(key: str, variant: str) -> str:

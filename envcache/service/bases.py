@@ -35,7 +35,7 @@ from envcache.store.interfaces import BaseDigests
 #: the engine resolves it), ``login`` the definition's credentials for the base's registry.
 Resolver = Callable[..., Awaitable[str | None]]
 
-_DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})$")
+_DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})\Z")  # \Z: "$" also matches before a final newline
 
 
 class BaseImageUnresolvable(EnvcacheError):

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,8 +40,10 @@ from envcache.builder.lock import changes as lock_changes
 from envcache.builder.plan import BuildPlan
 from envcache.errors import EnvcacheError, NotFound
 from envcache.oci import layer_compression, parse_manifest
+from envcache.progress import Ticker
 from envcache.service import schemas
 from envcache.service.bases import BaseDigestResolver
+from envcache.service.offload import Offload, is_large
 from envcache.store import BuildRecord, InsufficientStorage, Store, StoredImage
 
 if TYPE_CHECKING:
@@ -119,6 +123,7 @@ class Build:
     env_name: str | None
     env_version: int | None
     refresh: bool
+    request_id: str | None = None  # the request that started it (X-Request-Id; the access log has it too)
     state: str = "queued"  # queued → running → succeeded | failed
     # built | pulled | unchanged (refresh kept the old image) | recompressed (the same image,
     # its layers re-stored in the configured compression)
@@ -169,8 +174,12 @@ class Build:
         """The build's image; raises :class:`BuildError` when it failed."""
         await self._done.wait()
         if self.state != "succeeded" or self.image is None:
-            raise BuildError(f"build {self.id} failed: {self.error}")
+            raise BuildError(self.failure())
         return self.image
+
+    def failure(self) -> str:
+        """What a client is told when the build failed: its id, the verdict, the error lines."""
+        return f"build {self.id}: {self.error}"
 
     def record(self) -> BuildRecord:
         """What the store keeps of the build (the log once it has ended)."""
@@ -184,7 +193,12 @@ class Build:
             environment=schemas.BuildEnvironment(self.env_name, self.env_version) if self.env_name else None,
             state=self.state, outcome=self.outcome, refresh=self.refresh, created=self.created,  # type: ignore[arg-type]
             started=self.started, finished=self.finished, error=self.error,
-            image=self.image.model(host) if self.image else None, changes=self.changes)
+            image=self.image.model(host) if self.image else None, changes=self.changes,
+            request_id=self.request_id)
+
+
+def _still_working(ticker: Ticker) -> str:
+    return f"envcache: still working, {ticker.quiet:.0f}s since the last line ({ticker.elapsed:.0f}s in all)"
 
 
 @dataclass
@@ -217,6 +231,7 @@ class Ensurer:
         track_tags: bool = False,
         compression: str | None = None,
         recompress: Recompressor | None = None,
+        offload: Offload | None = None,
     ) -> None:
         """``track_tags`` keeps the image index in step with the registry's tags: a hit needs its
         tag to still name a manifest, and an unchanged refresh moves the tag back to the image
@@ -238,6 +253,10 @@ class Ensurer:
         self._track_tags = track_tags
         self._compression = compression
         self._recompress = recompress
+        self._offload = offload
+        # Plans of large definitions, by the identity of the (never mutated, memoised) Definition:
+        # canonicalising one takes a worker round trip, so each is done once per variant.
+        self._plans: OrderedDict[tuple[int, str], tuple[Definition, BuildPlan]] = OrderedDict()
 
     async def start(self) -> None:
         """Builds left queued/running by a daemon that died are failed, not left hanging forever
@@ -249,11 +268,27 @@ class Ensurer:
 
     async def prepare(self, definition: Definition, variant: str) -> Prepared:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
-        plan = BuildPlan.of(definition, variant, default_base=self._variant_bases.get(variant))
+        plan = await self._plan(definition, variant)
         reference = plan.base_reference
         digest = "none" if reference is None else \
             await self.resolver.resolve(reference, name=plan.base_name, login=plan.login)
         return plan.resolved(digest, self.recipe_version)
+
+    async def _plan(self, definition: Definition, variant: str) -> BuildPlan:
+        """The variant applied and canonicalised: inline, or for a large definition in the worker."""
+        default_base = self._variant_bases.get(variant)
+        if self._offload is None or not is_large(definition):
+            return BuildPlan.of(definition, variant, default_base=default_base)
+        key = (id(definition), variant)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is definition:
+            self._plans.move_to_end(key)
+            return cached[1]
+        plan = await self._offload.run(functools.partial(BuildPlan.of, default_base=default_base), definition, variant)
+        self._plans[key] = (definition, plan)
+        if len(self._plans) > 16:
+            self._plans.popitem(last=False)
+        return plan
 
     async def lookup(self, prepared: Prepared) -> ImageRecord | None:
         """The cached image for ``prepared`` if every client can pull it, else None."""
@@ -307,7 +342,7 @@ class Ensurer:
 
     async def ensure(
         self, definition: Definition, variant: str, *, refresh: bool = False,
-        environment: tuple[str, int] | None = None,
+        environment: tuple[str, int] | None = None, request_id: str | None = None,
     ) -> Outcome:
         """Answer a hit at once; otherwise start (or join) the build for this key."""
         prepared = await self.prepare(definition, variant)
@@ -324,7 +359,7 @@ class Ensurer:
         if build is None:
             name, version = environment if environment else (None, None)
             build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, prepared.refresh,
-                          recompress=recompress)
+                          request_id, recompress=recompress)
             self._inflight[slot] = build
             self._builds[build.id] = build
             await self._store.builds.save(build.record())
@@ -370,11 +405,16 @@ class Ensurer:
     async def _run(self, build: Build, prepared: Prepared, slot: tuple[str, str]) -> None:
         began = time.monotonic()
         try:
-            build.log(f"envcache: {('refresh of ' if build.refresh else '')}image {build.key} ({build.variant}) queued")
+            started_by = f" by request {build.request_id}" if build.request_id else ""
+            build.log(f"envcache: {('refresh of ' if build.refresh else '')}image {build.key} ({build.variant}) "
+                      f"queued{started_by}")
             async with self._slots:
                 build.state, build.started = "running", time.time()
                 await self._store.builds.save(build.record())
-                built, outcome = await self._obtain(build, prepared)
+                # Steps that print nothing for minutes (pip compiling, a slow pull, export) still
+                # show that the build is alive.
+                async with Ticker(build.log, _still_working) as build_log:
+                    built, outcome = await self._obtain(build, prepared, build_log)
             build.image, build.outcome, build.changes = await self._record(prepared, built, outcome)
             if build.refresh:
                 build.log("envcache: refresh: " + (f"{len(build.changes)} change(s): {', '.join(build.changes)}"
@@ -387,8 +427,13 @@ class Ensurer:
             raise
         except Exception as exc:  # a failed build is an outcome to report, not a crash
             message = str(exc) if isinstance(exc, EnvcacheError) else f"{type(exc).__name__}: {exc}"
-            # A BuildFailed message already ends with the log's last lines (which the log has too).
-            build.log(f"envcache: build failed: {message}")
+            # A BuildFailed says "build failed in step …" and ends with the step's error lines,
+            # which the log already has: the log gets the verdict, the error (what clients show)
+            # both.
+            verdict = getattr(exc, "verdict", None)
+            if verdict is None:
+                verdict = message = f"build failed: {message}"
+            build.log(f"envcache: {verdict}")
             await self._finish(build, "failed", message)
             log.info("build %s failed: %s", build.id, message)
         finally:
@@ -407,23 +452,23 @@ class Ensurer:
         finally:
             build.finish(state, error)
 
-    async def _obtain(self, build: Build, prepared: Prepared) -> tuple[BuiltLike, str]:
+    async def _obtain(self, build: Build, prepared: Prepared, log: LogFn) -> tuple[BuiltLike, str]:
         if build.recompress is not None and self._recompress is not None:
-            build.log(f"envcache: {build.recompress.repository}:{build.recompress.tag} is stored "
-                      f"{build.recompress.compression or 'in an unrecorded compression'}; this daemon serves "
-                      f"{self._compression}: storing its layers so (same image, same lock)")
-            return await self._recompress(build.recompress, build.log), "recompressed"
+            log(f"envcache: {build.recompress.repository}:{build.recompress.tag} is stored "
+                f"{build.recompress.compression or 'in an unrecorded compression'}; this daemon serves "
+                f"{self._compression}: storing its layers so (same image, same lock)")
+            return await self._recompress(build.recompress, log), "recompressed"
         if not build.refresh:
             for source in self.sources:
-                got = await source(prepared, build.log)
+                got = await source(prepared, log)
                 if got is not None:
                     if self._recompress is not None and self._foreign(got.compression):
                         # The upstream's copy is in another compression: never answer with it.
-                        build.log(f"envcache: the pulled image is stored {got.compression}; this daemon serves "
-                                  f"{self._compression}: storing its layers so (same image, same lock)")
-                        got = await self._recompress(got, build.log)
+                        log(f"envcache: the pulled image is stored {got.compression}; this daemon serves "
+                            f"{self._compression}: storing its layers so (same image, same lock)")
+                        got = await self._recompress(got, log)
                     return got, "pulled"
-        built = await self._builder(prepared, build.log)
+        built = await self._builder(prepared, log)
         return built, "built"
 
     async def images(self, limit: int) -> list[ImageRecord]:

@@ -19,12 +19,15 @@ the step created or changed gets the mtime ``EPOCH`` (SOURCE_DATE_EPOCH) — see
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
 
 LOCK_DIR = "/opt/envcache/lock"
+# The private wheels the RUN line fetched for pip (envcache.builder.stages.pip.WHEEL_DIR).
+WHEELS = "/tmp/envcache-wheels"
 # Mount points and files the engine bind-mounts into a RUN container: never part of the layer.
 SKIP = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 
@@ -123,6 +126,7 @@ def main(helper, mode, epoch, interpreter):
         for name in os.listdir(work):
             os.unlink(os.path.join(work, name))
         os.rmdir(work)
+        shutil.rmtree(WHEELS, ignore_errors=True)   # before the clamp: /tmp's mtime is the last change
     if mode == "install":
         clamp(started - 1, epoch)
 

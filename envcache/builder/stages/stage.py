@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,6 +24,9 @@ CREATED = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(SOURCE_DATE_EPOCH))
 #: One package of a stage's part of the lock (see :mod:`envcache.builder.lock`).
 Entry = dict[str, Any]
 
+#: A local file holding the wheel with this digest, or None when the store has none.
+WheelFile = Callable[[str], Awaitable[Path | None]]
+
 
 @dataclass
 class StageRecipe:
@@ -35,6 +38,9 @@ class StageRecipe:
     dockerfile: str
     network: bool = False
     after: Callable[[], dict[str, str]] | None = None
+    #: Generated text → what the build log shows instead (the engine echoes each step, and a
+    #: generated script is long and carries the build helper's URL and token).
+    display: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +57,7 @@ class RecipeContext:
     part: list[Entry] = field(default_factory=list)  # the lock part to install, exactly
     engine: Engine | None = None        # runs a resolution inside the parent image (pip)
     log: LogFn = print
+    wheel_file: WheelFile | None = None  # pinned private wheels the store holds (pip)
 
 
 class Stage:

@@ -165,7 +165,18 @@ def _m4_generations(db: sqlite_utils.Database) -> None:
     db[LAYER_BLOBS].create_index(["blob_digest"], if_not_exists=True)
 
 
-def _m5_image_history(db: sqlite_utils.Database) -> None:
+def _m5_wheels(db: sqlite_utils.Database) -> None:
+    """Private wheels: one row per uploaded wheel (its bytes are a blob, its artifact a manifest)."""
+    db["wheels"].create(
+        {"digest": str, "filename": str, "name": str, "version": str, "tags": str, "requires_python": str,
+         "summary": str, "size": int, "created": float},
+        pk="digest", if_not_exists=True,
+    )
+    db["wheels"].create_index(["filename"], unique=True, if_not_exists=True)
+    db["wheels"].create_index(["name"], if_not_exists=True)
+
+
+def _m6_image_history(db: sqlite_utils.Database) -> None:
     """Images a key was filed under before a refresh re-resolved it: they stay pullable by digest
     (and listed by ``envcache images KEY --history``) until gc expires them. And each image's
     layer compression, so a daemon configured for another one never answers with it (empty for
@@ -181,7 +192,7 @@ def _m5_image_history(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_image_history]
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_image_history]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

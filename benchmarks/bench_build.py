@@ -181,8 +181,8 @@ async def main(out_dir: Path) -> dict[str, Any]:
 
         # 5: plain docker build of the equivalent Dockerfile
         context = work / "plain"
-        await conda_stage.install_prefix([channel.url], ["envcache-tool"],
-                                         context / "conda" / conda_stage.PREFIX.lstrip("/"))
+        await conda_stage.install(await conda_stage.solve([channel.url], ["envcache-tool"]),
+                                  context / "conda" / conda_stage.PREFIX.lstrip("/"))
         spark = next(s for s in [definition(channel.url, maven.url, PIP_BEFORE).spark])
         await fetch_jars(spark.packages, spark.repositories, context / "spark" / "opt" / "spark" / "jars")
         ca = host_ca_bundle()

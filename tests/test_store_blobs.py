@@ -54,7 +54,7 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
     with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:
         conn.execute(f"DROP TABLE {LAYER_BLOBS}")
         conn.execute(f"DROP TABLE {BASE_DIGESTS}")
-        conn.execute("DROP TABLE image_history")            # migration 5's; a version-1 file has neither
+        conn.execute("DROP TABLE image_history")            # migration 6's; a version-1 file has neither
         conn.execute("ALTER TABLE images DROP COLUMN compression")
         conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
         conn.execute("DROP TABLE wheels")  # a version-1 database predates it (migration 5)
@@ -87,17 +87,17 @@ async def test_migration_3_adds_generations_and_the_link_index_to_a_version_2_da
         await store.close()
 
 
-async def test_migration_5_adds_image_history_and_compression_to_a_version_4_database(tmp_path: Path) -> None:
+async def test_migration_6_adds_image_history_and_compression_to_a_version_5_database(tmp_path: Path) -> None:
     await (await open_store(tmp_path / "d")).close()
-    with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:   # what main's schema version 4 had
+    with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:   # what main's schema version 5 had
         conn.execute("DROP TABLE image_history")
         conn.execute("ALTER TABLE images DROP COLUMN compression")
         conn.execute("INSERT INTO images (key, variant, repository, tag, manifest_digest, size, created, lock) "
                      "VALUES ('k', 'cpu', 'envcache/env', 'k-cpu', 'sha256:" + "c" * 64 + "', 1, 1.0, '{}')")
-        conn.execute("UPDATE schema_version SET version = 4")
+        conn.execute("UPDATE schema_version SET version = 5")
     store = await open_store(tmp_path / "d")
     try:
-        assert store.schema_version == len(MIGRATIONS) == 5
+        assert store.schema_version == len(MIGRATIONS) == 6
         assert "image_history" in store.metadata.db.table_names()
         image = await store.images.get("k")
         assert image is not None and image.compression == ""   # filed before: checked once on use

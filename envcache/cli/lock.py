@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envcache.cli.output import emit
+from envcache.cli.output import emit, exit_status
 from envcache.wire import VARIANT_CHOICES
 
 if TYPE_CHECKING:
@@ -31,15 +31,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     daemon.add_argument("--definition-format", metavar="FORMAT",
                         help="for a definition: its format (default: detected from the path)")
     daemon.add_argument("subject", metavar="KEY|DEFINITION", help="an image key (or KEY-VARIANT), or a definition")
+    statuses = exit_status(s0="printed", s1="the daemon does not answer", s2="bad input",
+                           s3="no image for that key or definition (lock never builds)")
     lock = sub.add_parser("lock", help="an image's lock: every package it installed, with artifact and sha256",
-                          description="An image's lock: every package it installed, with its artifact and sha256. "
-                                      "Exit status 3 when a definition has no image yet.")
+                          description="An image's lock: every package it installed, with its artifact and sha256.",
+                          epilog=statuses)
     lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION")
     lock_sub.required = True
-    p = lock_sub.add_parser("show", parents=[common, daemon], help="the lock, one package per line (or --json)")
+    p = lock_sub.add_parser("show", parents=[common, daemon], help="the lock, one package per line (or --json)",
+                            description="Show an image's lock, one package per line: kind, name, version, "
+                                        "sha256 and artifact (--json: the lock document).", epilog=statuses)
     p.set_defaults(handler=_show)
     p = lock_sub.add_parser("export", parents=[daemon],
-                            help="the lock as a hash-pinned requirements file or a conda-lock file")
+                            help="the lock as a hash-pinned requirements file or a conda-lock file",
+                            description="Write an image's lock as a requirements file (name==version with "
+                                        "--hash, for pip install --no-deps -r) or a conda-lock file.",
+                            epilog=statuses)
     p.add_argument("--format", dest="export_format", choices=EXPORTS, default="requirements",
                    help="requirements (for pip install --no-deps -r) or conda-lock (default: requirements)")
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")

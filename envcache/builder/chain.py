@@ -121,9 +121,14 @@ class ChainWalk:
         self.log(f"stage {planned.kind} {key}: building")
         ctx.part = self.parts.get(planned.kind, [])
         recipe = await planned.stage.recipe(ctx)
-        (ctx.directory / "Dockerfile").write_text(recipe.dockerfile)
-        await self.engine.build(ctx.directory, stage_tag(key), network=recipe.network, log=self.log,
-                                step=planned.kind, display=recipe.display)
+        if recipe.dockerfile.strip() == f"FROM {ctx.parent}":
+            # Nothing to run: the stage is its parent, as Docker builds it (same id); buildah's
+            # FROM-only bud would re-commit it and leave its working container behind.
+            await self.engine.tag(ctx.parent, stage_tag(key))
+        else:
+            (ctx.directory / "Dockerfile").write_text(recipe.dockerfile)
+            await self.engine.build(ctx.directory, stage_tag(key), network=recipe.network, log=self.log,
+                                    step=planned.kind, display=recipe.display)
         if recipe.after is not None:
             try:
                 self.walked.annotations[key] = recipe.after()

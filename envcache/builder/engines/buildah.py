@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -156,9 +157,10 @@ class BuildahEngine(Engine):
 
     async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
         tail = LogTail(log)
-        status, out = await self._run(["from", "--pull=false", "--quiet", image])
-        container = out.strip().splitlines()[-1] if status == 0 and out.strip() else ""
-        if not container:
+        # Named by us: buildah's output may end with a warning line rather than the name.
+        container = f"envcache-run-{secrets.token_hex(8)}"
+        status, out = await self._run(["from", "--pull=false", "--quiet", "--name", container, image])
+        if status != 0:
             raise BuildFailed(step, f"cannot start a container of {image}", out)
         try:
             # chroot isolation shares the host network (buildah refuses any other setting).

@@ -111,8 +111,9 @@ def main(helper, mode, epoch, interpreter):
         report = os.path.join(work, "report.json")
         command = [sys.executable, "-m", "pip", "install", "--report", report, "-r", requirements]
         command += ["--dry-run", "--quiet"] if mode == "resolve" else ["--no-deps", "--no-compile"]
-        if subprocess.run(command, env=env).returncode != 0:
-            sys.exit("envcache: pip install failed (the lines above say why)")
+        status = subprocess.run(command, env=env).returncode
+        if status != 0:
+            sys.exit(status)   # pip's own error lines, just printed, are the step's last words
         with open(report) as handle:
             result = reduced(json.load(handle))
         result["interpreter"] = interpreter

@@ -122,7 +122,9 @@ class PipStage(Stage):
             f'PY=; for c in {candidates}; do if command -v "$c" >/dev/null 2>&1; then PY="$c"; break; fi; done;',
             'if [ -z "$PY" ]; then echo "envcache: no Python interpreter in the image for the pip stage" >&2; exit 1; fi;',
             *fetches,
-            '"$PY" -c \'import sys, urllib.request as r; exec(r.urlopen(sys.argv[1] + "/pip_step.py").read())\'',
+            # No bytecode written before the step takes its start time: its mtime would escape the clamp.
+            'PYTHONDONTWRITEBYTECODE=1 "$PY" -c',
+            '\'import sys, urllib.request as r; exec(r.urlopen(sys.argv[1] + "/pip_step.py").read())\'',
             f'"{helper.url}" {mode} {SOURCE_DATE_EPOCH} "$PY"',
         ])
 

@@ -5,7 +5,7 @@
 Set-up (not timed), with the helpers the tests use: a private dockerd or a private buildah
 storage (overlay when the sandbox allows it, else vfs), the debootstrap'ed python base loaded
 into it. The environment: that base + pip ``numpy==1.26.4 pandas==2.2.2 scikit-learn==1.5.0
-requests==2.32.3`` (from PyPI, ~85 MB of wheels, ~650 MB image) + two environment variables.
+requests==2.32.3`` (from PyPI, ~85 MB of wheels, a ~500 MB image) + two environment variables.
 
 Variants, interleaved (the order alternates every round), each on a clean engine (every image but
 the base removed):
@@ -211,6 +211,8 @@ def summarise(runs: list[dict[str, Any]], peer: str) -> dict[str, Any]:
         if len(row) == 2:
             for stat in ("min", "median"):
                 row[f"ratio_envcache_over_peer_{stat}"] = round(row["envcache"][f"{stat}_s"] / row[peer][f"{stat}_s"], 2)
+            # the two sides of one round ran minutes apart, under about the same background load
+            row["ratio_per_round"] = [round(e / p, 2) for e, p in zip(row["envcache"]["all_s"], row[peer]["all_s"])]
         table[scenario] = row
     return table
 
@@ -253,10 +255,12 @@ def write_results(results: dict[str, Any], out: Path) -> None:
                  if "ratio_envcache_over_peer_min" in row else "—")
         label = peer_cold if scenario == "cold" else peer_change
         lines.append(f"| {scenario} | {cell(row.get('envcache'))} | {label}: {cell(row.get(peer))} | {ratio} |")
+    per_round = "; ".join(f"{scenario}: {', '.join(f'{r}×' for r in row['ratio_per_round'])}"
+                          for scenario, row in table.items() if "ratio_per_round" in row)
     sizes = results["image_sizes"]
     lines += [
         "",
-        "Ratio above 1× = envcache takes longer.",
+        f"Ratio above 1× = envcache takes longer. Per round (envcache / peer of the same round): {per_round}.",
         "",
         f"Image size: envcache's final image {sizes.get('envcache_engine_mb', '?')} MB in the engine, "
         f"{sizes.get('envcache_stored_mb', '?')} MB stored (zstd) in its registry; the peer's image "

@@ -176,8 +176,23 @@ def _m5_wheels(db: sqlite_utils.Database) -> None:
     db["wheels"].create_index(["name"], if_not_exists=True)
 
 
+def _m6_image_history(db: sqlite_utils.Database) -> None:
+    """Images a key was filed under before a refresh re-resolved it: they stay pullable by digest
+    (and listed by ``envcache images KEY --history``) until gc expires them. And each image's
+    layer compression, so a daemon configured for another one never answers with it (empty for
+    images filed before: they are checked once)."""
+    if "compression" not in db["images"].columns_dict:
+        db["images"].add_column("compression", str)
+    db["image_history"].create(
+        {"key": str, "variant": str, "repository": str, "tag": str, "manifest_digest": str, "size": int,
+         "created": float, "replaced": float, "lock": str},
+        pk=("key", "manifest_digest"), if_not_exists=True,
+    )
+    db["image_history"].create_index(["replaced"], if_not_exists=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels]
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_image_history]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -237,7 +237,8 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         "",
         f"Command: `{results['command']}` (one run, {results['rounds_done']} of {results['rounds_planned']} "
         f"interleaved rounds completed; one private {results['engine']} engine for both sides, storage driver "
-        f"`{m['storage_driver']}`; {m['cpus']} CPUs shared with other engineers' test suites: load average "
+        f"`{m['storage_driver']}`; envcache at commit `{results.get('commit', '?')}`; {m['cpus']} CPUs shared "
+        "with other engineers' test suites: load average "
         f"{min(loads, default=0):.1f}–{max(loads, default=0):.1f} before the runs, so absolute times are noisy; "
         "the interleaving spreads the load over both sides).",
         "",
@@ -298,7 +299,8 @@ def main() -> None:
         shutil.copyfile(ca, context / "ca.pem") if ca else (context / "ca.pem").write_text("")
         results: dict[str, Any] = {
             "command": f"{COMMAND} --engine {args.engine} --rounds {args.rounds} --compression {args.compression}",
-            "engine": args.engine, "compression": args.compression,
+            "engine": args.engine, "compression": args.compression, "commit": subprocess.run(
+                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip(),
             "peer": engine.peer, "rounds_planned": args.rounds, "rounds_done": 0,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "storage_driver": engine.storage_driver, "ca_bundle": str(ca) if ca else None},

@@ -297,10 +297,11 @@ def main() -> None:
         context.mkdir()
         ca = host_ca_bundle()
         shutil.copyfile(ca, context / "ca.pem") if ca else (context / "ca.pem").write_text("")
+        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True).stdout.strip()
         results: dict[str, Any] = {
             "command": f"{COMMAND} --engine {args.engine} --rounds {args.rounds} --compression {args.compression}",
-            "engine": args.engine, "compression": args.compression, "commit": subprocess.run(
-                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip(),
+            "engine": args.engine, "compression": args.compression, "commit": commit,
             "peer": engine.peer, "rounds_planned": args.rounds, "rounds_done": 0,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "storage_driver": engine.storage_driver, "ca_bundle": str(ca) if ca else None},

@@ -23,7 +23,8 @@ stage hands pip the host bundle (``envcache.builder.helper.host_ca_bundle``) for
 the peer's Dockerfile does the same with ``COPY ca.pem`` and deletes it in the same RUN.
 
 Results: ``<out>/build_real.md`` and ``.json`` (Docker), ``<out>/build_real_buildah.md`` and
-``.json`` (buildah); rewritten after every run, so an interrupted run keeps its completed rounds.
+``.json`` (buildah), ``_gzip`` added to the name for ``--compression gzip``; rewritten after
+every run, so an interrupted run keeps its completed rounds.
 """
 
 from __future__ import annotations
@@ -159,11 +160,11 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
     return wall, done.stdout.decode()
 
 
-def run_envcache(engine: Engine, work: Path, rnd: int) -> list[dict[str, Any]]:
+def run_envcache(engine: Engine, compression: str, work: Path, rnd: int) -> list[dict[str, Any]]:
     data = work / f"envcache-{rnd}" / "data"
     config = data.parent / "envcache.toml"
     data.parent.mkdir(parents=True)
-    config.write_text(f'[build]\n{engine.build_config}compression = "zstd"\n')
+    config.write_text(f'[build]\n{engine.build_config}compression = "{compression}"\n')
     daemon: DaemonProcess = start_daemon_process(data, 0, "--config", str(config))
     env = dict(os.environ, ENVCACHE_URL=daemon.url)
     rows = []
@@ -210,20 +211,22 @@ def summarise(runs: list[dict[str, Any]], peer: str) -> dict[str, Any]:
                                 "all_s": walls}
         if len(row) == 2:
             for stat in ("min", "median"):
-                row[f"ratio_envcache_over_peer_{stat}"] = round(row["envcache"][f"{stat}_s"] / row[peer][f"{stat}_s"], 2)
+                ratio = row["envcache"][f"{stat}_s"] / row[peer][f"{stat}_s"]
+                row[f"ratio_envcache_over_peer_{stat}"] = round(ratio, 2)
             # the two sides of one round ran minutes apart, under about the same background load
             row["ratio_per_round"] = [round(e / p, 2) for e, p in zip(row["envcache"]["all_s"], row[peer]["all_s"])]
         table[scenario] = row
     return table
 
 
-def results_name(engine: str) -> str:
-    return "build_real" if engine == "docker" else f"build_real_{engine}"
+def results_name(engine: str, compression: str) -> str:
+    parts = ["build_real", *([engine] if engine != "docker" else []), *([compression] if compression != "zstd" else [])]
+    return "_".join(parts)
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    name, peer = results_name(results["engine"]), results["peer"]
+    name, peer = results_name(results["engine"], results.get("compression", "zstd")), results["peer"]
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     m, table, runs = results["machine"], results["summary"], results["runs"]
     loads = [r["load_before"] for r in runs]
@@ -234,7 +237,8 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         "",
         f"Command: `{results['command']}` (one run, {results['rounds_done']} of {results['rounds_planned']} "
         f"interleaved rounds completed; one private {results['engine']} engine for both sides, storage driver "
-        f"`{m['storage_driver']}`; {m['cpus']} CPUs shared with other engineers' test suites: load average "
+        f"`{m['storage_driver']}`; envcache at commit `{results.get('commit', '?')}`; {m['cpus']} CPUs shared "
+        "with other engineers' test suites: load average "
         f"{min(loads, default=0):.1f}–{max(loads, default=0):.1f} before the runs, so absolute times are noisy; "
         "the interleaving spreads the load over both sides).",
         "",
@@ -263,7 +267,8 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         f"Ratio above 1× = envcache takes longer. Per round (envcache / peer of the same round): {per_round}.",
         "",
         f"Image size: envcache's final image {sizes.get('envcache_engine_mb', '?')} MB in the engine, "
-        f"{sizes.get('envcache_stored_mb', '?')} MB stored (zstd) in its registry; the peer's image "
+        f"{sizes.get('envcache_stored_mb', '?')} MB stored ({results.get('compression', 'zstd')}) in its registry; "
+        "the peer's image "
         f"{sizes.get('peer_engine_mb', '?')} MB in the engine.",
         "",
         "Every run (seconds; load average before):",
@@ -281,6 +286,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("docker", "buildah"), default="docker")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compression", choices=("zstd", "gzip"), default="zstd",
+                        help="envcache's layer compression (its config default is gzip, for Docker < 23)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="envcache-bench-real-"))
@@ -290,8 +297,11 @@ def main() -> None:
         context.mkdir()
         ca = host_ca_bundle()
         shutil.copyfile(ca, context / "ca.pem") if ca else (context / "ca.pem").write_text("")
+        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True).stdout.strip()
         results: dict[str, Any] = {
-            "command": f"{COMMAND} --engine {args.engine} --rounds {args.rounds}", "engine": args.engine,
+            "command": f"{COMMAND} --engine {args.engine} --rounds {args.rounds} --compression {args.compression}",
+            "engine": args.engine, "compression": args.compression, "commit": commit,
             "peer": engine.peer, "rounds_planned": args.rounds, "rounds_done": 0,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "storage_driver": engine.storage_driver, "ca_bundle": str(ca) if ca else None},
@@ -300,7 +310,8 @@ def main() -> None:
         for rnd in range(args.rounds):
             for variant in ("envcache", engine.peer)[:: 1 if rnd % 2 == 0 else -1]:
                 engine.clean()
-                rows = (run_envcache(engine, work, rnd) if variant == "envcache" else run_peer(engine, context, work, rnd))
+                rows = (run_envcache(engine, args.compression, work, rnd) if variant == "envcache"
+                        else run_peer(engine, context, work, rnd))
                 results["runs"] += rows
                 cold = rows[0]
                 results["image_sizes"]["envcache_engine_mb" if variant == "envcache" else "peer_engine_mb"] = \

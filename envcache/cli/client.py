@@ -137,10 +137,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
     p.set_defaults(handler=_env_scaffold)
 
-    p = sub.add_parser("images", parents=parents, help="list cached images",
-                       description="List the daemon's cached images, most recently used first.",
-                       epilog=exit_status(s0="listed", s1=daemon_down))
-    p.set_defaults(handler=_images)
+    images = sub.add_parser("images", parents=parents, help="list cached images; pin or unpin one",
+                            description="List the daemon's cached images, most recently used first (PINNED: gc "
+                                        "never expires or evicts them). `images pin KEY` / `images unpin KEY`.",
+                            epilog=exit_status(s0="listed", s1=daemon_down))
+    images.set_defaults(handler=_images)
+    images_sub = images.add_subparsers(dest="images_command", metavar="ACTION")
+    for action, what in (("pin", "keep it whatever its age or the [gc] max_bytes cap"),
+                         ("unpin", "let gc expire or evict it again")):
+        p = images_sub.add_parser(action, parents=parents, help=f"{action} a cached image: {what}",
+                                  description=f"{action.capitalize()} a cached image (by image key, or its "
+                                              f"<key>-<variant> tag): {what}.",
+                                  epilog=exit_status(s0="done", s1=daemon_down, s3="no image with that key"))
+        p.add_argument("key")
+        p.set_defaults(handler=_pin, pinned=action == "pin")
     p = sub.add_parser("status", parents=parents, help="is the daemon up, and what is it doing",
                        description="Is the daemon up: its version, builds running and queued, and the build "
                                    "engine it would use now (which one, its version, whether it answers).",
@@ -419,9 +429,16 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 def _images(args: argparse.Namespace) -> int:
     images = _client(args).images()["images"]
-    rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
+    rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"])),
+             "yes" if i.get("pinned") else ""]  # a daemon older than this client does not say
             for i in images]
-    emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
+    emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED", "PINNED"], rows), images)
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    image = _client(args).pin_image(args.key, args.pinned)
+    emit(args, f"{'pinned' if image['pinned'] else 'unpinned'} {image['image']}", image)
     return 0
 
 

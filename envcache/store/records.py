@@ -98,6 +98,7 @@ class StoredImage:
     lock: dict[str, Any] = field(default_factory=dict)
     base_digest: str = ""
     recipe_version: str = ""
+    pinned: bool = False  # kept by gc whatever its age or the size cap (``envcache images pin``)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,11 @@ from envcache.store.records import BuildRecord, EnvironmentVersion, StoredImage,
 from envcache.store.sqlite.database import Database
 
 _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
-          "base_digest, recipe_version")
+          "base_digest, recipe_version, pinned")
+# What re-filing an image replaces: everything but its key and its pin (a rebuild stays pinned).
+_IMAGE_FILED = _IMAGE.split(", ")[1:-1]
+#: An image's last use in SQL (a row never used since it was filed: its creation).
+_IMAGE_USED = "COALESCE(last_used, created, 0)"
 _BUILD = "id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, error, log"
 # A listing's columns: the log stays behind (it is read one build at a time).
 _BUILD_LISTED = _BUILD.replace(", log", ", NULL")
@@ -23,10 +27,10 @@ _WHEEL = "digest, filename, name, version, tags, requires_python, summary, size,
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
     (key, variant, spec_hash, canonical, repository, tag, digest, size, created, last_used, lock, base_digest,
-     recipe_version) = row
+     recipe_version, pinned) = row
     return StoredImage(key, variant, spec_hash, bytes(canonical) if canonical is not None else None, repository,
                        tag, digest, size or 0, created, last_used or created, json.loads(lock) if lock else {},
-                       base_digest or "", str(recipe_version or ""))
+                       base_digest or "", str(recipe_version or ""), bool(pinned))
 
 
 def _environment(row: tuple[Any, ...]) -> EnvironmentVersion:
@@ -52,8 +56,21 @@ class SqliteImages:
     async def put(self, image: StoredImage) -> None:
         values = list(astuple(image))
         values[10] = json.dumps(image.lock, sort_keys=True)
+        values[13] = int(image.pinned)
+        updates = ", ".join(f"{column} = excluded.{column}" for column in _IMAGE_FILED)
         async with self._db.writing() as conn:
-            conn.execute(f"INSERT OR REPLACE INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))})", values)
+            conn.execute(f"INSERT INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))}) "
+                         f"ON CONFLICT(key) DO UPDATE SET {updates}", values)
+
+    async def set_pinned(self, key: str, pinned: bool) -> StoredImage | None:
+        async with self._db.writing() as conn:
+            conn.execute("UPDATE images SET pinned = ? WHERE key = ?", [int(pinned), key])
+        return await self.get(key)
+
+    async def evictable(self, before: float) -> list[StoredImage]:
+        return [_image(row) for row in self._db.all(
+            f"SELECT {_IMAGE} FROM images WHERE pinned = 0 AND {_IMAGE_USED} < ? ORDER BY {_IMAGE_USED}, key",
+            [before])]
 
     async def recent(self, limit: int) -> list[StoredImage]:
         return [_image(row) for row in self._db.all(f"SELECT {_IMAGE} FROM images ORDER BY last_used DESC LIMIT ?",
@@ -72,7 +89,7 @@ class SqliteImages:
 
     async def unused_since(self, limit: float) -> list[tuple[str, str, str]]:
         return [(k, r, d) for k, r, d in self._db.all(
-            "SELECT key, repository, manifest_digest FROM images WHERE COALESCE(last_used, created, 0) < ?", [limit])]
+            f"SELECT key, repository, manifest_digest FROM images WHERE pinned = 0 AND {_IMAGE_USED} < ?", [limit])]
 
     async def all_tags(self) -> list[tuple[str, str, str, str]]:
         return [tuple(row) for row in self._db.all("SELECT key, repository, tag, manifest_digest FROM images")]
@@ -84,7 +101,7 @@ class SqliteImages:
     async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
         async with self._db.writing() as conn:
             return [key for key in keys if conn.execute(
-                "DELETE FROM images WHERE key = ? AND COALESCE(last_used, created, 0) < ?", [key, limit]).rowcount]
+                f"DELETE FROM images WHERE key = ? AND pinned = 0 AND {_IMAGE_USED} < ?", [key, limit]).rowcount]
 
     async def page(self, limit: int, after: tuple[float, str] | None = None) -> list[StoredImage]:
         where, params = ("", []) if after is None else ("WHERE (last_used < ? OR (last_used = ? AND key < ?)) ",

@@ -1,0 +1,158 @@
+"""gc's size cap (issue 15, "Size-capped retention"): real images pushed through /v2/ to a real
+daemon, filed in its image index, then evicted least recently used first.
+
+The in-process tests move time forward with ``run_gc(now=...)`` (the grace period is an hour);
+the process tests run ``envcache serve`` with a short grace and real concurrent pulls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from envcache.definition import definition_from_dict, for_variant, spec_hash
+from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY
+from envcache.store import Store, StoredImage, open_store
+from envcache.store.gc import run_gc
+from tests.fixtures.daemon import DaemonURL, OCI_MANIFEST, push_image, sha256
+
+LATER = 2 * 3600.0  # past the default one-hour grace period
+SHARED = b"shared-base-layer" * 1000
+
+
+def _layer(index: int, size: int) -> bytes:
+    """Distinct, incompressible bytes for image ``index``."""
+    seed, out = f"image-{index}".encode(), bytearray()
+    while len(out) < size:
+        seed = hashlib.sha256(seed).digest()
+        out += seed * 8
+    return bytes(out[:size])
+
+
+async def push_images(base: str, count: int, size: int) -> list[tuple[str, str, bytes]]:
+    """``count`` images ``envcache/env:k<i>-cpu`` (the shared layer + one of their own):
+    [(key, manifest digest, own layer)]."""
+    pushed = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(count):
+            own = _layer(i, size)
+            digest, _ = await push_image(http, base, ENV_REPOSITORY, f"k{i}-cpu",
+                                         config=b'{"architecture":"amd64","os":"linux","i":%d}' % i,
+                                         layers=(SHARED, own))
+            pushed.append((f"k{i}", digest, own))
+    return pushed
+
+
+async def file_images(store: Store, pushed: list[tuple[str, str, bytes]], last_used: list[float],
+                      spec_hashes: dict[str, str] | None = None) -> None:
+    """File each pushed image in the image index, as a build would, last used at the given times."""
+    for (key, digest, own), used in zip(pushed, last_used):
+        await store.images.put(StoredImage(key, "cpu", (spec_hashes or {}).get(key, f"spec-{key}"), None,
+                                           ENV_REPOSITORY, f"{key}-cpu", digest, len(own), used, used))
+
+
+def blob_bytes(store: Store) -> int:
+    return sum(path.stat().st_size for path in store.files.root.rglob("*") if path.is_file())
+
+
+async def test_size_cap_evicts_least_recently_used_images_first_with_their_stages(daemon: DaemonURL) -> None:
+    store: Store = daemon.store
+    now = time.time() + LATER
+    pushed = await push_images(daemon, 5, 100_000)
+    # k4 is the least recently used, k0 the most: the order is by last use, not by key or age.
+    await file_images(store, pushed, [now - 1000 * (i + 2) for i in range(5)])
+    async with aiohttp.ClientSession() as http:
+        # A stage only k4 contains goes with k4; the base stage every image contains stays.
+        await push_image(http, daemon, STAGE_REPOSITORY, "a" * 32, config=b'{"stage":"k4"}',
+                         layers=(SHARED, pushed[4][2]))
+        await push_image(http, daemon, STAGE_REPOSITORY, "b" * 32, config=b'{"stage":"base"}', layers=(SHARED,))
+        # Content pushed through /v2/ that is no cached image is never evicted.
+        await push_image(http, daemon, "team/app", "v1", layers=(_layer(99, 100_000),))
+    total = blob_bytes(store)
+    cap = total - 250_000  # three images' own layers must go
+
+    dry = await run_gc(store, max_bytes=cap, now=now, dry_run=True)
+    report = await run_gc(store, max_bytes=cap, now=now)
+
+    assert [e["key"] for e in dry.evicted] == [e["key"] for e in report.evicted] == ["k4", "k3", "k2"]
+    assert report.store_bytes == total
+    for eviction in report.evicted:
+        assert 100_000 < eviction["bytes"] < 102_000, eviction  # own layer, config, manifest
+        assert "least recently used" in eviction["reason"] and f"max_bytes is {cap}" in eviction["reason"]
+    assert [e["last_used"] for e in report.evicted] == [now - 6000, now - 5000, now - 4000]
+    assert report.tags_deleted == [f"{ENV_REPOSITORY}:k2-cpu", f"{ENV_REPOSITORY}:k3-cpu", f"{ENV_REPOSITORY}:k4-cpu",
+                                   f"{STAGE_REPOSITORY}:{'a' * 32}"]
+    assert blob_bytes(store) <= cap
+    for key, digest, own in pushed:
+        evicted = key in ("k2", "k3", "k4")
+        assert store.files.path(sha256(own)).exists() is not evicted
+        assert (await store.images.get(key) is None) is evicted
+    assert store.files.path(sha256(SHARED)).is_file()
+    assert await store.get_manifest(STAGE_REPOSITORY, "b" * 32) is not None
+    assert await store.get_manifest("team/app", "v1") is not None
+    # Under the cap now: the next run evicts nothing.
+    assert (await run_gc(store, max_bytes=cap, now=now)).evicted == []
+
+
+async def test_pinned_images_and_registered_latest_versions_are_never_evicted(daemon: DaemonURL) -> None:
+    store: Store = daemon.store
+    now = time.time() + LATER
+    pushed = await push_images(daemon, 5, 100_000)
+    async with aiohttp.ClientSession() as http:
+        for content in ("numpy", "pandas"):
+            async with http.post(f"{daemon}/api/v1/environments", json={
+                    "name": "train", "definition": {"environment_variables": {"LIB": content}}}) as resp:
+                assert resp.status in (200, 201), await resp.text()
+        # k0 (the least recently used) is pinned through the API.
+        async with http.put(f"{daemon}/api/v1/images/k0-cpu/pin") as resp:
+            assert resp.status == 404  # not filed yet
+    versions = {v.version: v for v in await store.environments.versions("train")}
+    hashes = {str(v): spec_hash(for_variant(definition_from_dict(versions[v].definition), "cpu")) for v in (1, 2)}
+    # k1 is built from version 1 (no longer the latest), k2 from version 2 (the latest).
+    await file_images(store, pushed, [now - 1000 * (9 - i) for i in range(5)], {"k1": hashes["1"], "k2": hashes["2"]})
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{daemon}/api/v1/images/k0-cpu/pin") as resp:
+            assert resp.status == 200 and (await resp.json())["pinned"] is True
+        async with http.get(f"{daemon}/api/v1/images") as resp:
+            assert {i["key"]: i["pinned"] for i in (await resp.json())["images"]} == {
+                "k0": True, "k1": False, "k2": False, "k3": False, "k4": False}
+    cap = blob_bytes(store) - 250_000
+
+    report = await run_gc(store, max_bytes=cap, now=now)
+
+    assert [e["key"] for e in report.evicted] == ["k1", "k3", "k4"]
+    assert (await store.images.get("k0")).pinned and await store.images.get("k2") is not None
+    # Pinned images do not expire with --keep-days either; unpinned, they do.
+    assert (await run_gc(store, keep_days=0, now=now)).images_expired == ["k2"]
+    assert await store.images.get("k0") is not None
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(f"{daemon}/api/v1/images/k0/pin") as resp:
+            assert resp.status == 200 and (await resp.json())["pinned"] is False
+    assert (await run_gc(store, keep_days=0, now=now)).images_expired == ["k0"]
+
+
+async def test_nothing_used_within_the_grace_period_is_evicted(daemon: DaemonURL) -> None:
+    store: Store = daemon.store
+    now = time.time() + LATER
+    pushed = await push_images(daemon, 3, 50_000)
+    await file_images(store, pushed, [now - 600, now - 1200, now - 7200])  # only k2 is older than an hour
+    cap = 1000
+
+    report = await run_gc(store, max_bytes=cap, now=now)
+
+    assert [e["key"] for e in report.evicted] == ["k2"]
+    assert [key for key, _, _ in pushed if await store.images.get(key)] == ["k0", "k1"]
+    assert any("stays over max_bytes" in note for note in report.notes), report.notes
+    # A re-filed (rebuilt) image keeps its pin.
+    await store.images.set_pinned("k0", True)
+    await store.images.put(await store.images.get("k0"))
+    assert (await store.images.get("k0")).pinned

@@ -156,3 +156,119 @@ async def test_nothing_used_within_the_grace_period_is_evicted(daemon: DaemonURL
     await store.images.set_pinned("k0", True)
     await store.images.put(await store.images.get("k0"))
     assert (await store.images.get("k0")).pinned
+
+
+async def _pull(http: aiohttp.ClientSession, url: str, tag: str, got_manifest: asyncio.Event | None = None,
+                go_on: asyncio.Event | None = None) -> str:
+    """Pull ``envcache/env:<tag>`` as a registry client does: the manifest, then every blob it
+    names, each checked against its digest. "whole", "404" (the manifest was already gone), or
+    what broke. A slow client sets ``got_manifest`` and waits for ``go_on`` in between."""
+    async with http.get(f"{url}/v2/{ENV_REPOSITORY}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}) as resp:
+        if resp.status == 404:
+            assert (await resp.json())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+            return "404"
+        if resp.status != 200:
+            return f"manifest {resp.status}"
+        manifest = json.loads(await resp.read())
+    if got_manifest is not None and go_on is not None:
+        got_manifest.set()
+        await go_on.wait()
+    for descriptor in (manifest["config"], *manifest["layers"]):
+        async with http.get(f"{url}/v2/{ENV_REPOSITORY}/blobs/{descriptor['digest']}") as resp:
+            data = await resp.read()
+            if resp.status != 200 or sha256(data) != descriptor["digest"]:
+                return f"{tag}: blob {descriptor['digest'][:19]} {resp.status} after the manifest"
+    return "whole"
+
+
+async def _filed(daemon_process: Any, count: int, size: int, config: Path | None = None) -> tuple[Any, list]:
+    """A daemon process holding ``count`` pushed images, filed in its index as least recently used
+    in key order (k0 oldest), then serving again (with ``config``)."""
+    proc = daemon_process()
+    pushed = await push_images(proc.url, count, size)
+    proc.stop()
+    store = await open_store(proc.data_dir)
+    try:
+        await file_images(store, pushed, [time.time() - 86400 + 60 * i for i in range(count)])
+    finally:
+        await store.close()
+    return daemon_process(proc.data_dir, 0, config), pushed
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "envcache.cli", *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ENVCACHE_TOKEN=""))
+
+
+async def test_concurrent_pulls_during_eviction_get_whole_images_or_a_clean_404(daemon_process: Any) -> None:
+    """Slow clients hold the manifest of every image (the three gc evicts included) while gc runs,
+    and fetch the blobs after it; fast clients pull the images that stay all along. Every pull
+    gets the whole image, and a pull of an evicted image that starts after gc gets a 404 on its
+    manifest. Then, with the pulls over and the grace period past, the evicted images' bytes go
+    and the store fits under the cap."""
+    proc, pushed = await _filed(daemon_process, 7, 1_000_000)
+    pinned = _cli("images", "pin", "k0-cpu", "--url", proc.url)
+    assert pinned.returncode == 0 and "pinned" in pinned.stdout, pinned.stderr
+    listed = json.loads(_cli("images", "--json", "--url", proc.url).stdout)
+    assert {i["key"] for i in listed if i["pinned"]} == {"k0"}
+    total = sum(p.stat().st_size for p in (proc.data_dir / "blobs").rglob("*") if p.is_file())
+    cap = total - 2_500_000  # three 1 MB images must go: k1, k2, k3 (k0 is pinned)
+    await asyncio.sleep(2.5)  # everything pushed is older than the 2 s grace period
+    fast: list[str] = []
+    done, go_on = asyncio.Event(), asyncio.Event()
+
+    async def puller(start: int) -> None:
+        async with aiohttp.ClientSession() as http:
+            i = start
+            while not done.is_set():
+                fast.append(await _pull(http, proc.url, f"k{4 + i % 3}-cpu"))
+                i += 1
+
+    async with aiohttp.ClientSession() as http:
+        got = [asyncio.Event() for _ in pushed]
+        slow = [asyncio.create_task(_pull(http, proc.url, f"{key}-cpu", got[i], go_on))
+                for i, (key, _, _) in enumerate(pushed)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in got)), 30)
+        pullers = [asyncio.create_task(puller(n)) for n in range(6)]
+        async with http.post(f"{proc.url}/api/v1/gc", json={"max_bytes": cap, "grace_seconds": 2}) as resp:
+            report = await resp.json()
+            assert resp.status == 200, report
+        after = [await _pull(http, proc.url, f"k{i}-cpu") for i in (1, 2, 3)]
+        go_on.set()
+        slow_outcomes = await asyncio.gather(*slow)
+        done.set()
+        await asyncio.gather(*pullers)
+
+    assert [e["key"] for e in report["evicted"]] == ["k1", "k2", "k3"]
+    assert slow_outcomes == ["whole"] * 7
+    assert after == ["404"] * 3
+    assert fast and set(fast) == {"whole"}, [o for o in fast if o != "whole"][:5]
+    await asyncio.sleep(2.5)  # the slow pulls' reads leave the grace period
+    final = _cli("gc", "--url", proc.url, "--max-bytes", str(cap), "--grace", "2", "--json")
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["evicted"] == []
+    on_disk = sum(p.stat().st_size for p in (proc.data_dir / "blobs").rglob("*") if p.is_file())
+    assert on_disk <= cap, (on_disk, cap)
+    async with aiohttp.ClientSession() as http:
+        assert [await _pull(http, proc.url, f"k{i}-cpu") for i in range(7)] == \
+            ["whole", "404", "404", "404", "whole", "whole", "whole"]
+
+
+async def test_interval_gc_keeps_the_store_under_max_bytes_by_itself(daemon_process: Any, tmp_path: Path) -> None:
+    config = tmp_path / "envcache.toml"
+    config.write_text("[gc]\ninterval = 1\ngrace = 1\nmax_bytes = 1200000\n")
+    proc, pushed = await _filed(daemon_process, 4, 500_000, config)
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if [await _pull(http, proc.url, f"k{i}-cpu") for i in range(4)] == ["404", "404", "whole", "whole"]:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"interval gc did not evict k0 and k1 within 30s:\n{proc.log.read_text()[-3000:]}")
+    deadline = time.monotonic() + 15
+    while sum(p.stat().st_size for p in (proc.data_dir / "blobs").rglob("*") if p.is_file()) > 1_200_000:
+        assert time.monotonic() < deadline, "the evicted images' bytes were not freed by the next interval"
+        await asyncio.sleep(0.5)
+    log = proc.log.read_text()
+    assert "interval gc" in log and "k0 (" in log and "k1 (" in log, log[-3000:]

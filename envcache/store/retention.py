@@ -80,8 +80,8 @@ async def plan_evictions(store: Store, max_bytes: int, rows: list[BlobRow], cuto
     by_manifest: dict[tuple[str, str], set[str]] = {}
     for image in candidates:
         by_manifest.setdefault((image.repository, image.manifest_digest), set()).add(image.key)
-    # Blobs that stay whatever is evicted: young ones, and what every other root reaches.
-    fixed = {row.digest for row in rows if max(row.created, row.last_access) >= cutoff}
+    # Blobs that stay whatever is evicted: what every other root reaches.
+    fixed: set[str] = set()
     staying = []
     for key, _repo, _tag, digest in await store.images.all_tags():
         if key not in reach and key not in gone and digest:
@@ -103,6 +103,11 @@ async def plan_evictions(store: Store, max_bytes: int, rows: list[BlobRow], cuto
             units.append(_Unit(tree, holders))
             continue  # a stage goes with the last image that contains it
         fixed |= tree
+    # Young blobs nothing evictable reaches stay too (an upload whose manifest is still to come).
+    # A young blob an evicted image reaches is counted as freed: it goes in the first run after
+    # the grace period (a client pulling that image right now keeps it until then).
+    fixed |= {row.digest for row in rows if max(row.created, row.last_access) >= cutoff} - set().union(
+        *(unit.blobs for unit in units))
     refcount: dict[str, int] = {}
     for unit in units:
         for digest in unit.blobs - fixed:

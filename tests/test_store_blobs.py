@@ -39,7 +39,7 @@ async def test_schema_created_in_wal_mode_and_versioned(store: Store, tmp_path: 
     assert store.metadata.db["schema_version"].get(1)["version"] == len(MIGRATIONS)
     assert set(store.metadata.db["images"].columns_dict) == {
         "key", "variant", "spec_hash", "canonical", "repository", "tag", "manifest_digest", "size",
-        "created", "last_used", "lock", "base_digest", "recipe_version"}
+        "created", "last_used", "lock", "base_digest", "recipe_version", "pinned"}
     await store.close()
     # Reopening an up-to-date database runs no migration and keeps the data.
     again = await open_store(tmp_path / "data")

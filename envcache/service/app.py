@@ -22,7 +22,6 @@ from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
 from envcache.service import auth, dashboard, logs, views
-from envcache.service.views.gc import collect
 from envcache.service.activity import Activity
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
@@ -32,6 +31,7 @@ from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
+from envcache.service.views.gc import collect
 from envcache.service.wheels import Wheels
 from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy

@@ -58,6 +58,7 @@ from envcache.store.references import manifest_refs
 from envcache.store.retention import Eviction, plan_evictions
 from envcache.store.store import DEFAULT_GRACE as DEFAULT_GRACE  # defined beside the store, so usage shares it
 from envcache.store.store import Busy, Store
+
 DEFAULT_UPLOAD_TTL = 3600.0
 #: Rows per sweep transaction: short enough that writers waiting for the lock barely notice.
 SWEEP_BATCH = 500

@@ -12,7 +12,8 @@ What may go: images not pinned, not used within the grace period, and not built 
 version of a registered environment (for any variant). What an eviction frees is projected
 from the manifests: a blob goes once no root that stays reaches it — another image, a tag
 pushed through ``/v2/``, an index over variants (kept while one of its variants stays), a stage
-still contained in an image that stays, or a blob younger than the grace period (swept later).
+still contained in an image that stays. A blob only evicted images reach counts as freed even
+when it was read within the grace period (a client pulling it keeps it until the next run).
 A stage image (``envcache/stage:<chain key>``) goes with the last evicted image that contains
 all its layers; a stage no image contains (a failed build's, kept to speed up its retry) is not
 this module's to remove.
@@ -20,13 +21,14 @@ this module's to remove.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envcache.definition import VARIANTS, definition_from_dict, for_variant, spec_hash
 from envcache.errors import EnvcacheError
 from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY
-from envcache.store.records import BlobRow
+from envcache.store.records import BlobRow, StoredImage
 from envcache.store.store import Store
 from envcache.store.usage import ManifestGraph
 
@@ -52,7 +54,6 @@ class EvictionPlan:
     projected_bytes: int              # after this run's sweep, if every eviction goes through
     evictions: list[Eviction] = field(default_factory=list)
     stage_tags: dict[Tag, set[str]] = field(default_factory=dict)  # stage tag → evicted images containing it
-    kept: int = 0                     # evictable images that did not need to go
 
 
 @dataclass
@@ -69,8 +70,7 @@ async def plan_evictions(store: Store, max_bytes: int, rows: list[BlobRow], cuto
 
     ``rows``: the blob index now (sizes, use times); ``expiring``: images ``--keep-days`` expires
     in this run anyway (counted as gone, never listed as evictions)."""
-    sizes = {row.digest: row.size for row in rows}
-    plan = EvictionPlan(store_bytes=sum(sizes.values()), projected_bytes=0)
+    plan = EvictionPlan(store_bytes=sum(row.size for row in rows), projected_bytes=0)
     gone = set(expiring)
     latest = await _registered_latest(store)
     candidates = [image for image in await store.images.evictable(cutoff)
@@ -103,6 +103,15 @@ async def plan_evictions(store: Store, max_bytes: int, rows: list[BlobRow], cuto
             units.append(_Unit(tree, holders))
             continue  # a stage goes with the last image that contains it
         fixed |= tree
+    await asyncio.to_thread(_choose, plan, candidates, units, fixed, rows, cutoff, max_bytes)
+    return plan
+
+
+def _choose(plan: EvictionPlan, candidates: list[StoredImage], units: list[_Unit], fixed: set[str],
+            rows: list[BlobRow], cutoff: float, max_bytes: int) -> None:
+    """Evict from ``candidates`` (least recently used first) until the projection fits (pure: runs
+    on a worker thread, so a large store's counting never holds up requests)."""
+    sizes = {row.digest: row.size for row in rows}
     # Young blobs nothing evictable reaches stay too (an upload whose manifest is still to come).
     # A young blob an evicted image reaches is counted as freed: it goes in the first run after
     # the grace period (a client pulling that image right now keeps it until then).
@@ -130,8 +139,6 @@ async def plan_evictions(store: Store, max_bytes: int, rows: list[BlobRow], cuto
         plan.evictions.append(Eviction(image.key, freed, image.last_used, reason))
     evicted = {eviction.key for eviction in plan.evictions}
     plan.stage_tags = {tag: holders for tag, holders in plan.stage_tags.items() if holders <= evicted}
-    plan.kept = len(candidates) - len(plan.evictions)
-    return plan
 
 
 async def _registered_latest(store: Store) -> set[str]:

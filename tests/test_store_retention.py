@@ -272,3 +272,39 @@ async def test_interval_gc_keeps_the_store_under_max_bytes_by_itself(daemon_proc
         await asyncio.sleep(0.5)
     log = proc.log.read_text()
     assert "interval gc" in log and "k0 (" in log and "k1 (" in log, log[-3000:]
+
+
+def test_bad_retention_settings_are_refused_naming_them(tmp_path: Path) -> None:
+    from envcache.errors import InvalidInput
+    from envcache.service.config import config_from_dict
+
+    assert config_from_dict({"gc": {"max_bytes": 10, "interval": 0}}).gc.max_bytes == 10
+    for section, message in (({"max_bytes": -1}, "gc.max_bytes must be positive"),
+                             ({"interval": "10m"}, "gc.interval must be an integer"),
+                             ({"max_size": 1}, "unknown key gc.max_size")):
+        try:
+            config_from_dict({"gc": section})
+        except InvalidInput as exc:
+            assert message in str(exc), exc
+        else:
+            raise AssertionError(f"{section} was accepted")
+    bad = _cli("gc", "--data", str(tmp_path), "--max-bytes", "lots")
+    assert bad.returncode == 2 and "--max-bytes" in bad.stderr and "'lots'" in bad.stderr, bad.stderr
+    missing = _cli("images", "pin", "--url", "http://127.0.0.1:9")
+    assert missing.returncode == 2 and "key" in missing.stderr
+
+
+async def test_offline_gc_with_a_size_suffix_evicts_from_the_data_directory(daemon_process: Any) -> None:
+    proc, pushed = await _filed(daemon_process, 3, 100_000)
+    proc.stop()
+
+    done = _cli("gc", "--data", str(proc.data_dir), "--max-bytes", "0.25M", "--grace", "0")
+
+    assert done.returncode == 0, done.stderr
+    assert "images evicted:     1 (store 311." in done.stdout and "    k0: 98.4 KiB" in done.stdout, done.stdout
+    store = await open_store(proc.data_dir)
+    try:
+        assert [key for key, _, _ in pushed if await store.images.get(key)] == ["k1", "k2"]
+        assert blob_bytes(store) <= 0.25 * 2**20
+    finally:
+        await store.close()

@@ -137,20 +137,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
     p.set_defaults(handler=_env_scaffold)
 
-    images = sub.add_parser("images", parents=parents, help="list cached images; pin or unpin one",
-                            description="List the daemon's cached images, most recently used first (PINNED: gc "
-                                        "never expires or evicts them). `images pin KEY` / `images unpin KEY`.",
-                            epilog=exit_status(s0="listed", s1=daemon_down))
-    images.set_defaults(handler=_images)
-    images_sub = images.add_subparsers(dest="images_command", metavar="ACTION")
-    for action, what in (("pin", "keep it whatever its age or the [gc] max_bytes cap"),
-                         ("unpin", "let gc expire or evict it again")):
-        p = images_sub.add_parser(action, parents=parents, help=f"{action} a cached image: {what}",
-                                  description=f"{action.capitalize()} a cached image (by image key, or its "
-                                              f"<key>-<variant> tag): {what}.",
-                                  epilog=exit_status(s0="done", s1=daemon_down, s3="no image with that key"))
-        p.add_argument("key")
-        p.set_defaults(handler=_pin, pinned=action == "pin")
+    p = sub.add_parser("images", parents=parents,
+                       help="list cached images, or one key's image and its history; pin or unpin one",
+                       description="List the daemon's cached images, most recently used first (PINNED: gc never "
+                                   "expires or evicts them); with KEY, that image (and with --history, the images "
+                                   "refreshes replaced). `images pin KEY` keeps an image whatever its age or the "
+                                   "[gc] max_bytes cap; `images unpin KEY` lets gc expire or evict it again.",
+                       epilog=exit_status(s0="listed", s1=daemon_down, s2="pin or unpin without a KEY",
+                                          s3="no image with that key"))
+    p.add_argument("key", nargs="?", metavar="KEY",
+                   help="an image key (or KEY-VARIANT): show that image; or `pin KEY` / `unpin KEY`")
+    p.add_argument("pin_key", nargs="?", metavar="PIN_KEY", help=argparse.SUPPRESS)
+    p.add_argument("--history", action="store_true",
+                   help="with KEY: also the images refreshes replaced (pullable by digest until gc expires them)")
+    p.set_defaults(handler=_images)
     p = sub.add_parser("status", parents=parents, help="is the daemon up, and what is it doing",
                        description="Is the daemon up: its version, builds running and queued, and the build "
                                    "engine it would use now (which one, its version, whether it answers).",
@@ -261,6 +261,11 @@ def _ensure(args: argparse.Namespace) -> int:
     flush()
     if not quiet:
         print(f"envcache: {answer['status']} in {time.monotonic() - began:.1f}s", file=sys.stderr)
+        changes = (answer.get("build") or {}).get("changes")
+        if args.refresh and changes is not None:
+            print("envcache: refresh: " + ("; ".join(changes) if changes else
+                                           "nothing changed (every package resolved to its locked version)"),
+                  file=sys.stderr)
     emit(args, answer["image"]["image"], answer)
     return 0
 
@@ -428,6 +433,14 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    from envcache.errors import InvalidInput
+
+    if args.key in ("pin", "unpin"):
+        return _pin(args)
+    if args.pin_key is not None:
+        raise InvalidInput(f"images: unexpected argument {args.pin_key!r} (pin or unpin a key: images pin KEY)")
+    if args.key:
+        return _image(args)
     images = _client(args).images()["images"]
     rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"])),
              "yes" if i.get("pinned") else ""]  # a daemon older than this client does not say
@@ -437,9 +450,33 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    image = _client(args).pin_image(args.key, args.pinned)
+    from envcache.errors import InvalidInput
+
+    if args.pin_key is None:
+        raise InvalidInput(f"images {args.key}: give the image key (images {args.key} KEY)")
+    image = _client(args).pin_image(args.pin_key, args.key == "pin")
     emit(args, f"{'pinned' if image['pinned'] else 'unpinned'} {image['image']}", image)
     return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    """One key: its image, and with ``--history`` the images refreshes replaced."""
+    client = _client(args)
+    if not args.history:
+        image = client.image(args.key)
+        emit(args, f"{image['image']}  {image['digest']}", image)
+        return 0
+    history = client.image_history(args.key)
+    current = history["current"]
+    rows = [[current["image"], current["digest"], _when(current["created"]), "current"]]
+    rows += [[old["image"], old["digest"], _when(old["created"]), f"replaced {_when(old['replaced'])}"]
+             for old in history["replaced"]]
+    emit(args, table(["IMAGE", "DIGEST", "CREATED", ""], rows), history)
+    return 0
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -201,6 +201,10 @@ class Endpoints:
         """Pin (or unpin) a cached image: the daemon's gc never expires or evicts a pinned image."""
         return self._request("PUT" if pinned else "DELETE", f"/api/v1/images/{key}/pin")
 
+    def image_history(self, key: str) -> Any:
+        """``{"key", "current": image, "replaced": [...]}``: what refreshes replaced, newest first."""
+        return self._request("GET", f"/api/v1/images/{key}/history")
+
     def register_environment(self, name: str, definition: DefinitionLike) -> Any:
         return self._request("POST", "/api/v1/environments", {"name": name, "definition": definition_document(definition)})
 

@@ -33,13 +33,14 @@ index's write lock together with its row (the rules: :mod:`envcache.store.interf
 
 from envcache.store.errors import BlobInUse, DigestMismatch, InsufficientStorage, ManifestBlobUnknown, SizeMismatch
 from envcache.store.records import (
-    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StagedBlob, StoredImage,
-    StoredManifest, UploadSession, WheelRecord,
+    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, ReplacedImage, StagedBlob,
+    StoredImage, StoredManifest, UploadSession, WheelRecord,
 )
 from envcache.store.store import Busy, Store, StoreSettings, open_store
 
 __all__ = [
     "BlobInUse", "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry",
-    "InsufficientStorage", "KnownLayer", "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "StagedBlob", "Store",
-    "StoreSettings", "StoredImage", "StoredManifest", "UploadSession", "WheelRecord", "open_store",
+    "InsufficientStorage", "KnownLayer", "ManifestBlobUnknown", "ManifestRow", "ReplacedImage", "SizeMismatch",
+    "StagedBlob", "Store", "StoreSettings", "StoredImage", "StoredManifest", "UploadSession", "WheelRecord",
+    "open_store",
 ]

@@ -87,6 +87,8 @@ async def plan_evictions(store: Store, max_bytes: int, rows: list[BlobRow], cuto
         if key not in reach and key not in gone and digest:
             staying.append(await _reach(store, graph, digest))
             fixed |= staying[-1]
+    for _repo, digest in await store.images.kept_history(float("-inf")):  # gc keeps them (--keep-days expires them)
+        fixed |= await _reach(store, graph, digest)
     units: list[_Unit] = [_Unit(reach[image.key], {image.key}) for image in candidates]
     for repo, tag, digest in await store.manifests.roots_for_gc():
         if (repo, digest) in by_manifest:  # an evictable image's own tag goes with it

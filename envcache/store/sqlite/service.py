@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import astuple
 from typing import Any
 
 from envcache.errors import Conflict
-from envcache.store.records import BuildRecord, EnvironmentVersion, StoredImage, WheelRecord
+from envcache.store.records import BuildRecord, EnvironmentVersion, ReplacedImage, StoredImage, WheelRecord
 from envcache.store.sqlite.database import Database
 
 _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
-          "base_digest, recipe_version, pinned")
+          "base_digest, recipe_version, compression, pinned")
+_HISTORY = "key, variant, repository, tag, manifest_digest, size, created, replaced, lock"
 # What re-filing an image replaces: everything but its key and its pin (a rebuild stays pinned).
 _IMAGE_FILED = _IMAGE.split(", ")[1:-1]
 #: An image's last use in SQL (a row never used since it was filed: its creation).
@@ -27,10 +29,20 @@ _WHEEL = "digest, filename, name, version, tags, requires_python, summary, size,
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
     (key, variant, spec_hash, canonical, repository, tag, digest, size, created, last_used, lock, base_digest,
-     recipe_version, pinned) = row
+     recipe_version, compression, pinned) = row
     return StoredImage(key, variant, spec_hash, bytes(canonical) if canonical is not None else None, repository,
                        tag, digest, size or 0, created, last_used or created, json.loads(lock) if lock else {},
-                       base_digest or "", str(recipe_version or ""), bool(pinned))
+                       base_digest or "", str(recipe_version or ""), compression or "", bool(pinned))
+
+
+def _file(conn: sqlite3.Connection, image: StoredImage) -> None:
+    """File ``image`` under its key, keeping the key's pin (a rebuild or refresh stays pinned)."""
+    values = list(astuple(image))
+    values[10] = json.dumps(image.lock, sort_keys=True)
+    values[-1] = int(image.pinned)
+    updates = ", ".join(f"{column} = excluded.{column}" for column in _IMAGE_FILED)
+    conn.execute(f"INSERT INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))}) "
+                 f"ON CONFLICT(key) DO UPDATE SET {updates}", values)
 
 
 def _environment(row: tuple[Any, ...]) -> EnvironmentVersion:
@@ -54,13 +66,8 @@ class SqliteImages:
         return _image(row) if row else None
 
     async def put(self, image: StoredImage) -> None:
-        values = list(astuple(image))
-        values[10] = json.dumps(image.lock, sort_keys=True)
-        values[13] = int(image.pinned)
-        updates = ", ".join(f"{column} = excluded.{column}" for column in _IMAGE_FILED)
         async with self._db.writing() as conn:
-            conn.execute(f"INSERT INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))}) "
-                         f"ON CONFLICT(key) DO UPDATE SET {updates}", values)
+            _file(conn, image)
 
     async def set_pinned(self, key: str, pinned: bool) -> StoredImage | None:
         async with self._db.writing() as conn:
@@ -97,6 +104,26 @@ class SqliteImages:
     async def delete(self, keys: Sequence[str]) -> None:
         async with self._db.writing() as conn:
             conn.executemany("DELETE FROM images WHERE key = ?", [(k,) for k in keys])
+
+    async def replace(self, image: StoredImage, previous: StoredImage, now: float) -> None:
+        async with self._db.writing() as conn:  # one transaction: the key never names nothing
+            conn.execute(f"INSERT OR REPLACE INTO image_history ({_HISTORY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [previous.key, previous.variant, previous.repository, previous.tag,
+                          previous.manifest_digest, previous.size, previous.created, now,
+                          json.dumps(previous.lock, sort_keys=True)])
+            _file(conn, image)
+
+    async def history(self, key: str) -> list[ReplacedImage]:
+        rows = self._db.all(f"SELECT {_HISTORY} FROM image_history WHERE key = ? ORDER BY replaced DESC", [key])
+        return [ReplacedImage(*row[:8], json.loads(row[8]) if row[8] else {}) for row in rows]
+
+    async def kept_history(self, replaced_since: float) -> list[tuple[str, str]]:
+        return [(r, d) for r, d in self._db.all(
+            "SELECT repository, manifest_digest FROM image_history WHERE replaced >= ?", [replaced_since])]
+
+    async def forget_history(self, replaced_before: float) -> int:
+        async with self._db.writing() as conn:
+            return conn.execute("DELETE FROM image_history WHERE replaced < ?", [replaced_before]).rowcount
 
     async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
         async with self._db.writing() as conn:

@@ -89,7 +89,7 @@ def test_openapi_operations_never_answer_5xx(threaded_daemon: str) -> None:
     """Valid and invalid generated requests for every documented operation: < 500, JSON errors."""
     schema = schemathesis.openapi.from_url(f"{threaded_daemon}/api/v1/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 23  # 15, 7 for private wheels and their simple index, 1 for image history
+    assert len(operations) == 25  # 15, 7 for private wheels and their simple index, 1 for image history, 2 to pin
     began = time.monotonic()
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

@@ -39,7 +39,7 @@ async def test_schema_created_in_wal_mode_and_versioned(store: Store, tmp_path: 
     assert store.metadata.db["schema_version"].get(1)["version"] == len(MIGRATIONS)
     assert set(store.metadata.db["images"].columns_dict) == {
         "key", "variant", "spec_hash", "canonical", "repository", "tag", "manifest_digest", "size",
-        "created", "last_used", "lock", "base_digest", "recipe_version", "compression"}
+        "created", "last_used", "lock", "base_digest", "recipe_version", "compression", "pinned"}
     await store.close()
     # Reopening an up-to-date database runs no migration and keeps the data.
     again = await open_store(tmp_path / "data")
@@ -87,20 +87,23 @@ async def test_migration_3_adds_generations_and_the_link_index_to_a_version_2_da
         await store.close()
 
 
-async def test_migration_6_adds_image_history_and_compression_to_a_version_5_database(tmp_path: Path) -> None:
+async def test_migrations_6_and_7_add_image_history_compression_and_pins_to_a_version_5_database(
+        tmp_path: Path) -> None:
     await (await open_store(tmp_path / "d")).close()
     with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:   # what main's schema version 5 had
         conn.execute("DROP TABLE image_history")
         conn.execute("ALTER TABLE images DROP COLUMN compression")
+        conn.execute("ALTER TABLE images DROP COLUMN pinned")
         conn.execute("INSERT INTO images (key, variant, repository, tag, manifest_digest, size, created, lock) "
                      "VALUES ('k', 'cpu', 'envcache/env', 'k-cpu', 'sha256:" + "c" * 64 + "', 1, 1.0, '{}')")
         conn.execute("UPDATE schema_version SET version = 5")
     store = await open_store(tmp_path / "d")
     try:
-        assert store.schema_version == len(MIGRATIONS) == 6
+        assert store.schema_version == len(MIGRATIONS) == 7
         assert "image_history" in store.metadata.db.table_names()
         image = await store.images.get("k")
         assert image is not None and image.compression == ""   # filed before: checked once on use
+        assert image.pinned is False
         assert await store.images.history("k") == []
     finally:
         await store.close()

@@ -137,11 +137,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
     p.set_defaults(handler=_env_scaffold)
 
-    p = sub.add_parser("images", parents=parents, help="list cached images, or one key's image and its history",
-                       description="List the daemon's cached images, most recently used first; with KEY, that "
-                                   "image (and with --history, the images refreshes replaced).",
-                       epilog=exit_status(s0="listed", s1=daemon_down, s3="no image with that key"))
-    p.add_argument("key", nargs="?", metavar="KEY", help="an image key (or KEY-VARIANT): show that image")
+    p = sub.add_parser("images", parents=parents,
+                       help="list cached images, or one key's image and its history; pin or unpin one",
+                       description="List the daemon's cached images, most recently used first (PINNED: gc never "
+                                   "expires or evicts them); with KEY, that image (and with --history, the images "
+                                   "refreshes replaced). `images pin KEY` keeps an image whatever its age or the "
+                                   "[gc] max_bytes cap; `images unpin KEY` lets gc expire or evict it again.",
+                       epilog=exit_status(s0="listed", s1=daemon_down, s2="pin or unpin without a KEY",
+                                          s3="no image with that key"))
+    p.add_argument("key", nargs="?", metavar="KEY",
+                   help="an image key (or KEY-VARIANT): show that image; or `pin KEY` / `unpin KEY`")
+    p.add_argument("pin_key", nargs="?", metavar="PIN_KEY", help=argparse.SUPPRESS)
     p.add_argument("--history", action="store_true",
                    help="with KEY: also the images refreshes replaced (pullable by digest until gc expires them)")
     p.set_defaults(handler=_images)
@@ -427,12 +433,29 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    from envcache.errors import InvalidInput
+
+    if args.key in ("pin", "unpin"):
+        return _pin(args)
+    if args.pin_key is not None:
+        raise InvalidInput(f"images: unexpected argument {args.pin_key!r} (pin or unpin a key: images pin KEY)")
     if args.key:
         return _image(args)
     images = _client(args).images()["images"]
-    rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
+    rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"])),
+             "yes" if i.get("pinned") else ""]  # a daemon older than this client does not say
             for i in images]
-    emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
+    emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED", "PINNED"], rows), images)
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    from envcache.errors import InvalidInput
+
+    if args.pin_key is None:
+        raise InvalidInput(f"images {args.key}: give the image key (images {args.key} KEY)")
+    image = _client(args).pin_image(args.pin_key, args.key == "pin")
+    emit(args, f"{'pinned' if image['pinned'] else 'unpinned'} {image['image']}", image)
     return 0
 
 

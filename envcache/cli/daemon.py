@@ -142,6 +142,11 @@ def _register_gc(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
     parser.add_argument("--keep-days", type=_non_negative, metavar="N",
                         help="first expire cached images not used for N days (their tags go, then the sweep)")
+    parser.add_argument("--max-bytes", type=_size, metavar="SIZE",
+                        help="first evict least recently used cached images until the store holds at most SIZE "
+                             "bytes (suffixes K, M, G, T: powers of 1024; with --url the daemon's [gc] max_bytes "
+                             "applies when not given); never pinned images, registered environments' latest "
+                             "versions, or anything used within the grace period")
     parser.add_argument("--grace", type=_non_negative, default=3600.0, metavar="SECONDS",
                         help="keep anything touched more recently than this (default: 3600)")
     _data_args(parser)
@@ -180,6 +185,22 @@ def _non_negative(text: str) -> float:
     return value
 
 
+_SIZE = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """Bytes, optionally with a K/M/G/T suffix (powers of 1024; a trailing B or iB is allowed)."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _SIZE else ""
+    try:
+        value = float(number[:len(number) - len(unit)]) * _SIZE[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes (e.g. 500000000 or 20G), not {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return int(value)
+
+
 def _data_dir(args: argparse.Namespace) -> Path:
     from envcache.errors import NotFound
     from envcache.service.config import load_config
@@ -215,8 +236,8 @@ def _gc(args: argparse.Namespace) -> int:
     async def run() -> GcReport:
         store = await _open_owned(args, "gc")
         try:
-            return await run_gc(store, dry_run=args.dry_run, keep_days=args.keep_days, grace=args.grace,
-                                phase=Progress().line)
+            return await run_gc(store, dry_run=args.dry_run, keep_days=args.keep_days, max_bytes=args.max_bytes,
+                                grace=args.grace, phase=Progress().line)
         finally:
             await store.close()
 
@@ -229,7 +250,8 @@ def _gc_remote(args: argparse.Namespace) -> int:
     from envcache.client.sync import Client
     from envcache.store.gc import GcReport
 
-    body = {"dry_run": args.dry_run, "keep_days": args.keep_days, "grace_seconds": args.grace}
+    body = {"dry_run": args.dry_run, "keep_days": args.keep_days, "grace_seconds": args.grace,
+            "max_bytes": args.max_bytes}
     data = Client(args.url, args.token)._request("POST", "/api/v1/gc", body)
     fields = {k: v for k, v in data.items() if k in GcReport.__dataclass_fields__}
     emit(args, GcReport(**fields).summary(), data)

@@ -197,6 +197,10 @@ class Endpoints:
     def image(self, key: str) -> Any:
         return self._request("GET", f"/api/v1/images/{key}")
 
+    def pin_image(self, key: str, pinned: bool = True) -> Any:
+        """Pin (or unpin) a cached image: the daemon's gc never expires or evicts a pinned image."""
+        return self._request("PUT" if pinned else "DELETE", f"/api/v1/images/{key}/pin")
+
     def image_history(self, key: str) -> Any:
         """``{"key", "current": image, "replaced": [...]}``: what refreshes replaced, newest first."""
         return self._request("GET", f"/api/v1/images/{key}/history")

@@ -31,6 +31,7 @@ from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
+from envcache.service.views.gc import collect
 from envcache.service.wheels import Wheels
 from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
@@ -144,6 +145,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await parts.ensurer.start()
     await parts.upstream.pushes.resume(parts.upstream.upstreams)
     loops = [asyncio.create_task(_expire_uploads(parts)), asyncio.create_task(_flush_last_used(parts))]
+    if parts.config.gc.interval and parts.store.owner:
+        loops.append(asyncio.create_task(_gc_every_interval(parts)))
     yield
     for task in loops:
         task.cancel()
@@ -169,6 +172,23 @@ async def _expire_uploads(parts: Daemon) -> None:
         await parts.store.expire_uploads(ttl, parts.uploads.busy)
         await parts.uploads.forget_ended(parts.store)
         await asyncio.sleep(min(60.0, max(ttl / 4, 1.0)))
+
+
+async def _gc_every_interval(parts: Daemon) -> None:
+    """``[gc] interval``: gc in the background with the ``[gc]`` settings, so the store never
+    stays over ``max_bytes`` for longer than one interval. A run that fails is logged and the
+    next one comes on time; runs never overlap (the store runs one gc at a time)."""
+    settings = parts.config.gc
+    while True:
+        await asyncio.sleep(settings.interval)
+        try:
+            report = await collect(parts, keep_days=settings.keep_days or None, max_bytes=settings.max_bytes or None,
+                                   grace=float(settings.grace))
+        except Exception:
+            log.exception("interval gc failed; the next run is in %ss", settings.interval)
+            continue
+        log.info("interval gc: freed %s bytes; evicted %s", report.bytes_freed,
+                 ", ".join(f"{e['key']} ({e['bytes']} bytes)" for e in report.evicted) or "nothing")
 
 
 async def _flush_last_used(parts: Daemon) -> None:

@@ -23,7 +23,7 @@ from envcache.definition.model import VARIANTS, Variant
 from envcache.errors import InvalidInput
 from envcache.store import StoreSettings
 from envcache.store.errors import MB
-from envcache.store.store import DEFAULT_MIN_FREE
+from envcache.store.store import DEFAULT_GRACE, DEFAULT_MIN_FREE
 from envcache.upstream.config import Upstream, parse_upstreams
 
 
@@ -109,6 +109,21 @@ class StorageConfig:
 
 
 @dataclass
+class GcConfig:
+    """``[gc]``: retention. 0 turns a setting off."""
+
+    # Evict least recently used cached images while the store's blobs exceed this many bytes
+    # (every gc: interval runs, `envcache gc --url`, POST /api/v1/gc without its own max_bytes).
+    max_bytes: int = 0
+    # Run gc in the background every this many seconds.
+    interval: int = 0
+    # Interval runs also expire cached images not used for this many days (gc --keep-days).
+    keep_days: int = 0
+    # Anything used more recently than this many seconds is kept (gc --grace).
+    grace: int = int(DEFAULT_GRACE)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -119,6 +134,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
     # Shared registries to pull from / push to; their model and validation live in envcache.upstream.config.
     upstreams: list[Upstream] = field(default_factory=list)
 
@@ -182,7 +198,7 @@ def _section(cls: type, name: str, values: dict[str, Any], source: str) -> Any:
         allowed = _CHOICES.get((name, key))
         if allowed and value not in allowed:
             raise InvalidInput(f"{source}: {name}.{key} must be one of {', '.join(sorted(allowed))}, not {value!r}")
-        if expected == (int,) and value < (0 if key in ("port", "max_connections") else 1):
+        if expected == (int,) and value < (0 if key in ("port", "max_connections") or name == "gc" else 1):
             raise InvalidInput(f"{source}: {name}.{key} must be positive")
         setattr(instance, key, Path(value) if isinstance(default, Path) else value)
     return instance

@@ -101,7 +101,7 @@ class ImageRecord(StoredImage):
             key=self.key, variant=self.variant, spec_hash=self.spec_hash, image=f"{host}/{self.repository}:{self.tag}",
             repository=self.repository, tag=self.tag, digest=self.manifest_digest, size=self.size,
             created=self.created, last_used=self.last_used, lock=self.lock, base_digest=self.base_digest,
-            recipe_version=self.recipe_version, compression=self.compression)
+            recipe_version=self.recipe_version, compression=self.compression, pinned=self.pinned)
 
     def to_json(self, host: str) -> dict[str, Any]:
         return msgspec.to_builtins(self.model(host))
@@ -474,6 +474,13 @@ class Ensurer:
     async def images(self, limit: int) -> list[ImageRecord]:
         """Cached images, most recently used first (as of the last flush of ``last_used``)."""
         return [ImageRecord.from_stored(image) for image in await self._store.images.recent(limit)]
+
+    async def pin(self, key: str, pinned: bool) -> ImageRecord:
+        """Pin (or unpin) a cached image: gc keeps a pinned image whatever its age or the size cap."""
+        stored = await self._store.images.set_pinned(key, pinned)
+        if stored is None:
+            raise NotFound(f"no image with key {key[:80]!r}")
+        return ImageRecord.from_stored(stored)
 
     async def image(self, key: str) -> ImageRecord:
         """One cached image by key, as filed (no registry check: that is :meth:`lookup`'s job)."""

@@ -116,13 +116,15 @@ class GcRequest(Request, forbid_unknown_fields=True):
     dry_run: bool = False
     keep_days: NonNegative | None = None
     grace_seconds: NonNegative | None = None
+    max_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None  # null: the daemon's [gc] max_bytes
 
     MESSAGES: ClassVar[dict[str, str]] = {
         "unknown": "unknown field(s) {unknown}; valid fields: dry_run (boolean), keep_days (number of days or "
-                   "null), grace_seconds (number of seconds)",
+                   "null), grace_seconds (number of seconds), max_bytes (bytes or null)",
         "dry_run": "dry_run: must be true or false",
         "keep_days": "keep_days: must be a number >= 0, not {value}",
         "grace_seconds": "grace_seconds: must be a number >= 0, not {value}",
+        "max_bytes": "max_bytes: must be an integer number of bytes >= 0, not {value}",
     }
 
 
@@ -144,6 +146,7 @@ class Image(msgspec.Struct):
     base_digest: str
     recipe_version: str
     compression: Annotated[str, msgspec.Meta(description="of its layers: gzip, zstd or none")] = ""
+    pinned: Annotated[bool, msgspec.Meta(description="gc never expires or evicts a pinned image")] = False
 
 
 class BuildEnvironment(msgspec.Struct):

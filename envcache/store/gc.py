@@ -36,7 +36,10 @@ their tags, so the same run sweeps them; images a refresh replaced more than N d
 their key's history (until then, history entries are roots too). An index tag over variants (``envcache/env:<spec
 hash>``) goes too once every image it lists has expired; while a sibling variant is still in use
 the index keeps the expired one reachable (reported in ``notes``) until the next rebuild
-replaces that entry.
+replaces that entry. ``max_bytes`` is another way to choose which images expire: the least
+recently used ones until the store fits (:mod:`envcache.store.retention` chooses them, and the
+stages only they contained); from there on they go exactly the same way. Pinned images never
+expire.
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ from envcache.errors import EnvcacheError, InvalidInput
 from envcache.oci import WHEEL_REPOSITORY
 from envcache.store.records import BlobRow, FileEntry, ManifestRow
 from envcache.store.references import manifest_refs
+from envcache.store.retention import Eviction, plan_evictions
+from envcache.store.store import DEFAULT_GRACE as DEFAULT_GRACE  # defined beside the store, so usage shares it
 from envcache.store.store import Busy, Store
 
-DEFAULT_GRACE = 3600.0
 DEFAULT_UPLOAD_TTL = 3600.0
 #: Rows per sweep transaction: short enough that writers waiting for the lock barely notice.
 SWEEP_BATCH = 500
@@ -76,7 +80,10 @@ class GcReport:
     dry_run: bool
     grace_seconds: float
     keep_days: float | None
+    max_bytes: int | None = None
+    store_bytes: int = 0  # blob bytes when gc started (what max_bytes caps)
     images_expired: list[str] = field(default_factory=list)
+    evicted: list[dict[str, Any]] = field(default_factory=list)  # {key, bytes, last_used, reason}
     tags_deleted: list[str] = field(default_factory=list)  # "repository:tag"
     manifests_deleted: int = 0
     blobs_deleted: int = 0
@@ -104,6 +111,10 @@ class GcReport:
             f"gc{' (dry run)' if self.dry_run else ''}: {verb} {_human(self.bytes_freed)} "
             f"({self.bytes_freed} bytes) in {self.seconds:.2f}s",
             f"  images expired:     {len(self.images_expired)}",
+            *([f"  images evicted:     {len(self.evicted)} (store {_human(self.store_bytes)}, "
+               f"max_bytes {_human(self.max_bytes)})"] if self.max_bytes is not None else []),
+            *(f"    {e['key']}: {_human(e['bytes'])}, last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['last_used']))}"
+              for e in self.evicted),
             f"  tags deleted:       {len(self.tags_deleted)}",
             f"  manifests deleted:  {self.manifests_deleted}",
             f"  blobs deleted:      {self.blobs_deleted} ({_human(self.blob_bytes_freed)})",
@@ -126,22 +137,25 @@ def _human(size: int) -> str:
 
 
 async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = None,
-                 grace: float = DEFAULT_GRACE, upload_ttl: float = DEFAULT_UPLOAD_TTL,
+                 max_bytes: int | None = None, grace: float = DEFAULT_GRACE, upload_ttl: float = DEFAULT_UPLOAD_TTL,
                  upload_busy: Busy | None = None, now: float | None = None,
                  phase: Callable[[str], None] = lambda text: None) -> GcReport:
     """Mark and sweep ``store``; returns what was (or would be) removed. One run at a time.
 
     ``upload_busy(id)`` tells the daemon's in-flight upload sessions apart so an idle-looking
     session that is receiving bytes right now is kept. ``phase`` hears each phase as it starts
-    (``envcache gc`` prints them: a big store takes a while).
+    (``envcache gc`` prints them: a big store takes a while). ``max_bytes``: evict least
+    recently used images first until the store fits (:mod:`envcache.store.retention`).
     """
     if keep_days is not None and keep_days < 0:
         raise InvalidInput(f"keep_days must be 0 or more, not {keep_days}")
+    if max_bytes is not None and max_bytes < 0:
+        raise InvalidInput(f"max_bytes must be 0 or more, not {max_bytes}")
     if grace < 0:
         raise InvalidInput(f"grace must be 0 or more seconds, not {grace}")
     async with store.gc_lock:
         started = time.monotonic()
-        report = GcReport(dry_run=dry_run, grace_seconds=grace, keep_days=keep_days)
+        report = GcReport(dry_run=dry_run, grace_seconds=grace, keep_days=keep_days, max_bytes=max_bytes)
         if not dry_run:
             await store.files.release_reserve()  # room for the index's log on a full disk
         await _collect(store, report, time.time() if now is None else now, upload_ttl, upload_busy, phase)
@@ -255,7 +269,7 @@ async def _sweep(store: Store, report: GcReport, plan: _Plan, cutoff: float, fil
         plan.manifests, lambda batch: store.manifests.delete_unused(batch, cutoff), store)))
     forgotten = [d for batch in await _batched(plan.rows, lambda batch: store.blobs.forget_unused(batch, cutoff), store)
                  for d in batch]
-    report.links_pruned = sum(await _batched(plan.links, store.blobs.unlink_unused, store))
+    report.links_pruned = sum(await _batched(plan.links, lambda batch: store.blobs.unlink_unused(batch, cutoff), store))
     # Layer-map rows over blobs just forgotten, or over blobs that had neither row nor file.
     gone, planned = set(forgotten), {digest for digest, _ in plan.rows}
     await _batched([d for d in plan.layers if d in gone or d not in planned], store.layers.forget_blobs, store)
@@ -284,28 +298,49 @@ async def _batched(items: Sequence[Any], step: Callable[[Sequence[Any]], Awaitab
 
 async def _expire_images(store: Store, report: GcReport,
                          now: float) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
-    """``--keep-days``: forget image-index entries still unused for that long; with them, delete
-    the (repository, tag, digest) tags that go with them and the tags of wheel artifacts nothing
-    keeps any more — one transaction, before the mark, so an image or wheel used meanwhile keeps
-    its row and its tags. A dry run only computes them."""
+    """``--keep-days`` and ``max_bytes``: forget image-index entries still unused for that long,
+    and those the size cap evicts (least recently used first); with them, delete the
+    (repository, tag, digest) tags that go with them (stages only the evicted images contained
+    included) and the tags of wheel artifacts nothing keeps any more — one transaction, before
+    the mark, so an image or wheel used meanwhile keeps its row and its tags. Which images to
+    evict is planned before it (reading manifests), so writers are not kept waiting. A dry run
+    only computes them."""
+    cutoff = now - report.grace_seconds
+    limit = None if report.keep_days is None else now - report.keep_days * 86400
+    aging = [] if limit is None else await store.images.unused_since(limit)
+    evictions: dict[str, Eviction] = {}
+    stage_tags: dict[tuple[str, str, str], set[str]] = {}
+    if report.max_bytes is not None:
+        plan = await plan_evictions(store, report.max_bytes, await store.blobs.all(), cutoff,
+                                    [key for key, _, _ in aging])
+        report.store_bytes = plan.store_bytes
+        evictions, stage_tags = {e.key: e for e in plan.evictions}, plan.stage_tags
+        if plan.projected_bytes > report.max_bytes:
+            report.notes.append(
+                f"the store stays over max_bytes ({plan.projected_bytes} > {report.max_bytes} bytes after this run): "
+                "the rest is pinned, a registered environment's latest version, used within the grace period, "
+                "or not a cached image")
     expired: list[tuple[str, str, str]] = []
     dead: list[tuple[str, str, str]] = []
     async with store.transaction(write=not report.dry_run):
-        if report.keep_days is not None:
-            limit = now - report.keep_days * 86400
-            expired = await store.images.unused_since(limit)
-            images = await store.images.all_tags()
-            if expired and not report.dry_run:
-                gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
-                expired = [entry for entry in expired if entry[0] in gone]
-            dead = await _dead_tags(store, images, expired)
-            if not report.dry_run and (forgotten := await store.images.forget_history(limit)):
-                report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {report.keep_days:g} "
-                                    "days ago expired from their keys' history")
-        dead += await _unkept_wheels(store, {key for key, _, _ in expired}, now - report.grace_seconds)
+        images = await store.images.all_tags()
+        chosen = {key: (repo, digest) for key, repo, _, digest in images if key in evictions}
+        expired = aging + [(key, repo, digest) for key, (repo, digest) in chosen.items()]
+        if expired and not report.dry_run:
+            gone = set(await store.images.delete_unused([key for key, _, _ in aging], limit)) if aging else set()
+            gone |= set(await store.images.delete_unused(list(chosen), cutoff))
+            expired = [entry for entry in expired if entry[0] in gone]
+        expired_keys = {key for key, _, _ in expired}
+        dead = await _dead_tags(store, images, expired)
+        dead += [tag for tag, holders in stage_tags.items() if holders <= expired_keys]
+        dead += await _unkept_wheels(store, expired_keys, cutoff)
+        if limit is not None and not report.dry_run and (forgotten := await store.images.forget_history(limit)):
+            report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {report.keep_days:g} "
+                                "days ago expired from their keys' history")
         if dead and not report.dry_run:
             await store.manifests.delete_tags(dead)
-    report.images_expired = [key for key, _, _ in expired]
+    report.images_expired = [key for key, _, _ in expired if key not in evictions]
+    report.evicted = [asdict(eviction) for key, eviction in evictions.items() if key in expired_keys]
     report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
     return expired, dead
 

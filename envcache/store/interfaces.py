@@ -252,8 +252,10 @@ class BlobIndex(Protocol):
         still the marked one and it was not used or read since ``cutoff`` (reads this process
         noted but did not flush yet count too); returns those dropped."""
 
-    async def unlink_unused(self, links: Sequence[tuple[str, str, float]]) -> int:
-        """gc: remove each ``(repository, digest, linked)`` link not refreshed since it was marked."""
+    async def unlink_unused(self, links: Sequence[tuple[str, str, float]], cutoff: float) -> int:
+        """gc: remove each ``(repository, digest, linked)`` link not refreshed since it was marked,
+        unless its blob was used or read since ``cutoff``: a client that just read a manifest
+        from that repository fetches the blob through the link next."""
 
     async def set_size(self, digest: str, size: int) -> None:
         """fsck: the file is the truth."""
@@ -342,7 +344,15 @@ class Images(Protocol):
     async def get(self, key: str) -> StoredImage | None: ...
 
     async def put(self, image: StoredImage) -> None:
-        """File (or re-file) ``image`` under its key."""
+        """File (or re-file) ``image`` under its key; re-filing keeps the key's pin."""
+
+    async def set_pinned(self, key: str, pinned: bool) -> StoredImage | None:
+        """Pin (or unpin) the image filed under ``key``; None when there is none. A pinned image
+        never expires (``--keep-days``) and is never evicted (the size cap)."""
+
+    async def evictable(self, before: float) -> list[StoredImage]:
+        """Unpinned images not used since ``before``, least recently used first (ties by key):
+        what gc's size cap may evict, in order."""
 
     async def recent(self, limit: int) -> list[StoredImage]:
         """Most recently used first."""
@@ -356,7 +366,7 @@ class Images(Protocol):
         """Every (key, repository, manifest digest): a filed image keeps its manifest."""
 
     async def unused_since(self, limit: float) -> list[tuple[str, str, str]]:
-        """(key, repository, manifest digest) of images not used since ``limit``."""
+        """(key, repository, manifest digest) of unpinned images not used since ``limit``."""
 
     async def all_tags(self) -> list[tuple[str, str, str, str]]:
         """(key, repository, tag, manifest digest) of every image."""
@@ -378,7 +388,8 @@ class Images(Protocol):
         """Drop history entries replaced before ``replaced_before`` (gc); returns how many."""
 
     async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
-        """gc ``--keep-days``: remove those of ``keys`` still unused since ``limit``; returns them."""
+        """gc (``--keep-days``, the size cap): remove those of ``keys`` still unpinned and unused
+        since ``limit``; returns them."""
 
     async def page(self, limit: int, after: tuple[float, str] | None = None) -> list[StoredImage]:
         """Most recently used first, ties by key descending; a page starts strictly after the

@@ -99,6 +99,7 @@ class StoredImage:
     base_digest: str = ""
     recipe_version: str = ""
     compression: str = ""          # of its layers: gzip | zstd | none | mixed ("" = not recorded)
+    pinned: bool = False  # kept by gc whatever its age or the size cap (``envcache images pin``)
 
 
 @dataclass(frozen=True)

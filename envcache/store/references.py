@@ -13,6 +13,7 @@ class ManifestRefs:
 
     children: list[str] = field(default_factory=list)
     blobs: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)  # the blobs but the config (gc's size cap matches stages by them)
     media_types: dict[str, str] = field(default_factory=dict)  # blob digest → descriptor media type
 
 
@@ -22,5 +23,5 @@ def manifest_refs(body: bytes) -> ManifestRefs:
     if manifest.is_index:
         return ManifestRefs(children=[child.digest for child in manifest.manifests])
     blobs = manifest.blobs
-    return ManifestRefs(blobs=[d.digest for d in blobs],
+    return ManifestRefs(blobs=[d.digest for d in blobs], layers=manifest.layer_digests,
                         media_types={d.digest: d.media_type for d in blobs if d.media_type is not None})

@@ -45,6 +45,8 @@ Busy = Callable[[str], bool]
 
 #: Default free-space floor: new blob writes are refused below it (room for the index and gc).
 DEFAULT_MIN_FREE = 64 * MB
+#: gc keeps anything used (or read) more recently than this many seconds: see :mod:`envcache.store.gc`.
+DEFAULT_GRACE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,13 @@ class Store:
         return await self.manifests.delete_tag(repository, reference)
 
     async def get_manifest(self, repository: str, reference: str, *, with_body: bool = True) -> StoredManifest | None:
-        """The manifest ``reference`` (tag or digest) names in ``repository``; body read only if asked."""
+        """The manifest ``reference`` (tag or digest) names in ``repository``; body read only if asked.
+
+        Reading the body is a read of the manifest and of every blob it names: whoever got it
+        (a client pulling, a build loading a stage, a push upstream) fetches those blobs next,
+        and gc keeps what was read within its grace period — also once the tag is gone (an
+        evicted image mid-pull). The row is looked up again after the reads are noted: gc
+        deletes a manifest's row before any blob, so either it sees the reads or this is a 404."""
         row = await self.manifests.find(repository, reference)
         if row is None:
             return None
@@ -263,6 +271,14 @@ class Store:
             if found is None:
                 return None
             body = found
+            try:
+                named = manifest_refs(body).blobs
+            except InvalidInput:
+                named = []  # stored as pushed; not ours to judge here (fsck is)
+            for digest in (row.digest, *named):
+                await self.blobs.touch(digest)
+            if await self.manifests.find(repository, row.digest) is None:
+                return None  # swept while we read: gc deletes manifests before blobs, so 404 now
         return StoredManifest(row.digest, row.media_type, body, row.size, row.subject)
 
     async def set_tag(self, repository: str, tag: str, digest: str) -> None:

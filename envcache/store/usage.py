@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 from envcache.errors import InvalidInput
 from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY
-from envcache.store.gc import DEFAULT_GRACE
 from envcache.store.references import ManifestRefs, manifest_refs
-from envcache.store.store import Store
+from envcache.store.store import DEFAULT_GRACE, Store
 
 #: Manifests walked between two yields to the event loop.
 _SLICE = 256

@@ -11,6 +11,7 @@ import logging
 from aiohttp import web
 
 from envcache.service import requests
+from envcache.service.daemon import Daemon
 from envcache.service.schemas import GcRequest
 from envcache.service.views.common import Route, daemon, json_response
 from envcache.store.gc import DEFAULT_GRACE, GcAborted, GcReport, run_gc
@@ -19,21 +20,30 @@ log = logging.getLogger(__name__)
 
 
 async def gc_handler(request: web.Request) -> web.Response:
-    """Body optional: ``{"dry_run", "keep_days", "grace_seconds"}`` → the GcReport."""
+    """Body optional: ``{"dry_run", "keep_days", "grace_seconds", "max_bytes"}`` → the GcReport.
+    Without ``max_bytes`` the daemon's ``[gc] max_bytes`` caps the store (the cap holds for every run)."""
     parts = daemon(request)
     body, _ = await requests.read(request, GcRequest)
+    max_bytes = body.max_bytes if body.max_bytes is not None else parts.config.gc.max_bytes or None
+    report = await collect(parts, dry_run=body.dry_run, keep_days=body.keep_days, max_bytes=max_bytes,
+                           grace=DEFAULT_GRACE if body.grace_seconds is None else body.grace_seconds)
+    return json_response(report.to_dict())
+
+
+async def collect(parts: Daemon, *, dry_run: bool = False, keep_days: float | None, max_bytes: int | None,
+                  grace: float) -> GcReport:
+    """One gc in the daemon (a request's or the ``[gc] interval`` loop's; the store runs one at a time)."""
     store = parts.store
     if not store.owner:
         raise GcAborted(f"this daemon does not own {store.data_dir} (another process holds its lock); "
                         "run gc where the lock is held")
-    await parts.ensurer.flush_last_used()  # --keep-days decides on last_used: count recent hits
-    report = await run_gc(store, dry_run=body.dry_run, keep_days=body.keep_days,
-                          grace=DEFAULT_GRACE if body.grace_seconds is None else body.grace_seconds,
+    await parts.ensurer.flush_last_used()  # expiry and eviction decide on last_used: count recent hits
+    report = await run_gc(store, dry_run=dry_run, keep_days=keep_days, max_bytes=max_bytes, grace=grace,
                           upload_ttl=float(parts.config.registry.upload_session_ttl), upload_busy=parts.uploads.busy,
                           phase=log.info)  # the daemon's log says where a long gc is (with this request's id)
-    if not body.dry_run:
+    if not dry_run:
         await parts.uploads.forget_ended(store)
-    return json_response(report.to_dict())
+    return report
 
 
 ROUTES = [Route("POST", "/api/v1/gc", gc_handler,

@@ -22,6 +22,13 @@ async def details(request: web.Request) -> web.Response:
     return json_response((await daemon(request).ensurer.image(key)).model(request.host))
 
 
+async def pin(request: web.Request) -> web.Response:
+    """``PUT`` pins, ``DELETE`` unpins; the image as it is now. By key or ``<key>-<variant>`` tag."""
+    key, _variant = parse_image_tag(request.match_info["key"])
+    image = await daemon(request).ensurer.pin(key, request.method == "PUT")
+    return json_response(image.model(request.host))
+
+
 async def history(request: web.Request) -> web.Response:
     """The image a key names now, and those a refresh replaced (newest first)."""
     key, _variant = parse_image_tag(request.match_info["key"])
@@ -38,6 +45,10 @@ ROUTES = [
     Route("GET", "/api/v1/images", listing, "Cached images, most recently used first", responses={"200": Images},
           params=[query_param("limit")]),
     Route("GET", "/api/v1/images/{key}", details, "Details of one image (Azure's get_image_details)",
+          responses={"200": Image}, params=[path_param("key")]),
+    Route("PUT", "/api/v1/images/{key}/pin", pin, "Pin an image: gc never expires or evicts it (write scope)",
+          responses={"200": Image}, params=[path_param("key")]),
+    Route("DELETE", "/api/v1/images/{key}/pin", pin, "Unpin an image (write scope)",
           responses={"200": Image}, params=[path_param("key")]),
     Route("GET", "/api/v1/images/{key}/history", history,
           "The image a key names, and the images refreshes replaced (until gc expires them)",

@@ -127,10 +127,12 @@ class SqliteBlobIndex:
             conn.executemany("DELETE FROM repository_blobs WHERE digest = ?", [(d,) for d in gone])
         return gone
 
-    async def unlink_unused(self, links: Sequence[tuple[str, str, float]]) -> int:
+    async def unlink_unused(self, links: Sequence[tuple[str, str, float]], cutoff: float) -> int:
         async with self._db.writing() as conn:
-            return sum(conn.execute("DELETE FROM repository_blobs WHERE repository = ? AND digest = ? AND created = ?",
-                                    link).rowcount for link in links)
+            return sum(conn.execute(
+                "DELETE FROM repository_blobs WHERE repository = ? AND digest = ? AND created = ? AND NOT EXISTS "
+                f"(SELECT 1 FROM blobs WHERE digest = repository_blobs.digest AND {_USED} >= ?)",
+                [*link, cutoff]).rowcount for link in links if self._reads.get(link[1], 0.0) < cutoff)
 
     async def set_size(self, digest: str, size: int) -> None:
         async with self._db.writing() as conn:

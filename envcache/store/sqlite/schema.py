@@ -191,8 +191,16 @@ def _m6_image_history(db: sqlite_utils.Database) -> None:
     db["image_history"].create_index(["replaced"], if_not_exists=True)
 
 
+def _m7_image_pins(db: sqlite_utils.Database) -> None:
+    """``images.pinned``: a pinned image (``envcache images pin KEY``) never expires or is evicted
+    by gc's size cap. A column, not a table: the pin belongs to the row and goes with it."""
+    if "pinned" not in db["images"].columns_dict:
+        db.execute("ALTER TABLE images ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_image_history]
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_image_history,
+    _m7_image_pins]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import astuple
@@ -13,8 +14,12 @@ from envcache.store.records import BuildRecord, EnvironmentVersion, ReplacedImag
 from envcache.store.sqlite.database import Database
 
 _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
-          "base_digest, recipe_version, compression")
+          "base_digest, recipe_version, compression, pinned")
 _HISTORY = "key, variant, repository, tag, manifest_digest, size, created, replaced, lock"
+# What re-filing an image replaces: everything but its key and its pin (a rebuild stays pinned).
+_IMAGE_FILED = _IMAGE.split(", ")[1:-1]
+#: An image's last use in SQL (a row never used since it was filed: its creation).
+_IMAGE_USED = "COALESCE(last_used, created, 0)"
 _BUILD = "id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, error, log"
 # A listing's columns: the log stays behind (it is read one build at a time).
 _BUILD_LISTED = _BUILD.replace(", log", ", NULL")
@@ -24,10 +29,20 @@ _WHEEL = "digest, filename, name, version, tags, requires_python, summary, size,
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
     (key, variant, spec_hash, canonical, repository, tag, digest, size, created, last_used, lock, base_digest,
-     recipe_version, compression) = row
+     recipe_version, compression, pinned) = row
     return StoredImage(key, variant, spec_hash, bytes(canonical) if canonical is not None else None, repository,
                        tag, digest, size or 0, created, last_used or created, json.loads(lock) if lock else {},
-                       base_digest or "", str(recipe_version or ""), compression or "")
+                       base_digest or "", str(recipe_version or ""), compression or "", bool(pinned))
+
+
+def _file(conn: sqlite3.Connection, image: StoredImage) -> None:
+    """File ``image`` under its key, keeping the key's pin (a rebuild or refresh stays pinned)."""
+    values = list(astuple(image))
+    values[10] = json.dumps(image.lock, sort_keys=True)
+    values[-1] = int(image.pinned)
+    updates = ", ".join(f"{column} = excluded.{column}" for column in _IMAGE_FILED)
+    conn.execute(f"INSERT INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))}) "
+                 f"ON CONFLICT(key) DO UPDATE SET {updates}", values)
 
 
 def _environment(row: tuple[Any, ...]) -> EnvironmentVersion:
@@ -51,10 +66,18 @@ class SqliteImages:
         return _image(row) if row else None
 
     async def put(self, image: StoredImage) -> None:
-        values = list(astuple(image))
-        values[10] = json.dumps(image.lock, sort_keys=True)
         async with self._db.writing() as conn:
-            conn.execute(f"INSERT OR REPLACE INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))})", values)
+            _file(conn, image)
+
+    async def set_pinned(self, key: str, pinned: bool) -> StoredImage | None:
+        async with self._db.writing() as conn:
+            conn.execute("UPDATE images SET pinned = ? WHERE key = ?", [int(pinned), key])
+        return await self.get(key)
+
+    async def evictable(self, before: float) -> list[StoredImage]:
+        return [_image(row) for row in self._db.all(
+            f"SELECT {_IMAGE} FROM images WHERE pinned = 0 AND {_IMAGE_USED} < ? ORDER BY {_IMAGE_USED}, key",
+            [before])]
 
     async def recent(self, limit: int) -> list[StoredImage]:
         return [_image(row) for row in self._db.all(f"SELECT {_IMAGE} FROM images ORDER BY last_used DESC LIMIT ?",
@@ -73,7 +96,7 @@ class SqliteImages:
 
     async def unused_since(self, limit: float) -> list[tuple[str, str, str]]:
         return [(k, r, d) for k, r, d in self._db.all(
-            "SELECT key, repository, manifest_digest FROM images WHERE COALESCE(last_used, created, 0) < ?", [limit])]
+            f"SELECT key, repository, manifest_digest FROM images WHERE pinned = 0 AND {_IMAGE_USED} < ?", [limit])]
 
     async def all_tags(self) -> list[tuple[str, str, str, str]]:
         return [tuple(row) for row in self._db.all("SELECT key, repository, tag, manifest_digest FROM images")]
@@ -83,14 +106,12 @@ class SqliteImages:
             conn.executemany("DELETE FROM images WHERE key = ?", [(k,) for k in keys])
 
     async def replace(self, image: StoredImage, previous: StoredImage, now: float) -> None:
-        values = list(astuple(image))
-        values[10] = json.dumps(image.lock, sort_keys=True)
         async with self._db.writing() as conn:  # one transaction: the key never names nothing
             conn.execute(f"INSERT OR REPLACE INTO image_history ({_HISTORY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          [previous.key, previous.variant, previous.repository, previous.tag,
                           previous.manifest_digest, previous.size, previous.created, now,
                           json.dumps(previous.lock, sort_keys=True)])
-            conn.execute(f"INSERT OR REPLACE INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))})", values)
+            _file(conn, image)
 
     async def history(self, key: str) -> list[ReplacedImage]:
         rows = self._db.all(f"SELECT {_HISTORY} FROM image_history WHERE key = ? ORDER BY replaced DESC", [key])
@@ -107,7 +128,7 @@ class SqliteImages:
     async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
         async with self._db.writing() as conn:
             return [key for key in keys if conn.execute(
-                "DELETE FROM images WHERE key = ? AND COALESCE(last_used, created, 0) < ?", [key, limit]).rowcount]
+                f"DELETE FROM images WHERE key = ? AND pinned = 0 AND {_IMAGE_USED} < ?", [key, limit]).rowcount]
 
     async def page(self, limit: int, after: tuple[float, str] | None = None) -> list[StoredImage]:
         where, params = ("", []) if after is None else ("WHERE (last_used < ? OR (last_used = ? AND key < ?)) ",

@@ -77,8 +77,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from envcache.store.records import (
-    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StagedBlob, StoredImage,
-    UploadSession,
+    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StagedBlob, StepResult,
+    StoredImage, UploadSession,
 )
 
 #: (repository, manifest digest): what gc roots and marks.
@@ -376,6 +376,18 @@ class Images(Protocol):
 
     async def by_spec_hashes(self, spec_hashes: Sequence[str]) -> list[StoredImage]:
         """Every image built from one of these (variant-applied) spec hashes."""
+
+
+class StepResults(Protocol):
+    """Pipeline step results by step key (the artifact itself is a tagged manifest)."""
+
+    async def get(self, key: str) -> StepResult | None: ...
+
+    async def put(self, result: StepResult) -> None:
+        """File (or re-file: a step run again with ``allow_reuse`` off) the result under its key."""
+
+    async def touch(self, used: dict[str, float]) -> None:
+        """Record reuse times (retention orders by them)."""
 
 
 class Builds(Protocol):

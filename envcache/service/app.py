@@ -29,6 +29,7 @@ from envcache.service.daemon import DAEMON, Daemon, EngineHandle
 from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
+from envcache.service.pipelines import PipelineRuns, StepRunner
 from envcache.service.requests import Definitions
 from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
@@ -119,8 +120,10 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
-    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments), upstream,
-                  puller, uploads, metrics)
+    definitions = Definitions(environments)
+    pipelines = PipelineRuns(StepRunner(store, engine, ensurer, definitions))
+    return Daemon(config, store, engine, resolvers, ensurer, environments, definitions, upstream,
+                  puller, uploads, metrics, pipelines)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -142,6 +145,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _stop_builds(app: web.Application) -> None:
     """On shutdown, before any cleanup: stop builds and flush what they and reads batched."""
+    await app[DAEMON].pipelines.close()
     await app[DAEMON].ensurer.close()
     await app[DAEMON].store.flush_reads()
 

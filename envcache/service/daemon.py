@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from envcache.service.ensure import Ensurer
     from envcache.service.environments import Environments
     from envcache.service.metrics import Metrics
+    from envcache.service.pipelines import PipelineRuns
     from envcache.service.requests import Definitions
     from envcache.store import Store
     from envcache.upstream.base import BasePuller
@@ -59,6 +60,7 @@ class Daemon:
     puller: BasePuller
     uploads: UploadState
     metrics: Metrics
+    pipelines: PipelineRuns
 
 
 DAEMON = web.AppKey("envcache_daemon", Daemon)

@@ -65,6 +65,7 @@ _COMMAND_OWNERS = {
     **dict.fromkeys(("serve", "gc", "fsck"), "envcache.cli.daemon"),
     **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.cli.client"),
     **dict.fromkeys(("upstream", "push", "pull"), "envcache.cli.upstream"),
+    **dict.fromkeys(("pipeline", "step"), "envcache.cli.pipeline"),
 }
 _COMMAND_MODULES = list(dict.fromkeys(_COMMAND_OWNERS.values()))
 

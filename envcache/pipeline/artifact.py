@@ -31,10 +31,8 @@ from envcache.oci.manifest import dumps_manifest
 from envcache.pipeline.errors import TreeError
 from envcache.pipeline.tree import MODE_EXECUTABLE, Tree, read_tree
 from envcache.store import Store, StepResult
+from envcache.wire import STEP_REPOSITORY
 
-STEP_REPOSITORY = "envcache/step"
-#: Where a submission's source and input files are uploaded (as blobs) before it runs.
-FILES_REPOSITORY = "envcache/step-files"
 ARTIFACT_TYPE = "application/vnd.envcache.step.v1"
 CONFIG_TYPE = "application/vnd.envcache.step.config.v1+json"
 OUTPUT_TYPE = "application/vnd.oci.image.layer.v1.tar"

@@ -6,10 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from envcache.errors import NotFound
-from envcache.pipeline.artifact import STEP_REPOSITORY, describe, stored_result
+from envcache.pipeline.artifact import describe, stored_result
 from envcache.service import requests
 from envcache.service.schemas import PipelineRun, PipelineRunRequest, StepDetails, StepOutput, path_param
 from envcache.service.views.common import Route, daemon, json_response
+from envcache.wire import STEP_REPOSITORY
 
 
 async def submit(request: web.Request) -> web.Response:

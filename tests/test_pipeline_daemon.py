@@ -1,0 +1,210 @@
+"""Pipeline steps through the real daemon and a real dockerd: ``envcache pipeline run`` as a user runs it.
+
+Which steps really ran is read from dockerd's own event stream (container starts labelled with
+the step's name since the run began), not only from envcache's report. Each test's raw data is
+unique, so its step keys are its own although the tests share one daemon (one environment build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from envcache.builder.engines import DockerEngine
+from envcache.builder.engines.base import Mount
+from tests.fixtures.daemon import DaemonProcess, start_daemon_process
+from tests.fixtures.engines import Dockerd
+from tests.fixtures.pipelines import PIPELINE_YAML, Project
+
+pytestmark = pytest.mark.engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline_daemon(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    tmp = tmp_path_factory.mktemp("pipeline-daemon")
+    (tmp / "envcache.toml").write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\n')
+    daemon = start_daemon_process(tmp / "data", 0, "--config", str(tmp / "envcache.toml"))
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+class Pipeline:
+    """A three-step project on disk, run through the CLI against the daemon."""
+
+    def __init__(self, root: Path, daemon: DaemonProcess, dockerd: Dockerd, base: str) -> None:
+        self.project = Project(root, ledger=False)
+        self.daemon, self.dockerd = daemon, dockerd
+        self.project.write("env.yml", json.dumps({"docker": {"base_image": base}}))
+        self.project.write("pipeline.yml", PIPELINE_YAML.replace(
+            "steps:\n", "defaults:\n  environment: env.yml\n  variant: cpu\nsteps:\n", 1))
+        # Unique numbers: this test's keys are its own on the shared daemon.
+        self.numbers = [secrets.randbelow(1000) + 1 for _ in range(3)]
+        self.project.write("data/raw.csv", "".join(f"{n}\n" for n in self.numbers))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, XDG_CACHE_HOME=str(self.project.root / ".cache"))
+        return subprocess.run([sys.executable, "-m", "envcache.cli", *args, "--url", self.daemon.url],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+
+    def run(self, *flags: str, expect: int = 0) -> tuple[dict[str, str], Counter[str], dict]:
+        """Run the pipeline → (status per step, containers started per step name, the JSON answer)."""
+        since = time.time()
+        done = self.cli("pipeline", "run", str(self.project.root / "pipeline.yml"), "--json", *flags)
+        assert done.returncode == expect, done.stdout + done.stderr
+        answer = json.loads(done.stdout)
+        answer["stderr"] = done.stderr
+        events = self.dockerd.docker("events", "--since", f"{since:.3f}", "--until", f"{time.time() + 0.5:.3f}",
+                                     "--filter", "type=container", "--filter", "event=start",
+                                     "--filter", "label=envcache.step.name",
+                                     "--format", "{{json .Actor.Attributes}}", text=True, timeout=60).stdout
+        started = Counter(json.loads(line).get("envcache.step.name", "?") for line in events.splitlines() if line)
+        return {step["name"]: step["status"] for step in answer["report"]["steps"]}, started, answer
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, pipeline_daemon: DaemonProcess, dockerd: Dockerd,
+             python_base_docker: dict[str, str]) -> Pipeline:
+    return Pipeline(tmp_path / "project", pipeline_daemon, dockerd, python_base_docker["cpu"])
+
+
+ALL = ("prepare", "train", "evaluate")
+
+
+def test_first_run_runs_every_step_in_a_container_and_the_second_starts_none(pipeline: Pipeline,
+                                                                            tmp_path: Path) -> None:
+    statuses, started, answer = pipeline.run()
+    assert statuses == dict.fromkeys(ALL, "ran")
+    assert started == Counter(ALL)
+    keys = {step["name"]: step["key"] for step in answer["report"]["steps"]}
+
+    statuses, started, again = pipeline.run()
+    assert statuses == dict.fromkeys(ALL, "reused")
+    assert started == Counter()  # dockerd's own word: no container at all
+    assert {step["name"]: step["key"] for step in again["report"]["steps"]} == keys
+    assert again["uploaded_files"] == 0  # the daemon had every file already
+
+    # The outputs are the scripts' real results: prepare doubles, train sums × SCALE (3).
+    fetched = pipeline.cli("step", "outputs", keys["evaluate"], str(tmp_path / "out"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "out" / "metrics" / "score.txt").read_text() == f"score {6 * sum(pipeline.numbers)}"
+    shown = pipeline.cli("step", "show", keys["train"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    details = json.loads(shown.stdout)
+    assert details["image"].endswith(f"/envcache/step:{keys['train']}")
+    assert [entry[0] for entry in details["snapshot"]] == [".amlignore", ".gitignore", "helpers.py", "scratch.txt",
+                                                           "train.py"]
+    assert details["record"]["script_name"] == "train.py" and details["record"]["exit_code"] == 0
+    assert set(details["outputs"]) == {"model"} and set(details["record"]["inputs"]) == {"prepared"}
+    text = pipeline.cli("step", "show", keys["train"])
+    assert text.returncode == 0 and "helpers.py" in text.stdout and keys["train"] in text.stdout
+    missing = pipeline.cli("step", "show", "0" * 32)
+    assert missing.returncode == 3 and "no stored step result" in missing.stderr
+
+
+def test_what_changed_decides_what_runs_again(pipeline: Pipeline) -> None:
+    project = pipeline.project
+    assert pipeline.run()[0] == dict.fromkeys(ALL, "ran")
+
+    project.write("src/train/helpers.py", "SCALE = 4\n")              # train imports it
+    statuses, started, _ = pipeline.run()
+    assert statuses == {"prepare": "reused", "train": "ran", "evaluate": "ran"}
+    assert started == Counter(["train", "evaluate"])
+
+    project.write("src/train/notes.txt", "edited, but .amlignore excludes it\n")
+    statuses, started, _ = pipeline.run()
+    assert statuses == dict.fromkeys(ALL, "reused") and started == Counter()
+
+    # .gitignore lists scratch.txt, but .amlignore exists and wins: it is in the snapshot. Train
+    # runs again; it writes the same model, so evaluate (keyed by content) is reused.
+    project.write("src/train/scratch.txt", "edited; only .gitignore excludes it\n")
+    statuses, started, _ = pipeline.run()
+    assert statuses == {"prepare": "reused", "train": "ran", "evaluate": "reused"}
+    assert started == Counter(["train"])
+
+    raw = project.root / "data/raw.csv"
+    os.utime(raw, (time.time() + 5, time.time() + 5))                 # a touch: same content
+    statuses, started, _ = pipeline.run()
+    assert statuses == dict.fromkeys(ALL, "reused") and started == Counter()
+
+    project.write("data/raw.csv", raw.read_text() + "7\n")           # new content: from prepare on
+    statuses, started, _ = pipeline.run()
+    assert statuses == dict.fromkeys(ALL, "ran") and started == Counter(ALL)
+
+
+def test_allow_reuse_false_and_regenerate_outputs(pipeline: Pipeline) -> None:
+    project = pipeline.project
+    assert pipeline.run()[0] == dict.fromkeys(ALL, "ran")
+    text = (project.root / "pipeline.yml").read_text()
+    project.write("pipeline.yml", text.replace("    outputs: [prepared]\n",
+                                               "    outputs: [prepared]\n    allow_reuse: false\n"))
+    statuses, started, _ = pipeline.run()
+    # prepare always runs; its output bytes are the same, so what reads it is reused.
+    assert statuses == {"prepare": "ran", "train": "reused", "evaluate": "reused"}
+    assert started == Counter(["prepare"])
+    statuses, started, _ = pipeline.run("--regenerate-outputs")
+    assert statuses == dict.fromkeys(ALL, "ran") and started == Counter(ALL)
+
+
+def test_a_failing_step_stops_the_rest_and_is_not_stored(pipeline: Pipeline) -> None:
+    project = pipeline.project
+    project.write("src/train/helpers.py", "raise RuntimeError('the helper is broken on purpose')\n")
+    statuses, started, answer = pipeline.run(expect=1)
+    assert statuses == {"prepare": "ran", "train": "failed", "evaluate": "skipped"}
+    assert started == Counter(["prepare", "train"])
+    train = next(step for step in answer["report"]["steps"] if step["name"] == "train")
+    assert "exit status 1" in train["error"] and "broken on purpose" in train["log_tail"]
+    assert "broken on purpose" in answer["stderr"]
+    assert pipeline.cli("step", "show", train["key"]).returncode == 3
+    # Fixed: train and evaluate run, prepare is reused.
+    project.write("src/train/helpers.py", "SCALE = 3\n")
+    assert pipeline.run()[0] == {"prepare": "reused", "train": "ran", "evaluate": "ran"}
+
+
+def test_bad_pipeline_is_exit_2_naming_the_field(pipeline: Pipeline) -> None:
+    project = pipeline.project
+    project.write("pipeline.yml", PIPELINE_YAML)                      # no environment anywhere
+    done = pipeline.cli("pipeline", "run", str(project.root / "pipeline.yml"))
+    assert done.returncode == 2 and "steps[0].environment" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("stop", ["timeout", "cancel"])
+async def test_engine_run_removes_its_container_on_timeout_and_cancel(dockerd: Dockerd, busybox_image: str,
+                                                                      tmp_path: Path, stop: str) -> None:
+    engine = DockerEngine(dockerd.host)
+    label = secrets.token_hex(4)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x").write_text("data")
+    (tmp_path / "out").mkdir()
+    try:
+        done = await engine.run(busybox_image, ["sh", "-c", "cat /in/x > /out/y; echo written; touch /in/z"],
+                                workdir="/", mounts=[Mount(tmp_path / "in", "/in"),
+                                                     Mount(tmp_path / "out", "/out", read_only=False)],
+                                env={}, user=None, network=False, labels={"test": label}, log=lambda line: None)
+        assert done.exit_code == 1 and "written" in done.log_tail and "Read-only" in done.log_tail
+        assert (tmp_path / "out" / "y").read_text() == "data" and not (tmp_path / "in" / "z").exists()
+        running = asyncio.create_task(engine.run(
+            busybox_image, ["sleep", "60"], workdir="/", mounts=[], env={}, user=None, network=False,
+            labels={"test": label}, log=lambda line: None, timeout=2 if stop == "timeout" else None))
+        if stop == "cancel":
+            await asyncio.sleep(2)
+            running.cancel()
+        with pytest.raises(TimeoutError if stop == "timeout" else asyncio.CancelledError):
+            await running
+        left = dockerd.docker("ps", "-aq", "--filter", f"label=test={label}", text=True).stdout.split()
+        assert left == []
+    finally:
+        await engine.close()

@@ -121,7 +121,7 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
     definitions = Definitions(environments)
-    pipelines = PipelineRuns(StepRunner(store, engine, ensurer, definitions))
+    pipelines = PipelineRuns(StepRunner(store, engine.get, ensurer, definitions))
     return Daemon(config, store, engine, resolvers, ensurer, environments, definitions, upstream,
                   puller, uploads, metrics, pipelines)
 

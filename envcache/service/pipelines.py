@@ -20,12 +20,13 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import msgspec
 
-from envcache.builder.engines.base import Mount
+from envcache.builder.engines.base import Engine, Mount
 from envcache.builder.errors import EngineUnavailable
 from envcache.builder.stored import load_image
 from envcache.errors import InvalidInput, NotFound
@@ -38,7 +39,6 @@ from envcache.pipeline.errors import TreeError
 from envcache.pipeline.model import NAME_RE, PLACEHOLDER_RE
 from envcache.pipeline.tree import tree_from_listing
 from envcache.service import requests, schemas
-from envcache.service.daemon import EngineHandle
 from envcache.service.ensure import Ensurer
 from envcache.store import Store, StepResult
 
@@ -51,8 +51,9 @@ PYTHON = ["sh", "-c", 'exec "$(command -v python || command -v python3)" "$@"', 
 class StepRunner:
     """Daemon-wide: reuse lookups and runs of steps, one execution per step key at a time."""
 
-    def __init__(self, store: Store, engine: EngineHandle, ensurer: Ensurer,
+    def __init__(self, store: Store, engine: Callable[[], Awaitable[Engine | None]], ensurer: Ensurer,
                  definitions: requests.Definitions) -> None:
+        """``engine`` answers the daemon's engine (detected on first use), or None."""
         self._store = store
         self._engine = engine
         self._ensurer = ensurer
@@ -90,7 +91,7 @@ class StepRunner:
                 await task
 
     async def _image_in_engine(self, image_key: str) -> str:
-        engine = await self._engine.get()
+        engine = await self._engine()
         if engine is None:
             raise EngineUnavailable("no container engine available to run pipeline steps: install Docker (and "
                                     "start dockerd) or buildah, or set [build] engine / docker_host")
@@ -106,7 +107,7 @@ class StepRunner:
     async def _run(self, job: StepJob, outputs_by_tree: dict[str, str]) -> StepResult:
         step = job.step
         image = await self._image_in_engine(job.environment.image_key)
-        engine = await self._engine.get()
+        engine = await self._engine()
         assert engine is not None
         started = time.time()
         with self._store.files.scratch("envcache-step-") as work:

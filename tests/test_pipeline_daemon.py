@@ -15,15 +15,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from envcache.builder.engines import DockerEngine
+from envcache.builder.engines import BuildahEngine, DockerEngine, Engine
 from envcache.builder.engines.base import Mount
+from tests.fixtures.bases import load_into_buildah
 from tests.fixtures.daemon import DaemonProcess, start_daemon_process
-from tests.fixtures.engines import Dockerd
+from tests.fixtures.engines import Buildah, Dockerd
 from tests.fixtures.pipelines import PIPELINE_YAML, Project
 
 pytestmark = pytest.mark.engine
@@ -181,30 +182,43 @@ def test_bad_pipeline_is_exit_2_naming_the_field(pipeline: Pipeline) -> None:
     assert done.returncode == 2 and "steps[0].environment" in done.stderr and "Traceback" not in done.stderr
 
 
+def _engine_and_image(kind: str, request: pytest.FixtureRequest) -> tuple[Engine, str, Callable[[], list[str]]]:
+    """(engine, a busybox image in it, the engine's own list of containers)."""
+    if kind == "docker":
+        dockerd: Dockerd = request.getfixturevalue("dockerd")
+        return (DockerEngine(dockerd.host), request.getfixturevalue("busybox_image"),
+                lambda: dockerd.docker("ps", "-aq", text=True).stdout.split())
+    buildah: Buildah = request.getfixturevalue("buildah")
+    image = load_into_buildah(buildah, request.getfixturevalue("busybox_oci_layout"), "envcache-test/busybox-oci")
+    return (BuildahEngine(root=buildah.storage_root, runroot=buildah.run_root, storage_driver=buildah.storage_driver),
+            image, lambda: buildah.buildah("containers", "-q", text=True).stdout.split())
+
+
+@pytest.mark.parametrize("kind", ["docker", "buildah"])
 @pytest.mark.parametrize("stop", ["timeout", "cancel"])
-async def test_engine_run_removes_its_container_on_timeout_and_cancel(dockerd: Dockerd, busybox_image: str,
-                                                                      tmp_path: Path, stop: str) -> None:
-    engine = DockerEngine(dockerd.host)
-    label = secrets.token_hex(4)
+async def test_engine_run_mounts_and_removes_its_container_on_timeout_and_cancel(
+        kind: str, stop: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    engine, image, containers = _engine_and_image(kind, request)
+    before = containers()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x").write_text("data")
     (tmp_path / "out").mkdir()
     try:
-        done = await engine.run(busybox_image, ["sh", "-c", "cat /in/x > /out/y; echo written; touch /in/z"],
-                                workdir="/", mounts=[Mount(tmp_path / "in", "/in"),
-                                                     Mount(tmp_path / "out", "/out", read_only=False)],
-                                env={}, user=None, network=False, labels={"test": label}, log=lambda line: None)
-        assert done.exit_code == 1 and "written" in done.log_tail and "Read-only" in done.log_tail
+        done = await engine.run(image, ["sh", "-c", "cat /in/x > /out/y; pwd; echo $GREETING written; touch /in/z"],
+                                workdir="/out", mounts=[Mount(tmp_path / "in", "/in"),
+                                                        Mount(tmp_path / "out", "/out", read_only=False)],
+                                env={"GREETING": "hi"}, user=None, network=False, labels={}, log=lambda line: None)
+        assert done.exit_code == 1 and "/out\nwritten" in done.log_tail and "Read-only" in done.log_tail
         assert (tmp_path / "out" / "y").read_text() == "data" and not (tmp_path / "in" / "z").exists()
+        assert containers() == before
         running = asyncio.create_task(engine.run(
-            busybox_image, ["sleep", "60"], workdir="/", mounts=[], env={}, user=None, network=False,
-            labels={"test": label}, log=lambda line: None, timeout=2 if stop == "timeout" else None))
+            image, ["sleep", "60"], workdir="/", mounts=[], env={}, user=None, network=False, labels={},
+            log=lambda line: None, timeout=2 if stop == "timeout" else None))
         if stop == "cancel":
             await asyncio.sleep(2)
             running.cancel()
         with pytest.raises(TimeoutError if stop == "timeout" else asyncio.CancelledError):
             await running
-        left = dockerd.docker("ps", "-aq", "--filter", f"label=test={label}", text=True).stdout.split()
-        assert left == []
+        assert containers() == before
     finally:
         await engine.close()

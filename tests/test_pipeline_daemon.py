@@ -222,3 +222,32 @@ async def test_engine_run_mounts_and_removes_its_container_on_timeout_and_cancel
         assert containers() == before
     finally:
         await engine.close()
+
+
+def test_buildah_smoke_run_then_reuse_without_a_container(buildah: Buildah, python_base_buildah: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "envcache.toml").write_text(
+        f'[build]\nengine = "buildah"\nbuildah_root = "{buildah.storage_root}"\n'
+        f'buildah_runroot = "{buildah.run_root}"\nbuildah_storage_driver = "{buildah.storage_driver}"\n')
+    daemon = start_daemon_process(tmp_path / "data", 0, "--config", str(tmp_path / "envcache.toml"))
+    try:
+        project = Project(tmp_path / "project", ledger=False)
+        project.write("env.yml", json.dumps({"docker": {"base_image": python_base_buildah["cpu"]}}))
+        project.write("pipeline.yml", PIPELINE_YAML.replace("steps:\n", "defaults:\n  environment: env.yml\nsteps:\n"))
+        command = [sys.executable, "-m", "envcache.cli", "pipeline", "run", str(project.root / "pipeline.yml"),
+                   "--json", "--url", daemon.url]
+        env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+        for expected in ("ran", "reused"):
+            before = buildah.buildah("containers", "--all", "--json", text=True).stdout
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert [s["status"] for s in json.loads(done.stdout)["report"]["steps"]] == [expected] * 3
+        # The reuse run made no working container at all (buildah's own list is unchanged).
+        assert buildah.buildah("containers", "--all", "--json", text=True).stdout == before
+        key = json.loads(done.stdout)["report"]["steps"][2]["key"]
+        fetched = subprocess.run([sys.executable, "-m", "envcache.cli", "step", "outputs", key, str(tmp_path / "out"),
+                                  "--url", daemon.url], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "out" / "metrics" / "score.txt").read_text() == "score 36"
+    finally:
+        daemon.stop()

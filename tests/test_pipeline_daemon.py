@@ -14,6 +14,8 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -251,3 +253,40 @@ def test_buildah_smoke_run_then_reuse_without_a_container(buildah: Buildah, pyth
         assert (tmp_path / "out" / "metrics" / "score.txt").read_text() == "score 36"
     finally:
         daemon.stop()
+
+
+def test_outputs_are_reused_on_a_second_daemon_through_a_shared_upstream(
+        dockerd: Dockerd, python_base_docker: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "upstream.toml").write_text('[build]\nengine = "none"\n')
+    shared = start_daemon_process(tmp_path / "shared", 0, "--config", str(tmp_path / "upstream.toml"))
+    daemons: list[DaemonProcess] = []
+    try:
+        for name in ("laptop", "ci"):
+            (tmp_path / f"{name}.toml").write_text(
+                f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\n\n'
+                f'[[upstreams]]\nurl = "{shared.url}"\nprefix = "team"\n')
+            daemons.append(start_daemon_process(tmp_path / name, 0, "--config", str(tmp_path / f"{name}.toml")))
+        laptop = Pipeline(tmp_path / "project", daemons[0], dockerd, python_base_docker["cpu"])
+        statuses, started, answer = laptop.run()
+        assert statuses == dict.fromkeys(ALL, "ran") and started == Counter(ALL)
+        keys = [step["key"] for step in answer["report"]["steps"]]
+        deadline = time.monotonic() + 60                               # pushes run in the background
+        while True:
+            try:
+                with urllib.request.urlopen(f"{shared.url}/v2/team/step/tags/list", timeout=10) as response:
+                    tags = json.loads(response.read())["tags"] or []
+            except urllib.error.HTTPError:                            # the repository does not exist yet
+                tags = []
+            if set(keys) <= set(tags):
+                break
+            assert time.monotonic() < deadline, f"step results not pushed: {tags}"
+            time.sleep(0.2)
+        laptop.daemon = daemons[1]                                     # the same project, another machine
+        statuses, started, answer = laptop.run()
+        assert statuses == dict.fromkeys(ALL, "reused") and started == Counter()
+        fetched = laptop.cli("step", "outputs", keys[2], str(tmp_path / "out"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "out" / "metrics" / "score.txt").read_text() == f"score {6 * sum(laptop.numbers)}"
+    finally:
+        for daemon in [*daemons, shared]:
+            daemon.stop()

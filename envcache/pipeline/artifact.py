@@ -101,6 +101,24 @@ async def stored_result(store: Store, key: str) -> StepResult | None:
     return result
 
 
+async def adopt_artifact(store: Store, key: str) -> StepResult | None:
+    """File a step artifact copied in from elsewhere (an upstream registry) under its key, from
+    its own layers' annotations; None when the tag holds no step artifact."""
+    manifest = await store.get_manifest(STEP_REPOSITORY, key)
+    doc = json.loads(manifest.body) if manifest is not None else {}
+    if doc.get("artifactType") != ARTIFACT_TYPE or (doc.get("annotations") or {}).get("envcache.step.key") != key:
+        return None
+    outputs = {}
+    for layer in doc["layers"]:
+        notes = layer.get("annotations") or {}
+        if layer.get("mediaType") == OUTPUT_TYPE and "envcache.step.output" in notes:
+            outputs[notes["envcache.step.output"]] = (notes["envcache.step.tree"], layer["digest"])
+    now = time.time()
+    result = StepResult(key, doc["annotations"].get("envcache.step.name", ""), manifest.digest, outputs, now, now)
+    await store.steps.put(result)
+    return result
+
+
 async def describe(store: Store, result: StepResult) -> dict[str, Any]:
     """Everything ``envcache step show`` prints: the record, the snapshot listing and the log."""
     manifest = await store.get_manifest(STEP_REPOSITORY, result.manifest_digest)

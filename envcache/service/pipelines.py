@@ -34,7 +34,9 @@ from envcache.pipeline import (
     DataInput, Environment, FrozenPipeline, OutputInput, PipelineModel, PipelineReport, Step, StepFailed, StepJob,
     StoredStep, Tree, execute,
 )
-from envcache.pipeline.artifact import materialise_output, materialise_tree, store_result, stored_result
+from envcache.pipeline.artifact import (
+    adopt_artifact, materialise_output, materialise_tree, store_result, stored_result,
+)
 from envcache.pipeline.errors import TreeError
 from envcache.pipeline.model import NAME_RE, PLACEHOLDER_RE
 from envcache.pipeline.tree import tree_from_listing
@@ -52,12 +54,17 @@ class StepRunner:
     """Daemon-wide: reuse lookups and runs of steps, one execution per step key at a time."""
 
     def __init__(self, store: Store, engine: Callable[[], Awaitable[Engine | None]], ensurer: Ensurer,
-                 definitions: requests.Definitions) -> None:
-        """``engine`` answers the daemon's engine (detected on first use), or None."""
+                 definitions: requests.Definitions, *, pull: Callable[[str], Awaitable[bool]],
+                 push: Callable[[str], Awaitable[object]]) -> None:
+        """``engine`` answers the daemon's engine (detected on first use), or None; ``pull`` copies
+        a step result in from an upstream registry (True if one had it); ``push`` queues one
+        for the push upstreams."""
         self._store = store
         self._engine = engine
         self._ensurer = ensurer
         self._definitions = definitions
+        self._pull = pull
+        self._push = push
         self._inflight: dict[str, asyncio.Task[StepResult]] = {}
 
     async def environment(self, subject: schemas.Subject, variant: str, where: str) -> Environment:
@@ -68,7 +75,10 @@ class StepRunner:
         return Environment(image.key, image.variant)
 
     async def lookup(self, key: str) -> StepResult | None:
+        """The stored result of ``key``: local, else pulled from an upstream that has it."""
         result = await stored_result(self._store, key)
+        if result is None and await self._pull(key):
+            result = await adopt_artifact(self._store, key)
         if result is not None:
             await self._store.steps.touch({key: time.time()})
         return result
@@ -77,7 +87,7 @@ class StepRunner:
         """Run ``job`` (or wait for the run of its key already under way)."""
         task = self._inflight.get(job.key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._run(job, dict(outputs_by_tree)))
+            task = asyncio.get_running_loop().create_task(self._run_and_share(job, dict(outputs_by_tree)))
             self._inflight[job.key] = task
             task.add_done_callback(lambda _: self._inflight.pop(job.key, None))
         return await asyncio.shield(task)
@@ -103,6 +113,11 @@ class StepRunner:
         if await engine.inspect(local) is None:
             await load_image(self._store, engine, manifest, local)
         return local
+
+    async def _run_and_share(self, job: StepJob, outputs_by_tree: dict[str, str]) -> StepResult:
+        result = await self._run(job, outputs_by_tree)
+        await self._push(job.key)
+        return result
 
     async def _run(self, job: StepJob, outputs_by_tree: dict[str, str]) -> StepResult:
         step = job.step

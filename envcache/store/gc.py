@@ -45,6 +45,7 @@ from envcache.errors import EnvcacheError, InvalidInput
 from envcache.store.records import BlobRow, FileEntry, ManifestRow
 from envcache.store.references import manifest_refs
 from envcache.store.store import Busy, Store
+from envcache.wire import STEP_REPOSITORY
 
 DEFAULT_GRACE = 3600.0
 DEFAULT_UPLOAD_TTL = 3600.0
@@ -68,6 +69,7 @@ class GcReport:
     grace_seconds: float
     keep_days: float | None
     images_expired: list[str] = field(default_factory=list)
+    steps_expired: list[str] = field(default_factory=list)  # pipeline step keys
     tags_deleted: list[str] = field(default_factory=list)  # "repository:tag"
     manifests_deleted: int = 0
     blobs_deleted: int = 0
@@ -95,6 +97,7 @@ class GcReport:
             f"gc{' (dry run)' if self.dry_run else ''}: {verb} {_human(self.bytes_freed)} "
             f"({self.bytes_freed} bytes) in {self.seconds:.2f}s",
             f"  images expired:     {len(self.images_expired)}",
+            f"  steps expired:      {len(self.steps_expired)}",
             f"  tags deleted:       {len(self.tags_deleted)}",
             f"  manifests deleted:  {self.manifests_deleted}",
             f"  blobs deleted:      {self.blobs_deleted} ({_human(self.blob_bytes_freed)})",
@@ -278,9 +281,16 @@ async def _expire_images(store: Store, report: GcReport,
             gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
             expired = [entry for entry in expired if entry[0] in gone]
         dead = await _dead_tags(store, images, expired)
+        # Pipeline step results follow the same rule: unused that long, their tag goes.
+        steps = await store.steps.unused_since(limit)
+        if steps and not report.dry_run:
+            forgotten = set(await store.steps.delete_unused([key for key, _ in steps], limit))
+            steps = [(key, digest) for key, digest in steps if key in forgotten]
+        dead += [(STEP_REPOSITORY, key, digest) for key, digest in steps]
         if not report.dry_run:
             await store.manifests.delete_tags(dead)
     report.images_expired = [key for key, _, _ in expired]
+    report.steps_expired = [key for key, _ in steps]
     report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
     return expired, dead
 

@@ -389,6 +389,12 @@ class StepResults(Protocol):
     async def touch(self, used: dict[str, float]) -> None:
         """Record reuse times (retention orders by them)."""
 
+    async def unused_since(self, limit: float) -> list[tuple[str, str]]:
+        """(key, manifest digest) of every result last used before ``limit``."""
+
+    async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
+        """Forget those of ``keys`` still unused since ``limit``; returns the keys forgotten."""
+
 
 class Builds(Protocol):
     """Builds as persisted: state while they run, state and log once they end."""

@@ -231,3 +231,12 @@ class SqliteStepResults:
     async def touch(self, used: dict[str, float]) -> None:
         async with self._db.writing() as conn:
             conn.executemany("UPDATE step_results SET last_used = ? WHERE key = ?", [(t, k) for k, t in used.items()])
+
+    async def unused_since(self, limit: float) -> list[tuple[str, str]]:
+        return [(k, d) for k, d in self._db.all("SELECT key, manifest_digest FROM step_results WHERE last_used < ?",
+                                                [limit])]
+
+    async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
+        async with self._db.writing() as conn:
+            return [key for key in keys if conn.execute(
+                "DELETE FROM step_results WHERE key = ? AND last_used < ?", [key, limit]).rowcount]

@@ -2,9 +2,11 @@
 it depends on changed (Azure ML's ``PythonScriptStep`` with ``allow_reuse``, made exact).
 
 This package is the pure core — source snapshots, input digests, step keys, the pipeline model
-(YAML and the Azure-named Python API) and the async scheduler. Running a step in a container
-and storing its outputs are supplied by the caller through :class:`StepBackend`. It imports
-nothing from envcache but ``errors`` and, through ``definition_io`` only, two file helpers.
+(YAML and the Azure-named Python API) and the async scheduler — which imports nothing from
+envcache but ``errors`` and, through ``definition_io`` only, two file helpers; and
+:mod:`~envcache.pipeline.artifact`, step results as OCI artifacts in the store (not imported
+here). Running a step in a container is supplied by the caller through :class:`StepBackend`
+(the daemon's is :mod:`envcache.service.pipelines`).
 """
 
 from envcache.pipeline.azure import (

@@ -24,6 +24,8 @@ import pytest
 
 from envcache.builder.engines import BuildahEngine, DockerEngine, Engine
 from envcache.builder.engines.base import Mount
+from envcache.pipeline import DaemonWorkspace, Dataset, Experiment, PipelineData, PythonScriptStep
+from envcache.pipeline import Pipeline as PipelineDefinition
 from tests.fixtures.bases import load_into_buildah
 from tests.fixtures.daemon import DaemonProcess, start_daemon_process
 from tests.fixtures.engines import Buildah, Dockerd
@@ -175,6 +177,24 @@ def test_a_failing_step_stops_the_rest_and_is_not_stored(pipeline: Pipeline) -> 
     # Fixed: train and evaluate run, prepare is reused.
     project.write("src/train/helpers.py", "SCALE = 3\n")
     assert pipeline.run()[0] == {"prepare": "reused", "train": "ran", "evaluate": "ran"}
+
+
+def test_the_azure_named_python_api_runs_on_the_daemon_with_the_same_keys(pipeline: Pipeline,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(pipeline.project.root)                          # Azure: relative paths from here
+    workspace = DaemonWorkspace(pipeline.daemon.url)
+    raw = Dataset.File.from_files("data/raw.csv").as_named_input("raw")
+    prepared, model, metrics = PipelineData("prepared"), PipelineData("model"), PipelineData("metrics")
+    steps = [PythonScriptStep(f"{name}.py", name=name, source_directory=f"src/{name}", arguments=[reads, writes],
+                              inputs=[reads], outputs=[writes], environment="env.yml", variant="cpu")
+             for name, reads, writes in (("prepare", raw, prepared), ("train", prepared, model),
+                                         ("evaluate", model, metrics))]
+    run = Experiment(workspace, "exp").submit(PipelineDefinition(workspace, [steps[-1]]))  # the rest by closure
+    assert run.wait_for_completion(show_output=False) == "Finished"
+    assert {step.name: step.status for step in run.get_steps()} == dict.fromkeys(ALL, "ran")
+    # The YAML file describes the same steps: the same keys, so the CLI reuses all three.
+    statuses, started, _ = pipeline.run()
+    assert statuses == dict.fromkeys(ALL, "reused") and started == Counter()
 
 
 def test_bad_pipeline_is_exit_2_naming_the_field(pipeline: Pipeline) -> None:

@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envcache.cli.output import emit, table
-from envcache.wire import STEP_FILES_REPOSITORY, STEP_REPOSITORY
+from envcache.wire import STEP_REPOSITORY
 
 if TYPE_CHECKING:
     from envcache.client.sync import Client
-    from envcache.pipeline import FrozenPipeline, Tree
 
 
 
@@ -70,113 +68,22 @@ def _cache_dir() -> Path:
     return Path(base, "envcache", "pipeline-digests")
 
 
-def _environment(value: str | None, base_dir: Path, where: str) -> dict[str, Any]:
-    """A step's environment as the API's subject: a definition file's raw files, or a registered name."""
-    from envcache.errors import InvalidInput
-    from envcache.wire import DefinitionFiles
-
-    if value is None:
-        raise InvalidInput(f"{where}: every step needs an environment (a definition file or a registered name); "
-                           "set it on the step or under defaults")
-    path = base_dir / value
-    if path.exists():
-        files = DefinitionFiles.from_path(str(path))
-        if files is not None:
-            return {"document": files.to_json()}
-        from envcache.definition import definition_to_dict, load_definition
-
-        return {"definition": definition_to_dict(load_definition(path))}
-    return {"environment": {"name": value}}
-
-
-def _listing(tree: Tree) -> dict[str, Any]:
-    return {"kind": tree.kind, "files": [[f.path, f.mode, f.size, f.sha256] for f in tree.files]}
-
-
-def _request(frozen: FrozenPipeline, base_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from envcache.pipeline import DataInput
-
-    steps = []
-    for index, step in enumerate(frozen.pipeline.steps):
-        inputs = {item.name: {"tree": _listing(frozen.data[item.path])} if isinstance(item, DataInput)
-                  else {"output": item.output} for item in step.inputs}
-        steps.append({
-            "name": step.name, "script_name": step.script_name, "snapshot": _listing(frozen.snapshots[step.name]),
-            "environment": _environment(step.environment, base_dir, f"steps[{index}].environment"),
-            "arguments": list(step.arguments), "inputs": inputs, "outputs": list(step.outputs),
-            "variant": step.variant, "allow_reuse": step.allow_reuse, "version": step.version,
-        })
-    return {"steps": steps, "description": frozen.pipeline.description,
-            "regenerate_outputs": args.regenerate_outputs, "continue_on_step_failure": args.continue_on_step_failure,
-            "max_parallel": args.max_parallel}
-
-
-def _files(frozen: FrozenPipeline) -> dict[str, Path]:
-    """Each file digest the submission needs → one local file with that content."""
-    found: dict[str, Path] = {}
-    for tree in [*frozen.snapshots.values(), *frozen.data.values()]:
-        for entry in tree.files:
-            found.setdefault(f"sha256:{entry.sha256}", tree.root if tree.kind == "file" else tree.root / entry.path)
-    return found
-
-
-def _blob_call(client: Client, method: str, path: str, data: Any = None) -> int:
-    """One registry request; the HTTP status (errors raised as the daemon's message)."""
-    import urllib.error
-    import urllib.request
-
-    from envcache.client.base import error_for, headers, unavailable
-
-    request = urllib.request.Request(client.url + path, data=data, method=method, headers=headers(client.token))
-    try:
-        with urllib.request.urlopen(request, timeout=client.timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404 and method == "HEAD":
-            return 404
-        raise error_for(exc.code, exc.read()) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        raise unavailable(client.url, getattr(exc, "reason", exc)) from None
-
-
-def _upload(client: Client, files: dict[str, Path]) -> int:
-    """Upload what the daemon lacks; returns how many files were sent."""
-    from envcache.errors import InvalidInput
-
-    sent = 0
-    for digest, path in sorted(files.items()):
-        if _blob_call(client, "HEAD", f"/v2/{STEP_FILES_REPOSITORY}/blobs/{digest}") == 200:
-            continue
-        with open(path, "rb") as handle:
-            try:
-                _blob_call(client, "POST", f"/v2/{STEP_FILES_REPOSITORY}/blobs/uploads/?digest={digest}", handle.read())
-            except InvalidInput as exc:
-                raise InvalidInput(f"{path}: changed after it was hashed; run again ({exc})") from None
-        sent += 1
-    return sent
-
-
 def _run(args: argparse.Namespace) -> int:
     from envcache.errors import InvalidInput
     from envcache.pipeline import DigestCache, freeze, load_pipeline
+    from envcache.pipeline.submit import DaemonWorkspace
 
     if not 1 <= args.max_parallel <= 16:
         raise InvalidInput(f"--max-parallel: {args.max_parallel}; use 1 to 16")
     path = Path(args.file)
-    model = load_pipeline(path)
-    frozen = freeze(model, cache=DigestCache(_cache_dir()))
-    body = _request(frozen, path.parent, args)
-    client = _client(args)
-    uploaded = _upload(client, _files(frozen))
-    run = client.submit_pipeline(body)
-    delay = 0.05
-    while run["state"] == "running":
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-        run = client.pipeline_run(run["id"])
+    frozen = freeze(load_pipeline(path), cache=DigestCache(_cache_dir()))
+    workspace = DaemonWorkspace(args.url, args.token)
+    run = workspace.wait(workspace.start(frozen, base_dir=path.parent, regenerate_outputs=args.regenerate_outputs,
+                                         continue_on_step_failure=args.continue_on_step_failure,
+                                         max_parallel=args.max_parallel))
     report = run.get("report") or {"ok": False, "seconds": 0.0, "steps": []}
     rows = [[s["name"], s["status"], f"{s['seconds']:.1f}", s["key"] or "-"] for s in report["steps"]]
-    emit(args, table(["STEP", "STATUS", "SECONDS", "KEY"], rows), {**run, "uploaded_files": uploaded})
+    emit(args, table(["STEP", "STATUS", "SECONDS", "KEY"], rows), run)
     for step in report["steps"]:
         if step["status"] == "failed":
             print(f"envcache: {step['error']}", file=sys.stderr)

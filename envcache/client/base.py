@@ -196,13 +196,6 @@ class Endpoints:
         return self._request("POST", "/api/v1/warm", body)
 
 
-    def submit_pipeline(self, body: dict[str, Any]) -> Any:
-        """Start a frozen pipeline (``envcache pipeline run`` builds it and uploads its files first)."""
-        return self._request("POST", "/api/v1/pipeline-runs", body)
-
-    def pipeline_run(self, run_id: str) -> Any:
-        return self._request("GET", f"/api/v1/pipeline-runs/{run_id}")
-
     def step(self, key: str) -> Any:
         """A stored step result (record, outputs, snapshot listing, log), or None."""
         return self._request("GET", f"/api/v1/steps/{key}", none_on_404=True)

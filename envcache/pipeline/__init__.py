@@ -22,10 +22,11 @@ from envcache.pipeline.scheduler import (
     freeze, run_pipeline,
 )
 from envcache.pipeline.tree import FileEntry, Tree, read_tree, snapshot
+from envcache.pipeline.submit import DaemonWorkspace
 from envcache.pipeline.yaml_format import load_pipeline
 
 __all__ = [
-    "STEP_KEY_VERSION", "DataInput", "Dataset", "DatasetInput", "DigestCache", "Environment", "Experiment",
+    "STEP_KEY_VERSION", "DaemonWorkspace", "DataInput", "Dataset", "DatasetInput", "DigestCache", "Environment", "Experiment",
     "FileEntry", "FrozenPipeline", "IgnoreRules", "OutputFileDatasetConfig", "OutputInput", "Pipeline",
     "PipelineData", "PipelineDefinitionError", "PipelineFailed", "PipelineModel", "PipelineReport", "PipelineRun",
     "PythonScriptStep", "ResolvedInput", "StepBackend", "StepFailed", "StepJob", "StepReport", "StoredStep", "Tree",

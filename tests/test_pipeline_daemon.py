@@ -197,6 +197,26 @@ def test_the_azure_named_python_api_runs_on_the_daemon_with_the_same_keys(pipeli
     assert statuses == dict.fromkeys(ALL, "reused") and started == Counter()
 
 
+def test_a_step_past_its_time_limit_fails_and_its_container_goes(dockerd: Dockerd, python_base_docker: dict[str, str],
+                                                                  tmp_path: Path) -> None:
+    (tmp_path / "envcache.toml").write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\n\n'
+                                            '[pipeline]\nstep_timeout = 3\n')
+    daemon = start_daemon_process(tmp_path / "data", 0, "--config", str(tmp_path / "envcache.toml"))
+    try:
+        pipeline = Pipeline(tmp_path / "project", daemon, dockerd, python_base_docker["cpu"])
+        pipeline.project.write("src/train/helpers.py", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n")
+        began = time.monotonic()
+        statuses, started, answer = pipeline.run(expect=1)
+        assert time.monotonic() - began < 50
+        assert statuses == {"prepare": "ran", "train": "failed", "evaluate": "skipped"}
+        train = answer["report"]["steps"][1]
+        assert "stopped after 3s ([pipeline] step_timeout)" in train["error"] and "sleeping" in train["log_tail"]
+        left = dockerd.docker("ps", "-aq", "--filter", f"label=envcache.step={train['key']}", text=True).stdout
+        assert left.split() == []
+    finally:
+        daemon.stop()
+
+
 def test_bad_pipeline_is_exit_2_naming_the_field(pipeline: Pipeline) -> None:
     project = pipeline.project
     project.write("pipeline.yml", PIPELINE_YAML)                      # no environment anywhere

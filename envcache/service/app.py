@@ -121,8 +121,8 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
     definitions = Definitions(environments)
-    pipelines = PipelineRuns(StepRunner(store, engine.get, ensurer, definitions,
-                                       pull=upstream.try_pull_step, push=upstream.push_step))
+    pipelines = PipelineRuns(StepRunner(store, engine.get, ensurer, definitions, pull=upstream.try_pull_step,
+                                       push=upstream.push_step, settings=config.pipeline))
     return Daemon(config, store, engine, resolvers, ensurer, environments, definitions, upstream,
                   puller, uploads, metrics, pipelines)
 

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import msgspec
 
-from envcache.builder.engines.base import Engine, Mount
+from envcache.builder.engines.base import TAIL_LINES, Engine, Mount
 from envcache.builder.errors import EngineUnavailable
 from envcache.builder.stored import load_image
 from envcache.errors import InvalidInput, NotFound
@@ -39,6 +39,7 @@ from envcache.pipeline.artifact import (
 )
 from envcache.pipeline.errors import TreeError
 from envcache.pipeline.model import NAME_RE, PLACEHOLDER_RE
+from envcache.pipeline.settings import PipelineSettings
 from envcache.pipeline.tree import tree_from_listing
 from envcache.service import requests, schemas
 from envcache.service.ensure import Ensurer
@@ -55,7 +56,7 @@ class StepRunner:
 
     def __init__(self, store: Store, engine: Callable[[], Awaitable[Engine | None]], ensurer: Ensurer,
                  definitions: requests.Definitions, *, pull: Callable[[str], Awaitable[bool]],
-                 push: Callable[[str], Awaitable[object]]) -> None:
+                 push: Callable[[str], Awaitable[object]], settings: PipelineSettings) -> None:
         """``engine`` answers the daemon's engine (detected on first use), or None; ``pull`` copies
         a step result in from an upstream registry (True if one had it); ``push`` queues one
         for the push upstreams."""
@@ -65,6 +66,7 @@ class StepRunner:
         self._definitions = definitions
         self._pull = pull
         self._push = push
+        self._timeout = settings.step_timeout
         self._inflight: dict[str, asyncio.Task[StepResult]] = {}
 
     async def environment(self, subject: schemas.Subject, variant: str, where: str) -> Environment:
@@ -144,9 +146,14 @@ class StepRunner:
                 mounts.append(Mount(host, f"/outputs/{name}", read_only=False))
             lines: list[str] = []
             argv = [*PYTHON, step.script_name, *step.argv(inputs, {name: f"/outputs/{name}" for name in outputs})]
-            ran = await engine.run(image, argv, workdir="/snapshot", mounts=mounts, env={},
-                                   user=f"{os.getuid()}:{os.getgid()}", network=False,
-                                   labels={"envcache.step": job.key, "envcache.step.name": step.name}, log=lines.append)
+            try:
+                ran = await engine.run(image, argv, workdir="/snapshot", mounts=mounts, env={},
+                                       user=f"{os.getuid()}:{os.getgid()}", network=False,
+                                       labels={"envcache.step": job.key, "envcache.step.name": step.name},
+                                       log=lines.append, timeout=self._timeout)
+            except TimeoutError:
+                raise StepFailed(step.name, f"stopped after {self._timeout}s ([pipeline] step_timeout)",
+                                 "\n".join(lines[-TAIL_LINES:])) from None
             if ran.exit_code != 0:
                 raise StepFailed(step.name, f"exit status {ran.exit_code}", ran.log_tail)
             record = {

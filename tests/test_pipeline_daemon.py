@@ -174,6 +174,12 @@ def test_a_failing_step_stops_the_rest_and_is_not_stored(pipeline: Pipeline) -> 
     assert "exit status 1" in train["error"] and "broken on purpose" in train["log_tail"]
     assert "broken on purpose" in answer["stderr"]
     assert pipeline.cli("step", "show", train["key"]).returncode == 3
+    # Without --json the steps' output streams to stderr as it comes, each line named by its step.
+    again = pipeline.cli("pipeline", "run", str(project.root / "pipeline.yml"))
+    assert again.returncode == 1
+    assert "  | train | RuntimeError: the helper is broken on purpose" in again.stderr
+    assert [line.split()[:2] for line in again.stdout.splitlines()[1:]] == [["prepare", "reused"], ["train", "failed"],
+                                                                          ["evaluate", "skipped"]]
     # Fixed: train and evaluate run, prepare is reused.
     project.write("src/train/helpers.py", "SCALE = 3\n")
     assert pipeline.run()[0] == {"prepare": "reused", "train": "ran", "evaluate": "ran"}

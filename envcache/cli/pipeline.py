@@ -42,6 +42,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--continue-on-step-failure", action="store_true",
                    help="keep starting steps that do not depend on a failed one")
     p.add_argument("--max-parallel", type=int, default=2, help="independent steps run at once (1-16, default 2)")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not stream the steps' output")
     p.set_defaults(handler=_run)
 
     step = sub.add_parser("step", help="stored step results")
@@ -78,9 +79,11 @@ def _run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     frozen = freeze(load_pipeline(path), cache=DigestCache(_cache_dir()))
     workspace = DaemonWorkspace(args.url, args.token)
-    run = workspace.wait(workspace.start(frozen, base_dir=path.parent, regenerate_outputs=args.regenerate_outputs,
-                                         continue_on_step_failure=args.continue_on_step_failure,
-                                         max_parallel=args.max_parallel))
+    run = workspace.start(frozen, base_dir=path.parent, regenerate_outputs=args.regenerate_outputs,
+                          continue_on_step_failure=args.continue_on_step_failure, max_parallel=args.max_parallel)
+    if not args.json and not args.quiet:  # the steps' output, as it comes, on stderr
+        workspace.follow_log(run, lambda line: print(f"  | {line}", file=sys.stderr, flush=True))
+    run = workspace.wait(run)
     report = run.get("report") or {"ok": False, "seconds": 0.0, "steps": []}
     rows = [[s["name"], s["status"], f"{s['seconds']:.1f}", s["key"] or "-"] for s in report["steps"]]
     emit(args, table(["STEP", "STATUS", "SECONDS", "KEY"], rows), run)

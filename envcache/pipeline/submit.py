@@ -15,6 +15,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,11 @@ class DaemonWorkspace:
         self.token = token or os.environ.get("ENVCACHE_TOKEN")
         self.timeout = timeout
 
+    def _headers(self) -> dict[str, str]:
+        return {"User-Agent": "envcache-client", **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+
     def _call(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
-        headers = {"User-Agent": "envcache-client", **({"Content-Type": content_type} if content_type else {})}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = {**self._headers(), **({"Content-Type": content_type} if content_type else {})}
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -80,6 +82,17 @@ class DaemonWorkspace:
                               continue_on_step_failure=continue_on_step_failure, max_parallel=max_parallel)
         uploaded = self.upload(frozen)
         return {**self._json("POST", "/api/v1/pipeline-runs", body), "uploaded_files": uploaded}
+
+    def follow_log(self, run: dict[str, Any], on_line: Callable[[str], None]) -> None:
+        """Hand each line the run's steps print (``STEP | line``) to ``on_line`` until the run ends."""
+        request = urllib.request.Request(f"{self.url}/api/v1/pipeline-runs/{run['id']}/log",
+                                         headers=self._headers())
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                for raw in response:
+                    on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise DaemonUnreachable(f"lost the daemon at {self.url} while following run {run['id']} ({exc})") from None
 
     def wait(self, run: dict[str, Any]) -> dict[str, Any]:
         """Follow a run until it ends; returns it with its report."""

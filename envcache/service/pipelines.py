@@ -20,7 +20,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -51,6 +51,59 @@ KEPT_RUNS = 200
 PYTHON = ["sh", "-c", 'exec "$(command -v python || command -v python3)" "$@"', "python"]
 
 
+LogFn = Callable[[str], None]
+
+
+class LogLines:
+    """A log kept whole and fanned out: every follower reads from the start, then waits for more."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.ended = False
+        self._changed = asyncio.Event()
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[str]:
+        index = 0
+        while True:
+            while index < len(self.lines):
+                yield self.lines[index]
+                index += 1
+            if self.ended:
+                return
+            await self._changed.wait()
+
+
+@dataclass
+class Execution:
+    """One run of one step key, shared by every submission that needs it; its output goes to
+    each of their logs (a submission that joins late gets what was written so far first)."""
+
+    lines: list[str] = field(default_factory=list)
+    sinks: list[LogFn] = field(default_factory=list)
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+        for sink in self.sinks:
+            sink(line)
+
+    def attach(self, sink: LogFn) -> None:
+        for line in self.lines:
+            sink(line)
+        self.sinks.append(sink)
+
+
 class StepRunner:
     """Daemon-wide: reuse lookups and runs of steps, one execution per step key at a time."""
 
@@ -67,7 +120,7 @@ class StepRunner:
         self._pull = pull
         self._push = push
         self._timeout = settings.step_timeout
-        self._inflight: dict[str, asyncio.Task[StepResult]] = {}
+        self._inflight: dict[str, tuple[Execution, asyncio.Task[StepResult]]] = {}
 
     async def environment(self, subject: schemas.Subject, variant: str, where: str) -> Environment:
         """The step's image, ensured (a hit, or a pull/build waited for)."""
@@ -85,20 +138,23 @@ class StepRunner:
             await self._store.steps.touch({key: time.time()})
         return result
 
-    async def run(self, job: StepJob, outputs_by_tree: dict[str, str]) -> StepResult:
-        """Run ``job`` (or wait for the run of its key already under way)."""
-        task = self._inflight.get(job.key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._run_and_share(job, dict(outputs_by_tree)))
-            self._inflight[job.key] = task
+    async def run(self, job: StepJob, outputs_by_tree: dict[str, str], log: LogFn) -> StepResult:
+        """Run ``job`` (or join the run of its key already under way); its output goes to ``log``."""
+        if job.key not in self._inflight:
+            execution = Execution()
+            task = asyncio.get_running_loop().create_task(self._run_and_share(job, dict(outputs_by_tree), execution))
+            self._inflight[job.key] = (execution, task)
             task.add_done_callback(lambda _: self._inflight.pop(job.key, None))
+        execution, task = self._inflight[job.key]
+        execution.attach(log)
         return await asyncio.shield(task)
 
     async def close(self) -> None:
         """Daemon shutdown: stop running steps (their containers are removed by the engine)."""
-        for task in list(self._inflight.values()):
+        tasks = [task for _, task in self._inflight.values()]
+        for task in tasks:
             task.cancel()
-        for task in list(self._inflight.values()):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
 
@@ -116,12 +172,12 @@ class StepRunner:
             await load_image(self._store, engine, manifest, local)
         return local
 
-    async def _run_and_share(self, job: StepJob, outputs_by_tree: dict[str, str]) -> StepResult:
-        result = await self._run(job, outputs_by_tree)
+    async def _run_and_share(self, job: StepJob, outputs_by_tree: dict[str, str], execution: Execution) -> StepResult:
+        result = await self._run(job, outputs_by_tree, execution)
         await self._push(job.key)
         return result
 
-    async def _run(self, job: StepJob, outputs_by_tree: dict[str, str]) -> StepResult:
+    async def _run(self, job: StepJob, outputs_by_tree: dict[str, str], execution: Execution) -> StepResult:
         step = job.step
         image = await self._image_in_engine(job.environment.image_key)
         engine = await self._engine()
@@ -144,16 +200,15 @@ class StepRunner:
             for name, host in outputs.items():
                 host.mkdir(parents=True)
                 mounts.append(Mount(host, f"/outputs/{name}", read_only=False))
-            lines: list[str] = []
             argv = [*PYTHON, step.script_name, *step.argv(inputs, {name: f"/outputs/{name}" for name in outputs})]
             try:
                 ran = await engine.run(image, argv, workdir="/snapshot", mounts=mounts, env={},
                                        user=f"{os.getuid()}:{os.getgid()}", network=False,
                                        labels={"envcache.step": job.key, "envcache.step.name": step.name},
-                                       log=lines.append, timeout=self._timeout)
+                                       log=execution.log, timeout=self._timeout)
             except TimeoutError:
                 raise StepFailed(step.name, f"stopped after {self._timeout}s ([pipeline] step_timeout)",
-                                 "\n".join(lines[-TAIL_LINES:])) from None
+                                 "\n".join(execution.lines[-TAIL_LINES:])) from None
             if ran.exit_code != 0:
                 raise StepFailed(step.name, f"exit status {ran.exit_code}", ran.log_tail)
             record = {
@@ -163,15 +218,16 @@ class StepRunner:
                 "started": started, "finished": time.time(), "exit_code": ran.exit_code,
             }
             return await store_result(self._store, key=job.key, step=step.name, record=record, outputs=outputs,
-                                      snapshot=job.snapshot, log="\n".join(lines) + "\n", scratch=work)
+                                      snapshot=job.snapshot, log="\n".join(execution.lines) + "\n", scratch=work)
 
 
 class RunBackend:
     """The scheduler's backend for one submission: its environments, and where each output
     tree digest it has seen is stored (the tar layer a downstream step unpacks)."""
 
-    def __init__(self, runner: StepRunner, environments: dict[str, tuple[schemas.Subject, str]]) -> None:
+    def __init__(self, runner: StepRunner, environments: dict[str, tuple[schemas.Subject, str]], log: LogFn) -> None:
         self._runner = runner
+        self._log = log
         self._environments = environments
         self._outputs_by_tree: dict[str, str] = {}
 
@@ -188,7 +244,8 @@ class RunBackend:
         return self._stored(result) if result is not None else None
 
     async def run_step(self, job: StepJob) -> StoredStep:
-        return self._stored(await self._runner.run(job, self._outputs_by_tree))
+        name = job.step.name
+        return self._stored(await self._runner.run(job, self._outputs_by_tree, lambda line: self._log(f"{name} | {line}")))
 
 
 @dataclass
@@ -199,7 +256,7 @@ class PipelineRun:
     finished: float | None = None
     report: PipelineReport | None = None
     error: str | None = None
-    _done: asyncio.Event = field(default_factory=asyncio.Event)
+    log: LogLines = field(default_factory=LogLines)
 
     def model(self) -> schemas.PipelineRun:
         return schemas.PipelineRun(id=self.id, state=self.state, created=self.created, finished=self.finished,
@@ -225,8 +282,8 @@ class PipelineRuns:
             if self._runs[oldest].state == "running":
                 break
             del self._runs[oldest]
-        task = asyncio.get_running_loop().create_task(self._execute(run, frozen, RunBackend(self.runner, environments),
-                                                                    body))
+        backend = RunBackend(self.runner, environments, run.log)
+        task = asyncio.get_running_loop().create_task(self._execute(run, frozen, backend, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
@@ -243,7 +300,7 @@ class PipelineRuns:
             raise
         finally:
             run.finished = time.time()
-            run._done.set()
+            run.log.end()
 
     def get(self, run_id: str) -> PipelineRun:
         run = self._runs.get(run_id)

@@ -8,7 +8,9 @@ from aiohttp import web
 from envcache.errors import NotFound
 from envcache.pipeline.artifact import describe, stored_result
 from envcache.service import requests
-from envcache.service.schemas import PipelineRun, PipelineRunRequest, StepDetails, StepOutput, path_param
+from envcache.service.schemas import (
+    PipelineRun, PipelineRunRequest, StepDetails, StepOutput, path_param, query_param,
+)
 from envcache.service.views.common import Route, daemon, json_response
 from envcache.wire import STEP_REPOSITORY
 
@@ -21,6 +23,21 @@ async def submit(request: web.Request) -> web.Response:
 
 async def state(request: web.Request) -> web.Response:
     return json_response(daemon(request).pipelines.get(request.match_info["id"]).model())
+
+
+async def log(request: web.Request) -> web.StreamResponse:
+    """The run's log (each line ``STEP | output``), text/plain, streamed until the run ends."""
+    run = daemon(request).pipelines.get(request.match_info["id"])
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if request.query.get("follow", "true") != "false":
+        async for line in run.log.follow():
+            await response.write(line.encode() + b"\n")
+    else:
+        await response.write("".join(line + "\n" for line in run.log.lines).encode())
+    await response.write_eof()
+    return response
 
 
 async def step(request: web.Request) -> web.Response:
@@ -42,6 +59,9 @@ ROUTES = [
           body=PipelineRunRequest, responses={"202": PipelineRun}),
     Route("GET", "/api/v1/pipeline-runs/{id}", state, "A pipeline run's state and, once ended, its report",
           responses={"200": PipelineRun}, params=[path_param("id")]),
+    Route("GET", "/api/v1/pipeline-runs/{id}/log", log,
+          "The run's step output (STEP | line), text/plain, streamed until the run ends (follow=false: what there is)",
+          responses={"200": "log lines"}, params=[path_param("id"), query_param("follow", "boolean")]),
     Route("GET", "/api/v1/steps/{key}", step, "A stored step result: outputs, record, snapshot listing, log",
           responses={"200": StepDetails}, params=[path_param("key")]),
 ]

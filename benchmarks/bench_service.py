@@ -12,17 +12,25 @@
    parse memo, apply the variant, canonicalise, hash, compute the image key, compare the stored
    canonical bytes); distribution does a tag lookup.
 2. ``envcache ensure env.yml`` on a hit, as a whole CLI process (interpreter start included):
-   the CLI reads the definition's files with the standard library, sends them raw with urllib,
-   and the daemon loads them. Timed round-robin with a fully cached ``docker build`` of the same
-   environment on a real dockerd, ``python3 -c pass`` and ``python3 -c "import urllib.request"``
-   (the floor of any standard-library client), so all four see the same load; medians and the
-   ratio envcache / docker are reported.
-3. The dashboard with 10,000 environments (and as many images and builds): the time of each page
+   the CLI reads the definition's files with the standard library, sends them raw with
+   ``http.client``, and the daemon loads them — once as installed (a fresh venv) and once in the
+   dev venv. Beside it: the ``curl`` one-liner for build tools that cannot start Python (the file
+   posted to ``/api/v1/resolve?path=env.yml`` with ``Accept: text/plain``), a fully cached
+   ``docker build`` of the same environment on a real dockerd, ``python -c pass`` and
+   ``python -c "import http.client"`` (the floor of any standard-library client). All run
+   round-robin, so they see the same load; medians and the ratios to docker are reported.
+3. The hit path while a large definition is parsed (issue 13): one client asks ``POST
+   /api/v1/resolve`` for a cached image in a loop, first alone, then while another client sends a
+   254 KiB, 20,000-line requirements document (a fresh one each round, so the parse memo cannot
+   answer). p50/p99/max of the hits in both phases, and how long the large request took. With
+   ``--compare-with CHECKOUT`` the same rounds run, alternately, against a daemon started from
+   that checkout (e.g. ``main`` before large definitions moved off the event loop).
+4. The dashboard with 10,000 environments (and as many images and builds): the time of each page
    (overview, the first and a later page of environments, a filtered one, images, one image,
    builds) beside the JSON API's listings a script would use instead — ``GET /api/v1/environments``
    (every environment, as JSON) and ``GET /api/v1/images?limit=50``. Requests are sequential from
    one client, so the numbers are a page's own latency. Results go to ``<out>/dashboard.md`` and
-   ``<out>/dashboard.json``; ``--only dashboard`` runs just this part.
+   ``<out>/dashboard.json``; ``--parts dashboard`` runs just this part.
 
 The envcache package is byte-compiled first (``compileall``), because an installed
 package has bytecode and this sandbox sets ``PYTHONDONTWRITEBYTECODE``, which would otherwise
@@ -83,11 +91,14 @@ def compile_package() -> None:
         raise RuntimeError("compileall failed on the envcache package")
 
 
-def start_envcache(data: Path, port: int, config: Path | None = None) -> subprocess.Popen[bytes]:
+def start_envcache(data: Path, port: int, config: Path | None = None, checkout: Path = ROOT) -> subprocess.Popen[bytes]:
+    """``envcache serve`` from ``checkout`` (its own code first on the path) on ``port``."""
     args = [sys.executable, "-m", "envcache.cli", "serve", "--data", str(data), "--port", str(port)]
     if config:
         args += ["--config", str(config)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(data.parent / f"serve-{port}.log", "wb"))
+    data.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(data.parent / f"serve-{port}.log", "wb"),
+                            cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -270,9 +281,32 @@ def write_dashboard_report(out: Path, results: dict[str, Any], command: str) -> 
     (out / "dashboard.md").write_text("\n".join(lines))
 
 
-async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[str, Any]:
+async def seed_hit(base: str, data: Path, port: int) -> bytes:
+    """File one image the way a build does (registry tag + images row); returns the resolve body
+    that hits it."""
     from envcache import definition as spec
 
+    async with aiohttp.ClientSession() as http:
+        await push_image(http, base, "base/tiny", "1")
+        definition = {"docker": {"base_image": f"127.0.0.1:{port}/base/tiny:1"},
+                      "python": {"conda_dependencies": {"pip_packages": ["numpy>=1.26", "pandas==2.2.2"]}},
+                      "environment_variables": {"A": "1"}}
+        body = json.dumps({"definition": definition, "variant": "cpu"}).encode()
+        async with http.post(base + "/api/v1/resolve", data=body) as resp:
+            key = (await resp.json())["key"]
+        # The hit needs a real image under the key's tag: the daemon checks the registry has it.
+        image_digest, _ = await push_image(http, base, "envcache/env", f"{key}-cpu")
+    canonical = spec.canonical_bytes(spec.for_variant(spec.definition_from_dict(definition), "cpu"))
+    now = time.time()
+    with sqlite3.connect(data / "envcache.db", timeout=30) as conn:
+        conn.execute("insert into images (key, variant, spec_hash, canonical, repository, tag, manifest_digest, "
+                     "size, created, last_used, lock, base_digest, recipe_version) "
+                     "values (?, 'cpu', 'x', ?, 'envcache/env', ?, ?, 1, ?, ?, '{}', '', '1')",
+                     [key, canonical, f"{key}-cpu", image_digest, now, now])
+    return body
+
+
+async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[str, Any]:
     port = free_port()
     data = work / "envcache-data"
     proc = start_envcache(data, port)
@@ -281,23 +315,8 @@ async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[s
     results: dict[str, Any] = {"envcache_resolve": {}, "distribution_head": {}}
     try:
         async with aiohttp.ClientSession() as http:
-            await push_image(http, base, "base/tiny", "1")
             await push_two_step(http, f"http://{registry.host}", "bench/env", "latest")
-            definition = {"docker": {"base_image": f"127.0.0.1:{port}/base/tiny:1"},
-                          "python": {"conda_dependencies": {"pip_packages": ["numpy>=1.26", "pandas==2.2.2"]}},
-                          "environment_variables": {"A": "1"}}
-            body = json.dumps({"definition": definition, "variant": "cpu"}).encode()
-            async with http.post(base + "/api/v1/resolve", data=body) as resp:
-                key = (await resp.json())["key"]
-            # The hit needs a real image under the key's tag: the daemon checks the registry has it.
-            image_digest, _ = await push_image(http, base, "envcache/env", f"{key}-cpu")
-        canonical = spec.canonical_bytes(spec.for_variant(spec.definition_from_dict(definition), "cpu"))
-        now = time.time()
-        with sqlite3.connect(data / "envcache.db", timeout=30) as conn:
-            conn.execute("insert into images (key, variant, spec_hash, canonical, repository, tag, manifest_digest, "
-                         "size, created, last_used, lock, base_digest, recipe_version) "
-                         "values (?, 'cpu', 'x', ?, 'envcache/env', ?, ?, 1, ?, ?, '{}', '', '1')",
-                         [key, canonical, f"{key}-cpu", image_digest, now, now])
+        body = await seed_hit(base, data, port)
         stored = 1
         headers = {"Content-Type": "application/json"}
         head_url = f"http://{registry.host}/v2/bench/env/manifests/latest"
@@ -324,6 +343,116 @@ async def bench_resolve(work: Path, counts: list[int], seconds: float) -> dict[s
     return results
 
 
+LARGE_LINES = 20_000
+
+
+def large_document(round_number: int) -> bytes:
+    """A 254 KiB, 20,000-line requirements document as raw files; each round's differs (memo)."""
+    lines = [f"# round {round_number}\n"] + [f"pk{i:05d}>={i % 9}.{i % 7}\n" for i in range(LARGE_LINES)]
+    text = "".join(lines)
+    return json.dumps({"document": {"path": "requirements.txt", "files": {"requirements.txt": text}},
+                       "variant": "cpu"}).encode()
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {"requests": len(latencies), "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
+            "max_ms": round(latencies[-1] * 1000, 2)}
+
+
+async def hits_while(http: aiohttp.ClientSession, url: str, body: bytes, busy: asyncio.Task | None,
+                     seconds: float) -> list[float]:
+    """Latencies of back-to-back hits for ``seconds``, or (``busy``) until that task is done."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while (not busy.done()) if busy is not None else time.perf_counter() < deadline:
+        began = time.perf_counter()
+        async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"the hit answered {resp.status}")
+        latencies.append(time.perf_counter() - began)
+    return latencies
+
+
+async def bench_large(work: Path, rounds: int, seconds: float, compare: Path | None) -> dict[str, Any]:
+    """Part 3: the hit path alone, then while a large definition is parsed (see the docstring)."""
+    checkouts = {"this": ROOT, **({"compare": compare} if compare else {})}
+    # Variants build on scratch: the large document (no base image) resolves offline to a miss.
+    config = work / "large.toml"
+    config.write_text('[variants.cpu]\nbase_image = "scratch"\n[variants.gpu]\nbase_image = "scratch"\n')
+    daemons = {}
+    for name, checkout in checkouts.items():
+        port = free_port()
+        data = work / f"large-{name}" / "data"
+        daemons[name] = (start_envcache(data, port, config, checkout), f"http://127.0.0.1:{port}", data, port)
+    results: dict[str, Any] = {"lines": LARGE_LINES, "bytes": len(large_document(0)), "rounds": rounds,
+                               "checkouts": {name: str(path) for name, path in checkouts.items()},
+                               "loadavg_before": loadavg()}
+    try:
+        bodies = {name: await seed_hit(url, data, port) for name, (_, url, data, port) in daemons.items()}
+        samples: dict[str, dict[str, list[float]]] = {name: {"alone": [], "during": [], "large_s": []}
+                                                      for name in daemons}
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for round_number in range(rounds):
+                for name, (_, url, _, _) in daemons.items():  # alternate daemons, round by round
+                    resolve, hit = url + "/api/v1/resolve", bodies[name]
+                    await hits_while(http, resolve, hit, None, 0.5)  # warm-up
+                    samples[name]["alone"] += await hits_while(http, resolve, hit, None, seconds)
+
+                    async def large(resolve: str = resolve) -> float:
+                        began = time.perf_counter()
+                        async with http.post(resolve, data=large_document(round_number),
+                                             headers={"Content-Type": "application/json"}) as resp:
+                            await resp.read()
+                            if resp.status != 404:  # parsed: a miss
+                                raise RuntimeError(f"the large definition answered {resp.status}")
+                        return time.perf_counter() - began
+
+                    task = asyncio.create_task(large())
+                    await asyncio.sleep(0.05)  # let its body reach the daemon first
+                    samples[name]["during"] += await hits_while(http, resolve, hit, task, 0)
+                    samples[name]["large_s"].append(round(await task, 2))
+                    print(f"round {round_number} {name}: large definition {samples[name]['large_s'][-1]} s", flush=True)
+        for name, cell in samples.items():
+            results[name] = {"alone": percentiles(cell["alone"]), "during": percentiles(cell["during"]),
+                             "large_request_s": cell["large_s"]}
+        results["loadavg_after"] = loadavg()
+    finally:
+        for proc, *_ in daemons.values():
+            stop(proc)
+    return results
+
+
+def write_large_report(out: Path, results: dict[str, Any], command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "service-large.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    lines = ["# Service benchmark: the hit path while a large definition is parsed", "",
+             f"Command: `{command}`  ", f"Machine: {results['machine']}  ",
+             f"Load average (1/5/15 min) during the run: {results['loadavg_before']} → {results['loadavg_after']} "
+             "(2 cores shared with other work)", "",
+             f"One client asks `POST /api/v1/resolve` for a cached image back to back: alone for a few seconds, "
+             f"then while a second client sends a {results['bytes'] // 1024} KiB request: a requirements document of "
+             f"{results['lines']:,} lines as raw files (a new one each round, so the parse memo cannot answer it; it "
+             f"is a miss once parsed). {results['rounds']} rounds per daemon, daemons alternating round by round.", "",
+             "| daemon | hits | alone: p50 ms | p99 ms | max ms | during the parse: hits | p50 ms | p99 ms | max ms "
+             "| large request s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name in ("this", "compare"):
+        if name not in results:
+            continue
+        row, alone, during = results[name], results[name]["alone"], results[name]["during"]
+        label = f"{name} (`{results['checkouts'][name]}`)"
+        lines.append(f"| {label} | {alone['requests']} | {alone['p50_ms']} | {alone['p99_ms']} | {alone['max_ms']} | "
+                     f"{during['requests']} | {during['p50_ms']} | {during['p99_ms']} | {during['max_ms']} | "
+                     f"{', '.join(map(str, row['large_request_s']))} |")
+    lines += ["", "A daemon that parses on its event loop answers no hit while the document is parsed: the hits "
+              "\"during\" are then few and their max is the parse time. Caveat: the machine has 2 cores shared "
+              "with other work (the worker process and the client compete with it), so compare rows of one run.", ""]
+    (out / "service-large.md").write_text("\n".join(lines))
+
+
 def timed(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
     began = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd)
@@ -338,54 +467,78 @@ def summary(samples: list[float]) -> dict[str, float]:
             "min_s": round(min(samples), 4), "max_s": round(max(samples), 4)}
 
 
+def installed_python(work: Path) -> str:
+    """A fresh venv (no system site-packages) that sees envcache through a plain ``.pth`` path entry:
+    the interpreter a user who ``pip install``-ed envcache runs. The hit path imports only the
+    standard library, so no dependency is needed; the dev venv's start-up (editable-install finder,
+    the machine's own ``.pth`` hooks) is measured beside it."""
+    venv = work / "installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "envcache.pth").write_text(f"{ROOT}\n")
+    return python
+
+
 def bench_cli(work: Path, runs: int) -> dict[str, Any]:
     dockerd = start_dockerd()
     try:
         rootfs = build_busybox_rootfs()
         dockerd.docker("import", "--change", 'CMD ["/bin/sh"]', rootfs.tar, "bench/busybox:latest")
         config = work / "envcache.toml"
-        config.write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\ncompression = "gzip"\n')
+        config.write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\ncompression = "gzip"\n'
+                          '[log]\nlevel = "warning"\n')
         port = free_port()
         proc = start_envcache(work / "cli-data", port, config)
+        installed = installed_python(work)
         try:
             steps = "RUN echo benchmark > /marker"
             env_file = work / "env.yml"
             env_file.write_text(json.dumps({"docker": {"base_dockerfile": f"FROM bench/busybox:latest\n{steps}\n"},
                                             "environment_variables": {"MARKER": "benchmark"}}))
-            ensure = [sys.executable, "-m", "envcache.cli", "ensure", str(env_file), "--variant", "cpu",
-                      "--url", f"http://127.0.0.1:{port}"]
-            first = timed(ensure)
+            url = f"http://127.0.0.1:{port}"
+            args = ["-m", "envcache.cli", "ensure", str(env_file), "--variant", "cpu", "--url", url]
+            first = timed([sys.executable, *args])
             context = work / "docker-context"
             context.mkdir()
             (context / "Dockerfile").write_text(f"FROM bench/busybox:latest\n{steps}\nENV MARKER=benchmark\n")
             build = [shutil.which("docker") or "docker", "build", "-q", "-t", "bench/cached:latest", str(context)]
             uncached = timed(build, env=dockerd.env)
+            # What each row runs. The floors say how much of a hit is the interpreter and the HTTP
+            # stack (``import http.client`` is the least any standard-library client imports)
+            # rather than envcache; curl is the path for build tools that cannot start Python.
+            commands = {
+                "envcache_ensure_hit": ([installed, *args], None),
+                "envcache_ensure_hit_dev_venv": ([sys.executable, *args], None),
+                "curl_resolve_hit": ([shutil.which("curl") or "curl", "-fsS", "-H", "Accept: text/plain",
+                                      "--data-binary", f"@{env_file}", f"{url}/api/v1/resolve?path=env.yml&variant=cpu"],
+                                     None),
+                "docker_build_cached": (build, dockerd.env),
+                "python_startup": ([installed, "-c", "pass"], None),
+                "python_import_http_client": ([installed, "-c", "import http.client"], None),
+                "python_startup_dev_venv": ([sys.executable, "-c", "pass"], None),
+            }
+            samples: dict[str, list[float]] = {name: [] for name in commands}
             # One warm-up round, then round-robin: a burst of load from other work then hits all
-            # four commands alike instead of whichever happened to be running.
-            # ``import urllib.request`` alone is the floor of any standard-library client: it shows
-            # how much of the hit is the interpreter and the HTTP stack rather than envcache.
-            bare, with_urllib = [sys.executable, "-c", "pass"], [sys.executable, "-c", "import urllib.request"]
-            hits: list[float] = []
-            cached: list[float] = []
-            interpreter: list[float] = []
-            urllib_floor: list[float] = []
-            timed(ensure), timed(build, env=dockerd.env), timed(bare), timed(with_urllib)
+            # commands alike instead of whichever happened to be running.
+            for command, env in commands.values():
+                timed(command, env=env)
             load_before = loadavg()
             for _ in range(runs):
-                hits.append(timed(ensure))
-                cached.append(timed(build, env=dockerd.env))
-                interpreter.append(timed(bare))
-                urllib_floor.append(timed(with_urllib))
+                for name, (command, env) in commands.items():
+                    samples[name].append(timed(command, env=env))
             load_after = loadavg()
         finally:
             stop(proc)
     finally:
         dockerd.stop()
-    return {"envcache_ensure_first_build_s": round(first, 3), "envcache_ensure_hit": summary(hits),
-            "docker_build_first_s": round(uncached, 3), "docker_build_cached": summary(cached),
-            "python_startup": summary(interpreter), "python_import_urllib": summary(urllib_floor),
-            "ratio_envcache_vs_docker": round(statistics.median(hits) / statistics.median(cached), 2),
-            "ratio_envcache_vs_python": round(statistics.median(hits) / statistics.median(interpreter), 2),
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {"envcache_ensure_first_build_s": round(first, 3), "docker_build_first_s": round(uncached, 3),
+            **{name: summary(values) for name, values in samples.items()},
+            "ratio_envcache_vs_docker": round(medians["envcache_ensure_hit"] / medians["docker_build_cached"], 2),
+            "ratio_curl_vs_docker": round(medians["curl_resolve_hit"] / medians["docker_build_cached"], 2),
+            "ratio_envcache_vs_python": round(medians["envcache_ensure_hit"] / medians["python_startup"], 2),
             "loadavg_before": load_before, "loadavg_after": load_after}
 
 
@@ -425,32 +578,41 @@ def write_report(out: Path, results: dict[str, Any], command: str) -> None:
     def cli_row(name: str, cell: dict[str, float]) -> str:
         return f"| {name} | {cell['runs']} | {cell['median_s']} | {cell['min_s']} | {cell['max_s']} |"
 
-    lines += ["## `envcache ensure` on a hit (whole CLI process) vs a fully cached `docker build`", "",
-              f"The four commands were run round-robin ({cli['envcache_ensure_hit']['runs']} rounds after one "
+    rows = [("envcache ensure (hit), installed", "envcache_ensure_hit"),
+            ("envcache ensure (hit), in the dev venv", "envcache_ensure_hit_dev_venv"),
+            ("`curl` resolve (hit), `Accept: text/plain`", "curl_resolve_hit"),
+            ("docker build (all steps cached)", "docker_build_cached"),
+            ("`python -c pass`, installed", "python_startup"),
+            ("`python -c 'import http.client'`, installed", "python_import_http_client"),
+            ("`python -c pass`, in the dev venv", "python_startup_dev_venv")]
+    lines += ["## `envcache ensure` on a hit (whole CLI process) and `curl` vs a fully cached `docker build`", "",
+              f"The commands were run round-robin ({cli['envcache_ensure_hit']['runs']} rounds after one "
               f"warm-up round); load average during this part: {cli['loadavg_before']} → {cli['loadavg_after']}.", "",
               "| command | runs | median s | min s | max s |", "|---|---:|---:|---:|---:|",
-              cli_row("envcache ensure (hit)", cli["envcache_ensure_hit"]),
-              cli_row("docker build (all steps cached)", cli["docker_build_cached"]),
-              cli_row("`python3 -c pass`", cli["python_startup"]),
-              cli_row("`python3 -c 'import urllib.request'`", cli["python_import_urllib"]), "",
-              f"envcache / docker (medians): **{cli['ratio_envcache_vs_docker']:.2f}×**; "
-              f"envcache / bare interpreter start: {cli['ratio_envcache_vs_python']:.2f}×.", "",
+              *(cli_row(name, cli[key]) for name, key in rows), "",
+              f"envcache / docker (medians): **{cli['ratio_envcache_vs_docker']:.2f}×**; curl / docker: "
+              f"**{cli['ratio_curl_vs_docker']:.2f}×**; envcache / bare interpreter start: "
+              f"{cli['ratio_envcache_vs_python']:.2f}×.", "",
               "The envcache hit is a whole process (`python -m envcache.cli ensure env.yml`): interpreter start, "
               "importing only the `ensure` verb's module, reading the definition's files with the standard library "
               "(the CLI parses nothing: PyYAML, packaging and pip-requirements-parser are not imported), and one "
-              "HTTP request with urllib from the standard library, which sends the raw files; the daemon loads them "
-              "with the same loaders as a local load and answers the hit. `docker build` is the Go docker CLI "
-              "talking to dockerd over its Unix socket. "
+              "request with the standard library's `http.client`, which sends the raw files; the daemon loads them "
+              "with the same loaders as a local load and answers the hit. \"Installed\" is a fresh venv that sees "
+              "envcache as a plain path entry, as after `pip install envcache`; \"the dev venv\" is the test "
+              "suite's venv, whose every start also runs the editable-install finder and this machine's own `.pth` "
+              "hooks (compare its bare `python -c pass` row). `curl` sends the same file to `/api/v1/resolve` "
+              "(`?path=env.yml`) and gets the bare image reference back. `docker build` is the Go docker CLI talking "
+              "to dockerd over its Unix socket. "
               f"The first, building `envcache ensure` took {cli['envcache_ensure_first_build_s']} s (build in "
               "dockerd + ingest into the registry); docker's own first build "
               f"({cli['docker_build_first_s']} s) was already cached by the stages envcache had built in the "
               "same dockerd.", "",
               ("envcache is slower than docker here. " if cli["ratio_envcache_vs_docker"] > 1 else "")
-              + "Most of the envcache time is the client's start-up, not the lookup: a resolve round trip takes a median "
-              f"{one_client_p50} ms (one client, table above), while a Python process that only imports urllib takes "
-              f"{cli['python_import_urllib']['median_s']} s here against {cli['python_startup']['median_s']} s for "
-              "a bare interpreter (`urllib.request` pulls in `http.client`, `email` and `ssl`); the docker CLI is "
-              "a compiled Go binary. The CLI uses urllib on purpose rather than a hand-written HTTP client.", "",
+              + "Most of the envcache time is the client's start-up, not the lookup: a resolve round trip takes a "
+              f"median {one_client_p50} ms (one client, table above), while a Python process that only imports "
+              f"http.client takes {cli['python_import_http_client']['median_s']} s here against "
+              f"{cli['python_startup']['median_s']} s for a bare interpreter (`http.client` pulls in `email` and "
+              "`ssl`); the docker CLI is a compiled Go binary, and curl a C one.", "",
               "Caveat: the machine has 2 cores shared with other work; cells vary run to run, "
               "so compare rows of one run, not across runs.", ""]
     (out / "service.md").write_text("\n".join(lines))
@@ -462,27 +624,32 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--only", choices=("hit", "dashboard"), help="run one part (default: both)")
+    parser.add_argument("--parts", default="hit,large,dashboard",
+                        help="comma-separated: hit (parts 1 and 2), large (part 3), dashboard (part 4)")
+    parser.add_argument("--large-rounds", type=int, default=3)
+    parser.add_argument("--compare-with", type=Path, help="part 3: also run a daemon from this checkout")
     parser.add_argument("--environments", type=int, default=10_000, help="environments for the dashboard part")
     args = parser.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
+    parts = set(args.parts.split(","))
     command = "python3 " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     compile_package()
     work = Path(tempfile.mkdtemp(prefix="ecbench-", dir="/tmp"))
     machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     try:
-        if args.only != "dashboard":
+        if "hit" in parts:
             results = {"machine": machine, "seconds": args.seconds, "loadavg_start": loadavg(),
-                       "bytecode": "compileall envcache/", "resolve": asyncio.run(bench_resolve(work, counts, args.seconds))}
-            results["cli"] = bench_cli(work, args.runs)
-            results["loadavg_end"] = loadavg()
-            print(json.dumps(results["cli"]), flush=True)
-            write_report(args.out, results, command)
-        if args.only != "hit":
+                       "bytecode": "compileall envcache/",
+                       "resolve": asyncio.run(bench_resolve(work, counts, args.seconds))}
+        if "dashboard" in parts:
             dash = {"machine": machine, "loadavg_start": loadavg(),
                     "dashboard": asyncio.run(bench_dashboard(work, args.environments, args.runs))}
             dash["loadavg_end"] = loadavg()
             write_dashboard_report(args.out, dash, command)
+            results["cli"] = bench_cli(work, args.runs)
+            results["loadavg_end"] = loadavg()
+            print(json.dumps(results["cli"]), flush=True)
+            write_report(args.out, results, command)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

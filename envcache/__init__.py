@@ -13,7 +13,9 @@ start) stays cheap: no aiohttp import until a client is actually made.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

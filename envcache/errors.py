@@ -51,6 +51,13 @@ class NotFound(EnvcacheError):
     http_status = 404
 
 
+class Conflict(EnvcacheError):
+    """The request is sound but the daemon's state refuses it: a wheel file name already taken by
+    other bytes, a wheel a registered environment still pins."""
+
+    http_status = 409
+
+
 class UnsupportedFeature(InvalidInput):
     """An Azure ML feature the Azure-style client facade does not provide (compute clusters,
     labels, R sections, …): the message names the feature and, where there is one, what to do

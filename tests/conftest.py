@@ -11,6 +11,9 @@
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
 - ``tests.fixtures.browser``: headless Chromium (Debian's) driven by Selenium, and screenshots.
+- ``tests.fixtures.wheels``: real wheels of tiny projects, built with ``pip wheel``.
+
+``tests.fixtures.abuse`` holds plain helpers, no fixtures: what broken or hostile clients send.
 """
 
 pytest_plugins = [
@@ -24,4 +27,5 @@ pytest_plugins = [
     "tests.fixtures.upstream",
     "tests.fixtures.pipelines",
     "tests.fixtures.browser",
+    "tests.fixtures.wheels",
 ]

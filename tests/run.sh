@@ -8,15 +8,13 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in dockerd:docker.io buildah:buildah skopeo:skopeo docker-registry:docker-registry \
-            debootstrap:debootstrap busybox:busybox-static chromium:chromium chromedriver:chromium-driver; do
+            debootstrap:debootstrap busybox:busybox-static chromium:chromium chromedriver:chromium-driver \
+            curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # Other sessions on this machine may be installing too: wait for the dpkg lock, do not fail.
-  apt-get -o DPkg::Lock::Timeout=900 update -qq
-  apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${need[@]}" >/dev/null
+  bash tests/apt-install.sh "${need[@]}"   # waits while another install holds apt's locks
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -109,8 +109,12 @@ def test_auto_falls_back_to_buildah_without_a_docker_socket(tmp_path: Path) -> N
 async def test_an_unreachable_docker_daemon_is_a_clear_error(tmp_path: Path) -> None:
     engine = DockerEngine(f"unix://{tmp_path}/missing.sock")
     try:
-        with pytest.raises(EngineUnavailable, match="does not answer"):
-            await engine.ping()
+        for probe in (engine.version(), engine.inspect("busybox")):
+            with pytest.raises(EngineUnavailable) as info:
+                await probe
+            # Not aiodocker's "DockerError: [900] Cannot connect…": what is wrong and what to do.
+            assert str(info.value) == (f"Docker Engine at unix://{tmp_path}/missing.sock does not answer (no such "
+                                       "socket): start dockerd, or point [build] docker_host (or DOCKER_HOST) at its socket")
     finally:
         await engine.close()
 

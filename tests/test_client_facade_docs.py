@@ -22,8 +22,9 @@ nothing can be pulled here, see shared/ENGINES.md).
 
 Left out, because they are not about environments and envcache has no counterpart: runs and
 experiments (``ScriptRunConfig``, ``Experiment.submit``, ``Run.get_environment``), model
-deployment (``InferenceConfig``, ``Model.deploy``), and ``add_private_pip_wheel`` (the private
-wheel store is another part of issue 15).
+deployment (``InferenceConfig``, ``Model.deploy``). ``add_private_pip_wheel``'s snippet runs in
+tests/test_wheels_service.py, with a wheel file name for the page's ``my-custom.whl`` (pip installs
+no other).
 """
 
 from __future__ import annotations

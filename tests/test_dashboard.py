@@ -258,7 +258,7 @@ def test_bad_requests_are_pages_not_tracebacks(seeded: Seeded, page: object) -> 
 
 
 # -- signing in ------------------------------------------------------------------------------------
-READ_TOKEN, WRITE_ONLY = "dashboard-read-token-1234", "ci-write-only-token-5678"
+READ_TOKEN, WRITE_ONLY = "dashboard-read-token-0123456789abcdef", "ci-write-only-token-0123456789abcdef"
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "envcache"
 #: ``service`` passes callables between them).
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),                            # what a user can cause: everyone may import it
+    ("progress",),                          # progress lines for long work: a line every few seconds
     ("oci",),                               # the OCI vocabulary: pure, no I/O
     ("definition",),                        # environment definitions: pure, offline
     ("wire",),                              # what the client and the daemon both speak

@@ -70,6 +70,6 @@ def test_non_loopback_allowed_with_tokens() -> None:
         check_bind(config_from_dict({"server": {"host": host}}))
     with pytest.raises(InvalidInput, match="refusing to listen on 10.1.2.3"):
         check_bind(config_from_dict({"server": {"host": "10.1.2.3"}}))
-    guarded = config_from_dict({"server": {"host": "10.1.2.3"}, "auth": {"tokens": [{"token": "t", "scopes": ["read"]}]}})
+    guarded = config_from_dict({"server": {"host": "10.1.2.3"}, "auth": {"tokens": [{"token": "t" * 32, "scopes": ["read"]}]}})
     check_bind(guarded)
     assert guarded.auth.tokens[0].scopes == ["read"]

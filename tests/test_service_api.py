@@ -137,7 +137,7 @@ async def test_a_non_loopback_address_without_tokens_is_refused(tmp_path: Path) 
 
 async def test_tokens_guard_the_api_and_the_registry_with_scopes(make_daemon) -> None:
     config = Config()
-    config.auth.tokens = [Token("reader-token", ["read"]), Token("writer-token", ["read", "write"])]
+    config.auth.tokens = [Token("reader-token-0123456789abcdef0123456789", ["read"]), Token("writer-token-0123456789abcdef0123456789", ["read", "write"])]
     url = await make_daemon(config)
     async with aiohttp.ClientSession() as http:
         async with http.get(url + "/api/v1/health") as resp:
@@ -150,18 +150,18 @@ async def test_tokens_guard_the_api_and_the_registry_with_scopes(make_daemon) ->
             assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
         async with http.get(url + "/v2/", headers={"Authorization": "Bearer wrong"}) as resp:
             assert resp.status == 401
-        async with http.get(url + "/v2/", headers={"Authorization": "Bearer reader-token"}) as resp:
+        async with http.get(url + "/v2/", headers={"Authorization": "Bearer reader-token-0123456789abcdef0123456789"}) as resp:
             assert resp.status == 200
         # The Docker token flow: Basic credentials at the realm, a Bearer token back.
-        async with http.get(url + "/auth/token?service=envcache", headers={"Authorization": basic("me", "reader-token")}) as resp:
+        async with http.get(url + "/auth/token?service=envcache", headers={"Authorization": basic("me", "reader-token-0123456789abcdef0123456789")}) as resp:
             token = (await resp.json())["token"]
         async with http.get(url + "/v2/", headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 200
         async with http.get(url + "/auth/token", headers={"Authorization": basic("me", "nope")}) as resp:
             assert resp.status == 401
-    async with AsyncClient(url, token="reader-token") as reader:
+    async with AsyncClient(url, token="reader-token-0123456789abcdef0123456789") as reader:
         assert (await reader.environments())["environments"]
         with pytest.raises(Exception, match="lacks the 'write' scope"):
             await reader.register_environment("x", SIMPLE)
-    async with AsyncClient(url, token="writer-token") as writer:
+    async with AsyncClient(url, token="writer-token-0123456789abcdef0123456789") as writer:
         assert (await writer.register_environment("x", SIMPLE))["created"]

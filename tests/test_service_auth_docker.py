@@ -15,7 +15,7 @@ from tests.fixtures.processes import CommandFailed, run
 
 async def test_docker_login_then_pull_works_and_is_required(make_daemon, dockerd, busybox_oci_layout) -> None:
     config = Config()
-    config.auth.tokens = [Token("pull-only-token", ["read"]), Token("push-token", ["read", "write"])]
+    config.auth.tokens = [Token("pull-only-token-0123456789abcdef0123456789", ["read"]), Token("push-token-0123456789abcdef0123456789", ["read", "write"])]
     url = await make_daemon(config)
     host = url.removeprefix("http://")
     image = f"{host}/base/busybox:1"
@@ -25,11 +25,11 @@ async def test_docker_login_then_pull_works_and_is_required(make_daemon, dockerd
              f"docker://{image}"])
 
     try:  # a read-only token cannot push
-        await asyncio.to_thread(push, "me:pull-only-token")
+        await asyncio.to_thread(push, "me:pull-only-token-0123456789abcdef0123456789")
         raise AssertionError("a read-only token pushed an image")
     except CommandFailed as exc:
         assert "denied" in str(exc).lower() or "403" in str(exc) or "lacks" in str(exc)
-    await asyncio.to_thread(push, "me:push-token")
+    await asyncio.to_thread(push, "me:push-token-0123456789abcdef0123456789")
 
     anonymous = await asyncio.to_thread(dockerd.docker, "pull", image, check=False)
     assert anonymous.returncode != 0 and ("unauthorized" in anonymous.stderr.lower() or "denied" in anonymous.stderr.lower())
@@ -37,7 +37,7 @@ async def test_docker_login_then_pull_works_and_is_required(make_daemon, dockerd
                                   input="wrong-token", check=False)
     assert bad.returncode != 0
     login = await asyncio.to_thread(dockerd.docker, "login", host, "-u", "me", "--password-stdin",
-                                    input="pull-only-token")
+                                    input="pull-only-token-0123456789abcdef0123456789")
     assert "Login Succeeded" in login.stdout
     await asyncio.to_thread(dockerd.docker, "pull", image)
     inspected = await asyncio.to_thread(dockerd.docker, "image", "inspect", "--format", "{{.Id}}", image)

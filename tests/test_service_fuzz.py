@@ -89,7 +89,7 @@ def test_openapi_operations_never_answer_5xx(threaded_daemon: str) -> None:
     """Valid and invalid generated requests for every documented operation: < 500, JSON errors."""
     schema = schemathesis.openapi.from_url(f"{threaded_daemon}/api/v1/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 15
+    assert len(operations) == 22  # 15, and 7 for private wheels and their simple index
     began = time.monotonic()
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -102,7 +102,7 @@ def test_openapi_operations_never_answer_5xx(threaded_daemon: str) -> None:
                 _check_answer(case, response.status_code, response.content)
 
             run()
-    assert time.monotonic() - began < 60
+    assert time.monotonic() - began < 90  # 60 s for the first 15 operations, scaled to 22
     with urllib.request.urlopen(f"{threaded_daemon}/api/v1/health", timeout=10) as resp:
         assert resp.status == 200  # and the daemon is still serving
 

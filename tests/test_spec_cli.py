@@ -189,8 +189,6 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     _write(tmp_path / "env.yaml", "variants:\n  gpu: {base_image: 'nvidia/cuda:12.2.0-base-ubuntu22.04'}\n")
     result = run("hash", "--format", "toml", "env.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice: 'toml'" in result.stderr
-    result = run("convert", "env.yaml", "--to", "azure-dir", "out", cwd=tmp_path)
-    assert result.returncode == 2 and "the Azure ML format has no variants" in result.stderr
     _write(tmp_path / "env.cfg", "x")
     result = run("hash", "env.cfg", cwd=tmp_path)
     assert result.returncode == 2 and "cannot tell the format from the name; pass --format" in result.stderr

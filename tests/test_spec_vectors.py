@@ -22,8 +22,9 @@ PATHS = ["minimal.yaml", "full.yaml", "dockerfile.yaml", "user_managed.json", "a
          "conda_export.yml", "requirements/requirements.txt"]
 ROOT_KEY = "sha256:root|recipe-1"
 # Golden equivalences: each key's hash is pinned, and every path listed under it writes the same
-# environment another way (README, "Canonical rules") and must hash the same.
-EQUIVALENT = {"identity.yaml": ["identity_respelled.yaml", "azure_registry"]}
+# environment another way (README, "Canonical rules") and must hash the same: a wheel pinned by its
+# digest hashes the same from any daemon or mirror.
+EQUIVALENT = {"identity.yaml": ["identity_respelled.yaml", "azure_registry"], "wheels.yaml": ["wheels_elsewhere.yaml"]}
 
 
 def compute() -> dict[str, Any]:

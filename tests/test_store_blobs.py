@@ -55,6 +55,7 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
         conn.execute(f"DROP TABLE {LAYER_BLOBS}")
         conn.execute(f"DROP TABLE {BASE_DIGESTS}")
         conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
+        conn.execute("DROP TABLE wheels")  # a version-1 database predates it (migration 5)
         conn.execute("UPDATE schema_version SET version = 1")
     store = await open_store(tmp_path / "d")
     assert store.schema_version == len(MIGRATIONS)

@@ -19,13 +19,13 @@ from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 async def test_envcache_daemon_as_upstream_with_tokens(tmp_path: Path, make_daemon) -> None:
     config = Config()
-    config.auth = AuthConfig(tokens=[Token(token="team-write-token", scopes=["read", "write"]),
-                                      Token(token="laptop-read-token", scopes=["read"])])
+    config.auth = AuthConfig(tokens=[Token(token="team-write-token-0123456789abcdef0123456789", scopes=["read", "write"]),
+                                      Token(token="laptop-read-token-0123456789abcdef0123456789", scopes=["read"])])
     upstream_daemon = await make_daemon(config)
     a, b = await open_store(tmp_path / "a"), await open_store(tmp_path / "b")
     writer = parse_upstream({"url": upstream_daemon, "prefix": "team", "username": "ci",
-                             "password": "team-write-token"})
-    reader = parse_upstream({"url": upstream_daemon, "prefix": "team", "mode": "pull", "token": "laptop-read-token"})
+                             "password": "team-write-token-0123456789abcdef0123456789"})
+    reader = parse_upstream({"url": upstream_daemon, "prefix": "team", "mode": "pull", "token": "laptop-read-token-0123456789abcdef0123456789"})
     try:
         shared = make_layer({"conda": os.urandom(512)})
         await make_image(a, STAGE_REPO, "stage-1", [shared])
@@ -47,7 +47,7 @@ async def test_envcache_daemon_as_upstream_with_tokens(tmp_path: Path, make_daem
 
         # A read-only token cannot publish: the push fails visibly, after its retries.
         source_r = UpstreamSource(b, [parse_upstream({"url": upstream_daemon, "prefix": "team",
-                                                      "token": "laptop-read-token"})],
+                                                      "token": "laptop-read-token-0123456789abcdef0123456789"})],
                                   push_attempts=2, push_backoff=0.01)
         [push_id] = await source_r.push_after_build(ENV_REPO, "key1-cpu")
         await source_r.pushes.drain(timeout=30)

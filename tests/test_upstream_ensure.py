@@ -108,10 +108,10 @@ async def test_two_daemons_share_a_tls_htpasswd_distribution(make_daemon, docker
 @pytest.mark.engine
 async def test_two_daemons_share_an_envcache_daemon(make_daemon, dockerd: Dockerd, origin_base: str) -> None:
     hub = await make_daemon(_config(engine="none", upstreams=[], tokens=[
-        Token(token="ci-token", scopes=["read", "write"]), Token(token="laptop-token", scopes=["read"])]))
+        Token(token="ci-token-0123456789abcdef0123456789", scopes=["read", "write"]), Token(token="laptop-token-0123456789abcdef0123456789", scopes=["read"])]))
     await _share(make_daemon, dockerd, origin_base,
-                 {"url": str(hub), "prefix": "team", "token": "ci-token"},
-                 {"url": str(hub), "prefix": "team", "mode": "pull", "token": "laptop-token"})
+                 {"url": str(hub), "prefix": "team", "token": "ci-token-0123456789abcdef0123456789"},
+                 {"url": str(hub), "prefix": "team", "mode": "pull", "token": "laptop-token-0123456789abcdef0123456789"})
 
 
 @pytest.mark.engine

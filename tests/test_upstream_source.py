@@ -11,6 +11,7 @@ import os
 import time
 
 
+from envcache.definition import Definition
 from envcache.store import Store
 from envcache.upstream.config import parse_upstream
 from envcache.upstream.push import push_status
@@ -25,10 +26,10 @@ async def read_lock(store: Store, repo: str, digest: str) -> dict[str, str]:
 
 
 class _Prepared:
-    """The two fields of envcache.service.ensure.Prepared the source reads."""
+    """The fields of envcache.service.ensure.Prepared the source reads (a definition pinning no wheel)."""
 
     def __init__(self, key: str, variant: str = "cpu") -> None:
-        self.key, self.variant = key, variant
+        self.key, self.variant, self.definition = key, variant, Definition()
 
 
 async def test_push_after_build_then_pull_by_another_store(stores: tuple[Store, Store],

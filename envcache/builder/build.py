@@ -11,6 +11,7 @@ cancelling the task stops the engine's build.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -133,6 +134,18 @@ async def build_image(plan: BuildPlan, *, store: Store, engine: Engine | None, s
     helper = HelperServer()
     try:
         with tempfile.TemporaryDirectory(prefix="envcache-build-") as tmp:
+
+            async def wheel_file(digest: str) -> Path | None:
+                """The stored wheel's blob file (a copy in the build's directory when the blob
+                driver keeps no local files)."""
+                if not await store.has_blob(digest):
+                    return None
+                path = store.files.local_path(digest)
+                if path is None:
+                    path = Path(tmp) / digest.replace(":", "-")
+                    await asyncio.to_thread(_copy_blob, store, digest, path)
+                return path
+
             for index in range(start, len(stages)):
                 stage = stages[index]
                 parent = stage_tag(stages[index - 1].key) if index else base_name
@@ -144,10 +157,10 @@ async def build_image(plan: BuildPlan, *, store: Store, engine: Engine | None, s
                     async with asyncio.timeout(timeout):
                         info = (await engine.inspect(parent) if index else base) if stage.stage.inspects_parent else None
                         recipe = await stage.stage.recipe(RecipeContext(parent, info, context, plan.variant,
-                                                                        has_conda, helper, ca_bundle))
+                                                                        has_conda, helper, ca_bundle, wheel_file))
                         (context / "Dockerfile").write_text(recipe.dockerfile)
                         await engine.build(context, stage_tag(stage.key), network=recipe.network, log=out,
-                                           step=stage.kind)
+                                           step=stage.kind, display=recipe.display)
                 except TimeoutError:
                     raise BuildFailed(stage.kind, f"stage exceeded its time limit of {timeout:g}s",
                                       tail.text()) from None
@@ -188,6 +201,11 @@ async def build_image(plan: BuildPlan, *, store: Store, engine: Engine | None, s
                        stages_built=built, layers=result["layers"])
     out(f"image {ENV_REPOSITORY}:{tag} {result['manifest_digest']} ({result['size']} bytes)")
     return image
+
+
+def _copy_blob(store: Store, digest: str, path: Path) -> None:
+    with store.files.open(digest) as source, open(path, "wb") as out:
+        shutil.copyfileobj(source, out)
 
 
 def _base_name(plan: BuildPlan) -> str:

@@ -4,7 +4,9 @@ pip inside the image needs the host's CA bundle (corporate proxies, private inde
 requirements may carry index credentials. Neither may enter a layer, a hash, the Dockerfile or
 the log. The classic Docker builder has no secret mounts, so the RUN step fetches them from this
 server (builds use the host network) into a temp file it deletes before the layer is committed.
-The URL carries a random token and lives only as long as the build.
+The URL carries a random token and lives only as long as the build. Private wheels the store
+holds are served the same way (from their blob files), so a build needs no route to wherever
+a definition's wheel URL points, nor a token for the daemon itself.
 """
 
 from __future__ import annotations
@@ -30,22 +32,26 @@ def host_ca_bundle(configured: str | None = None) -> Path | None:
 
 
 class HelperServer:
-    """``GET /<token>/<name>`` → the registered bytes; everything else 404."""
+    """``GET /<token>/<name>`` → the registered bytes or file; everything else 404."""
 
     def __init__(self) -> None:
         self.token = secrets.token_hex(16)
-        self.files: dict[str, bytes] = {}
+        self.files: dict[str, bytes | Path] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    def add(self, name: str, data: bytes) -> str:
+    def add(self, name: str, data: bytes | Path) -> str:
+        """Serve ``data`` (bytes, or a file sent as it is: wheels may be large) as ``name``."""
         self.files[name] = data
         return f"{self.url}/{name}"
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token or request.match_info["name"] not in self.files:
             raise web.HTTPNotFound()
-        return web.Response(body=self.files[request.match_info["name"]], content_type="application/octet-stream")
+        found = self.files[request.match_info["name"]]
+        if isinstance(found, Path):
+            return web.FileResponse(found, headers={"Content-Type": "application/octet-stream"})
+        return web.Response(body=found, content_type="application/octet-stream")
 
     async def start(self) -> None:
         app = web.Application()

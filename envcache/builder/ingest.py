@@ -38,6 +38,8 @@ from envcache.oci import (
     ENV_REPOSITORY, LAYER_MEDIA, OCI_CONFIG, OCI_MANIFEST, Descriptor, image_manifest, parse_manifest,
     platform_of_config,
 )
+from envcache.progress import Ticker
+from envcache.progress import size as sized
 from envcache.store import KnownLayer, Store
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
@@ -166,20 +168,32 @@ class _Compressor:
         self._stream.close()
 
 
-def compress_layer(stream: IO[bytes], compression: str, tmp_dir: Path) -> tuple[str, str, Path]:
+@dataclass
+class LayerProgress:
+    """Bytes of one layer read and stored so far: written by the compressing thread, read by the
+    progress line (plain integers, so no lock is needed for a number shown to people)."""
+
+    read: int = 0
+    stored: int = 0
+
+
+def compress_layer(stream: IO[bytes], compression: str, tmp_dir: Path,
+                   progress: LayerProgress | None = None) -> tuple[str, str, Path]:
     """Compress ``stream`` into a temp file under ``tmp_dir``; returns (diff_id, blob digest,
     temp path). Both digests are computed in the same pass."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="layer-", dir=tmp_dir)
     path = Path(name)
     uncompressed = hashlib.sha256()
+    progress = progress or LayerProgress()
     try:
         with os.fdopen(fd, "wb") as raw:
-            hashing = _HashingWriter(raw)
+            hashing = _HashingWriter(raw, progress)
             compressor = _Compressor(compression, hashing)
             while chunk := stream.read(CHUNK):
                 uncompressed.update(chunk)
                 compressor.write(chunk)
+                progress.read += len(chunk)
             compressor.close()
             raw.flush()
             os.fsync(raw.fileno())
@@ -190,9 +204,10 @@ def compress_layer(stream: IO[bytes], compression: str, tmp_dir: Path) -> tuple[
 
 
 class _HashingWriter(io.RawIOBase):
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: IO[bytes], progress: LayerProgress) -> None:
         self.out = out
         self.hasher = hashlib.sha256()
+        self.progress = progress
 
     def writable(self) -> bool:
         return True
@@ -201,6 +216,7 @@ class _HashingWriter(io.RawIOBase):
         view = memoryview(data)
         self.hasher.update(view)
         self.out.write(view)
+        self.progress.stored += len(view)
         return len(view)
 
 
@@ -291,22 +307,26 @@ async def ingest_layers(store: Store, source: SourceImage, compression: str, tmp
             result.append(LayerBlob(diff_id, known.blob_digest, known.size, media, True))
             continue
         started = time.monotonic()
-        digest, size = await _compress_and_store(store, opener, compression, tmp, diff_id, media)
+        progress = LayerProgress()
+        # A big layer takes a while to compress: say how far it got every few seconds.
+        async with Ticker(log, lambda ticker: f"ingest: layer {diff_id[7:19]}: {sized(progress.read)} read, "
+                                              f"{sized(progress.stored)} stored ({compression})"):
+            digest, size = await _compress_and_store(store, opener, compression, tmp, diff_id, media, progress)
         await store.layers.put(KnownLayer(diff_id, compression, digest, size))
-        log(f"ingest: layer {diff_id[7:19]} → {digest[7:19]} ({compression}, {size} bytes, "
-            f"{time.monotonic() - started:.1f}s)")
+        log(f"ingest: layer {diff_id[7:19]} → {digest[7:19]} ({compression}, {progress.read} bytes read, "
+            f"{size} stored, {time.monotonic() - started:.1f}s)")
         result.append(LayerBlob(diff_id, digest, size, media, False))
     return result
 
 
 async def _compress_and_store(store: Store, opener: Opener, compression: str, tmp: Path,
-                              diff_id: str, media: str) -> tuple[str, int]:
+                              diff_id: str, media: str, progress: LayerProgress) -> tuple[str, int]:
     """Compress one layer (a worker thread) and store it as a blob; returns (blob digest, size).
     The layer must hash to the diff_id the engine's config names."""
 
     def compress() -> tuple[str, str, Path]:
         with opener() as stream:
-            return compress_layer(stream, compression, tmp)
+            return compress_layer(stream, compression, tmp, progress)
 
     actual, digest, path = await asyncio.to_thread(compress)
     try:

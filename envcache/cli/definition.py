@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envcache.cli.output import HelpFormatter, exit_status
 from envcache.definition import FORMATS
 from envcache.definition.model import VARIANTS
 
@@ -19,26 +20,38 @@ if TYPE_CHECKING:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the definition sub-commands to the ``envcache`` parser."""
-    fmt = argparse.ArgumentParser(add_help=False)
+    fmt = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     fmt.add_argument("--format", choices=FORMATS, help="input format (default: detected from the path)")
 
-    p = sub.add_parser("hash", parents=[common, fmt], help="print the spec hash of definitions")
+    p = sub.add_parser("hash", parents=[common, fmt], help="print the spec hash of definitions",
+                       description="Print the spec hash of each definition: one line per path, the 32-hex hash "
+                                   "and the path. Offline: reads files, never the daemon.",
+                       epilog=exit_status(s0="hashed", s2="bad input (unreadable or invalid definition, bad argument)"))
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--variant", choices=VARIANTS, help="hash the definition as built for this variant")
     p.set_defaults(handler=_hash)
 
-    p = sub.add_parser("canonical", parents=[common, fmt], help="print the canonical form of a definition")
+    p = sub.add_parser("canonical", parents=[common, fmt], help="print the canonical form of a definition",
+                       description="Print the canonical form of a definition (indented JSON; --compact prints "
+                                   "exactly the bytes that are hashed). Offline.",
+                       epilog=exit_status(s0="printed", s2="bad input"))
     p.add_argument("path", metavar="PATH")
     p.add_argument("--variant", choices=VARIANTS, help="canonicalise the definition as built for this variant")
     p.add_argument("--compact", action="store_true", help="print exactly the bytes that are hashed")
     p.set_defaults(handler=_canonical)
 
-    p = sub.add_parser("diff", parents=[common, fmt], help="explain why two definitions hash differently")
+    p = sub.add_parser("diff", parents=[common, fmt], help="explain why two definitions hash differently",
+                       description="Compare two definitions: print 'same: HASH', or 'different:' with both hashes "
+                                   "and the differences in plain words. Offline.",
+                       epilog=exit_status(s0="same hash", s1="different hashes", s2="bad input"))
     p.add_argument("path_a", metavar="PATH_A")
     p.add_argument("path_b", metavar="PATH_B")
     p.set_defaults(handler=_diff)
 
-    p = sub.add_parser("convert", parents=[common, fmt], help="write a definition in another format")
+    p = sub.add_parser("convert", parents=[common, fmt], help="write a definition in another format",
+                       description="Write a definition as envcache YAML or JSON, or as an Azure ML environment "
+                                   "directory. Offline.",
+                       epilog=exit_status(s0="written", s2="bad input (or a definition the format cannot hold)"))
     p.add_argument("path", metavar="PATH")
     p.add_argument("--to", required=True, choices=("azure-dir", "yaml", "json"), help="output format")
     p.add_argument("out", metavar="OUT", help="output file (yaml/json) or directory (azure-dir)")

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from envcache.cli.output import emit
+from envcache.cli.output import Progress, emit, exit_status
 from envcache.definition.model import VARIANTS, Variant
 from envcache.errors import InvalidInput, NotFound
 from envcache.oci import image_tag, parse_image_tag
@@ -29,20 +29,33 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", type=Path, help="daemon TOML config with [[upstreams]] tables")
         parser.add_argument("--data", type=Path, help="data directory (overrides server.data_dir)")
 
-    up = sub.add_parser("upstream", parents=[common], help="shared upstream registries")
+    up = sub.add_parser("upstream", parents=[common], help="shared upstream registries",
+                        description="The shared registries this daemon pulls from and pushes to ([[upstreams]] "
+                                    "in the daemon config).",
+                        epilog=exit_status(s0="success", s1="an upstream failed", s2="bad input"))
     up_sub = up.add_subparsers(dest="upstream_command", metavar="ACTION")
     up_sub.required = True
-    p = up_sub.add_parser("list", parents=[common], help="configured upstreams and recent pushes")
+    p = up_sub.add_parser("list", parents=[common], help="configured upstreams and recent pushes",
+                          description="List the configured upstreams and the state of recent pushes.",
+                          epilog=exit_status(s0="listed", s2="bad config"))
     config_args(p)
     p.set_defaults(handler=_list)
     p = up_sub.add_parser("check", parents=[common],
-                          help="reachability, auth and what is cached on each upstream")
+                          help="reachability, auth and what is cached on each upstream",
+                          description="Check each upstream: does it answer, do the credentials work for its "
+                                      "repositories, and how many images and stages it holds.",
+                          epilog=exit_status(s0="every upstream ok", s1="an upstream failed", s2="bad config"))
     config_args(p)
     p.set_defaults(handler=_check)
 
-    for verb, helptext in (("push", "push a cached image (and its stages) to the push upstreams"),
-                           ("pull", "pull an image from the pull upstreams into the local store")):
-        p = sub.add_parser(verb, parents=[common], help=helptext)
+    for verb, helptext, statuses in (
+            ("push", "push a cached image (and its stages) to the push upstreams",
+             exit_status(s0="pushed", s1="a push failed", s2="bad input", s3="not in the local store")),
+            ("pull", "pull an image from the pull upstreams into the local store",
+             exit_status(s0="pulled", s2="bad input", s3="not found on any upstream"))):
+        p = sub.add_parser(verb, parents=[common], help=helptext, epilog=statuses,
+                           description=f"{helptext[0].upper()}{helptext[1:]}, on the data directory "
+                                       "directly; bytes moved are reported on stderr as they go.")
         p.add_argument("key", metavar="KEY", help="image key, or the full tag KEY-VARIANT")
         p.add_argument("--variant", choices=VARIANTS, default=None,
                        help="variant (default: the only one cached for KEY, else cpu)")
@@ -141,10 +154,13 @@ async def _tag_for(store: Store, key: str, variant: str | None) -> str:
 def _push(args: argparse.Namespace) -> int:
     import asyncio
 
+    from envcache.progress import Ticker, size
     from envcache.upstream.source import ENV_REPO, UpstreamSource
 
     data_dir, upstreams = load_settings(args.config, args.data)
     chosen = _select(upstreams, args.upstream, push=True)
+
+    progress = Progress()
 
     async def run(store: Store) -> list[dict[str, Any]]:
         source = UpstreamSource(store, chosen, push_attempts=3, push_backoff=0.5)
@@ -153,7 +169,10 @@ def _push(args: argparse.Namespace) -> int:
             if await store.get_manifest(ENV_REPO, tag, with_body=False) is None:
                 raise NotFound(f"image {ENV_REPO}:{tag} is not in the local store")
             ids = await source.push_after_build(ENV_REPO, tag)
-            await source.pushes.drain()
+            async with Ticker(progress.status, lambda ticker: f"push: {ENV_REPO}:{tag}: {size(source.bytes_sent())} "
+                                                              f"sent ({ticker.elapsed:.0f}s)"):
+                await source.pushes.drain()
+            progress.done()
             fields = ("upstream", "repository", "tag", "remote_repository", "state", "attempts", "error", "bytes",
                       "mounted")
             return [{k: row[k] for k in fields} for row in await store.pushes.by_ids(ids)]
@@ -180,7 +199,8 @@ def _pull(args: argparse.Namespace) -> int:
         source = UpstreamSource(store, chosen)
         try:
             key, variant = parse_image_tag(await _tag_for(store, args.key, args.variant))
-            return await source.try_pull(key, variant or Variant.CPU), source.last_errors
+            # Bytes received so far, every few seconds, on stderr.
+            return await source.try_pull(key, variant or Variant.CPU, log_fn=Progress().line), source.last_errors
         finally:
             await source.aclose()
 

@@ -6,7 +6,9 @@ scripts and the CLI start fast; ``AsyncClient`` brings in aiohttp when first use
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:
+    from typing import Any
 
 _LAZY = {
     "Client": "envcache.client.sync",

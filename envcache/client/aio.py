@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from envcache.client.base import Endpoints, error_for, finished, headers, query_string, unavailable
+from envcache.client.base import Endpoints, error_for, finished, headers, is_miss, query_string, unavailable
 from envcache.wire import daemon_url
 
 if TYPE_CHECKING:
@@ -42,18 +44,22 @@ class AsyncClient(Endpoints):
         return self._session
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                       query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+                       query: dict[str, Any] | None = None, none_on_404: bool = False, upload: Path | None = None) -> Any:
+        data: Any = json.dumps(body) if body is not None else None
+        content_type = "application/json" if body is not None else None
         try:
-            async with self._sess().request(method, self.url + path + query_string(query),
-                                            data=json.dumps(body) if body is not None else None,
-                                            headers={"Content-Type": "application/json"} if body is not None else None
-                                            ) as response:
-                payload = await response.read()
-                status = response.status
+            with contextlib.ExitStack() as stack:
+                if upload is not None:  # streamed by aiohttp from the open file
+                    data, content_type = stack.enter_context(open(upload, "rb")), "application/octet-stream"
+                async with self._sess().request(method, self.url + path + query_string(query), data=data,
+                                                headers={"Content-Type": content_type} if content_type else None
+                                                ) as response:
+                    payload = await response.read()
+                    status = response.status
         except aiohttp.ClientConnectionError as exc:
             raise unavailable(self.url, exc) from None
         if status >= 400:
-            if none_on_404 and status == 404:
+            if none_on_404 and status == 404 and is_miss(payload):
                 return None
             raise error_for(status, payload)
         return json.loads(payload)

@@ -8,31 +8,30 @@ cannot drift apart, and each transport is only a ``_request`` and a ``_lines`` i
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
-from envcache.errors import EnvcacheError, InvalidInput, NotFound
+from envcache.errors import Conflict, EnvcacheError, InvalidInput, NotFound
 from envcache.wire import DefinitionFiles, error_message
 
-if TYPE_CHECKING:  # not imported at run time: a cache hit from the CLI must load no parser
+TYPE_CHECKING = False  # typing is not imported at run time: README, "The fast hit path"
+if TYPE_CHECKING:  # nor a parser: a cache hit from the CLI must load none
+    from pathlib import Path
+    from typing import Any, Protocol
+
     from envcache import definition as spec
 
+    class HasDefinition(Protocol):
+        """Anything that can say what it is as envcache's definition document (the Azure-style
+        facade's ``Environment`` does). A protocol, so this module imports no facade class."""
 
-@runtime_checkable
-class HasDefinition(Protocol):
-    """Anything that can say what it is as envcache's definition document (the Azure-style
-    facade's ``Environment`` does). A protocol, so this module imports no facade class."""
+        def to_definition_dict(self) -> dict[str, Any]: ...
 
-    def to_definition_dict(self) -> dict[str, Any]: ...
+    class NamedVersion(Protocol):
+        """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
 
+        name: str
+        version: int | str | None
 
-class NamedVersion(Protocol):
-    """A registered environment named by an object (the facade's ``EnvironmentReference``)."""
-
-    name: str
-    version: int | str | None
-
-
-if TYPE_CHECKING:
     # What the calls accept as a definition; a path is sent as its files when it can be.
     DefinitionLike = dict[str, Any] | str | os.PathLike[str] | spec.Definition | HasDefinition | DefinitionFiles
     # ``environment=``: a registered environment's name (latest version), (name, version),
@@ -63,20 +62,41 @@ def unavailable(url: str, reason: object) -> DaemonUnavailable:
 
 
 def error_for(status: int, body: bytes) -> EnvcacheError:
-    """The daemon's JSON error as the matching EnvcacheError (400 → InvalidInput, 404 → NotFound)."""
+    """The daemon's JSON error as the matching EnvcacheError (400 → InvalidInput, 404 → NotFound,
+    409 → Conflict)."""
     found = error_message(body)
     message, data = found if found else (body.decode("utf-8", "replace")[:500] or f"HTTP {status}", {})
     if status in (400, 413):
         return InvalidInput(message)
     if status == 404:
         return NotFound(message)
+    if status == 409:
+        return Conflict(message)
     return RequestFailed(status, message, data if isinstance(data, dict) else None)
 
 
+class BuildFailure(EnvcacheError):
+    """A build the client waited for failed: ``build id: verdict`` on the first line, then the
+    failing step's error lines (pip's, conda's, the Dockerfile step's)."""
+
+    def __init__(self, build: dict[str, Any]) -> None:
+        error = build.get("error") or "build failed"
+        super().__init__(f"build {build['id']}: {error}")
+        self.build = build
+        self.verdict = error.splitlines()[0] if error.strip() else error
+
+
+def is_miss(body: bytes) -> bool:
+    """Is a 404 answer a lookup's miss (``"status": "miss"``), rather than something named that
+    does not exist (a registered environment, a version)?"""
+    found = error_message(body)
+    return found is not None and found[1].get("status") == "miss"
+
+
 def finished(build: dict[str, Any]) -> dict[str, Any]:
-    """``ensure_image``'s answer for a build that has ended; raises if it did not succeed."""
+    """``ensure_image``'s answer for a build that has ended; raises BuildFailure if it did not succeed."""
     if build["state"] != "succeeded":
-        raise EnvcacheError(f"build {build['id']} failed: {build['error']}")
+        raise BuildFailure(build)
     return {"status": build["outcome"], "image": build["image"], "build": build}
 
 
@@ -87,8 +107,9 @@ def definition_document(definition: DefinitionLike) -> dict[str, Any]:
     """
     if isinstance(definition, dict):
         return definition
-    if isinstance(definition, HasDefinition):
-        return definition.to_definition_dict()
+    to_definition = getattr(definition, "to_definition_dict", None)  # HasDefinition
+    if callable(to_definition):
+        return to_definition()
     from envcache import definition as spec
 
     if isinstance(definition, (str, os.PathLike)):
@@ -144,7 +165,8 @@ class Endpoints:
     url: str
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 query: dict[str, Any] | None = None, none_on_404: bool = False) -> Any:
+                 query: dict[str, Any] | None = None, none_on_404: bool = False, upload: Path | None = None) -> Any:
+        """One call; ``upload`` sends a file as the body (streamed, ``application/octet-stream``)."""
         raise NotImplementedError
 
     def health(self) -> Any:
@@ -152,7 +174,8 @@ class Endpoints:
 
     def resolve(self, definition: DefinitionLike | None = None, variant: str = "auto", *,
                 environment: EnvironmentRef | None = None) -> Any:
-        """The cached image document, or None on a miss (never builds)."""
+        """The cached image document, or None on a miss (never builds); NotFound when a named
+        environment or version does not exist."""
         body = {**_subject(definition, environment), "variant": variant}
         return self._request("POST", "/api/v1/resolve", body, none_on_404=True)
 
@@ -189,11 +212,35 @@ class Endpoints:
     def download_environment(self, name: str, version: int | None = None) -> Any:
         return self._request("GET", f"/api/v1/environments/{name}/download", query={"version": version})
 
+    def upload_wheel(self, path: str | os.PathLike[str]) -> Any:
+        """Upload a wheel file once: ``{"wheel": {…, "requirement"}, "created"}`` (created False
+        when the daemon already had these bytes)."""
+        from pathlib import Path
+
+        wheel = Path(path)
+        if not wheel.is_file():
+            raise InvalidInput(f"{wheel}: no such wheel file")
+        return self._request("POST", "/api/v1/wheels", query={"filename": wheel.name}, upload=wheel)
+
+    def wheels(self) -> Any:
+        return self._request("GET", "/api/v1/wheels")
+
+    def wheel(self, ref: str) -> Any:
+        """One wheel (by file name or sha256 digest) and what pins it."""
+        return self._request("GET", f"/api/v1/wheels/{quote(ref, safe=':')}")
+
+    def remove_wheel(self, ref: str) -> Any:
+        return self._request("DELETE", f"/api/v1/wheels/{quote(ref, safe=':')}")
+
     def warm(self, items: list[dict[str, Any]], variants: list[str] | None = None, concurrency: int = 4,
              refresh: bool = False) -> Any:
         """``items``: ``{"definition": …, "label": …}`` or ``{"environment": {name, version}}``."""
-        body = {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
-        return self._request("POST", "/api/v1/warm", body)
+        return self._request("POST", "/api/v1/warm", self.warm_body(items, variants, concurrency, refresh))
+
+    @staticmethod
+    def warm_body(items: list[dict[str, Any]], variants: list[str] | None, concurrency: int,
+                  refresh: bool) -> dict[str, Any]:
+        return {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
 
 
     def step(self, key: str) -> Any:

@@ -11,7 +11,7 @@ its imports to ``from envcache import …``.
     env.build(workspace=ws).wait_for_completion(show_output=True)
 
 Objects here are plain, mutable and offline; only ``register``/``get``/``list``/``build``/
-``build_local``/``get_image_details`` talk to the daemon (``workspace``: see
+``build_local``/``get_image_details``/``add_private_pip_wheel`` talk to the daemon (``workspace``: see
 :mod:`envcache.client.connection`). They convert to and from envcache's definition document, so
 everything the daemon accepts round-trips through them. Where Azure has a feature envcache has
 not, the call raises :class:`~envcache.errors.UnsupportedFeature` naming it. The differences are
@@ -33,7 +33,7 @@ from envcache.client.connection import connect
 from envcache.client.image_details import DockerImageDetails, ImageBuildDetails
 from envcache.client.sections import DockerSection, PythonSection, SparkSection
 from envcache.client.sync import Client
-from envcache.errors import EnvcacheError, InvalidInput, UnsupportedFeature
+from envcache.errors import Conflict, EnvcacheError, InvalidInput, UnsupportedFeature
 
 # How long build_local waits for the daemon's background pushes (each retried with backoff).
 PUSH_WAIT_SECONDS = 600.0
@@ -190,6 +190,19 @@ class Environment:
         registered environment (with its ``version``), as Azure does; this object is unchanged."""
         record = connect(workspace).register_environment(self.name, self.to_definition_dict())["environment"]
         return Environment._from_record(record)
+
+    @staticmethod
+    def add_private_pip_wheel(workspace: Any, file_path: str | os.PathLike[str], exist_ok: bool = False) -> str:
+        """Upload a wheel to the daemon (Azure: to the workspace's storage) and return what to
+        pass to ``CondaDependencies.add_pip_package``: ``name @ <daemon URL of the file>#sha256=…``,
+        which pins the wheel's bytes (so it hashes alike on every daemon). As in Azure, a wheel
+        that is already there raises unless ``exist_ok``."""
+        answer = connect(workspace).upload_wheel(file_path)
+        wheel = answer["wheel"]
+        if not answer["created"] and not exist_ok:
+            raise Conflict(f"private pip wheel {wheel['filename']} already exists ({wheel['digest']}); pass "
+                           "exist_ok=True to use it")
+        return str(wheel["requirement"])
 
     @staticmethod
     def get(workspace: Any, name: str, version: str | int | None = None, label: str | None = None) -> Environment:

@@ -2,6 +2,10 @@
 ``Environment.save_to_directory`` and ``az ml environment scaffold/download`` write it),
 ``conda_dependencies.yml`` and an optional ``BaseDockerfile`` — read and written.
 
+Azure's format has no variants. A definition with them gets one envcache file beside Azure's,
+``envcache_variants.yml`` (the ``variants`` mapping of envcache's own format), so a registered
+environment downloads and loads back whole; Azure's tools ignore a file they do not know.
+
 Azure fields envcache has no use for (``databricks``, ``r``, ``platform`` …) are accepted when
 they hold Azure's defaults and rejected otherwise: ignoring a non-default one would cache an
 image that is not what the user asked for.
@@ -19,12 +23,15 @@ from envcache.errors import DefinitionError
 from envcache.definition.conda_env import conda_dependencies_from_yaml, conda_env_to_dict
 from envcache.definition.files import atomic_write
 from envcache.definition.model import Definition
-from envcache.definition.reference import definition_from_dict
+from envcache.definition.reference import definition_from_dict, definition_to_dict
 from envcache.definition.sources import Located, load_json, load_yaml, read_text
 
 ENV_JSON = "azureml_environment.json"
 CONDA_YML = "conda_dependencies.yml"
 DOCKERFILE = "BaseDockerfile"
+VARIANTS_YML = "envcache_variants.yml"
+_VARIANTS_HEADER = ("# envcache extension: per-variant overrides (README, \"The definition format\"). Azure ML has\n"
+                    "# no variants; envcache reads this file beside azureml_environment.json.\n\n")
 
 # Per section: fields that map onto the model, and fields tolerated only with their default.
 _FIELDS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
@@ -86,7 +93,16 @@ def read_azure_dir(path: Path) -> Definition:
         if definition.docker.base_image is not None:
             raise DefinitionError(f"set either docker.baseImage or a {DOCKERFILE}, not both", source=source)
         definition.docker.base_dockerfile = read_text(dockerfile)
+    if (directory / VARIANTS_YML).is_file():
+        definition.variants = _read_variants(directory / VARIANTS_YML)
     return definition
+
+
+def _read_variants(path: Path) -> dict[str, Any]:
+    """The overrides in ``envcache_variants.yml``, checked as the ``variants`` of envcache's format."""
+    located = load_yaml(path)
+    return definition_from_dict({"variants": located.data}, source=located.source,
+                                locate=lambda field: located.locate(field.removeprefix("variants."))).variants
 
 
 def _convert(data: dict[str, Any], section: str, source: str) -> dict[str, Any]:
@@ -117,11 +133,9 @@ def _convert(data: dict[str, Any], section: str, source: str) -> dict[str, Any]:
 
 
 def write_azure_dir(defn: Definition, out_dir: Path | str) -> None:
-    """Write the Azure ML layout; ``read_azure_dir`` gives back an identical definition."""
+    """Write the Azure ML layout (and the variants beside it); ``read_azure_dir`` gives back an
+    identical definition."""
     out = Path(out_dir)
-    if defn.variants:
-        raise DefinitionError("the Azure ML format has no variants; remove 'variants' (or convert to yaml/json)",
-                              location="variants")
     docker = defn.docker
     registry = docker.base_image_registry
     data = {
@@ -162,4 +176,9 @@ def write_azure_dir(defn: Definition, out_dir: Path | str) -> None:
         atomic_write(out / DOCKERFILE, docker.base_dockerfile)
     else:
         (out / DOCKERFILE).unlink(missing_ok=True)
+    if defn.variants:
+        variants = definition_to_dict(defn)["variants"]
+        atomic_write(out / VARIANTS_YML, _VARIANTS_HEADER + yaml.safe_dump(variants, sort_keys=False))
+    else:
+        (out / VARIANTS_YML).unlink(missing_ok=True)
     atomic_write(out / ENV_JSON, json.dumps(data, indent=4) + "\n")

@@ -24,13 +24,16 @@ from packaging.utils import canonicalize_name, canonicalize_version
 from envcache.errors import DefinitionError
 from envcache.definition.dockerfile import dockerfile_base_image, normalise_dockerfile
 from envcache.definition.model import Definition, VariantOverride, redact_url_credentials
+from envcache.definition.wheel import PinnedWheel, pinned_wheel
 from envcache.oci import is_registry_host, names_registry, parse_reference, registry_host
 
 # Bump whenever a rule below changes what bytes a definition canonicalises to: it is part of the
 # hashed bytes, so old hashes can never be confused with new ones.
 # 2: PEP 440 zero padding for ==, !=, <, <=, >, >=; ~= and prefix operands as written; index URLs
 #    as pip joins them; conda version clauses ordered; base_image_registry.address is content.
-CANONICAL_VERSION = 2
+# 3: a direct reference to a wheel pinned by ``#sha256=`` is its file name and digest, wherever it
+#    is served from (bare wheel URLs included).
+CANONICAL_VERSION = 3
 
 # --------------------------------------------------------------------------------------- pip
 
@@ -38,7 +41,8 @@ CANONICAL_VERSION = 2
 @dataclass
 class PipRequirement:
     """A parsed pip entry. Named requirements are merged by (name, url, marker); anything pip
-    accepts that is not PEP 508 (VCS URLs, paths, ``-e``) is kept verbatim as ``verbatim``."""
+    accepts that is not PEP 508 (VCS URLs, paths, ``-e``) is kept verbatim as ``verbatim``. A
+    wheel pinned by its sha256 has its location-free spelling as ``url`` and itself as ``wheel``."""
 
     name: str | None = None
     extras: set[str] = field(default_factory=set)
@@ -47,6 +51,7 @@ class PipRequirement:
     marker: str | None = None
     hashes: set[str] = field(default_factory=set)
     verbatim: str | None = None
+    wheel: PinnedWheel | None = None
 
     @property
     def merge_key(self) -> tuple[str | None, ...]:
@@ -71,6 +76,7 @@ class PipRequirement:
 
 
 _HASH_OPTION = re.compile(r"\s--hash[=\s]\s*(\S+)")
+_BARE_URL = re.compile(r"(?i:https?|file)://\S+")
 _NOT_PEP508 = re.compile(r"^(-e\s|--editable[\s=]|[A-Za-z][A-Za-z0-9+.\-]*://|git\+|hg\+|svn\+|bzr\+|\.|/|~)")
 
 
@@ -99,6 +105,10 @@ def _parse_pip_requirement(entry: str) -> PipRequirement:
         if ":" not in digest:
             raise ValueError(f"--hash value {digest!r} must be 'algorithm:hexdigest'")
     text = redact_url_credentials(text)
+    # A bare URL of a pinned wheel is what pip makes of it: the project its file name says.
+    wheel = pinned_wheel(text) if _BARE_URL.fullmatch(text) else None
+    if wheel is not None:
+        return PipRequirement(name=wheel.name, url=wheel.canonical_url, hashes=hashes, wheel=wheel)
     if _NOT_PEP508.match(text):
         return PipRequirement(verbatim=" ".join(text.split()), hashes=hashes)
     try:
@@ -106,13 +116,15 @@ def _parse_pip_requirement(entry: str) -> PipRequirement:
     except InvalidRequirement as exc:
         raise ValueError(f"invalid pip requirement {entry.strip()!r}: {_first_line(exc)}") from None
     specifiers = {_normalise_specifier(spec) for spec in req.specifier}
+    wheel = pinned_wheel(req.url, req.name) if req.url else None
     return PipRequirement(
         name=canonicalize_name(req.name),
         extras={canonicalize_name(extra) for extra in req.extras},
         specifiers=specifiers,
-        url=req.url.strip() if req.url else None,
+        url=wheel.canonical_url if wheel else req.url.strip() if req.url else None,
         marker=str(req.marker) if req.marker else None,
         hashes=hashes,
+        wheel=wheel,
     )
 
 
@@ -151,6 +163,46 @@ def canonical_pip_packages(entries: list[str]) -> list[str]:
         else:
             merged[req.merge_key] = req
     return sorted(req.render() for req in merged.values())
+
+
+def pinned_wheels(defn: Definition) -> list[PinnedWheel]:
+    """Every wheel ``defn`` pins by digest, its variants' included, once each, in order."""
+    entries = [*defn.python.conda_dependencies.pip_packages,
+               *(entry for override in defn.variants.values() for entry in override.pip_packages)]
+    found: dict[str, PinnedWheel] = {}
+    for entry in entries:
+        wheel = parse_pip_requirement(entry).wheel
+        if wheel is not None:
+            found.setdefault(wheel.digest, wheel)
+    return list(found.values())
+
+
+def wheel_digests(document: Any) -> set[str]:
+    """Digests of the wheels pinned in a stored document: a definition as ``definition_to_dict``
+    writes it, or a canonical form — every ``pip_packages`` list at any depth (variants too).
+    What gc and wheel removal read from registered environments and cached images."""
+    found: set[str] = set()
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "pip_packages" and isinstance(value, list):
+                    found.update(_wheel_digest(entry) for entry in value if isinstance(entry, str))
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    found.discard("")
+    return found
+
+
+def _wheel_digest(entry: str) -> str:
+    try:
+        wheel = parse_pip_requirement(entry).wheel
+    except ValueError:  # stored documents were validated; a bad one pins nothing
+        return ""
+    return wheel.digest if wheel is not None else ""
 
 
 def pip_package_name(entry: str) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 from envcache.errors import DefinitionError
 from envcache.definition.canonical import canonical_channel, canonical_conda_package, canonical_pip_option, parse_pip_requirement
 from envcache.definition.model import CondaDependencies, Definition, PythonSection
+from envcache.definition.requirements import Includes, read_requirements
 from envcache.definition.sources import Located, load_yaml
 
 CONDA_FIELDS = ("name", "channels", "dependencies", "variables", "prefix")
@@ -44,6 +45,7 @@ def conda_dependencies_from_yaml(located: Located, base_dir: Path) -> tuple[Cond
     for index, channel in enumerate(channels):
         _check(canonical_channel, channel, f"channels[{index}]", fail)
     deps = CondaDependencies(channels=channels)
+    includes = Includes()  # every ``-r`` of the pip list shares one budget; a file is read once
     raw_deps = data.get("dependencies") or []
     if not isinstance(raw_deps, list):
         raise fail("dependencies", "expected a list of packages")
@@ -52,7 +54,7 @@ def conda_dependencies_from_yaml(located: Located, base_dir: Path) -> tuple[Cond
         if isinstance(entry, dict):
             if set(entry) != {"pip"}:
                 raise fail(path, f"unknown nested list {', '.join(map(str, entry))!r}; only 'pip:' is supported")
-            _read_pip_list(entry["pip"], f"{path}.pip", deps, base_dir, fail)
+            _read_pip_list(entry["pip"], f"{path}.pip", deps, base_dir, includes, fail)
         elif isinstance(entry, str):
             _check(canonical_conda_package, entry, path, fail)
             deps.conda_packages.append(entry)
@@ -70,9 +72,8 @@ def conda_dependencies_from_yaml(located: Located, base_dir: Path) -> tuple[Cond
     return deps, variables, str(name) if name is not None else None
 
 
-def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: Path, fail: Any) -> None:
-    from envcache.definition.requirements import read_requirements
-
+def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: Path, includes: Includes,
+                   fail: Any) -> None:
     if not isinstance(entries, list):
         raise fail(path, "expected a list of pip requirements")
     for index, entry in enumerate(entries):
@@ -83,7 +84,7 @@ def _read_pip_list(entries: Any, path: str, deps: CondaDependencies, base_dir: P
         option = text.split(None, 1)[0] if text else ""
         included = pip_include(text)
         if included is not None:
-            packages, options = read_requirements(base_dir / included)
+            packages, options = read_requirements(base_dir / included, includes)
             deps.pip_packages.extend(packages)
             deps.pip_options.extend(options)
         elif text.startswith("-") and option not in ("-e", "--editable") and not text.startswith("--editable="):

@@ -8,10 +8,10 @@ not required would silently vanish, so that is an error that says what to do). G
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from envcache.errors import DefinitionError
 from envcache.definition.canonical import canonical_pip_option, parse_pip_requirement
@@ -21,40 +21,72 @@ from envcache.definition.sources import read_text
 T = TypeVar("T")
 
 
+#: A definition reads at most this many requirements files (its own and every include) ...
+MAX_FILES = 64
+#: ... holding at most this many bytes in all. Far beyond any real definition; what they bound
+#: is the work one request (or one ``envcache hash``) can cause.
+MAX_BYTES = 8 * 1024 * 1024
+
+
+class Includes:
+    """The requirements files one definition has read so far, shared by all its includes.
+
+    WHY: pip follows ``-r``/``-c`` blindly, so two files that include each other (or a file
+    that includes itself twice) recurse until the stack runs out, and a diamond of includes
+    (``a`` includes ``b`` and ``c``, both include ``d``, and so on 20 levels down) reads the
+    bottom file a million times. The definition is a set of requirements plus ordered options,
+    so a file read again adds nothing: each file is read once per role (requirement or
+    constraint), at its first include; an include of a file that is still being read is a
+    cycle and an error; and the number and size of the files are capped.
+    """
+
+    def __init__(self) -> None:
+        self.read: set[tuple[str, bool]] = set()   # (real path, read as constraints)
+        self.files = 0
+        self.bytes = 0
+
+    def first_visit(self, path: Path, constraint: bool) -> bool:
+        """Count ``path`` against the caps; False when it was read in this role already."""
+        key = (os.path.realpath(path), constraint)
+        if key in self.read:
+            return False
+        self.read.add(key)
+        self.files += 1
+        try:
+            self.bytes += path.stat().st_size
+        except OSError:
+            pass  # the parser reports the unreadable file
+        if self.files > MAX_FILES:
+            raise DefinitionError(f"the requirements files include more than {MAX_FILES} files", source=str(path))
+        if self.bytes > MAX_BYTES:
+            raise DefinitionError(f"the requirements files hold more than {MAX_BYTES} bytes", source=str(path))
+        return True
+
+
 def load_requirements(path: Path) -> Definition:
     packages, options = read_requirements(path)
     return Definition(python=PythonSection(conda_dependencies=CondaDependencies(pip_packages=packages, pip_options=options)))
 
 
-def read_requirements(path: Path) -> tuple[list[str], list[str]]:
-    """Return (pip packages, pip options) of a requirements file and its includes."""
-    from pip_requirements_parser import RequirementsFile, dumps_global_options
+def read_requirements(path: Path, includes: Includes | None = None) -> tuple[list[str], list[str]]:
+    """Return (pip packages, pip options) of a requirements file and its includes.
 
-    _check_includes(path, set())  # clear "file not found" with the including line, before the parser
-    try:
-        parsed = RequirementsFile.from_file(str(path), include_nested=True)
-    except Exception as exc:  # the parser raises plain exceptions for unreadable includes
-        raise DefinitionError(f"cannot read requirements: {_one_line(exc)}", source=str(path)) from None
-    for invalid in parsed.invalid_lines:
-        message = _one_line(invalid.error_message).replace("pip_requirements_parser: error: ", "")
-        message = message.replace("Invalid requirement: : ", f"invalid pip requirement {invalid.line.strip()!r}: ")
-        raise DefinitionError(message, source=invalid.filename, location=f"line {invalid.line_number}")
+    ``includes``: what the definition has read already (a conda file's ``pip:`` list may
+    include several files); a file read before adds nothing.
+    """
+    lines: list[_Line] = []
+    _read(str(path), False, includes or Includes(), [], lines)
     options: list[str] = []
-    for option in parsed.options:
-        given = {k: v for k, v in option.options.items() if k not in ("requirements", "constraints")}
-        if not given:
-            continue
-        text = dumps_global_options(given)
-        _checked(canonical_pip_option, text, option.filename, option.line_number)
-        options.append(text)
     packages: list[str] = []
     markers: dict[str | None, list[str | None]] = {}  # name → markers of the requirements naming it
     constraints = []
-    for req in parsed.requirements:
-        text = _requirement_text(req.line)
-        parsed_req = _checked(parse_pip_requirement, text, req.filename, req.line_number)
+    for item in lines:
+        if isinstance(item, str):
+            options.append(item)
+            continue
+        req, text, parsed_req = item
         if req.is_constraint:
-            constraints.append((req, text, parsed_req))
+            constraints.append(item)
             continue
         markers.setdefault(parsed_req.name, []).append(parsed_req.marker)
         packages.append(text)
@@ -74,23 +106,61 @@ def read_requirements(path: Path) -> tuple[list[str], list[str]]:
     return packages, options
 
 
-_INCLUDE = re.compile(r"^\s*(?:-r|--requirement|-c|--constraint)(?:\s*=\s*|\s+)(\S+)")
+#: What one line of a requirements file contributes: an option's text, or a requirement
+#: (the parser's record, its text, and the text parsed).
+_Line = str | tuple[Any, str, Any]
 
 
-def _check_includes(path: Path, seen: set[Path]) -> None:
-    """Every ``-r``/``-c`` target must exist; report the including file and line if not."""
-    resolved = path.resolve()
-    if resolved in seen:
+def _read(filename: str, constraint: bool, includes: Includes, stack: list[str], out: list[_Line]) -> None:
+    """Read one file with pip's grammar (pip-requirements-parser), following its includes in
+    place, as pip does: an include's lines come where the include is written."""
+    from pip_requirements_parser import InstallRequirement, InvalidRequirementLine, OptionLine, RequirementsFile
+
+    if not includes.first_visit(Path(filename), constraint):
         return
-    seen.add(resolved)
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        match = _INCLUDE.match(line)
-        if match:
-            target = path.parent / match.group(1)
-            if not target.is_file():
-                raise DefinitionError(f"included file not found: {match.group(1)}", source=str(path),
-                                      location=f"line {number}")
-            _check_includes(target, seen)
+    read_text(Path(filename))  # a clear "file not found" / "not UTF-8" before the parser's own words
+    stack.append(os.path.realpath(filename))
+    try:
+        for item in RequirementsFile.parse(filename=filename, include_nested=False, is_constraint=constraint):
+            if isinstance(item, InvalidRequirementLine):
+                message = _one_line(item.error_message).replace("pip_requirements_parser: error: ", "")
+                message = message.replace("Invalid requirement: : ", f"invalid pip requirement {item.line.strip()!r}: ")
+                raise DefinitionError(message, source=item.filename, location=f"line {item.line_number}")
+            if isinstance(item, OptionLine):
+                _option_line(filename, item, includes, stack, out)
+            elif isinstance(item, InstallRequirement):
+                text = _requirement_text(item.line)
+                out.append((item, text, _checked(parse_pip_requirement, text, item.filename, item.line_number)))
+    except DefinitionError:
+        raise
+    except Exception as exc:  # the parser raises plain exceptions for unreadable files
+        raise DefinitionError(f"cannot read requirements: {_one_line(exc)}", source=filename) from None
+    finally:
+        stack.pop()
+
+
+def _option_line(filename: str, line: Any, includes: Includes, stack: list[str], out: list[_Line]) -> None:
+    """An include is followed where it is written; the line's other options come after it."""
+    from pip_requirements_parser import dumps_global_options
+
+    options = line.options
+    nested = options.get("requirements") or options.get("constraints")
+    if nested:
+        # As pip: an include line reads only the first file it names (``-r a -r b`` reads a).
+        target = os.path.join(os.path.dirname(filename), nested[0])  # joined as pip joins it
+        where = f"line {line.line_number}"
+        if not os.path.isfile(target):
+            raise DefinitionError(f"included file not found: {nested[0]}", source=filename, location=where)
+        if os.path.realpath(target) in stack:
+            chain = stack[stack.index(os.path.realpath(target)):]
+            names = " -> ".join(os.path.basename(p) for p in [*chain, target])
+            raise DefinitionError(f"include cycle: {names}", source=filename, location=where)
+        _read(target, not options.get("requirements"), includes, stack, out)
+    given = {k: v for k, v in options.items() if k not in ("requirements", "constraints")}
+    if given:
+        text = dumps_global_options(given)
+        _checked(canonical_pip_option, text, line.filename, line.line_number)
+        out.append(text)
 
 
 def _requirement_text(line: str) -> str:

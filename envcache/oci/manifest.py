@@ -12,6 +12,7 @@ Stricter callers (an upstream copy trusts nothing) use :meth:`Manifest.check_siz
 
 from __future__ import annotations
 
+import base64
 import json
 import platform as _platform
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +21,7 @@ from typing import Any
 
 from envcache.errors import InvalidInput
 from envcache.oci.digest import digest_bytes, is_digest
-from envcache.oci.media import INDEX_TYPES, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
+from envcache.oci.media import EMPTY_JSON, INDEX_TYPES, OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST
 
 
 class ManifestInvalid(InvalidInput):
@@ -178,6 +179,21 @@ def image_manifest(config: bytes, layers: list[Descriptor], annotations: Mapping
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": digest_bytes(config), "size": len(config)},
         "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size} for layer in layers],
+        "annotations": dict(annotations),
+    })
+
+
+def artifact_manifest(artifact_type: str, blobs: list[Descriptor], annotations: Mapping[str, str]) -> bytes:
+    """An OCI 1.1 artifact: ``artifactType``, the empty config (its bytes inline, as ``data``) and
+    ``blobs`` as layers, each with its annotations (``org.opencontainers.image.title`` names the
+    file ``oras pull`` writes). No timestamp, so equal content is an equal digest everywhere."""
+    return dumps_manifest({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": OCI_EMPTY, "digest": digest_bytes(EMPTY_JSON), "size": len(EMPTY_JSON),
+                   "data": base64.b64encode(EMPTY_JSON).decode()},
+        "layers": [blob.to_json() for blob in blobs],
         "annotations": dict(annotations),
     })
 

@@ -7,6 +7,12 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+#: OCI 1.1's empty descriptor (the config of an artifact that has none): the two bytes ``{}``.
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+#: A private wheel as an OCI artifact (``envcache/wheel:<sha256 hex>``): one layer, the wheel file.
+WHEEL_ARTIFACT = "application/vnd.envcache.wheel.v1"
+WHEEL_MEDIA = "application/vnd.envcache.wheel.v1+zip"
 
 #: Documents that list other manifests (one per platform).
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)

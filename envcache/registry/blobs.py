@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
+from envcache.registry import body
 from envcache.registry.errors import (
     API_VERSION_HEADER,
     RegistryError,
@@ -29,7 +30,7 @@ from envcache.store import DigestMismatch, SizeMismatch, Store, UploadSession
 
 # ASCII digits, at most 19 (an int64 offset): "\d+" took any Unicode digit and any length,
 # and int() of thousands of digits raises instead of answering 400.
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})$")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})")
 
 
 @dataclass
@@ -143,7 +144,7 @@ async def start_upload(request: web.Request, store: Store, state: UploadState, n
     elif "digest" in query:
         digest = _check_digest(query["digest"])
         try:
-            digest, _ = await store.write_blob(request.content.iter_any(), digest, request.content_length,
+            digest, _ = await store.write_blob(body.chunks(request), digest, request.content_length,
                                                repository=name)
         except DigestMismatch as exc:
             raise digest_invalid(str(exc)) from None
@@ -222,7 +223,7 @@ async def _append(request: web.Request, store: Store, state: UploadState, sessio
     declared = request.content_length
     content_range = request.headers.get("Content-Range")
     if content_range is not None:
-        match = _CONTENT_RANGE.match(content_range.strip())
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
         if not match:
             raise RegistryError(400, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {content_range[:100]!r}")
         start, end = int(match.group(1)), int(match.group(2))
@@ -240,7 +241,7 @@ async def _append(request: web.Request, store: Store, state: UploadState, sessio
     if progress is not None and progress.offset != session.offset:
         progress = None
     try:
-        offset = await store.append_upload(session, request.content.iter_any(),
+        offset = await store.append_upload(session, body.chunks(request),
                                            hasher=progress.hasher if progress else None, expected_size=declared)
     except SizeMismatch as exc:
         state.progress.pop(session.id, None)

@@ -8,7 +8,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import CIMultiDict
 
+from envcache.registry.body import read_limited
 from envcache.registry.errors import (
     API_VERSION_HEADER,
     RegistryError,
@@ -63,9 +65,7 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
     media_type = request.headers.get("Content-Type", "").split(";")[0].strip()
     if not media_type:
         raise RegistryError(400, "MANIFEST_INVALID", "a Content-Type header naming the manifest media type is required")
-    if (request.content_length or 0) > MAX_MANIFEST_SIZE:
-        raise _too_large(request.content_length or 0)
-    body = await _read_limited(request)
+    body = await read_limited(request, MAX_MANIFEST_SIZE, _too_large)
     try:
         digest = await store.put_manifest(name, reference, body, media_type, tags=extra_tags)
     except DigestMismatch as exc:
@@ -75,24 +75,14 @@ async def put_manifest(request: web.Request, store: Store, name: str, reference:
                             {"digest": exc.digest}) from None
     except ManifestInvalid as exc:
         raise RegistryError(400, "MANIFEST_INVALID", str(exc)) from None
-    headers = {**API_VERSION_HEADER, "Location": f"/v2/{name}/manifests/{digest}",
-               "Docker-Content-Digest": digest}
+    headers = CIMultiDict({**API_VERSION_HEADER, "Location": f"/v2/{name}/manifests/{digest}",
+                           "Docker-Content-Digest": digest})
     manifest = await store.get_manifest(name, digest, with_body=False)
     if manifest is not None and manifest.subject:
         headers["OCI-Subject"] = manifest.subject
+    for tag in extra_tags:  # the spec: one OCI-Tag per tag accepted with ?tag=
+        headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
-
-
-async def _read_limited(request: web.Request) -> bytes:
-    """The body, refusing (413) as soon as it grows past the limit (chunked bodies have no length)."""
-    parts: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > MAX_MANIFEST_SIZE:
-            raise _too_large(total)
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _too_large(size: int) -> RegistryError:

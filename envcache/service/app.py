@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import warnings
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from envcache.builder.build import build_image, stage_keys_for
-from envcache.builder.errors import EngineUnavailable
 from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
-from envcache.service import auth, dashboard, views
+from envcache.service import auth, dashboard, logs, views
 from envcache.service.activity import Activity
 from envcache.service.bases import BaseDigestResolver, local_engine, own_registry
 from envcache.service.config import Config
@@ -30,10 +30,14 @@ from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
 from envcache.service.pipelines import PipelineRuns, StepRunner
+from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
+from envcache.service.wheels import Wheels
 from envcache.store import Store, open_store
 from envcache.upstream.base import BasePuller, remote_registry, stored_copy
 from envcache.upstream.source import UpstreamSource
+
+log = logging.getLogger(__name__)
 
 #: How often batched last-used, read times and activity counts are written (the hit path and reads never write).
 FLUSH_INTERVAL = 10.0
@@ -46,8 +50,10 @@ async def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     store = await open_store(config.storage.settings(config.server.data_dir))
     try:
-        # Auth first: it refuses an unsafe bind and installs the token middleware before any
-        # route can answer.
+        # The request id first, so every answer (a refusal too) carries it; then auth, which
+        # refuses an unsafe bind and installs the token middleware before any route can answer.
+        app.middlewares.append(logs.request_ids)
+        app.on_response_prepare.append(logs.answer_request_id)
         auth.setup(app, config)
         parts = _assemble(app, config, store)
     except BaseException:
@@ -68,7 +74,8 @@ async def create_app(config: Config) -> web.Application:
 
 
 def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
-    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl))
+    uploads = registry.setup(app, store, upload_ttl=float(config.registry.upload_session_ttl),
+                             body_timeout=float(config.server.body_timeout))
     engine = EngineHandle(config.build)
     stored_base = stored_copy(store)
     upstreams = list(config.upstreams)
@@ -95,16 +102,15 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     resolvers = [own_registry(store, own_hosts), local_engine(engine_image_id), puller, remote_registry]
 
     async def build(prepared: Prepared, log: LogFn) -> BuiltLike:
-        found = await engine.get()
-        if found is None:
-            raise EngineUnavailable(
-                "no container engine available to build this image: install Docker (and start dockerd) or "
-                "buildah, or set [build] engine / docker_host in the daemon config")
+        # Detected again now: an engine installed or started after the daemon is found.
+        found, version = await engine.ready()
+        log(f"envcache: building with {found.name} {version}")
         # Bases the engine lacks are loaded from their pulled-through copy in the store.
         return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
 
     metrics = Metrics(Activity(store.activity))
+    offload = Offload()
 
     async def on_build_done(finished: Build, seconds: float) -> None:
         metrics.build_done((finished.outcome or "built") if finished.state == "succeeded" else "failed", seconds)
@@ -115,21 +121,26 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         builder=build, recipe_version=RECIPE_VERSION,
         variant_bases={name: v.base_image for name, v in config.variants.items()},
         concurrency=config.build.concurrency, sources=[upstream] if upstream.pull_upstreams else [],
-        on_build_done=on_build_done, track_tags=True,
+        on_build_done=on_build_done, track_tags=True, offload=offload,
     )
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)
     environments = Environments(store.environments)
-    definitions = Definitions(environments)
+    # A new wheel goes to the push upstreams at once: other daemons may build with it before
+    # anything that pins it is built here.
+    wheels = Wheels(store, on_added=upstream.push_wheel if upstream.push_upstreams else None)
+    definitions = Definitions(environments, offload)
     pipelines = PipelineRuns(StepRunner(store, engine.get, ensurer, definitions, pull=upstream.try_pull_step,
                                        push=upstream.push_step, settings=config.pipeline))
     return Daemon(config, store, engine, resolvers, ensurer, environments, definitions, upstream,
-                  puller, uploads, metrics, pipelines)
+                  puller, uploads, metrics, offload, wheels, pipelines)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Start-up work and background loops; at cleanup the upstream tier stops and the store closes."""
     parts = app[DAEMON]
+    engine = await parts.engine.state()  # detected at start: the serve banner and the log say which
+    log.info("build %s", engine.describe())
     await parts.ensurer.start()
     await parts.upstream.pushes.resume(parts.upstream.upstreams)
     loops = [asyncio.create_task(_expire_uploads(parts)), asyncio.create_task(_flush_last_used(parts))]
@@ -138,8 +149,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    parts.offload.close()
     await parts.upstream.aclose()
     await parts.puller.aclose()
+    await parts.engine.close()
     await parts.metrics.activity.flush()
     await parts.store.close()
 

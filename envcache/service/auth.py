@@ -28,7 +28,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from envcache.errors import InvalidInput
-from envcache.service.config import Config, check_bind
+from envcache.service.config import Config, check_bind, check_token
+from envcache.service.logs import set_token_name
 
 READ, WRITE = "read", "write"
 #: The dashboard's login form.
@@ -46,20 +47,20 @@ _READ_POSTS = {"/api/v1/resolve"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _tokens(config: Config) -> dict[str, set[str]]:
-    """token → scopes, from ``config.auth.tokens``.
+def _tokens(config: Config) -> dict[str, tuple[str, set[str]]]:
+    """token → (name, scopes), from ``config.auth.tokens``; an unnamed token is ``token-<n>``
+    (its place in the list, from 1), the name the access log shows instead of the token.
 
     Checked again here because a Config can be built in code (embedders, tests), not only
     through ``config_from_dict``, and a bad token must stop the daemon, not weaken it.
     """
-    result: dict[str, set[str]] = {}
-    for item in config.auth.tokens:
-        if not item.token:
-            raise InvalidInput("auth.tokens: every entry needs a non-empty 'token'")
+    result: dict[str, tuple[str, set[str]]] = {}
+    for number, item in enumerate(config.auth.tokens, start=1):
+        check_token(item.token, f"auth.tokens[{number - 1}]")
         bad = set(item.scopes) - {READ, WRITE}
         if bad:
             raise InvalidInput(f"auth.tokens: unknown scope(s) {sorted(bad)}; valid scopes are 'read' and 'write'")
-        result[item.token] = set(item.scopes)
+        result[item.token] = (item.name or f"token-{number}", set(item.scopes))
     return result
 
 
@@ -94,17 +95,17 @@ def presented_token(request: web.Request) -> str | None:
 class TokenAuth:
     """The token check shared by the JSON API and /v2, and the Docker token-flow endpoint."""
 
-    def __init__(self, tokens: dict[str, set[str]]) -> None:
+    def __init__(self, tokens: dict[str, tuple[str, set[str]]]) -> None:
         self._tokens = tokens
 
-    def scopes_of(self, token: str | None) -> set[str] | None:
-        """Scopes of a valid token (compared in constant time), None for an invalid one."""
+    def lookup(self, token: str | None) -> tuple[str, set[str]] | None:
+        """(name, scopes) of a valid token (compared in constant time), None for an invalid one."""
         if not token:
             return None
-        found: set[str] | None = None
-        for known, scopes in self._tokens.items():
+        found: tuple[str, set[str]] | None = None
+        for known, entry in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.encode()):
-                found = scopes
+                found = entry
         return found
 
     def _deny(self, request: web.Request, status: int, message: str) -> web.Response:
@@ -130,9 +131,11 @@ class TokenAuth:
         scope = required_scope(request)
         if scope is None:
             return await handler(request)
-        scopes = self.scopes_of(presented_token(request))
-        if scopes is None:
+        found = self.lookup(presented_token(request))
+        if found is None:
             return self._deny(request, 401, "authentication required: present a valid token")
+        name, scopes = found
+        set_token_name(request, name)
         if scope not in scopes:
             return self._deny(request, 403, f"this token lacks the {scope!r} scope")
         return await handler(request)
@@ -140,7 +143,7 @@ class TokenAuth:
     async def token_endpoint(self, request: web.Request) -> web.Response:
         """The Docker token flow's realm: Basic credentials in, a Bearer token out."""
         token = presented_token(request)
-        if self.scopes_of(token) is None:
+        if self.lookup(token) is None:
             return web.json_response(
                 {"errors": [{"code": "UNAUTHORIZED", "message": "invalid credentials: use the token as password"}]},
                 status=401, headers={"WWW-Authenticate": 'Basic realm="envcache"'},

@@ -32,7 +32,7 @@ from envcache.store.interfaces import BaseDigests
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
 Resolver = Callable[[str], Awaitable[str | None]]
 
-_DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})$")
+_DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})\Z")  # \Z: "$" also matches before a final newline
 
 
 class BaseImageUnresolvable(EnvcacheError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +39,23 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5050
     data_dir: Path = field(default_factory=_default_data_dir)
+    # TLS on the daemon's own port: a PEM certificate (chain) and its key; both or neither.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    # A connection must send a complete request's headers within this many seconds of opening
+    # or of its previous response (idle keep-alive connections and half-sent headers alike).
+    idle_timeout: int = 60
+    # A request body that sends nothing for this many seconds is answered 408 and dropped.
+    body_timeout: int = 60
+    # Connections served at once; more are answered 503 at once. 0: half the open-file limit.
+    max_connections: int = 0
 
 
 @dataclass
 class Token:
     token: str
     scopes: list[str] = field(default_factory=lambda: ["read", "write"])
+    name: str | None = None   # what the access log shows; unset: token-<n>, its place in the list
 
 
 @dataclass
@@ -74,6 +86,19 @@ class RegistryConfig:
     upload_session_ttl: int = 3600
 
 
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class LogConfig:
+    """``[log]``: the daemon's log (the access log and its own messages)."""
+
+    format: str = "json"        # one of LOG_FORMATS
+    level: str = "info"         # one of LOG_LEVELS; "warning" and above turn the access log off
+    file: str | None = None     # unset: stderr
+
+
 @dataclass
 class StorageConfig:
     # New blob writes are refused (507 Insufficient Storage) when they would leave less than this
@@ -94,13 +119,16 @@ class Config:
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     # Shared registries to pull from / push to; their model and validation live in envcache.upstream.config.
     upstreams: list[Upstream] = field(default_factory=list)
 
 
-_CHOICES = {("build", "engine"): set(ENGINES), ("build", "compression"): set(COMPRESSIONS)}
+_CHOICES = {("build", "engine"): set(ENGINES), ("build", "compression"): set(COMPRESSIONS),
+            ("log", "format"): set(LOG_FORMATS), ("log", "level"): set(LOG_LEVELS)}
 _SCOPES = {"read", "write"}
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def load_config(path: Path | str | None = None) -> Config:
@@ -156,7 +184,7 @@ def _section(cls: type, name: str, values: dict[str, Any], source: str) -> Any:
         allowed = _CHOICES.get((name, key))
         if allowed and value not in allowed:
             raise InvalidInput(f"{source}: {name}.{key} must be one of {', '.join(sorted(allowed))}, not {value!r}")
-        if expected == (int,) and value < (0 if key == "port" else 1):
+        if expected == (int,) and value < (0 if key in ("port", "max_connections") else 1):
             raise InvalidInput(f"{source}: {name}.{key} must be positive")
         setattr(instance, key, Path(value) if isinstance(default, Path) else value)
     return instance
@@ -166,18 +194,44 @@ def _tokens(section: dict[str, Any], source: str) -> list[Token]:
     unknown = set(section) - {"tokens"}
     if unknown:
         raise InvalidInput(f"{source}: unknown key auth.{sorted(unknown)[0]}; valid keys: tokens")
-    tokens = []
+    tokens: list[Token] = []
     for index, item in enumerate(section.get("tokens", [])):
         where = f"{source}: auth.tokens[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("token"), str) or not item["token"]:
             raise InvalidInput(f"{where} must be a table with a non-empty string 'token'")
-        if set(item) - {"token", "scopes"}:
-            raise InvalidInput(f"{where}: unknown key {sorted(set(item) - {'token', 'scopes'})[0]}; valid keys: scopes, token")
+        check_token(item["token"], where)
+        if set(item) - {"token", "scopes", "name"}:
+            raise InvalidInput(f"{where}: unknown key {sorted(set(item) - {'token', 'scopes', 'name'})[0]}; "
+                               "valid keys: name, scopes, token")
         scopes = item.get("scopes", ["read", "write"])
         if not isinstance(scopes, list) or not scopes or not set(scopes) <= _SCOPES:
             raise InvalidInput(f"{where}.scopes must be a non-empty list of 'read' and 'write'")
-        tokens.append(Token(token=item["token"], scopes=list(scopes)))
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name)):
+            raise InvalidInput(f"{where}.name must be 1 to 64 letters, digits, '.', '_' or '-'")
+        if name is not None and name in {t.name for t in tokens}:
+            raise InvalidInput(f"{where}.name {name!r} is used twice; names tell tokens apart in the access log")
+        tokens.append(Token(token=item["token"], scopes=list(scopes), name=name))
     return tokens
+
+
+MIN_TOKEN_LENGTH = 32
+
+
+def check_token(token: str, where: str) -> None:
+    """Refuse a token an attacker could guess or a client could not send as written.
+
+    32 characters of ``openssl rand -hex 16`` are 128 bits; anything shorter in a config file is
+    a placeholder or a password. Clients strip the header value, so surrounding whitespace (or
+    a token of nothing else) would never match.
+    """
+    if not token.strip():
+        raise InvalidInput(f"{where}: the token is empty or only whitespace")
+    if token != token.strip():
+        raise InvalidInput(f"{where}: the token starts or ends with whitespace, which clients cannot send")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidInput(f"{where}: the token has {len(token)} characters; use at least {MIN_TOKEN_LENGTH} "
+                           "random ones (e.g. `openssl rand -hex 32`)")
 
 
 def _variants(section: dict[str, Any], source: str) -> dict[str, VariantConfig]:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,8 +37,10 @@ import msgspec
 
 from envcache.builder.plan import BuildPlan
 from envcache.errors import EnvcacheError, NotFound
+from envcache.progress import Ticker
 from envcache.service import schemas
 from envcache.service.bases import BaseDigestResolver
+from envcache.service.offload import Offload, is_large
 from envcache.store import BuildRecord, InsufficientStorage, Store, StoredImage
 
 if TYPE_CHECKING:
@@ -112,6 +116,7 @@ class Build:
     env_name: str | None
     env_version: int | None
     refresh: bool
+    request_id: str | None = None  # the request that started it (X-Request-Id; the access log has it too)
     state: str = "queued"  # queued → running → succeeded | failed
     outcome: str | None = None  # built | pulled | unchanged (refresh kept the old image)
     created: float = field(default_factory=time.time)
@@ -158,8 +163,12 @@ class Build:
         """The build's image; raises :class:`BuildError` when it failed."""
         await self._done.wait()
         if self.state != "succeeded" or self.image is None:
-            raise BuildError(f"build {self.id} failed: {self.error}")
+            raise BuildError(self.failure())
         return self.image
+
+    def failure(self) -> str:
+        """What a client is told when the build failed: its id, the verdict, the error lines."""
+        return f"build {self.id}: {self.error}"
 
     def record(self) -> BuildRecord:
         """What the store keeps of the build (the log once it has ended)."""
@@ -173,7 +182,11 @@ class Build:
             environment=schemas.BuildEnvironment(self.env_name, self.env_version) if self.env_name else None,
             state=self.state, outcome=self.outcome, refresh=self.refresh, created=self.created,  # type: ignore[arg-type]
             started=self.started, finished=self.finished, error=self.error,
-            image=self.image.model(host) if self.image else None)
+            image=self.image.model(host) if self.image else None, request_id=self.request_id)
+
+
+def _still_working(ticker: Ticker) -> str:
+    return f"envcache: still working, {ticker.quiet:.0f}s since the last line ({ticker.elapsed:.0f}s in all)"
 
 
 @dataclass
@@ -204,6 +217,7 @@ class Ensurer:
         sources: Sequence[Source] = (),
         on_build_done: Callable[[Build, float], Awaitable[None]] | None = None,
         track_tags: bool = False,
+        offload: Offload | None = None,
     ) -> None:
         """``track_tags`` keeps the image index in step with the registry's tags: a hit needs its
         tag to still name a manifest, and an unchanged refresh moves the tag back to the image
@@ -221,6 +235,10 @@ class Ensurer:
         self._touched: dict[str, float] = {}
         self._on_build_done = on_build_done
         self._track_tags = track_tags
+        self._offload = offload
+        # Plans of large definitions, by the identity of the (never mutated, memoised) Definition:
+        # canonicalising one takes a worker round trip, so each is done once per variant.
+        self._plans: OrderedDict[tuple[int, str], tuple[Definition, BuildPlan]] = OrderedDict()
 
     async def start(self) -> None:
         """Builds left queued/running by a daemon that died are failed, not left hanging forever
@@ -232,10 +250,26 @@ class Ensurer:
 
     async def prepare(self, definition: Definition, variant: str) -> Prepared:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
-        plan = BuildPlan.of(definition, variant, default_base=self._variant_bases.get(variant))
+        plan = await self._plan(definition, variant)
         reference = plan.base_reference
         digest = "none" if reference is None else await self.resolver.resolve(reference)
         return plan.resolved(digest, self.recipe_version)
+
+    async def _plan(self, definition: Definition, variant: str) -> BuildPlan:
+        """The variant applied and canonicalised: inline, or for a large definition in the worker."""
+        default_base = self._variant_bases.get(variant)
+        if self._offload is None or not is_large(definition):
+            return BuildPlan.of(definition, variant, default_base=default_base)
+        key = (id(definition), variant)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is definition:
+            self._plans.move_to_end(key)
+            return cached[1]
+        plan = await self._offload.run(functools.partial(BuildPlan.of, default_base=default_base), definition, variant)
+        self._plans[key] = (definition, plan)
+        if len(self._plans) > 16:
+            self._plans.popitem(last=False)
+        return plan
 
     async def lookup(self, prepared: Prepared) -> ImageRecord | None:
         """The cached image for ``prepared`` or None; verifies canonical bytes on a hit."""
@@ -268,7 +302,7 @@ class Ensurer:
 
     async def ensure(
         self, definition: Definition, variant: str, *, refresh: bool = False,
-        environment: tuple[str, int] | None = None,
+        environment: tuple[str, int] | None = None, request_id: str | None = None,
     ) -> Outcome:
         """Answer a hit at once; otherwise start (or join) the build for this key."""
         prepared = await self.prepare(definition, variant)
@@ -281,7 +315,8 @@ class Ensurer:
         build = self._inflight.get(slot)
         if build is None:
             name, version = environment if environment else (None, None)
-            build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, refresh)
+            build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, refresh,
+                          request_id)
             self._inflight[slot] = build
             self._builds[build.id] = build
             await self._store.builds.save(build.record())
@@ -327,11 +362,16 @@ class Ensurer:
     async def _run(self, build: Build, prepared: Prepared, slot: tuple[str, bool]) -> None:
         began = time.monotonic()
         try:
-            build.log(f"envcache: {('refresh of ' if build.refresh else '')}image {build.key} ({build.variant}) queued")
+            started_by = f" by request {build.request_id}" if build.request_id else ""
+            build.log(f"envcache: {('refresh of ' if build.refresh else '')}image {build.key} ({build.variant}) "
+                      f"queued{started_by}")
             async with self._slots:
                 build.state, build.started = "running", time.time()
                 await self._store.builds.save(build.record())
-                built, outcome = await self._obtain(build, prepared)
+                # Steps that print nothing for minutes (pip compiling, a slow pull, export) still
+                # show that the build is alive.
+                async with Ticker(build.log, _still_working) as build_log:
+                    built, outcome = await self._obtain(build, prepared, build_log)
             build.image, build.outcome = await self._record(prepared, built, outcome, build.refresh)
             build.log(f"envcache: {build.outcome}: {build.image.repository}:{build.image.tag} {build.image.manifest_digest}")
             await self._finish(build, "succeeded")
@@ -340,8 +380,13 @@ class Ensurer:
             raise
         except Exception as exc:  # a failed build is an outcome to report, not a crash
             message = str(exc) if isinstance(exc, EnvcacheError) else f"{type(exc).__name__}: {exc}"
-            # A BuildFailed message already ends with the log's last lines (which the log has too).
-            build.log(f"envcache: build failed: {message}")
+            # A BuildFailed says "build failed in step …" and ends with the step's error lines,
+            # which the log already has: the log gets the verdict, the error (what clients show)
+            # both.
+            verdict = getattr(exc, "verdict", None)
+            if verdict is None:
+                verdict = message = f"build failed: {message}"
+            build.log(f"envcache: {verdict}")
             await self._finish(build, "failed", message)
             log.info("build %s failed: %s", build.id, message)
         finally:
@@ -360,13 +405,13 @@ class Ensurer:
         finally:
             build.finish(state, error)
 
-    async def _obtain(self, build: Build, prepared: Prepared) -> tuple[BuiltLike, str]:
+    async def _obtain(self, build: Build, prepared: Prepared, log: LogFn) -> tuple[BuiltLike, str]:
         if not build.refresh:
             for source in self.sources:
-                got = await source(prepared, build.log)
+                got = await source(prepared, log)
                 if got is not None:
                     return got, "pulled"
-        built = await self._builder(prepared, build.log)
+        built = await self._builder(prepared, log)
         return built, "built"
 
     async def images(self, limit: int) -> list[ImageRecord]:

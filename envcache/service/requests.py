@@ -21,6 +21,8 @@ from envcache.definition import definition_from_dict, load_definition
 from envcache.definition.sources import check_yaml_aliases
 from envcache.definition.variants import resolve_variant
 from envcache.errors import EnvcacheError, InvalidInput
+from envcache.registry.body import read_limited
+from envcache.service.offload import LARGE_BODY, Offload
 from envcache.service.schemas import MAX_INTEGER, UNSET, Request, Subject, convert
 from envcache.wire import check_files
 
@@ -33,13 +35,8 @@ M = TypeVar("M", bound=Request)
 
 
 async def raw_body(request: web.Request) -> bytes:
-    """The request body, read with a hard size cap."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
-    return raw
+    """The whole request body, however many reads it arrives in; 413 past :data:`MAX_BODY`."""
+    return await read_limited(request, MAX_BODY)
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -75,6 +72,51 @@ async def read(request: web.Request, model: type[M]) -> tuple[M, bytes]:
     return convert(json_object(raw), model), raw
 
 
+def sends_files(request: web.Request) -> bool:
+    """Is the body the definition's own files (``?path=NAME``, or multipart) rather than the API's JSON?"""
+    return "path" in request.query or request.content_type == "multipart/form-data"
+
+
+async def files_read(request: web.Request, model: type[M]) -> tuple[M, bytes]:
+    """A request whose body is the definition's own files (README, "The fast hit path"): the
+    same model as :func:`read` gives for a JSON body, and a memo key.
+
+    The body is one file, named by ``?path=NAME`` (the name decides the format unless ``?format=``
+    says) — or, as ``multipart/form-data``, several: each part's field name is the file's
+    relative path, the first part is the definition. ``?variant=`` as in JSON. So
+    ``curl --data-binary @env.yml '…?path=env.yml'`` and ``curl -F env.yml=@env.yml -F
+    base.txt=@base.txt …`` both work, with no JSON quoting in a shell script.
+    """
+    query = request.query
+    files: dict[str, str] = {}
+    if request.content_type == "multipart/form-data":
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+        for name, part in (await request.post()).items():
+            data = part.file.read() if isinstance(part, web.FileField) else str(part).encode()
+            files[name] = _text(data, name)
+        if not files:
+            raise InvalidInput("multipart body has no parts: send each file as NAME=@FILE")
+        path = next(iter(files))
+        if sum(len(text) for text in files.values()) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=sum(map(len, files.values())))
+    else:
+        path = query["path"]
+        files[path] = _text(await raw_body(request), path)
+    data = {"document": {"path": path, "files": files, "format": query.get("format")}}
+    if "variant" in query:
+        data["variant"] = query["variant"]
+    key = json.dumps(data, sort_keys=True).encode()
+    return convert(data, model), key
+
+
+def _text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{name[:80]}: not UTF-8 text") from None
+
+
 def positive_int(value: Any, field: str) -> int | None:
     """A positive integer from its digits (a query string, a version sent as text); ASCII digits
     only (``"²".isdigit()`` is True)."""
@@ -101,8 +143,9 @@ class Definitions:
     hand out a wrong image.
     """
 
-    def __init__(self, environments: Environments, size: int = 256) -> None:
+    def __init__(self, environments: Environments, offload: Offload, size: int = 256) -> None:
         self._environments = environments
+        self._offload = offload
         self._size = size
         self._items: OrderedDict[bytes, Definition] = OrderedDict()
 
@@ -113,7 +156,7 @@ class Definitions:
         digest = xxhash.xxh3_128_digest(raw)
         found = self._items.get(digest)
         if found is None:
-            found, _ = await self.of(subject)
+            found, _ = await self.of(subject, large=len(raw) >= LARGE_BODY)
             self._items[digest] = found
             if len(self._items) > self._size:
                 self._items.popitem(last=False)
@@ -121,20 +164,22 @@ class Definitions:
             self._items.move_to_end(digest)
         return found, None
 
-    async def of(self, subject: Subject, where: str = "") -> tuple[Definition, tuple[str, int] | None]:
-        """A Definition from ``definition`` (a document), ``document`` (raw files) or ``environment``."""
+    async def of(self, subject: Subject, where: str = "", *,
+                 large: bool = False) -> tuple[Definition, tuple[str, int] | None]:
+        """A Definition from ``definition`` (a document), ``document`` (raw files) or ``environment``;
+        ``large`` (the request body is): parsed off the event loop (:mod:`envcache.service.offload`)."""
         try:
-            return await self._of(subject, where)
+            return await self._of(subject, where, large)
         except RecursionError:  # deeply nested JSON/YAML inside a file or the definition: bad input
             raise InvalidInput(f"{where}definition is nested too deeply") from None
 
-    async def _of(self, subject: Subject, where: str) -> tuple[Definition, tuple[str, int] | None]:
+    async def _of(self, subject: Subject, where: str, large: bool) -> tuple[Definition, tuple[str, int] | None]:
         if subject.document is not UNSET and subject.definition is UNSET:
-            return load_files(subject.document, where), None
+            return await self._offload.maybe(large, load_files, subject.document, where), None
         if subject.definition is not UNSET:
             try:
                 source = f"<api>{'/' + where.rstrip(': ') if where else ''}"
-                return definition_from_dict(subject.definition, source=source), None
+                return await self._offload.maybe(large, definition_from_dict, subject.definition, source), None
             except EnvcacheError:
                 raise
             except (TypeError, ValueError, KeyError, AttributeError) as exc:  # belt and braces: bad input is a 400

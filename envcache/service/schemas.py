@@ -28,7 +28,9 @@ Variant = Literal[CHOICES]  # type: ignore[valid-type]  # cpu, gpu, auto
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_INTEGER)]
 # A version may come as its digits (clients pass Azure's string versions through); the one place
 # that uses it turns them into a PositiveInt (requests.positive_int), with the same sentence.
-VersionDigits = Annotated[str, msgspec.Meta(pattern="^[0-9]{1,19}$")]
+# A full match that Python (msgspec validates with re.search) and JSON Schema (ECMA-262) read
+# alike: Python's ``$`` also matches before a final newline, "not followed by anything" does not.
+VersionDigits = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}(?![\s\S])")]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
@@ -213,6 +215,8 @@ class Build(msgspec.Struct):
     finished: float | None
     error: str | None
     image: Image | None
+    request_id: Annotated[str | None, msgspec.Meta(
+        description="X-Request-Id of the request that started the build (while the daemon remembers it)")] = None
 
 
 class Environment(msgspec.Struct):
@@ -286,6 +290,49 @@ class Scaffold(msgspec.Struct):
     files: Annotated[dict[str, str], msgspec.Meta(description="relative path → text of the Azure ML files")]
 
 
+class Wheel(msgspec.Struct):
+    digest: str
+    filename: str
+    name: Annotated[str, msgspec.Meta(description="the project, PEP 503 normalised")]
+    version: str
+    tags: list[str]
+    requires_python: str | None
+    summary: str | None
+    size: int
+    created: float
+    url: Annotated[str, msgspec.Meta(description="where this daemon serves the file, as the caller reached it")]
+    requirement: Annotated[str, msgspec.Meta(
+        description="what to put in a definition's pip_packages: name @ url#sha256=…")]
+
+
+class WheelAdded(msgspec.Struct):
+    wheel: Wheel
+    created: bool
+
+
+class WheelList(msgspec.Struct):
+    wheels: list[Wheel]
+
+
+class WheelUsers(msgspec.Struct):
+    environments: Annotated[list[str], msgspec.Meta(
+        description="registered environments whose latest version pins the wheel (name:version)")]
+    older_versions: list[str]
+    images: Annotated[list[str], msgspec.Meta(description="keys of cached images that pin it")]
+
+
+class WheelDetails(msgspec.Struct):
+    wheel: Wheel
+    used_by: WheelUsers
+
+
+class WheelRemoved(msgspec.Struct):
+    wheel: Wheel
+    used_by: WheelUsers
+    artifact_kept: Annotated[bool, msgspec.Meta(
+        description="its envcache/wheel artifact stays while an older environment version or an image pins it")]
+
+
 class WarmResult(msgspec.Struct):
     label: str
     variant: str
@@ -302,6 +349,16 @@ class Warmed(msgspec.Struct):
     ok: bool
 
 
+class EngineHealth(msgspec.Struct):
+    """The build engine as the daemon finds it now (detected again when a build needs one)."""
+
+    name: Annotated[str, msgspec.Meta(description="docker, buildah, or none")]
+    answers: bool
+    version: str | None = None
+    detail: Annotated[str | None, msgspec.Meta(description="what is wrong and what to do")] = None
+    summary: Annotated[str, msgspec.Meta(description="the line `envcache status` and the serve banner print")] = ""
+
+
 class Health(msgspec.Struct):
     status: Literal["ok"]
     version: str
@@ -309,6 +366,7 @@ class Health(msgspec.Struct):
     builds_running: int
     recipe_version: str
     upstream: dict[str, Any]
+    engine: EngineHealth
 
 
 class StepReport(msgspec.Struct):
@@ -434,11 +492,12 @@ def _json(model: Any, description: str = "ok") -> dict[str, Any]:
 
 
 def openapi_document(version: str, routes: list[tuple[str, str, str, dict[str, Any]]]) -> dict[str, Any]:
-    """OpenAPI 3.1 for ``routes``: (method, path, summary, {"body": Model, "responses": {status:
-    Model or description}, "params": [...]}), with every model's JSON Schema from msgspec."""
+    """OpenAPI 3.1 for ``routes``: (method, path, summary, {"body": Model or a media type (raw
+    bytes), "responses": {status: Model or description}, "params": [...]}), with every model's
+    JSON Schema from msgspec."""
     models: list[Any] = [Error]
     for _method, _path, _summary, spec in routes:
-        models += [spec[k] for k in ("body",) if k in spec]
+        models += [spec[k] for k in ("body",) if k in spec and not isinstance(spec[k], str)]
         models += [m for m in spec.get("responses", {}).values() if not isinstance(m, str)]
     refs, components = msgspec.json.schema_components(models, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(map(id, models), refs))
@@ -449,7 +508,10 @@ def openapi_document(version: str, routes: list[tuple[str, str, str, dict[str, A
             operation["responses"][status] = (
                 {"description": model, "content": {"text/plain": {"schema": {"type": "string"}}}}
                 if isinstance(model, str) else _json(ref_of[id(model)]))
-        if "body" in spec:
+        if isinstance(spec.get("body"), str):
+            operation["requestBody"] = {"required": True, "content": {spec["body"]: {
+                "schema": {"type": "string", "format": "binary"}}}}
+        elif "body" in spec:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": ref_of[id(spec["body"])]}}}
         if spec.get("params"):
@@ -469,6 +531,6 @@ def path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def query_param(name: str, kind: str = "integer") -> dict[str, Any]:
+def query_param(name: str, kind: str = "integer", required: bool = False) -> dict[str, Any]:
     schema = {"type": "integer", "minimum": 1, "maximum": MAX_INTEGER} if kind == "integer" else {"type": kind}
-    return {"name": name, "in": "query", "required": False, "schema": schema}
+    return {"name": name, "in": "query", "required": required, "schema": schema}

@@ -86,13 +86,19 @@ class FsckReport:
             lines += [f"  {title}: {item}" for item in items]
         lines += [f"  note: orphan blob file (a crash left it; nothing names it; the next gc removes it): {digest}"
                   for digest in self.orphan_files]
+        # Only the files can repair the index: a manifest naming a blob no file holds stays broken.
+        unfixable = len(self.dangling_manifests)
+        advice = (f"{unfixable} manifest(s) name a blob that no file holds, which --repair cannot fix: re-push "
+                  "the blob (or the image), or delete the tag")
         if not self.problems:
             lines.append("fsck: no problems found")
         elif not self.repair:
-            lines.append(f"fsck: {self.problems} problem(s) found; run `envcache fsck --repair` to fix the index")
+            fixable = self.problems - unfixable
+            steps = [f"run `envcache fsck --repair` to fix {fixable} in the index"] if fixable else []
+            lines.append(f"fsck: {self.problems} problem(s) found; " + "; ".join([*steps, *([advice] if unfixable else [])]))
         elif self.unrepaired:
             lines.append(f"fsck: {self.problems} problem(s) found, {self.unrepaired} could not be repaired "
-                         "from the files")
+                         f"from the files; {advice}")
         else:
             lines.append(f"fsck: {self.problems} problem(s) found and repaired")
         return "\n".join(lines)

@@ -26,6 +26,11 @@ sweep yields between batches, so requests keep being answered while gc runs.
 gc reads every repository through its interface (``roots_for_gc`` of tags and of the image
 index, the blob rows and links, the layer map) and never another layer's tables.
 
+Wheel artifacts (``envcache/wheel:<sha256 hex>``) are tagged like any artifact, but the tag of a
+wheel that is not an uploaded wheel (removed with ``wheels rm``, or pulled for a build) only
+lives while a registered environment or a cached image pins the wheel: once nothing does and the
+grace period has passed, the tag goes and the same run sweeps the wheel.
+
 ``--keep-days N`` first expires ``images`` rows unused for N days (``last_used``) and deletes
 their tags, so the same run sweeps them. An index tag over variants (``envcache/env:<spec
 hash>``) goes too once every image it lists has expired; while a sibling variant is still in use
@@ -36,12 +41,15 @@ replaces that entry.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from envcache.definition.canonical import wheel_digests
 from envcache.errors import EnvcacheError, InvalidInput
+from envcache.oci import WHEEL_REPOSITORY
 from envcache.store.records import BlobRow, FileEntry, ManifestRow
 from envcache.store.references import manifest_refs
 from envcache.store.store import Busy, Store
@@ -121,11 +129,13 @@ def _human(size: int) -> str:
 
 async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None = None,
                  grace: float = DEFAULT_GRACE, upload_ttl: float = DEFAULT_UPLOAD_TTL,
-                 upload_busy: Busy | None = None, now: float | None = None) -> GcReport:
+                 upload_busy: Busy | None = None, now: float | None = None,
+                 phase: Callable[[str], None] = lambda text: None) -> GcReport:
     """Mark and sweep ``store``; returns what was (or would be) removed. One run at a time.
 
     ``upload_busy(id)`` tells the daemon's in-flight upload sessions apart so an idle-looking
-    session that is receiving bytes right now is kept.
+    session that is receiving bytes right now is kept. ``phase`` hears each phase as it starts
+    (``envcache gc`` prints them: a big store takes a while).
     """
     if keep_days is not None and keep_days < 0:
         raise InvalidInput(f"keep_days must be 0 or more, not {keep_days}")
@@ -136,7 +146,7 @@ async def run_gc(store: Store, *, dry_run: bool = False, keep_days: float | None
         report = GcReport(dry_run=dry_run, grace_seconds=grace, keep_days=keep_days)
         if not dry_run:
             await store.files.release_reserve()  # room for the index's log on a full disk
-        await _collect(store, report, time.time() if now is None else now, upload_ttl, upload_busy)
+        await _collect(store, report, time.time() if now is None else now, upload_ttl, upload_busy, phase)
         if not dry_run:
             await store.files.restore_reserve(store.min_free_bytes)
         report.bytes_freed = report.blob_bytes_freed + report.upload_bytes_freed + report.tmp_bytes_freed
@@ -155,7 +165,8 @@ class _Plan:
     layers: list[str] = field(default_factory=list)                      # layer-map rows over missing blobs
 
 
-async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float, upload_busy: Busy | None) -> None:
+async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float, upload_busy: Busy | None,
+                   phase: Callable[[str], None]) -> None:
     cutoff = now - report.grace_seconds
     await store.flush_reads()
     # Images unused for keep_days go first, with their tags, so the mark sees them gone.
@@ -163,10 +174,12 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
     # The mark: what is used first (blob rows, then manifests), then what references it.
     rows = await store.blobs.all()
     manifests = await store.manifests.all()
+    phase(f"gc: marking what {len(manifests)} manifests reach")
     reachable, needed = await _mark(store, manifests, {(r, t) for r, t, _ in dead_tags}, expired, cutoff)
     for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
         report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
                             "another tag), so it stays")
+    phase("gc: listing blobs (files and index)")
     links = await store.blobs.links()
     layers = await store.layers.blob_digests()
     files = [entry async for entry in store.files.blobs()]
@@ -177,6 +190,7 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
         report.tmp_files_deleted = len(temps)
         report.tmp_bytes_freed = sum(entry.size for entry in temps)
     else:
+        phase(f"gc: deleting {len(plan.manifests)} manifest(s) and {len(plan.rows) + len(plan.orphans)} blob(s)")
         await _sweep(store, report, plan, cutoff, files)
         for entry in temps:
             if await store.files.remove_temp(entry.key, cutoff):
@@ -184,6 +198,7 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
                 report.tmp_bytes_freed += entry.size
 
     # Upload sessions idle past their TTL (not one receiving bytes right now), then orphan data.
+    phase("gc: expiring idle uploads")
     expired_uploads = await store.expire_uploads(upload_ttl, upload_busy, now=now, dry_run=report.dry_run)
     report.uploads_expired = len(expired_uploads)
     report.upload_bytes_freed = sum(entry.size for entry in expired_uploads)
@@ -268,26 +283,29 @@ async def _batched(items: Sequence[Any], step: Callable[[Sequence[Any]], Awaitab
 
 async def _expire_images(store: Store, report: GcReport,
                          now: float) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
-    """``--keep-days``: forget image-index entries still unused for that long, and delete the
-    (repository, tag, digest) tags that go with them — one transaction, before the mark, so an
-    image used meanwhile keeps its row and its tags. A dry run only computes them."""
-    if report.keep_days is None:
-        return [], []
-    limit = now - report.keep_days * 86400
+    """``--keep-days``: forget image-index entries still unused for that long; with them, delete
+    the (repository, tag, digest) tags that go with them and the tags of wheel artifacts nothing
+    keeps any more — one transaction, before the mark, so an image or wheel used meanwhile keeps
+    its row and its tags. A dry run only computes them."""
+    expired: list[tuple[str, str, str]] = []
+    dead: list[tuple[str, str, str]] = []
     async with store.transaction(write=not report.dry_run):
-        expired = await store.images.unused_since(limit)
-        images = await store.images.all_tags()
-        if expired and not report.dry_run:
-            gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
-            expired = [entry for entry in expired if entry[0] in gone]
-        dead = await _dead_tags(store, images, expired)
-        # Pipeline step results follow the same rule: unused that long, their tag goes.
-        steps = await store.steps.unused_since(limit)
-        if steps and not report.dry_run:
-            forgotten = set(await store.steps.delete_unused([key for key, _ in steps], limit))
-            steps = [(key, digest) for key, digest in steps if key in forgotten]
-        dead += [(STEP_REPOSITORY, key, digest) for key, digest in steps]
-        if not report.dry_run:
+        if report.keep_days is not None:
+            limit = now - report.keep_days * 86400
+            expired = await store.images.unused_since(limit)
+            images = await store.images.all_tags()
+            if expired and not report.dry_run:
+                gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
+                expired = [entry for entry in expired if entry[0] in gone]
+            dead = await _dead_tags(store, images, expired)
+            # Pipeline step results follow the same rule: unused that long, their tag goes.
+            steps = await store.steps.unused_since(limit)
+            if steps and not report.dry_run:
+                forgotten = set(await store.steps.delete_unused([key for key, _ in steps], limit))
+                steps = [(key, digest) for key, digest in steps if key in forgotten]
+            dead += [(STEP_REPOSITORY, key, digest) for key, digest in steps]
+        dead += await _unkept_wheels(store, {key for key, _, _ in expired}, now - report.grace_seconds)
+        if dead and not report.dry_run:
             await store.manifests.delete_tags(dead)
     report.images_expired = [key for key, _, _ in expired]
     report.steps_expired = [key for key, _ in steps]
@@ -318,6 +336,27 @@ async def _dead_tags(store: Store, images: list[tuple[str, str, str, str]],
             if children and all((repo, c) in expired_manifests and (repo, c) not in live_manifests for c in children):
                 dead.add((repo, tag, digest))
     return sorted(dead)
+
+
+async def _unkept_wheels(store: Store, expired_keys: set[str], cutoff: float) -> list[tuple[str, str, str]]:
+    """Tags of wheel artifacts nothing keeps: not uploaded here (any more) and pinned by no
+    registered environment version and no cached image (but those expiring in this run), once
+    older than the grace period."""
+    tags = await store.manifests.tagged(WHEEL_REPOSITORY)
+    if not tags:
+        return []
+    kept = {wheel.digest for wheel in await store.wheels.all()}
+    for version in await store.environments.mentioning("sha256="):
+        kept |= wheel_digests(version.definition)
+    for image in await store.images.mentioning("sha256="):
+        if image.key not in expired_keys and image.canonical is not None:
+            kept |= wheel_digests(json.loads(image.canonical))
+    dead = []
+    for tag, digest in tags:
+        row = await store.manifests.find(WHEEL_REPOSITORY, digest)
+        if f"sha256:{tag}" not in kept and (row is None or max(row.created, row.last_used) < cutoff):
+            dead.append((WHEEL_REPOSITORY, tag, digest))
+    return dead
 
 
 async def _children_of(store: Store, digest: str) -> list[str]:

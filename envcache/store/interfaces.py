@@ -78,7 +78,7 @@ from typing import Any, BinaryIO, Protocol
 
 from envcache.store.records import (
     BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StagedBlob, StepResult,
-    StoredImage, UploadSession,
+    StoredImage, UploadSession, WheelRecord,
 )
 
 #: (repository, manifest digest): what gc roots and marks.
@@ -377,6 +377,10 @@ class Images(Protocol):
     async def by_spec_hashes(self, spec_hashes: Sequence[str]) -> list[StoredImage]:
         """Every image built from one of these (variant-applied) spec hashes."""
 
+    async def mentioning(self, text: str) -> list[StoredImage]:
+        """Images whose canonical form contains ``text``: a cheap filter (wheel removal and gc
+        look for the images that pin a wheel), which callers refine by parsing."""
+
 
 class StepResults(Protocol):
     """Pipeline step results by step key (the artifact itself is a tagged manifest)."""
@@ -445,6 +449,33 @@ class Environments(Protocol):
 
     async def count(self, contains: str = "") -> int:
         """How many names (containing ``contains``) have at least one version."""
+
+    async def mentioning(self, text: str) -> list[EnvironmentVersion]:
+        """Every version (of every name) whose stored definition contains ``text``: a cheap
+        filter, refined by the caller (which wheels does a registered environment pin?)."""
+
+
+class Wheels(Protocol):
+    """Private wheels uploaded to the daemon, by digest. A file name names one wheel only, as on
+    PyPI: an index listing two different files under one name could serve either."""
+
+    async def add(self, wheel: WheelRecord) -> tuple[WheelRecord, bool]:
+        """Atomically: the wheel already filed under ``wheel.digest`` (False), else ``wheel``
+        filed (True). Raises :class:`~envcache.errors.Conflict` when another wheel has its file name."""
+
+    async def get(self, digest: str) -> WheelRecord | None: ...
+
+    async def named(self, filename: str) -> WheelRecord | None:
+        """The wheel with this file name."""
+
+    async def all(self) -> list[WheelRecord]:
+        """Every wheel, by project name and then file name."""
+
+    async def project(self, name: str) -> list[WheelRecord]:
+        """The wheels of one project (PEP 503 name), by file name."""
+
+    async def delete(self, digest: str) -> bool:
+        """Forget the wheel (its artifact is the caller's business); True if it was there."""
 
 
 class LayerMap(Protocol):

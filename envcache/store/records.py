@@ -149,3 +149,18 @@ class KnownLayer:
     compression: str
     blob_digest: str
     size: int
+
+
+@dataclass(frozen=True)
+class WheelRecord:
+    """A private wheel uploaded to the daemon: its blob digest and what the wheel says it is."""
+
+    digest: str                    # sha256:<hex> of the file
+    filename: str
+    name: str                      # PEP 503 normalised project name
+    version: str
+    tags: tuple[str, ...]          # compatibility tags, e.g. ("py3-none-any",)
+    requires_python: str | None
+    summary: str | None
+    size: int
+    created: float

@@ -26,15 +26,15 @@ from typing import Any
 
 from envcache.errors import InvalidInput, NotFound
 from envcache.oci import (
-    MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, parse_digest,
-    parse_manifest,
+    MAX_MANIFEST_SIZE, ManifestInvalid, check_name, check_tag, config_digest, digest_bytes, is_digest, new_hasher,
+    parse_digest, parse_manifest,
 )
 from envcache.store.errors import (
     MB, BlobInUse, DigestMismatch, InsufficientStorage, ManifestBlobUnknown, SizeMismatch,
 )
 from envcache.store.interfaces import (
     Activity, BaseDigests, BlobDriver, BlobIndex, Builds, Environments, Images, LayerMap, Manifests, Metadata, PushLog,
-    StepResults, UploadSpool, Uploads,
+    StepResults, UploadSpool, Uploads, Wheels,
 )
 from envcache.store.records import FileEntry, StagedBlob, StoredManifest, UploadSession
 from envcache.store.references import manifest_refs
@@ -74,6 +74,7 @@ class Store:
     base_digests: BaseDigests
     pushes: PushLog
     activity: Activity
+    wheels: Wheels
     steps: StepResults
     #: True for the process that holds the data directory's lock: only the owner runs the
     #: start-up clean-up, and only the owner may collect garbage.
@@ -132,6 +133,17 @@ class Store:
         staged = await self.files.stage_file(path, expected_digest, verified=verified)
         await self._commit(staged, media_type)
         return staged.digest, staged.size
+
+    async def receive(self, chunks: AsyncIterable[bytes], path: Path) -> tuple[str, int]:
+        """Receive bytes into ``path`` (inside a claimed :meth:`BlobDriver.scratch` directory),
+        hashed (sha256) as they arrive: ``(digest, size)``. For content the caller checks before it
+        may become a blob (then :meth:`adopt_blob` with ``verified=True``)."""
+        from envcache.store.files import pump
+
+        hasher = new_hasher("sha256")
+        with open(path, "wb") as out:
+            size = await pump(chunks, out, hasher)
+        return f"sha256:{hasher.hexdigest()}", size
 
     async def has_blob(self, digest: str) -> bool:
         return await self.files.stat(digest) is not None
@@ -430,7 +442,7 @@ async def open_store(settings: StoreSettings | Path | str) -> Store:
     await files.release_reserve()  # on a full disk, SQLite needs room to open its WAL
     sql = open_sqlite(data_dir / "envcache.db")
     store = Store(data_dir, sql.database, files, files, sql.blobs, sql.manifests, sql.uploads, sql.images, sql.builds,
-                  sql.environments, sql.layers, sql.base_digests, sql.pushes, sql.activity, sql.steps,
+                  sql.environments, sql.layers, sql.base_digests, sql.pushes, sql.activity, sql.wheels, sql.steps,
                   min_free_bytes=settings.min_free_bytes)
     store._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -47,7 +47,7 @@ class Upstream:
         return urlsplit(self.url).netloc
 
     def repo(self, kind: str) -> str:
-        """Repository on the upstream for ``kind`` (``env`` or ``stage``)."""
+        """Repository on the upstream for ``kind`` (``env``, ``stage`` or ``wheel``)."""
         return f"{self.prefix}/{kind}" if self.prefix else kind
 
     def describe(self) -> dict[str, Any]:

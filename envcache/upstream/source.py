@@ -7,21 +7,31 @@ just built). Upstream trouble — unreachable, stalled,
 refusing, or answering garbage — is logged to the build log and kept in ``last_errors``; it
 never fails the ensure: the daemon then builds, as it would with no upstream at all.
 
-Naming: locally an image is ``envcache/env:<key>-<variant>`` and a stage image
-``envcache/stage:<chain key>``; on an upstream they live under the upstream's prefix
-(``<prefix>/env``, ``<prefix>/stage``) with the same tags, so any OCI client can list them.
+Naming: locally an image is ``envcache/env:<key>-<variant>``, a stage image
+``envcache/stage:<chain key>`` and a private wheel ``envcache/wheel:<sha256 hex>``; on an
+upstream they live under the upstream's prefix (``<prefix>/env``, ``<prefix>/stage``,
+``<prefix>/wheel``) with the same tags, so any OCI client can list them.
+
+Wheels travel with what needs them: an image is pushed after the wheels it pins, and before a
+request is pulled or built, the wheels its definition pins that the store lacks are pulled, so a
+build serves them from the store (however unreachable the daemon whose URL a definition names).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from envcache.definition.canonical import pinned_wheels, wheel_digests
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.oci import ENV_REPOSITORY, STAGE_REPOSITORY, image_tag, parse_manifest
+from envcache.oci import (
+    ENV_REPOSITORY, STAGE_REPOSITORY, WHEEL_REPOSITORY, image_tag, parse_image_tag, parse_manifest,
+)
+from envcache.progress import Ticker, size
 from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import image_size, pull_image
@@ -29,20 +39,24 @@ from envcache.upstream.push import PushQueue, push_status
 from envcache.wire import STEP_REPOSITORY
 
 if TYPE_CHECKING:
+    from envcache.definition.model import Definition
     from envcache.store import Store
 
 log = logging.getLogger(__name__)
 
 ENV_REPO = ENV_REPOSITORY
 STAGE_REPO = STAGE_REPOSITORY
+WHEEL_REPO = WHEEL_REPOSITORY
 LogFn = Callable[[str], None]
 
 
 class Wanted(Protocol):
-    """What the source reads of a request: the image key and the variant."""
+    """What the source reads of a request: the image key, the variant, and the definition as
+    built for it (for the wheels it pins)."""
 
     key: str
     variant: str
+    definition: Definition
 
 
 class Finished(Protocol):
@@ -109,6 +123,7 @@ class UpstreamSource:
 
     async def __call__(self, prepared: Wanted, log_fn: LogFn) -> PulledImage | None:
         """``Source`` for the Ensurer: the whole image, or else warm the deepest shared stage."""
+        await self.pull_wheels([wheel.sha256 for wheel in pinned_wheels(prepared.definition)], log_fn=log_fn)
         hit = await self.try_pull(prepared.key, prepared.variant, log_fn=log_fn)
         if hit is not None:
             return hit
@@ -143,6 +158,16 @@ class UpstreamSource:
                 return hit
         return None
 
+    async def pull_wheels(self, wheels: Sequence[str], *, log_fn: LogFn | None = None) -> int:
+        """Copy in the wheels (sha256 hex) the store lacks from the first upstream that has each;
+        returns how many were pulled. A wheel no upstream has is left to pip and its URL."""
+        pulled = 0
+        for wheel in wheels:
+            if not await self.store.has_blob(f"sha256:{wheel}") and \
+                    await self._pull_first(WHEEL_REPO, wheel, "wheel", log_fn) is not None:
+                pulled += 1
+        return pulled
+
     async def _pull_first(self, local_repo: str, tag: str, kind: str, log_fn: LogFn | None) -> PulledImage | None:
         say = log_fn or (lambda _line: None)
         local = await self.store.get_manifest(local_repo, tag, with_body=False)
@@ -153,8 +178,12 @@ class UpstreamSource:
         for upstream in self.pull_upstreams:
             remote = upstream.repo(kind)
             began = time.monotonic()
+            client = self.client(upstream)
+            before = client.bytes_in
             try:
-                stats = await pull_image(self.client(upstream), remote, tag, self.store, local_repo, tag)
+                async with Ticker(say, lambda ticker: f"upstream: pulling {remote}:{tag} from {upstream.url}: "
+                                                      f"{size(client.bytes_in - before)} received"):
+                    stats = await pull_image(client, remote, tag, self.store, local_repo, tag)
             except EnvcacheError as exc:
                 self._error(f"pull {remote}:{tag} from {upstream.url}: {exc}", say)
                 continue
@@ -192,22 +221,35 @@ class UpstreamSource:
     # ------------------------------------------------------------------ pushes
 
     async def push_after_build(self, repository: str, tag: str) -> list[str]:
-        """Push an image and the stage images it was built on to every push upstream (background)."""
+        """Push an image, the wheels it pins and the stage images it was built on to every push
+        upstream (background)."""
         ids: list[str] = []
         stages = await self.stages_of(repository, tag)
+        wheels = await self.wheels_of(tag)
         for upstream in self.push_upstreams:
-            items = [(STAGE_REPO, stage_tag, ()) for stage_tag in stages]
+            items = [(WHEEL_REPO, wheel, ()) for wheel in wheels]
+            items += [(STAGE_REPO, stage_tag, ()) for stage_tag in stages]
             # Layers shared with the stage images are mounted from <prefix>/stage, not re-sent.
             items.append((repository, tag, (upstream.repo("stage"),)))
             ids.extend(await self.pushes.schedule_many(upstream, items))
         return ids
 
+    async def push_wheel(self, wheel: str) -> list[str]:
+        """Push one wheel artifact (sha256 hex) to every push upstream (background): an uploaded
+        wheel is shared at once, so other daemons can build with it."""
+        return [await self.pushes.schedule(upstream, WHEEL_REPO, wheel) for upstream in self.push_upstreams]
+
+    async def wheels_of(self, tag: str) -> list[str]:
+        """The wheels (sha256 hex) the image filed under ``tag`` pins that this store holds."""
+        image = await self.store.images.get(parse_image_tag(tag)[0])
+        if image is None or image.canonical is None:
+            return []
+        hexes = sorted(digest.split(":", 1)[1] for digest in wheel_digests(json.loads(image.canonical)))
+        return [h for h in hexes if await self.store.get_manifest(WHEEL_REPO, h, with_body=False) is not None]
+
     async def push_step(self, key: str) -> list[str]:
         """Push a pipeline step result (``envcache/step:<key>``) to every push upstream (background)."""
-        ids: list[str] = []
-        for upstream in self.push_upstreams:
-            ids.extend(await self.pushes.schedule_many(upstream, [(STEP_REPOSITORY, key, ())]))
-        return ids
+        return [await self.pushes.schedule(upstream, STEP_REPOSITORY, key) for upstream in self.push_upstreams]
 
     async def try_pull_step(self, key: str) -> bool:
         """Copy a pipeline step result in from the first pull upstream that has it: another
@@ -232,6 +274,10 @@ class UpstreamSource:
             if stage_layers and len(stage_layers) <= len(layers) and layers[:len(stage_layers)] == stage_layers:
                 found.append(stage_tag)
         return found
+
+    def bytes_sent(self) -> int:
+        """Bytes pushed by every upstream client so far (``envcache push`` shows it as it goes)."""
+        return sum(client.bytes_out for client in self._clients.values())
 
     async def status(self) -> dict[str, Any]:
         return {"upstreams": [u.describe() for u in self.upstreams], "counters": dict(self.counters),

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo
 from envcache.builder.engines.buildah import BuildahEngine
-from envcache.builder.engines.docker import DockerEngine
+from envcache.builder.engines.docker import DockerEngine, docker_endpoint
 from envcache.builder.errors import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ def _buildah(build: BuildSettings) -> BuildahEngine:
 
 
 def _docker_socket_present(docker_host: str | None) -> bool:
-    host = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    host = docker_endpoint(docker_host)
     if host.startswith("unix://"):
         return Path(host[len("unix://"):]).exists()
     return True  # tcp:// and friends: only a request can tell
@@ -35,8 +34,9 @@ def detect_engine(settings: BuildSettings) -> Engine | None:
     """The engine ``[build] engine`` names; for ``auto`` Docker when its socket exists, else
     buildah when installed, else None (lookups and pulls still work; builds fail clearly).
 
-    Synchronous and cheap: whether the Docker daemon really answers is found out on first use
-    (``DockerEngine.ping`` / the first build), where the error can name the socket.
+    Synchronous and cheap (a ``stat`` and a ``PATH`` lookup), so the daemon can call it again
+    whenever a build needs an engine: whether the engine really answers is found out by
+    ``Engine.version``, whose error names the socket.
     """
     choice = settings.engine
     docker_host = settings.docker_host

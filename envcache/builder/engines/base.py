@@ -69,10 +69,15 @@ class ExportedImage:
 
 class LogTail:
     """Forwards each complete output line to the caller's log and keeps the last lines for an
-    error message. Engines hand over chunks that may end mid-line; ``feed`` joins them."""
+    error message. Engines hand over chunks that may end mid-line; ``feed`` joins them.
 
-    def __init__(self, log: LogFn) -> None:
+    ``display`` replaces generated text (a stage's script, the build helper's URL) before a line
+    is logged or kept, so neither the log nor an error message ever shows it.
+    """
+
+    def __init__(self, log: LogFn, display: dict[str, str] | None = None) -> None:
         self._log = log
+        self._display = display or {}
         self._partial = ""
         self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
@@ -84,6 +89,8 @@ class LogTail:
 
     def line(self, line: str) -> None:
         line = _ANSI.sub("", line).rstrip()
+        for text, shown in self._display.items():
+            line = line.replace(text, shown)
         self.lines.append(line)
         self._log(line)
 
@@ -120,6 +127,10 @@ class Engine(ABC):
     name: str
 
     @abstractmethod
+    async def version(self) -> str:
+        """The engine's version; raises EngineUnavailable, saying what to do, when it does not answer."""
+
+    @abstractmethod
     async def inspect(self, ref: str) -> ImageInfo | None:
         """The image ``ref`` if present locally, else None (never pulls)."""
 
@@ -129,12 +140,13 @@ class Engine(ABC):
 
     @abstractmethod
     async def build(self, context_dir: Path, tag: str, *, network: bool,
-                    log: LogFn, step: str) -> str:
+                    log: LogFn, step: str, display: dict[str, str] | None = None) -> str:
         """Build ``context_dir/Dockerfile`` and tag it ``tag``; returns the image id.
 
-        Output goes to ``log`` line by line; a failure raises BuildFailed(step, log tail) and
-        leaves ``tag`` untouched. Cancelling the awaiting task stops the build in the engine.
-        ``network`` gives RUN steps the host network (package registries), else none.
+        Output goes to ``log`` line by line (``display``: see :class:`LogTail`); a failure raises
+        BuildFailed(step, log tail) and leaves ``tag`` untouched. Cancelling the awaiting task
+        stops the build in the engine. ``network`` gives RUN steps the host network (package
+        registries), else none.
         """
 
     @abstractmethod

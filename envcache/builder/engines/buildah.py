@@ -54,6 +54,7 @@ class BuildahEngine(Engine):
         self.storage_driver = storage_driver
         self.isolation = isolation
         self.binary = shutil.which(binary) or binary
+        self._version: str | None = None
 
     def _global_args(self) -> list[str]:
         args = [self.binary, "--storage-driver", self.storage_driver]
@@ -88,6 +89,20 @@ class BuildahEngine(Engine):
                 await asyncio.shield(_stop(proc))
             raise
 
+    async def version(self) -> str:
+        # Asked before every build: a subprocess each time would cost more than the answer is
+        # worth (the binary is looked up again on every detection anyway).
+        if self._version is None:
+            status, out = await self._run(["version", "--json"])
+            if status != 0:
+                raise EngineUnavailable(f"buildah does not work here: `buildah version` exited {status}: "
+                                        f"{out.strip()[-300:]}")
+            try:
+                self._version = str(json.loads(out)["version"])
+            except (ValueError, KeyError, TypeError):
+                self._version = "unknown"
+        return self._version
+
     async def inspect(self, ref: str) -> ImageInfo | None:
         status, out = await self._run(["inspect", "--type", "image", ref])
         if status != 0:
@@ -109,8 +124,8 @@ class BuildahEngine(Engine):
         return await self._pulled(ref, tail)
 
     async def build(self, context_dir: Path, tag: str, *, network: bool,
-                    log: LogFn, step: str) -> str:
-        tail = LogTail(log)
+                    log: LogFn, step: str, display: dict[str, str] | None = None) -> str:
+        tail = LogTail(log, display)
         args = ["bud", "--isolation", self.isolation, "--format", "oci", "--pull=false",
                 "-f", str(context_dir / "Dockerfile"), "-t", tag]
         # chroot isolation always shares the host's network namespace (buildah refuses any

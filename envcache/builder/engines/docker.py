@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -28,22 +29,43 @@ from envcache.builder.errors import BuildFailed, EngineUnavailable
 # per-stage one (cancelling the request stops the engine's work), not a socket timeout.
 _UNLIMITED = aiohttp.ClientTimeout(total=None, sock_read=None)
 _RUNNING_IN = re.compile(r"---> Running in ([0-9a-f]{12,64})")
+#: aiodocker's status for "cannot connect to the Docker Engine" (no HTTP answer at all).
+_CANNOT_CONNECT = 900
+#: The classic builder's note about its temporary containers: noise in a build log.
+_HOUSEKEEPING = re.compile(r"^Removing intermediate container [0-9a-f]+\n", re.MULTILINE)
 _RUN_FAILED = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
+
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def docker_endpoint(docker_host: str | None = None) -> str:
+    """Where the Docker Engine is asked: ``[build] docker_host``, else ``DOCKER_HOST``, else the
+    default socket — said explicitly, because aiodocker left to itself fails with a bare
+    AssertionError when no socket exists."""
+    return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
 class DockerEngine(Engine):
     name = "docker"
 
     def __init__(self, docker_host: str | None = None) -> None:
-        # aiodocker reads DOCKER_HOST itself when url is None.
         self.docker_host = docker_host
+        self.endpoint = docker_endpoint(docker_host)
         self._docker: aiodocker.Docker | None = None
 
     @property
     def client(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self.docker_host)
+            self._docker = aiodocker.Docker(url=self.endpoint)
         return self._docker
+
+    def unreachable(self, exc: BaseException) -> EngineUnavailable:
+        """The clear form of aiodocker's ``DockerError: [900] Cannot connect …``."""
+        socket = self.endpoint.removeprefix("unix://") if self.endpoint.startswith("unix://") else None
+        why = "no such socket" if socket and not os.path.exists(socket) else str(getattr(exc, "message", exc))
+        return EngineUnavailable(f"Docker Engine at {self.endpoint} does not answer ({why}): start dockerd, or "
+                                 "point [build] docker_host (or DOCKER_HOST) at its socket")
 
     def _raw(self, path: str, method: str, **kwargs: Any) -> Any:
         """A request aiodocker's public API cannot express, on its own connection pool.
@@ -55,13 +77,12 @@ class DockerEngine(Engine):
         """
         return self.client._query(path, method, timeout=_UNLIMITED, **kwargs)
 
-    async def ping(self) -> None:
-        """Raise EngineUnavailable unless the daemon answers."""
+    async def version(self) -> str:
         try:
-            await self.client.version()
+            data = await self.client.version()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise EngineUnavailable(f"Docker Engine at {self.docker_host or 'DOCKER_HOST/default socket'} "
-                                    f"does not answer: {exc}") from exc
+            raise self.unreachable(exc) from exc
+        return str(data.get("Version") or "unknown")
 
     async def inspect(self, ref: str) -> ImageInfo | None:
         try:
@@ -69,6 +90,8 @@ class DockerEngine(Engine):
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return None
+            if exc.status == _CANNOT_CONNECT:
+                raise self.unreachable(exc) from exc
             raise
         return ImageInfo(id=data["Id"], config=data.get("Config") or {})
 
@@ -87,8 +110,8 @@ class DockerEngine(Engine):
         return await self._pulled(ref, tail)
 
     async def build(self, context_dir: Path, tag: str, *, network: bool,
-                    log: LogFn, step: str) -> str:
-        tail = LogTail(log)
+                    log: LogFn, step: str, display: dict[str, str] | None = None) -> str:
+        tail = LogTail(log, display)
         params = {
             "t": tag,
             "dockerfile": "Dockerfile",
@@ -108,10 +131,11 @@ class DockerEngine(Engine):
                     event = json.loads(raw)
                     if "stream" in event:
                         containers += _RUNNING_IN.findall(event["stream"])
-                        tail.feed(event["stream"])
+                        tail.feed(_HOUSEKEEPING.sub("", event["stream"]))
                     if "error" in event:
                         error = event["error"]
-                        tail.feed(error + "\n")
+                        if not _RUN_FAILED.match(error.strip()):  # that one only repeats the script
+                            tail.feed(error + "\n")
                     aux = event.get("aux")
                     if isinstance(aux, dict) and "ID" in aux:
                         image_id = aux["ID"]

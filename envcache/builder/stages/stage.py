@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +15,9 @@ from envcache.errors import InvalidInput
 #: Where each stage writes what it installed (read back by ingest as the image's lock).
 LOCK_DIR = "/opt/envcache/lock"
 
+#: A local file holding the wheel with this digest, or None when the store has none.
+WheelFile = Callable[[str], Awaitable[Path | None]]
+
 
 @dataclass
 class StageRecipe:
@@ -21,6 +25,9 @@ class StageRecipe:
 
     dockerfile: str
     network: bool = False
+    #: Generated text → what the build log shows instead (the engine echoes each step, and a
+    #: generated script is long and carries the build helper's URL and token).
+    display: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -34,6 +41,7 @@ class RecipeContext:
     has_conda: bool = False            # the chain installs a conda prefix (PATH, CONDA_PREFIX)
     helper: HelperServer | None = None  # serves build-time secrets (pip) over loopback
     ca_bundle: Path | None = None       # the host's CA bundle, handed to pip only
+    wheel_file: WheelFile | None = None  # pinned private wheels the store holds (pip)
 
 
 class Stage:

@@ -37,9 +37,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     data = await request.post()
     token = str(data.get("token", "")).strip()
     target = _next(str(data.get("next", "")))
-    scopes = guard.scopes_of(token)
-    if scopes is None or READ not in scopes:
-        message = "That token is not valid here." if scopes is None else "That token lacks the read scope."
+    found = guard.lookup(token)
+    if found is None or READ not in found[1]:
+        message = "That token is not valid here." if found is None else "That token lacks the read scope."
         return page(request, "login.html", status=401, section="login", next=target, error=message)
     response = web.HTTPSeeOther(target)
     response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")

@@ -8,7 +8,7 @@ import contextlib
 
 from aiohttp import web
 
-from envcache.service import requests
+from envcache.service import logs, requests
 from envcache.service.ensure import BuildError
 from envcache.service.schemas import Building, EnsureRequest, Ensured, ErrorBody, Failed
 from envcache.service.views.common import Route, daemon, json_response
@@ -19,7 +19,8 @@ async def ensure(request: web.Request) -> web.Response:
     body, raw = await requests.read(request, EnsureRequest)
     definition, environment = await parts.definitions.of_body(body, raw)
     variant = requests.variant(body.variant)
-    outcome = await parts.ensurer.ensure(definition, variant, refresh=body.refresh, environment=environment)
+    outcome = await parts.ensurer.ensure(definition, variant, refresh=body.refresh, environment=environment,
+                                         request_id=logs.request_id(request))
     parts.metrics.lookup(variant, hit=outcome.image is not None)
     host = request.host
     if outcome.image is not None:
@@ -32,7 +33,7 @@ async def ensure(request: web.Request) -> web.Response:
     with contextlib.suppress(BuildError):
         await asyncio.shield(build.wait())
     if build.state != "succeeded" or build.image is None:
-        return json_response(Failed(ErrorBody(422, f"build {build.id} failed: {build.error}"), "failed",
+        return json_response(Failed(ErrorBody(422, build.failure()), "failed",
                                     build.model(host)), status=422)
     return json_response(Ensured(build.outcome or "built", build.image.model(host), build.model(host)))
 

@@ -6,12 +6,16 @@ now are left alone, and the store's transaction keeps other writers out between 
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from envcache.service import requests
 from envcache.service.schemas import GcRequest
 from envcache.service.views.common import Route, daemon, json_response
 from envcache.store.gc import DEFAULT_GRACE, GcAborted, GcReport, run_gc
+
+log = logging.getLogger(__name__)
 
 
 async def gc_handler(request: web.Request) -> web.Response:
@@ -25,7 +29,8 @@ async def gc_handler(request: web.Request) -> web.Response:
     await parts.ensurer.flush_last_used()  # --keep-days decides on last_used: count recent hits
     report = await run_gc(store, dry_run=body.dry_run, keep_days=body.keep_days,
                           grace=DEFAULT_GRACE if body.grace_seconds is None else body.grace_seconds,
-                          upload_ttl=float(parts.config.registry.upload_session_ttl), upload_busy=parts.uploads.busy)
+                          upload_ttl=float(parts.config.registry.upload_session_ttl), upload_busy=parts.uploads.busy,
+                          phase=log.info)  # the daemon's log says where a long gc is (with this request's id)
     if not body.dry_run:
         await parts.uploads.forget_ended(store)
     return json_response(report.to_dict())

@@ -165,7 +165,19 @@ def _m4_generations(db: sqlite_utils.Database) -> None:
     db[LAYER_BLOBS].create_index(["blob_digest"], if_not_exists=True)
 
 
-def _m5_step_results(db: sqlite_utils.Database) -> None:
+def _m5_wheels(db: sqlite_utils.Database) -> None:
+    """Private wheels: one row per uploaded wheel (its bytes are a blob, its artifact a manifest)."""
+    db["wheels"].create(
+        {"digest": str, "filename": str, "name": str, "version": str, "tags": str, "requires_python": str,
+         "summary": str, "size": int, "created": float},
+        pk="digest", if_not_exists=True,
+    )
+    db["wheels"].create_index(["filename"], unique=True, if_not_exists=True)
+    db["wheels"].create_index(["name"], if_not_exists=True)
+
+
+
+def _m6_step_results(db: sqlite_utils.Database) -> None:
     """Pipeline step results (issue 16): one row per step key, naming its ``envcache/step``
     manifest and each output's tree digest and tar layer (JSON), with its last reuse."""
     db["step_results"].create(
@@ -174,8 +186,9 @@ def _m5_step_results(db: sqlite_utils.Database) -> None:
     db["step_results"].create_index(["last_used"], if_not_exists=True)
 
 
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_step_results]
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_step_results]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -1,4 +1,4 @@
-"""The daemon's own tables: the image index, builds and registered environments."""
+"""The daemon's own tables: the image index, builds, registered environments and private wheels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import astuple
 from typing import Any
 
-from envcache.store.records import BuildRecord, EnvironmentVersion, StepResult, StoredImage
+from envcache.errors import Conflict
+from envcache.store.records import BuildRecord, EnvironmentVersion, StepResult, StoredImage, WheelRecord
 from envcache.store.sqlite.database import Database
 
 _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
@@ -17,6 +18,7 @@ _BUILD = "id, key, variant, spec_hash, env_name, env_version, state, created, st
 # A listing's columns: the log stays behind (it is read one build at a time).
 _BUILD_LISTED = _BUILD.replace(", log", ", NULL")
 _ENVIRONMENT = "name, version, spec_hash, definition, created"
+_WHEEL = "digest, filename, name, version, tags, requires_python, summary, size, created"
 
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
@@ -29,6 +31,12 @@ def _image(row: tuple[Any, ...]) -> StoredImage:
 
 def _environment(row: tuple[Any, ...]) -> EnvironmentVersion:
     return EnvironmentVersion(row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+
+def _wheel(row: tuple[Any, ...]) -> WheelRecord:
+    digest, filename, name, version, tags, requires_python, summary, size, created = row
+    return WheelRecord(digest, filename, name, version, tuple(json.loads(tags)), requires_python, summary, size,
+                       created)
 
 
 class SqliteImages:
@@ -94,6 +102,10 @@ class SqliteImages:
         marks = ", ".join("?" * len(spec_hashes))
         return [_image(row) for row in self._db.all(
             f"SELECT {_IMAGE} FROM images WHERE spec_hash IN ({marks}) ORDER BY last_used DESC", list(spec_hashes))]
+
+    async def mentioning(self, text: str) -> list[StoredImage]:
+        return [_image(row) for row in self._db.all(f"SELECT {_IMAGE} FROM images WHERE instr(canonical, ?) > 0",
+                                                    [text.encode()])]
 
 
 class SqliteBuilds:
@@ -201,10 +213,55 @@ class SqliteEnvironments:
         return self._db.one("SELECT count(DISTINCT name) FROM environments WHERE name LIKE ? ESCAPE '\\'",
                             [f"%{_like(contains)}%"])[0]
 
+    async def mentioning(self, text: str) -> list[EnvironmentVersion]:
+        return [_environment(row) for row in self._db.all(
+            f"SELECT {_ENVIRONMENT} FROM environments WHERE instr(definition, ?) > 0 ORDER BY name, version", [text])]
+
 
 def _like(text: str) -> str:
     """``text`` as a literal inside a LIKE pattern (``%`` and ``_`` are wildcards there)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SqliteWheels:
+    """``wheels``: digest → the wheel's file name and metadata; file names are unique."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, wheel: WheelRecord) -> tuple[WheelRecord, bool]:
+        async with self._db.writing() as conn:  # one transaction: the same file name cannot be taken twice
+            row = conn.execute(f"SELECT {_WHEEL} FROM wheels WHERE digest = ? OR filename = ?",
+                               [wheel.digest, wheel.filename]).fetchone()
+            if row is not None:
+                found = _wheel(row)
+                if found.digest != wheel.digest:
+                    raise Conflict(f"another wheel named {wheel.filename} is already uploaded ({found.digest}); "
+                                   "a wheel file name names one file only: build it with a new version")
+                return found, False
+            values = [*astuple(wheel)]
+            values[4] = json.dumps(list(wheel.tags))
+            conn.execute(f"INSERT INTO wheels ({_WHEEL}) VALUES ({', '.join('?' * len(values))})", values)
+        return wheel, True
+
+    async def get(self, digest: str) -> WheelRecord | None:
+        row = self._db.one(f"SELECT {_WHEEL} FROM wheels WHERE digest = ?", [digest])
+        return _wheel(row) if row else None
+
+    async def named(self, filename: str) -> WheelRecord | None:
+        row = self._db.one(f"SELECT {_WHEEL} FROM wheels WHERE filename = ?", [filename])
+        return _wheel(row) if row else None
+
+    async def all(self) -> list[WheelRecord]:
+        return [_wheel(row) for row in self._db.all(f"SELECT {_WHEEL} FROM wheels ORDER BY name, filename")]
+
+    async def project(self, name: str) -> list[WheelRecord]:
+        return [_wheel(row) for row in
+                self._db.all(f"SELECT {_WHEEL} FROM wheels WHERE name = ? ORDER BY filename", [name])]
+
+    async def delete(self, digest: str) -> bool:
+        async with self._db.writing() as conn:
+            return conn.execute("DELETE FROM wheels WHERE digest = ?", [digest]).rowcount > 0
 
 
 class SqliteStepResults:

@@ -147,12 +147,19 @@ LABELS = {
 }
 
 
-def write_results(out: Path, command: str, result: dict[str, Any], load: tuple[float, float]) -> None:
+def write_json(out: Path, name: str, command: str, result: dict[str, Any],
+               load: tuple[float, float]) -> tuple[str, dict[str, Any]]:
+    """``<out>/<name>.json``: the result with how, when and under what load it was measured."""
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
     meta = {"command": command, "python": platform.python_version(), "machine": platform.machine(),
             "cores": os.cpu_count(), "when": when, "load_average_1m": {"start": load[0], "end": load[1]}}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_snapshot.json").write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
+    return when, meta
+
+
+def write_results(out: Path, command: str, result: dict[str, Any], load: tuple[float, float]) -> None:
+    when, meta = write_json(out, "pipeline_snapshot", command, result, load)
     by_name = {row["what"]: row for row in result["rows"]}
     floor = by_name["cat"]["best_s"]
     lines = [
@@ -240,11 +247,7 @@ REUSE_LABELS = {"reused": "`envcache pipeline run`, all three steps reused (no c
 
 
 def write_reuse_results(out: Path, command: str, result: dict[str, Any], load: tuple[float, float]) -> None:
-    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
-    meta = {"command": command, "python": platform.python_version(), "machine": platform.machine(),
-            "cores": os.cpu_count(), "when": when, "load_average_1m": {"start": load[0], "end": load[1]}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_reuse.json").write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
+    when, meta = write_json(out, "pipeline_reuse", command, result, load)
     by_name = {row["what"]: row for row in result["rows"]}
     lines = [
         "# Pipeline benchmark: a reused pipeline vs running it",

@@ -262,8 +262,9 @@ def write_reuse_results(out: Path, command: str, result: dict[str, Any], load: t
     ]
     lines += [f"| {label} | {by_name[name]['best_s']} | {by_name[name]['median_s']} |"
               for name, label in REUSE_LABELS.items()]
-    lines += ["", f"Reused vs running it again: {round(by_name['regenerated']['best_s'] / by_name['reused']['best_s'], 1)}× "
-              f"faster; vs the plain `docker run`s: {round(by_name['docker_run']['best_s'] / by_name['reused']['best_s'], 1)}×."]
+    reused = by_name["reused"]["best_s"]
+    lines += ["", f"Reused vs running it again: {round(by_name['regenerated']['best_s'] / reused, 1)}× faster; "
+              f"vs the plain `docker run`s: {round(by_name['docker_run']['best_s'] / reused, 1)}×."]
     (out / "pipeline_reuse.md").write_text("\n".join(lines) + "\n")
 
 

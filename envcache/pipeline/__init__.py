@@ -26,10 +26,10 @@ from envcache.pipeline.submit import DaemonWorkspace
 from envcache.pipeline.yaml_format import load_pipeline
 
 __all__ = [
-    "STEP_KEY_VERSION", "DaemonWorkspace", "DataInput", "Dataset", "DatasetInput", "DigestCache", "Environment", "Experiment",
-    "FileEntry", "FrozenPipeline", "IgnoreRules", "OutputFileDatasetConfig", "OutputInput", "Pipeline",
-    "PipelineData", "PipelineDefinitionError", "PipelineFailed", "PipelineModel", "PipelineReport", "PipelineRun",
-    "PythonScriptStep", "ResolvedInput", "StepBackend", "StepFailed", "StepJob", "StepReport", "StoredStep", "Tree",
-    "TreeError", "execute", "freeze", "ignore_rules", "load_pipeline", "pipeline_from_data", "read_tree",
-    "run_pipeline", "snapshot", "step_key",
+    "STEP_KEY_VERSION", "DaemonWorkspace", "DataInput", "Dataset", "DatasetInput", "DigestCache", "Environment",
+    "Experiment", "FileEntry", "FrozenPipeline", "IgnoreRules", "OutputFileDatasetConfig", "OutputInput",
+    "Pipeline", "PipelineData", "PipelineDefinitionError", "PipelineFailed", "PipelineModel", "PipelineReport",
+    "PipelineRun", "PythonScriptStep", "ResolvedInput", "StepBackend", "StepFailed", "StepJob", "StepReport",
+    "StoredStep", "Tree", "TreeError", "execute", "freeze", "ignore_rules", "load_pipeline", "pipeline_from_data",
+    "read_tree", "run_pipeline", "snapshot", "step_key",
 ]

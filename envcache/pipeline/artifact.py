@@ -67,9 +67,10 @@ async def store_result(store: Store, *, key: str, step: str, record: dict[str, A
     layers: list[dict[str, Any]] = []
     kept: dict[str, tuple[str, str]] = {}
     for name, directory in sorted(outputs.items()):
-        tree = await asyncio.to_thread(read_tree, directory)
         tar = scratch / f"output-{name}.tar"
+        # The tar first: it refuses symbolic links, which hashing would follow out of the output.
         await asyncio.to_thread(_write_tar, directory, tar)
+        tree = await asyncio.to_thread(read_tree, directory)
         digest, size = await store.adopt_blob(tar, media_type=OUTPUT_TYPE)
         kept[name] = (tree.digest, digest)
         layers.append({"mediaType": OUTPUT_TYPE, "digest": digest, "size": size,

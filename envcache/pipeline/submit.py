@@ -42,7 +42,8 @@ class DaemonWorkspace:
     def _headers(self) -> dict[str, str]:
         return {"User-Agent": "envcache-client", **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
 
-    def _call(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+    def _call(self, method: str, path: str, data: bytes | None = None,
+              content_type: str | None = None) -> tuple[int, bytes]:
         headers = {**self._headers(), **({"Content-Type": content_type} if content_type else {})}
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
@@ -51,7 +52,8 @@ class DaemonWorkspace:
         except urllib.error.HTTPError as exc:
             status, body = exc.code, exc.read()
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise DaemonUnreachable(f"no envcache daemon answers at {self.url} ({getattr(exc, 'reason', exc)})") from None
+            reason = getattr(exc, "reason", exc)
+            raise DaemonUnreachable(f"no envcache daemon answers at {self.url} ({reason})") from None
         if method == "HEAD" and status == 404:
             return status, body
         message = (error_message(body) or (body.decode("utf-8", "replace")[:500] or f"HTTP {status}", {}))[0]

@@ -52,6 +52,7 @@ PYTHON = ["sh", "-c", 'exec "$(command -v python || command -v python3)" "$@"', 
 
 
 LogFn = Callable[[str], None]
+Environments = dict[str, tuple[schemas.Subject, str]]   # step name → (its environment, variant)
 
 
 class LogLines:
@@ -126,7 +127,10 @@ class StepRunner:
         """The step's image, ensured (a hit, or a pull/build waited for)."""
         definition, _ = await self._definitions.of(subject, where)
         outcome = await self._ensurer.ensure(definition, variant)
-        image = outcome.image if outcome.image is not None else await asyncio.shield(outcome.build.wait())  # type: ignore[union-attr]
+        image = outcome.image
+        if image is None:
+            assert outcome.build is not None
+            image = await asyncio.shield(outcome.build.wait())  # others may wait for the build too
         return Environment(image.key, image.variant)
 
     async def lookup(self, key: str) -> StepResult | None:
@@ -225,7 +229,7 @@ class RunBackend:
     """The scheduler's backend for one submission: its environments, and where each output
     tree digest it has seen is stored (the tar layer a downstream step unpacks)."""
 
-    def __init__(self, runner: StepRunner, environments: dict[str, tuple[schemas.Subject, str]], log: LogFn) -> None:
+    def __init__(self, runner: StepRunner, environments: Environments, log: LogFn) -> None:
         self._runner = runner
         self._log = log
         self._environments = environments
@@ -245,7 +249,8 @@ class RunBackend:
 
     async def run_step(self, job: StepJob) -> StoredStep:
         name = job.step.name
-        return self._stored(await self._runner.run(job, self._outputs_by_tree, lambda line: self._log(f"{name} | {line}")))
+        result = await self._runner.run(job, self._outputs_by_tree, lambda line: self._log(f"{name} | {line}"))
+        return self._stored(result)
 
 
 @dataclass
@@ -324,12 +329,12 @@ def _tree(listing: schemas.TreeListing, where: str) -> Tree:
         raise InvalidInput(f"{where}: {exc}") from None
 
 
-def frozen_from_request(body: schemas.PipelineRunRequest) -> tuple[FrozenPipeline, dict[str, tuple[schemas.Subject, str]]]:
+def frozen_from_request(body: schemas.PipelineRunRequest) -> tuple[FrozenPipeline, Environments]:
     """The submission as the scheduler runs it; bad input names the field (``steps[1].inputs.raw``)."""
     steps: list[Step] = []
     snapshots: dict[str, Tree] = {}
     data: dict[Path, Tree] = {}
-    environments: dict[str, tuple[schemas.Subject, str]] = {}
+    environments: Environments = {}
     produced: set[str] = set()
     for index, item in enumerate(body.steps):
         where = f"steps[{index}]"
@@ -369,6 +374,4 @@ def frozen_from_request(body: schemas.PipelineRunRequest) -> tuple[FrozenPipelin
                           variant=item.variant, allow_reuse=item.allow_reuse, version=item.version))
     return FrozenPipeline(PipelineModel(tuple(steps), body.description), snapshots, data), environments
 
-
-__all__ = ["PipelineRun", "PipelineRuns", "RunBackend", "StepRunner", "frozen_from_request"]
 

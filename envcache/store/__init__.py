@@ -40,6 +40,7 @@ from envcache.store.store import Busy, Store, StoreSettings, open_store
 
 __all__ = [
     "BlobInUse", "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry",
-    "InsufficientStorage", "KnownLayer", "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "StagedBlob", "StepResult",
-    "Store", "StoreSettings", "StoredImage", "StoredManifest", "UploadSession", "WheelRecord", "open_store",
+    "InsufficientStorage", "KnownLayer", "ManifestBlobUnknown", "ManifestRow", "SizeMismatch", "StagedBlob",
+    "StepResult", "Store", "StoreSettings", "StoredImage", "StoredManifest", "UploadSession", "WheelRecord",
+    "open_store",
 ]

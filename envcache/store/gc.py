@@ -289,6 +289,7 @@ async def _expire_images(store: Store, report: GcReport,
     its row and its tags. A dry run only computes them."""
     expired: list[tuple[str, str, str]] = []
     dead: list[tuple[str, str, str]] = []
+    steps: list[tuple[str, str]] = []
     async with store.transaction(write=not report.dry_run):
         if report.keep_days is not None:
             limit = now - report.keep_days * 86400

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envcache.cli.output import emit, table
+from envcache.cli.client import daemon_options
+from envcache.cli.output import HelpFormatter, emit, exit_status, table
 from envcache.wire import STEP_REPOSITORY
 
 if TYPE_CHECKING:
@@ -28,15 +29,25 @@ if TYPE_CHECKING:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``pipeline`` and ``step`` to the ``envcache`` parser."""
-    daemon = argparse.ArgumentParser(add_help=False)
-    daemon.add_argument("--url", help="daemon URL (default: $ENVCACHE_URL or http://127.0.0.1:5050)")
-    daemon.add_argument("--token", help="auth token (default: $ENVCACHE_TOKEN)")
-    parents = [common, daemon]
+    parents = [common, daemon_options()]
+    down = "the daemon does not answer, or refused the request"
+    unknown = "no stored step result with that key"
 
-    pipeline = sub.add_parser("pipeline", help="run pipelines of steps, reusing results whose inputs did not change")
+    pipeline = sub.add_parser("pipeline", help="run pipelines of steps, reusing results whose inputs did not change",
+                              formatter_class=HelpFormatter,
+                              description="Pipelines of steps: each step runs its script in its environment's "
+                                          "image once, and is reused while nothing it depends on changed.",
+                              epilog=exit_status(s0="success", s1=f"a step failed, or {down}", s2="bad input"))
     actions = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION")
     actions.required = True
-    p = actions.add_parser("run", parents=parents, help="run a pipeline file; prints each step: reused / ran / failed")
+    p = actions.add_parser("run", parents=parents, help="run a pipeline file; prints each step: reused / ran / failed",
+                           formatter_class=HelpFormatter,
+                           description="Run a pipeline file on the daemon: each step is reused (its key is stored) "
+                                       "or run in a container; stdout gets one line per step (status, seconds, "
+                                       "key), stderr the steps' output as it comes.",
+                           epilog=exit_status(s0="every step was reused or ran", s1=f"a step failed (its error and "
+                                              f"log tail on stderr), or {down}",
+                                              s2="bad pipeline file (file, line and field named)"))
     p.add_argument("file", metavar="FILE")
     p.add_argument("--regenerate-outputs", action="store_true", help="run every step, even those stored")
     p.add_argument("--continue-on-step-failure", action="store_true",
@@ -45,13 +56,25 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="do not stream the steps' output")
     p.set_defaults(handler=_run)
 
-    step = sub.add_parser("step", help="stored step results")
+    step = sub.add_parser("step", help="stored step results", formatter_class=HelpFormatter,
+                          description="Stored pipeline step results (the artifacts envcache/step:KEY): what a "
+                                      "step read, wrote and printed.",
+                          epilog=exit_status(s0="success", s1=down, s3=unknown))
     actions = step.add_subparsers(dest="step_command", metavar="ACTION")
     actions.required = True
-    p = actions.add_parser("show", parents=parents, help="a step result: inputs, outputs, snapshot listing, log")
+    p = actions.add_parser("show", parents=parents, help="a step result: inputs, outputs, snapshot listing, log",
+                           formatter_class=HelpFormatter,
+                           description="Show a stored step result: script and arguments, image, inputs and "
+                                       "outputs with their digests, the snapshot's files and the log.",
+                           epilog=exit_status(s0="shown", s1=down, s3=unknown))
     p.add_argument("key", metavar="KEY")
     p.set_defaults(handler=_show)
-    p = actions.add_parser("outputs", parents=parents, help="write a step result's outputs under DEST/<output>")
+    p = actions.add_parser("outputs", parents=parents, help="write a step result's outputs under DEST/<output>",
+                           formatter_class=HelpFormatter,
+                           description="Fetch a stored step result's outputs from the daemon and write each "
+                                       "under DEST/<output name>.",
+                           epilog=exit_status(s0="written; stdout lists the directories", s1=down,
+                                              s3=f"{unknown}, or no output of that name"))
     p.add_argument("key", metavar="KEY")
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--output", help="only this output")

@@ -190,7 +190,7 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
         report.tmp_files_deleted = len(temps)
         report.tmp_bytes_freed = sum(entry.size for entry in temps)
     else:
-        phase(f"gc: deleting {len(plan.manifests)} manifest(s) and {len(plan.rows) + len(plan.orphans)} blob(s)")
+        phase(f"gc: deleting {len(plan.rows) + len(plan.orphans)} blob file(s)")
         await _sweep(store, report, plan, cutoff, files)
         for entry in temps:
             if await store.files.remove_temp(entry.key, cutoff):

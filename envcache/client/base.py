@@ -242,7 +242,6 @@ class Endpoints:
                   refresh: bool) -> dict[str, Any]:
         return {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
 
-
     def step(self, key: str) -> Any:
         """A stored step result (record, outputs, snapshot listing, log), or None."""
         return self._request("GET", f"/api/v1/steps/{key}", none_on_404=True)

@@ -10,6 +10,7 @@
 - ``tests.fixtures.upstream``: tiny OCI images in real stores, and upstream registries that misbehave.
 - ``tests.fixtures.daemon``: a real envcache daemon on a loopback port, over a real data dir.
 - ``tests.fixtures.pipelines``: a host-Python step runner and a three-step pipeline project.
+- ``tests.fixtures.wheel_index``: a local package index (real wheels over loopback) that gains releases.
 - ``tests.fixtures.browser``: headless Chromium (Debian's) driven by Selenium, and screenshots.
 - ``tests.fixtures.wheels``: real wheels of tiny projects, built with ``pip wheel``.
 
@@ -26,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures.daemon",
     "tests.fixtures.upstream",
     "tests.fixtures.pipelines",
+    "tests.fixtures.wheel_index",
     "tests.fixtures.browser",
     "tests.fixtures.wheels",
 ]

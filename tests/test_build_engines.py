@@ -113,6 +113,7 @@ class Built:
     image: BuiltImage
     log: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    sources: tuple = ()     # (registry host, conda channel, maven repo) the definition was made from
 
 
 async def run_build(defn: Definition, variant: str, *, engine: Engine, registry: DaemonURL, key: str,
@@ -125,8 +126,8 @@ async def run_build(defn: Definition, variant: str, *, engine: Engine, registry:
 
 
 def compression_for(engine: Engine) -> str:
-    # Docker 20.10 cannot pull zstd layers: the docker build is stored gzip so the docker CLI
-    # can pull it; the buildah one uses the default (zstd), pulled with skopeo/buildah.
+    # Docker 20.10 cannot pull zstd layers: the docker build is stored gzip (the default) so the
+    # docker CLI can pull it; the buildah one opts into zstd, pulled with skopeo/buildah.
     return "gzip" if engine.name == "docker" else "zstd"
 
 
@@ -134,8 +135,10 @@ def compression_for(engine: Engine) -> str:
 async def built(engine: Engine, registry: DaemonURL, target: DaemonURL, conda_channel: CondaChannel,
                 maven_repo: MavenRepo) -> Built:
     defn = full_definition(registry.host, conda_channel, maven_repo, "six==1.16.0")
-    return await run_build(defn, "cpu", engine=engine, registry=target, key=f"full-{engine.name}",
-                           config=build_config(compression_for(engine)))
+    result = await run_build(defn, "cpu", engine=engine, registry=target, key=f"full-{engine.name}",
+                             config=build_config(compression_for(engine)))
+    result.sources = (registry.host, conda_channel, maven_repo)
+    return result
 
 
 CHECK_SCRIPT = (
@@ -169,7 +172,8 @@ async def test_full_build_runs_with_every_stage(engine: Engine, built: Built, ta
                                                 maven_repo: MavenRepo, request: pytest.FixtureRequest) -> None:
     image = built.image
     assert image.repository == "envcache/env" and image.tag == f"full-{engine.name}-cpu"
-    assert image.stages_built == ["base", "conda", "pip", "spark", "config"]
+    assert image.stages_built == ["base", "conda", "pip", "spark"]   # the config stage is written, not built
+    assert image.resolved == ["conda", "pip", "spark"]
     out = await run_in_image(engine, request, target, image.tag, CHECK_SCRIPT)
     jar = maven_repo.file(maven_repo.artifact(CORE), "jar")
     assert "dockerfile-step" in out
@@ -177,16 +181,24 @@ async def test_full_build_runs_with_every_stage(engine: Engine, built: Built, ta
     assert "six 1.16.0" in out
     assert f"{hashlib.sha256(jar.read_bytes()).hexdigest()}  /opt/spark/jars/{MAVEN_GROUP}_envcache-core-1.0.0.jar" in out
     assert "env=yes $HOME" in out  # `$` kept literally, not expanded at build time
-    # The lock stored with the image says what was resolved.
-    assert "six==1.16.0" in image.lock["pip"]
+    # The lock stored with the image says what was resolved: per package, artifact and sha256.
+    [six] = image.lock["pip"]
+    assert (six["name"], six["version"], six["filename"]) == ("six", "1.16.0", "six-1.16.0-py2.py3-none-any.whl")
+    assert len(six["sha256"]) == 64 and six["requested"]
     conda = {record["name"]: record["version"] for record in image.lock["conda"]}
     assert conda == {"envcache-tool": "2.0.0", "envcache-hello": "1.0.0", "envcache-data": "0.2.0"}
+    assert all(len(record["sha256"]) == 64 for record in image.lock["conda"])
     assert image.lock["spark"][0]["coordinate"] == CORE
-    assert image.lock["unpinned"] == ["conda:envcache-tool"]
+    # Transitive packages count: the definition pins none of envcache-tool's dependencies.
+    assert image.lock["unpinned"] == ["conda:envcache-data", "conda:envcache-hello", "conda:envcache-tool"]
     # The CA bundle reached pip only through the helper: not in any layer, and the log never
     # shows certificate text.
     assert not any("BEGIN CERTIFICATE" in line for line in built.log)
-    assert "pip-freeze.txt" in out and "conda.json" in out and "spark.json" in out
+    assert "pip.json" in out and "conda.json" in out and "spark.json" in out
+    # The base Dockerfile's RUN step may fetch anything: the image says it is not reproducible.
+    manifest = json.loads((await target.store.get_manifest("envcache/env", image.tag)).body)
+    assert manifest["annotations"]["envcache.reproducible"] == \
+        "no: the base Dockerfile's RUN steps may download unpinned content"
 
 
 def _engine_diff_ids(engine: Engine, request: pytest.FixtureRequest, ref: str) -> list[str]:
@@ -209,7 +221,7 @@ async def test_ingested_image_pulls_back_with_skopeo_and_matches_engine(
 
     manifest = json.loads(blob(index["manifests"][0]["digest"]))
     config = json.loads(blob(manifest["config"]["digest"]))
-    final_stage = f"envcache-stage:{built.image.stage_keys[-1]}"
+    final_stage = f"envcache-stage:{built.image.stage_keys[-2]}"     # the last engine stage
     engine_ids = await asyncio.to_thread(_engine_diff_ids, engine, request, final_stage)
     assert config["rootfs"]["diff_ids"] == engine_ids
     media = {layer["mediaType"] for layer in manifest["layers"]}
@@ -225,8 +237,8 @@ async def test_ingested_image_pulls_back_with_skopeo_and_matches_engine(
 async def test_rebuilding_the_same_definition_builds_nothing(engine: Engine, built: Built, target: DaemonURL) -> None:
     again = await run_build(built.defn, "cpu", engine=engine, registry=target, key=f"full-{engine.name}",
                             config=build_config(compression_for(engine)))
-    assert again.image.stages_built == []
-    assert sum("cached in" in line for line in again.log) == 5
+    assert again.image.stages_built == [] and again.image.resolved == []   # the key's lock, installed as is
+    assert sum("cached in" in line for line in again.log) == 4
     assert again.image.manifest_digest == built.image.manifest_digest
     assert all(layer["reused"] for layer in again.image.layers)
 
@@ -238,10 +250,10 @@ async def test_prefix_reuse_when_one_pip_package_changes(engine: Engine, built: 
     result = await run_build(other, "cpu", engine=engine, registry=target, key=f"pipchange-{engine.name}",
                              config=build_config(compression_for(engine)))
     first, second = built.image, result.image
-    assert second.stages_built == ["pip", "spark", "config"]
+    assert second.stages_built == ["pip", "spark"]
     assert second.stage_keys[:2] == first.stage_keys[:2] and second.stage_keys[2] != first.stage_keys[2]
     assert any(f"stage conda {first.stage_keys[1]}: cached" in line for line in result.log)
-    assert "six==1.15.0" in second.lock["pip"]
+    assert [(e["name"], e["version"]) for e in second.lock["pip"]] == [("six", "1.15.0")]
     # Everything below the pip layer is the same layers, reused without re-compressing.
     pip_index = next(i for i, (a, b) in enumerate(zip(first.layers, second.layers)) if a["diff_id"] != b["diff_id"])
     assert pip_index >= 2
@@ -252,22 +264,31 @@ async def test_prefix_reuse_when_one_pip_package_changes(engine: Engine, built: 
 async def test_stages_are_stored_and_load_back_into_an_engine_that_lost_them(
         engine: Engine, built: Built, target: DaemonURL) -> None:
     store = target.store
-    keys = built.image.stage_keys
-    assert await stage_keys_for(BuildPlan.of(built.defn, "cpu"), engine=engine) == keys
+    *keys, _config_key = built.image.stage_keys
+    # With the key's lock in the store, every stage key is known before building anything.
+    plan = BuildPlan.of(built.defn, "cpu", key=f"full-{engine.name}")
+    assert await stage_keys_for(plan, engine=engine, store=store) == keys
+    assert await stage_keys_for(BuildPlan.of(built.defn, "cpu", key="never-built"), engine=engine,
+                                store=store) == keys[:1]   # without a lock: up to the first stage that resolves
     for key in keys:
         assert await store.get_manifest("envcache/stage", key) is not None
-    final_id = (await engine.inspect(f"envcache-stage:{keys[-1]}")).id
     for key in keys:
         await engine.remove(f"envcache-stage:{key}")
     assert await engine.inspect(f"envcache-stage:{keys[-1]}") is None
     again = await run_build(built.defn, "cpu", engine=engine, registry=target, key=f"full-{engine.name}",
                             config=build_config(compression_for(engine)))
-    assert again.image.stages_built == []
-    assert any(f"stage {keys[-1]}: loaded into {engine.name}" in line for line in again.log)
-    assert (await engine.inspect(f"envcache-stage:{keys[-1]}")).id == final_id
+    # The image is written from the stored stages: nothing is built, nothing even loaded.
+    assert again.image.stages_built == [] and not any("loaded into" in line for line in again.log)
     assert again.image.manifest_digest == built.image.manifest_digest
-    # The lock can be read back from the stored layers alone (for pulled images).
-    lock = await lock_from_store(store, "envcache/env", built.image.manifest_digest)
+    # A stage built on a stored one gets its parent back in the engine (by id, or loaded).
+    other = full_definition(*built.sources, "six==1.14.0")
+    result = await run_build(other, "cpu", engine=engine, registry=target, key=f"reload-{engine.name}",
+                             config=build_config(compression_for(engine)))
+    assert result.image.stages_built == ["pip", "spark"], result.log
+    assert any(f"stage {keys[1]}: loaded into {engine.name}" in line or f"stage {keys[1]}: found by id in" in line
+               for line in result.log), result.log
+    # The lock can be read back from the stored layers alone (an image pulled without its artifact).
+    lock = await lock_from_store(store, "no-lock-artifact", "envcache/env", built.image.manifest_digest)
     assert {k: lock[k] for k in ("pip", "conda", "spark")} == {k: built.image.lock[k] for k in ("pip", "conda", "spark")}
 
 

@@ -26,8 +26,10 @@ from envcache.builder.engines.base import ExportedImage, ImageInfo, context_tar
 from envcache.builder.ingest import open_export, read_lock_files
 from envcache.oci import LAYER_MEDIA
 from envcache.builder.maven import fetch_jars
+from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.plan import BuildPlan
-from envcache.builder.stages import RecipeContext, quote, unpinned_requirements
+from envcache.builder.lock import Lock, changes, pip_entries, pip_requirements, unpinned
+from envcache.builder.stages import CREATED, RecipeContext
 from envcache.builder.stages.conda import CondaStage
 from envcache.builder.stages.config import ConfigStage
 from envcache.builder.stages.pip import PipStage
@@ -242,51 +244,71 @@ async def test_ingest_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: 
 # --- generated Dockerfiles and locks ------------------------------------------------------------
 
 
-def test_dockerfile_values_are_quoted_and_not_expanded() -> None:
-    assert quote('a "b" $HOME \\x') == '"a \\"b\\" \\$HOME \\\\x"'
-    with pytest.raises(InvalidInput, match="line break"):
-        quote("two\nlines")
-
-
-async def test_config_stage_is_one_env_and_one_label_line(tmp_path: Path) -> None:
-    defn = definition_from_dict({"environment_variables": {"B": "2", "A": "x y"}})
-    context = RecipeContext("envcache-stage:parent", None, tmp_path, "cpu", has_conda=True)
-    text = (await ConfigStage(defn).recipe(context)).dockerfile.splitlines()
-    assert text[0] == "FROM envcache-stage:parent"
-    assert text[1] == 'ENV CONDA_PREFIX="/opt/envcache/env" PATH=/opt/envcache/env/bin:$PATH A="x y" B="2"'
-    assert text[2].startswith("LABEL envcache.interpreter_path=") and len(text) == 3
+def test_config_stage_writes_the_image_config_itself() -> None:
+    defn = definition_from_dict({"environment_variables": {"B": "2", "A": "x y $HOME"}})
+    # A base without history (valid OCI; engines refuse to add to it): one entry per layer is added.
+    parent = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ["a", "b"]},
+                         "config": {"Env": ["PATH=/usr/bin:/bin", "A=old"], "Labels": {"base": "yes"}}}).encode()
+    doc = json.loads(ConfigStage(defn).image_config(parent, has_conda=True, interpreter="python3"))
+    assert doc["config"]["Env"] == ["PATH=/opt/envcache/env/bin:/usr/bin:/bin", "A=x y $HOME",
+                                    "CONDA_PREFIX=/opt/envcache/env", "B=2"]
+    assert doc["config"]["Labels"] == {"base": "yes", "envcache.interpreter_path": "python3",
+                                       "envcache.recipe_version": str(RECIPE_VERSION)}
+    assert doc["created"] == CREATED == "1980-01-01T00:00:00Z"
+    assert [entry.get("empty_layer", False) for entry in doc["history"]] == [False, False, True]
     with pytest.raises(InvalidInput, match="not a valid variable name"):
-        await ConfigStage(definition_from_dict({"environment_variables": {"1BAD": "x"}})).recipe(
-            RecipeContext("p", None, tmp_path, "cpu", has_conda=False))
+        ConfigStage(definition_from_dict({"environment_variables": {"1BAD": "x"}})).image_config(
+            parent, has_conda=False, interpreter="python")
 
 
 async def test_pip_credentials_and_ca_stay_out_of_the_dockerfile(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nsecret-ish\n-----END CERTIFICATE-----\n")
     defn = definition_from_dict({"python": {"conda_dependencies": {
-        "pip_packages": ["six==1.16.0"], "pip_options": ["--extra-index-url https://u:tok@pypi.example/simple"]}}})
+        "pip_packages": ["six>=1.15"], "pip_options": ["--extra-index-url https://u:tok@pypi.example/simple"]}}})
     helper = HelperServer()
     await helper.start()
+    part = [{"name": "six", "version": "1.16.0", "url": "https://pypi.example/six-1.16.0-py2.py3-none-any.whl",
+             "filename": "six-1.16.0-py2.py3-none-any.whl", "sha256": "ab" * 32, "requested": True}]
     try:
         recipe = await PipStage(defn).recipe(RecipeContext("envcache-stage:parent", None, tmp_path, "cpu",
-                                                           helper=helper, ca_bundle=ca))
+                                                           helper=helper, ca_bundle=ca, part=part))
         assert "tok" not in recipe.dockerfile and "BEGIN CERTIFICATE" not in recipe.dockerfile
+        # The stage installs exactly the lock: pinned by version and artifact hash, no resolution.
         assert helper.files["requirements.txt"].decode().splitlines() == [
-            "--extra-index-url https://u:tok@pypi.example/simple", "six==1.16.0"]
+            "--extra-index-url https://u:tok@pypi.example/simple", f"six==1.16.0 --hash=sha256:{'ab' * 32}"]
         assert helper.files["ca.pem"] == ca.read_bytes()
-        assert recipe.network and helper.url in recipe.dockerfile
+        assert helper.files["pip_step.py"].startswith(b'"""envcache\'s pip step')
+        assert recipe.network and helper.url in recipe.dockerfile and " install " in recipe.dockerfile
+        with pytest.raises(BuildFailed, match="without reporting"):
+            recipe.after()                      # the step never reported what it installed
+        helper.received["report"] = json.dumps({"interpreter": "python3", "install": []}).encode()
+        with pytest.raises(BuildFailed, match="something other than the lock"):
+            recipe.after()
     finally:
         await helper.stop()
 
 
-def test_unpinned_requirements_are_listed() -> None:
+def test_the_lock_lists_every_unpinned_package_transitive_ones_included() -> None:
     defn = definition_from_dict({"python": {"conda_dependencies": {
         "channels": ["conda-forge"],
         "conda_packages": ["numpy", "scipy==1.11.0", "pandas=2.0.3=py311_0", "zlib>=1.2"],
-        "pip_packages": ["six==1.16.0", "requests>=2", "rich", "attrs==23.*"],
+        "pip_packages": ["six==1.16.0", "requests>=2", "Rich", "attrs==23.*"],
     }}})
-    assert unpinned_requirements(defn) == ["pip:requests>=2", "pip:rich", "pip:attrs==23.*", "conda:numpy",
-                                           "conda:zlib>=1.2"]
+    report = {"install": [
+        {"download_info": {"url": f"https://files.example/{name}-{version}-py3-none-any.whl",
+                           "archive_info": {"hash": f"sha256={name[0] * 64}"}},
+         "requested": name != "urllib3", "metadata": {"name": name, "version": version}}
+        for name, version in [("six", "1.16.0"), ("requests", "2.32.3"), ("urllib3", "2.2.2"), ("rich", "13.7.1")]]}
+    pip = pip_entries(report)
+    assert [(e["name"], e["version"], e["sha256"][:2], e["filename"]) for e in pip][:2] == [
+        ("requests", "2.32.3", "rr", "requests-2.32.3-py3-none-any.whl"), ("rich", "13.7.1", "rr",
+                                                                            "rich-13.7.1-py3-none-any.whl")]
+    conda = [{"name": n, "version": "1", "build": "0"} for n in ("numpy", "pandas", "scipy", "libzlib")]
+    assert unpinned(pip, conda, defn) == ["pip:requests", "pip:rich", "pip:urllib3", "conda:numpy", "conda:libzlib"]
+    assert pip_requirements(pip)[0] == f"requests==2.32.3 --hash=sha256:{'r' * 64}"
+    newer = [dict(e, version="2.2.3") if e["name"] == "urllib3" else e for e in pip if e["name"] != "rich"]
+    assert changes(Lock(pip=tuple(pip)), Lock(pip=tuple(newer))) == ["- rich 13.7.1", "urllib3 2.2.2 → 2.2.3"]
 
 
 def test_context_tar_normalises_owner_and_time(tmp_path: Path) -> None:
@@ -302,7 +324,9 @@ async def test_spark_without_precache_records_the_packages_but_fetches_nothing(t
     defn = definition_from_dict({"spark": {"repositories": ["file:///nonexistent"], "precache_packages": False,
                                            "packages": [{"group": MAVEN_GROUP, "artifact": "envcache-core",
                                                          "version": "1.0.0"}]}})
-    recipe = await SparkStage(defn).recipe(RecipeContext("envcache-stage:parent", None, tmp_path, "cpu"))
+    stage, ctx = SparkStage(defn), RecipeContext("envcache-stage:parent", None, tmp_path, "cpu")
+    ctx.part = await stage.resolve(ctx)
+    recipe = await stage.recipe(ctx)
     assert recipe.dockerfile == "FROM envcache-stage:parent\nCOPY root/ /\n"
     assert not (tmp_path / "root" / "opt" / "spark").exists()
     lock = json.loads((tmp_path / "root" / "opt" / "envcache" / "lock" / "spark.json").read_text())
@@ -313,8 +337,14 @@ async def test_spark_jars_go_to_spark_home_when_the_base_sets_it(maven_repo: Mav
     defn = definition_from_dict({"spark": {"repositories": [maven_repo.url], "packages": [
         {"group": MAVEN_GROUP, "artifact": "envcache-core", "version": "1.0.0"}]}})
     parent = ImageInfo("sha256:" + "0" * 64, {"Env": ["SPARK_HOME=/usr/lib/spark/"]})
-    await SparkStage(defn).recipe(RecipeContext("envcache-stage:parent", parent, tmp_path, "cpu"))
+    ctx = RecipeContext("envcache-stage:parent", parent, tmp_path, "cpu")
+    ctx.part = await SparkStage(defn).resolve(ctx)
+    # A later build with this lock fetches again and checks the bytes against it.
+    await SparkStage(defn).recipe(ctx)
     assert (tmp_path / "root" / "usr" / "lib" / "spark" / "jars" / f"{MAVEN_GROUP}_envcache-core-1.0.0.jar").is_file()
+    ctx.part = [dict(ctx.part[0], sha256="0" * 64)]
+    with pytest.raises(BuildFailed, match="different bytes for the locked jars"):
+        await SparkStage(defn).recipe(ctx)
 
 
 async def test_gpu_conda_packages_solve_on_a_host_without_a_gpu(tmp_path: Path) -> None:
@@ -324,10 +354,13 @@ async def test_gpu_conda_packages_solve_on_a_host_without_a_gpu(tmp_path: Path) 
     defn = definition_from_dict({"python": {"conda_dependencies": {
         "channels": [channel.url], "conda_packages": ["envcache-cuda-kernels"]}}})
     gpu_base = ImageInfo("sha256:" + "1" * 64, {"Env": ["CUDA_VERSION=11.3.1"]})
-    recipe = await CondaStage(defn).recipe(RecipeContext("envcache-stage:parent", gpu_base, tmp_path / "gpu", "gpu"))
+    ctx = RecipeContext("envcache-stage:parent", gpu_base, tmp_path / "gpu", "gpu")
+    ctx.part = await CondaStage(defn).resolve(ctx)
+    assert [(e["name"], e["version"]) for e in ctx.part] == [("envcache-cuda-kernels", "1.0.0")] and ctx.part[0]["sha256"]
+    recipe = await CondaStage(defn).recipe(ctx)          # from the lock: explicit specs, checked by sha256
     assert recipe.dockerfile == "FROM envcache-stage:parent\nCOPY root/ /\n"
     installed = tmp_path / "gpu" / "root" / "opt" / "envcache" / "env" / "share" / "envcache-cuda-kernels" / "ok.txt"
     assert installed.read_text() == "ok\n"
     # The CPU image never offers CUDA, whatever the build host has.
     with pytest.raises(BuildFailed, match="build failed in step conda: cannot solve envcache-cuda-kernels"):
-        await CondaStage(defn).recipe(RecipeContext("envcache-stage:parent", gpu_base, tmp_path / "cpu", "cpu"))
+        await CondaStage(defn).resolve(RecipeContext("envcache-stage:parent", gpu_base, tmp_path / "cpu", "cpu"))

@@ -1,9 +1,10 @@
-"""The ensure machinery: single-flight, build queue, log fan-out, refresh, base-digest cache.
+"""The ensure machinery: single-flight, build queue, log fan-out, base-digest cache.
 
 These tests are about the machinery, not about building: the "work" is a real coroutine that
 takes time, writes log lines and returns an image record, so the tests can hold a build open,
 count how often work started, and cancel waiters at exact moments. Real builds on a real
-engine are exercised through the daemon in test_service_api_builds.py.
+engine are exercised through the daemon in test_service_builds.py; refresh, which only means
+something with a real resolver, in test_build_locks.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Built:
     manifest_digest: str
     size: int
     lock: dict
+    compression: str = ""
 
 
 @dataclass
@@ -60,7 +62,7 @@ def definition(name: str = "demo", value: str = "1"):
                                       "environment_variables": {"VALUE": value}})
 
 
-async def fixed(reference: str) -> str:
+async def fixed(reference: str, **_: object) -> str:
     return DIGEST
 
 
@@ -154,27 +156,6 @@ async def test_a_failed_build_is_reported_and_not_cached(tmp_path: Path) -> None
     assert (await ensurer.get_build(retry.build.id)).image.key == retry.build.key
 
 
-async def test_refresh_keeps_the_old_image_when_the_lock_is_unchanged(tmp_path: Path) -> None:
-    work = Work()
-    work.release.set()
-    ensurer, _ = await make(tmp_path, work)
-    first = await (await ensurer.ensure(definition(), "cpu")).build.wait()
-    refreshed = (await ensurer.ensure(definition(), "cpu", refresh=True)).build
-    image = await refreshed.wait()
-    assert refreshed.outcome == "unchanged" and image.manifest_digest == first.manifest_digest
-    work.lock = {"pip": {"six": "1.17.0"}}
-    changed = (await ensurer.ensure(definition(), "cpu", refresh=True)).build
-    new = await changed.wait()
-    assert changed.outcome == "built" and new.manifest_digest != first.manifest_digest
-    assert (await ensurer.lookup(await ensurer.prepare(definition(), "cpu"))).lock == {"pip": {"six": "1.17.0"}}
-    # Nothing unpinned (as the builder records it in the lock): refresh is a plain hit.
-    work.lock = {"pip": {"six": "1.17.0"}, "unpinned": []}
-    await (await ensurer.ensure(definition(), "cpu", refresh=True)).build.wait()
-    calls = len(work.calls)
-    pinned = await ensurer.ensure(definition(), "cpu", refresh=True)
-    assert pinned.status == "hit" and len(work.calls) == calls
-
-
 async def test_a_key_collision_is_refused_not_answered(tmp_path: Path) -> None:
     work = Work()
     work.release.set()
@@ -198,7 +179,7 @@ async def test_base_digests_are_cached_and_survive_an_unreachable_registry(tmp_p
     calls: list[str] = []
     online = True
 
-    async def registry(reference: str) -> str | None:
+    async def registry(reference: str, **_: object) -> str | None:
         calls.append(reference)
         await asyncio.sleep(0.02)
         if not online:

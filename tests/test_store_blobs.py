@@ -39,7 +39,7 @@ async def test_schema_created_in_wal_mode_and_versioned(store: Store, tmp_path: 
     assert store.metadata.db["schema_version"].get(1)["version"] == len(MIGRATIONS)
     assert set(store.metadata.db["images"].columns_dict) == {
         "key", "variant", "spec_hash", "canonical", "repository", "tag", "manifest_digest", "size",
-        "created", "last_used", "lock", "base_digest", "recipe_version"}
+        "created", "last_used", "lock", "base_digest", "recipe_version", "compression"}
     await store.close()
     # Reopening an up-to-date database runs no migration and keeps the data.
     again = await open_store(tmp_path / "data")
@@ -54,6 +54,8 @@ async def test_migration_2_adds_component_tables_to_a_version_1_database(tmp_pat
     with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:
         conn.execute(f"DROP TABLE {LAYER_BLOBS}")
         conn.execute(f"DROP TABLE {BASE_DIGESTS}")
+        conn.execute("DROP TABLE image_history")            # migration 6's; a version-1 file has neither
+        conn.execute("ALTER TABLE images DROP COLUMN compression")
         conn.execute(f"INSERT INTO {UPSTREAM_PUSHES} (id, state) VALUES ('p1', 'done')")
         conn.execute("DROP TABLE wheels")  # a version-1 database predates it (migration 5)
         conn.execute("UPDATE schema_version SET version = 1")
@@ -81,6 +83,25 @@ async def test_migration_3_adds_generations_and_the_link_index_to_a_version_2_da
         assert (await store.manifests.all())[0].last_used == 1.0  # never re-used: its first push
         indexes = {tuple(i.columns) for i in store.metadata.db["repository_blobs"].indexes}
         assert ("digest",) in indexes
+    finally:
+        await store.close()
+
+
+async def test_migration_6_adds_image_history_and_compression_to_a_version_5_database(tmp_path: Path) -> None:
+    await (await open_store(tmp_path / "d")).close()
+    with sqlite3.connect(tmp_path / "d" / "envcache.db") as conn:   # what main's schema version 5 had
+        conn.execute("DROP TABLE image_history")
+        conn.execute("ALTER TABLE images DROP COLUMN compression")
+        conn.execute("INSERT INTO images (key, variant, repository, tag, manifest_digest, size, created, lock) "
+                     "VALUES ('k', 'cpu', 'envcache/env', 'k-cpu', 'sha256:" + "c" * 64 + "', 1, 1.0, '{}')")
+        conn.execute("UPDATE schema_version SET version = 5")
+    store = await open_store(tmp_path / "d")
+    try:
+        assert store.schema_version == len(MIGRATIONS) == 6
+        assert "image_history" in store.metadata.db.table_names()
+        image = await store.images.get("k")
+        assert image is not None and image.compression == ""   # filed before: checked once on use
+        assert await store.images.history("k") == []
     finally:
         await store.close()
 

@@ -37,12 +37,12 @@ def origin_base(reference_registry: str, busybox_oci_layout: OciImage) -> str:
 
 
 def _config(*, engine: str, upstreams: list[dict[str, Any]], dockerd: Dockerd | None = None,
-            tokens: list[Token] | None = None) -> Config:
+            tokens: list[Token] | None = None, compression: str = "gzip") -> Config:
     config = Config()
     config.build.engine = engine
     if dockerd is not None:
         config.build.docker_host = dockerd.host
-    config.build.compression = "gzip"
+    config.build.compression = compression
     config.upstreams = [parse_upstream(u) for u in upstreams]
     if tokens:
         config.auth = AuthConfig(tokens=tokens)
@@ -155,7 +155,7 @@ async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dock
     assert built["status"] == "built", built.get("log", built)
     await daemon_a.app[DAEMON].upstream.pushes.drain(timeout=120)
     stage_tags = await daemon_a.store.manifests.tags("envcache/stage")
-    assert len(stage_tags) == 2                                   # base (Dockerfile) + config
+    assert len(stage_tags) == 1             # the base (Dockerfile); the config stage is no engine stage
     # Machine B's engine has never built these stages: drop their tags from the shared dockerd.
     for key in stage_tags:
         dockerd.docker("rmi", f"envcache-stage:{key}")
@@ -167,9 +167,37 @@ async def test_shared_prefix_is_pulled_and_only_the_rest_built(make_daemon, dock
     log = answer["log"]
     base_key = next(k for k in stage_tags if f"stage base {k}" in built["log"])
     assert f"upstream: pulled {shared.url}/prefix/stage:{base_key}" in log
-    assert f"stage {base_key}: loaded into" in log and f"stage base {base_key}: building" not in log
-    assert "stage config" in log and ": building" in log          # only the rest was built
+    assert f"stage base {base_key}: stored in envcache's registry" in log
+    # Only the configuration was left, which is written from the stored stage: B's engine never
+    # had to build, or even load, anything.
+    assert ": building" not in log and f"stage {base_key}: loaded into" not in log, log
+    assert dockerd.docker("image", "inspect", f"envcache-stage:{base_key}", check=False).returncode != 0
     layers_a = await _layers(daemon_a.store, "envcache/env", built["image"]["digest"])
     layers_b = await _layers(daemon_b.store, "envcache/env", answer["image"]["digest"])
     # The config stage adds no layer: B's image is A's layers, from the pulled base stage.
     assert layers_b == layers_a and answer["image"]["key"] != built["image"]["key"]
+
+
+@pytest.mark.engine
+async def test_an_image_pulled_in_another_compression_is_answered_in_the_daemons(
+        make_daemon, dockerd: Dockerd, origin_base: str, reference_registry_factory) -> None:
+    """A zstd fleet's upstream, a daemon serving gzip (the default): what it pulled is re-stored
+    gzip before it answers — same config, same lock — never handed out as zstd."""
+    shared = reference_registry_factory()
+    upstream = {"url": shared.url, "prefix": "team/envcache"}
+    daemon_a = await make_daemon(_config(engine="docker", dockerd=dockerd, upstreams=[upstream], compression="zstd"))
+    daemon_b = await make_daemon(_config(engine="none", upstreams=[{**upstream, "mode": "pull"}]))
+    definition = _definition(origin_base, os.urandom(8).hex())
+    built = await ensure_and_log(daemon_a, definition)
+    assert built["status"] == "built", built
+    await daemon_a.app[DAEMON].upstream.pushes.drain(timeout=120)
+
+    pulled = await ensure_and_log(daemon_b, definition)
+    assert pulled["status"] == "pulled", pulled.get("log", pulled)
+    assert "the pulled image is stored zstd; this daemon serves gzip" in pulled["log"]
+    zstd = json.loads((await daemon_a.store.get_manifest("envcache/env", built["image"]["digest"])).body)
+    gzip = json.loads((await daemon_b.store.get_manifest("envcache/env", pulled["image"]["digest"])).body)
+    assert {layer["mediaType"].rsplit("+", 1)[1] for layer in zstd["layers"]} == {"zstd"}
+    assert {layer["mediaType"].rsplit("+", 1)[1] for layer in gzip["layers"]} == {"gzip"}
+    assert gzip["config"] == zstd["config"] and pulled["image"]["lock"] == built["image"]["lock"]
+    assert (await ensure_and_log(daemon_b, definition))["status"] == "hit"

@@ -47,11 +47,12 @@ def _config(upstreams: list[dict[str, Any]], **build: Any) -> Config:
 
 
 def _built_on_loaded_base(log: str, base: str, engine: str, local_repo: str, digest: str) -> bool:
-    """The build loaded ``base`` from the store's copy and never asked the engine to pull it
-    (an engine pull logs ``pulling REF`` on its own line), not even to compute stage keys."""
-    loaded = f"base {base}: loaded into {engine} from envcache's registry ({local_repo}@{digest})\n"
-    before, found, after = log.partition(loaded)
-    return (bool(found) and "cannot compute stage keys" not in log
+    """The build took ``base`` from the store's copy — loaded, or only tagged when the engine
+    already held that image by id — and never asked the engine to pull it (an engine pull logs
+    ``pulling REF`` on its own line), not even to compute stage keys."""
+    found = any(f"base {base}: {how} {engine} from envcache's registry ({local_repo}@{digest})\n" in log
+                for how in ("loaded into", "found by id in"))
+    return (found and "cannot compute stage keys" not in log
             and not any(line.startswith(f"pulling {base}") for line in log.splitlines()))
 
 

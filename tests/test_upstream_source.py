@@ -20,7 +20,7 @@ from tests.fixtures.processes import free_port
 from tests.fixtures.upstream import image_blobs, make_image, make_layer
 
 
-async def read_lock(store: Store, repo: str, digest: str) -> dict[str, str]:
+async def read_lock(store: Store, tag: str, repo: str, digest: str) -> dict[str, str]:
     """Stands in for the build side's lock reader."""
     return {"read": f"{repo}@{digest}"}
 

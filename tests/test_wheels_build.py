@@ -110,8 +110,11 @@ async def test_a_definition_pinning_a_private_wheel_builds_and_imports_it(
     assert out.splitlines()[:3] == [pkg.message, other.message, local], out
     assert "No such file or directory" in out  # the fetched wheels did not stay in the image
     key = image.rsplit(":", 1)[1].rsplit("-", 1)[0]
-    lock = (await daemon.store.images.get(key)).lock["pip"]
-    assert f"tinypkg @ {local}#sha256={pkg.sha256}" in lock and "tinyother==1.0" in lock
+    lock = {entry["name"]: entry for entry in (await daemon.store.images.get(key)).lock["pip"]}
+    # The lock names the served path (the same on every daemon) and each artifact's digest.
+    assert lock["tinypkg"]["direct"] and lock["tinypkg"]["url"].split("#")[0] == local
+    assert lock["tinypkg"]["sha256"] == pkg.sha256
+    assert (lock["tinyother"]["version"], lock["tinyother"]["sha256"]) == ("1.0", other.sha256)
     code, out, _ = await cli(daemon, "wheels", "show", pkg.path.name, "--json")
     assert json.loads(out)["used_by"]["images"] == [key]
 

@@ -31,31 +31,39 @@ def virtual_packages(cuda: str | None) -> list[Any]:
     return packages
 
 
-async def install_prefix(channels: list[str], specs: list[str], target: Path,
-                         cuda: str | None = None) -> list[dict[str, Any]]:
-    """Solve ``specs`` against ``channels`` for linux-64 and install into ``target`` as if it
-    were :data:`PREFIX`; returns the lock (one record per package)."""
+async def solve(channels: list[str], specs: list[str], cuda: str | None = None) -> list[Any]:
+    """Solve ``specs`` against ``channels`` for linux-64 (rattler's RepoDataRecords)."""
     import rattler
 
     if not channels:
         raise BuildFailed("conda", "conda packages are listed but no channel is (add python.conda_dependencies.channels)")
     try:
-        records = await rattler.solve(
+        return list(await rattler.solve(
             sources=channels, specs=specs, platforms=["linux-64", "noarch"], virtual_packages=virtual_packages(cuda),
-        )
+        ))
     except Exception as exc:  # rattler raises its own exception types per failure kind
         raise BuildFailed("conda", f"cannot solve {', '.join(specs)} from {', '.join(channels)}: {exc}") from exc
+
+
+def lock_entries(records: list[Any]) -> list[dict[str, Any]]:
+    """The conda part of the lock: one record per package, with its artifact and hashes."""
+    return [
+        {"name": r.name.normalized, "version": str(r.version), "build": str(r.build),
+         "channel": str(r.channel) if r.channel else None, "subdir": str(r.subdir), "url": str(r.url),
+         "sha256": r.sha256.hex() if r.sha256 else None, "md5": r.md5.hex() if r.md5 else None}
+        for r in sorted(records, key=lambda r: r.name.normalized)
+    ]
+
+
+async def install(records: list[Any], target: Path) -> None:
+    """Install solved ``records`` into ``target`` as if it were :data:`PREFIX`."""
+    import rattler
+
     try:
         await rattler.install(records, target_prefix=target, alternative_target_prefix=PREFIX,
                               show_progress=False, platform=rattler.Subdir("linux-64"))
     except Exception as exc:
         raise BuildFailed("conda", f"cannot install the solved packages: {exc}") from exc
-    return [
-        {"name": r.name.normalized, "version": str(r.version), "build": str(r.build),
-         "channel": str(r.channel) if r.channel else None, "subdir": str(r.subdir), "url": str(r.url),
-         "sha256": r.sha256.hex() if r.sha256 else None}
-        for r in sorted(records, key=lambda r: r.name.normalized)
-    ]
 
 
 def write_lock(lock: list[dict[str, Any]], path: Path) -> None:

@@ -32,11 +32,13 @@ def host_ca_bundle(configured: str | None = None) -> Path | None:
 
 
 class HelperServer:
-    """``GET /<token>/<name>`` → the registered bytes or file; everything else 404."""
+    """``GET /<token>/<name>`` → the registered bytes or file; ``PUT /<token>/<name>`` → what a
+    build step reports back (pip's installation report); everything else 404."""
 
     def __init__(self) -> None:
         self.token = secrets.token_hex(16)
         self.files: dict[str, bytes | Path] = {}
+        self.received: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -53,9 +55,16 @@ class HelperServer:
             return web.FileResponse(found, headers={"Content-Type": "application/octet-stream"})
         return web.Response(body=found, content_type="application/octet-stream")
 
+    async def _receive(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            raise web.HTTPNotFound()
+        self.received[request.match_info["name"]] = await request.read()
+        return web.Response(status=204)
+
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/{token}/{name:.+}", self._serve)
+        app.router.add_put("/{token}/{name:.+}", self._receive)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()

@@ -20,7 +20,12 @@ from envcache.definition.canonical import dumps_canonical
 
 #: Bumped whenever the generated Dockerfiles or stage procedures change what gets built: it is
 #: part of every root key (and so of every stage and image key).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+#: Every path a build step writes gets this mtime, and every config this ``created``
+#: (SOURCE_DATE_EPOCH, 1980-01-01T00:00:00Z): a constant of the recipe, never the clock, so the
+#: same key and lock give the same bytes. (1980: the earliest time a zip file can hold, so tools
+#: that zip what they find keep working.)
+SOURCE_DATE_EPOCH = 315532800
 
 
 def image_key(spec_hash: str, variant: str, base_digest: str, recipe_version: str | int = RECIPE_VERSION) -> str:

@@ -9,15 +9,15 @@ base again.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import xxhash
 
 from envcache.builder.keys import RECIPE_VERSION, image_key
 from envcache.definition.canonical import canonical_bytes, spec_hash
 from envcache.definition.model import Definition, Variant
-from envcache.definition.variants import base_of, for_variant, resolve_variant
-from envcache.oci import normalise_reference
+from envcache.definition.variants import base_login, base_of, for_variant, resolve_variant
+from envcache.oci import RegistryLogin, normalise_reference
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,13 @@ class BuildPlan:
     variant: Variant
     canonical: bytes              # canonical form of ``definition``
     spec_hash: str                # xxh3-128 of ``canonical``
-    base_name: str | None         # the image the build starts FROM, as written (None: no base known)
+    base_name: str | None         # the image the build starts FROM (None: no base known)
     base_digest: str = ""         # what ``base_reference`` resolved to; "" when nobody resolved it
     key: str = ""                 # the image key
+    # The definition's login for the base's registry: used to resolve and pull the base, never
+    # hashed, shown or stored.
+    login: RegistryLogin | None = field(default=None, repr=False, compare=False)
+    refresh: bool = False         # resolve the unpinned packages again instead of installing the lock
 
     @classmethod
     def of(cls, definition: Definition, variant: str, *, default_base: str | None = None, key: str = "") -> BuildPlan:
@@ -38,8 +42,9 @@ class BuildPlan:
         chosen = resolve_variant(variant)
         view = for_variant(definition, chosen)
         canonical = canonical_bytes(view)
-        return cls(definition, view, chosen, canonical, xxhash.xxh3_128_hexdigest(canonical),
-                   base_of(view, default_base), key=key)
+        base = base_of(view, default_base)
+        return cls(definition, view, chosen, canonical, xxhash.xxh3_128_hexdigest(canonical), base, key=key,
+                   login=base_login(view, base))
 
     @property
     def base_reference(self) -> str | None:

@@ -16,7 +16,7 @@ COMPRESSIONS = ("zstd", "gzip")
 class BuildSettings:
     engine: str = "auto"                 # one of ENGINES; auto: Docker when its socket exists, else buildah
     docker_host: str | None = None
-    compression: str = "zstd"            # one of COMPRESSIONS (gzip for Docker < 23 clients)
+    compression: str = "gzip"            # one of COMPRESSIONS: gzip every client pulls; zstd not Docker < 23
     concurrency: int = 2                 # builds at once (the daemon's build queue)
     stage_timeout: int = 3600            # seconds one stage may take
     # buildah's storage; unset = buildah's own defaults. vfs works everywhere (no overlay mounts).

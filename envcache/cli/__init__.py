@@ -100,6 +100,7 @@ _COMMAND_OWNERS = {
     **dict.fromkeys(("serve", "gc", "fsck"), "envcache.cli.daemon"),
     **dict.fromkeys(("resolve", "ensure", "warm", "env", "images", "status"), "envcache.cli.client"),
     **dict.fromkeys(("upstream", "push", "pull"), "envcache.cli.upstream"),
+    "lock": "envcache.cli.lock",
     "wheels": "envcache.cli.wheels",
     **dict.fromkeys(("pipeline", "step"), "envcache.cli.pipeline"),
 }

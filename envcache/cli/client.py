@@ -137,9 +137,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
     p.set_defaults(handler=_env_scaffold)
 
-    p = sub.add_parser("images", parents=parents, help="list cached images",
-                       description="List the daemon's cached images, most recently used first.",
-                       epilog=exit_status(s0="listed", s1=daemon_down))
+    p = sub.add_parser("images", parents=parents, help="list cached images, or one key's image and its history",
+                       description="List the daemon's cached images, most recently used first; with KEY, that "
+                                   "image (and with --history, the images refreshes replaced).",
+                       epilog=exit_status(s0="listed", s1=daemon_down, s3="no image with that key"))
+    p.add_argument("key", nargs="?", metavar="KEY", help="an image key (or KEY-VARIANT): show that image")
+    p.add_argument("--history", action="store_true",
+                   help="with KEY: also the images refreshes replaced (pullable by digest until gc expires them)")
     p.set_defaults(handler=_images)
     p = sub.add_parser("status", parents=parents, help="is the daemon up, and what is it doing",
                        description="Is the daemon up: its version, builds running and queued, and the build "
@@ -251,6 +255,11 @@ def _ensure(args: argparse.Namespace) -> int:
     flush()
     if not quiet:
         print(f"envcache: {answer['status']} in {time.monotonic() - began:.1f}s", file=sys.stderr)
+        changes = (answer.get("build") or {}).get("changes")
+        if args.refresh and changes is not None:
+            print("envcache: refresh: " + ("; ".join(changes) if changes else
+                                           "nothing changed (every package resolved to its locked version)"),
+                  file=sys.stderr)
     emit(args, answer["image"]["image"], answer)
     return 0
 
@@ -418,11 +427,33 @@ def _env_scaffold(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    if args.key:
+        return _image(args)
     images = _client(args).images()["images"]
     rows = [[i["image"], i["variant"], f"{i['size'] / 1e6:.1f} MB", time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_used"]))]
             for i in images]
     emit(args, table(["IMAGE", "VARIANT", "SIZE", "LAST USED"], rows), images)
     return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    """One key: its image, and with ``--history`` the images refreshes replaced."""
+    client = _client(args)
+    if not args.history:
+        image = client.image(args.key)
+        emit(args, f"{image['image']}  {image['digest']}", image)
+        return 0
+    history = client.image_history(args.key)
+    current = history["current"]
+    rows = [[current["image"], current["digest"], _when(current["created"]), "current"]]
+    rows += [[old["image"], old["digest"], _when(old["created"]), f"replaced {_when(old['replaced'])}"]
+             for old in history["replaced"]]
+    emit(args, table(["IMAGE", "DIGEST", "CREATED", ""], rows), history)
+    return 0
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
 def _status(args: argparse.Namespace) -> int:

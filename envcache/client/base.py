@@ -197,6 +197,10 @@ class Endpoints:
     def image(self, key: str) -> Any:
         return self._request("GET", f"/api/v1/images/{key}")
 
+    def image_history(self, key: str) -> Any:
+        """``{"key", "current": image, "replaced": [...]}``: what refreshes replaced, newest first."""
+        return self._request("GET", f"/api/v1/images/{key}/history")
+
     def register_environment(self, name: str, definition: DefinitionLike) -> Any:
         return self._request("POST", "/api/v1/environments", {"name": name, "definition": definition_document(definition)})
 

@@ -13,10 +13,11 @@ import functools
 import shutil
 from pathlib import Path
 
-from envcache.definition.canonical import conda_package_name, pip_package_name
+from envcache.definition.canonical import canonical_registry_address, conda_package_name, pip_package_name
 from envcache.definition.dockerfile import dockerfile_base_image
 from envcache.definition.model import VARIANTS, Definition, Variant, VariantOverride
 from envcache.errors import DefinitionError, InvalidInput
+from envcache.oci import ReferenceInvalid, RegistryLogin, names_registry, parse_reference
 
 CHOICES = (*VARIANTS, "auto")
 
@@ -91,12 +92,43 @@ def _apply(out: Definition, override: VariantOverride) -> None:
 
 
 def base_of(view: Definition, default: str | None) -> str | None:
-    """The image a (variant-applied) definition builds on, as written.
+    """The image a (variant-applied) definition builds on, as the engine is asked for it.
 
     A Dockerfile's first ``FROM`` (None without one) wins over ``docker.base_image``, because
     that is what the engine starts from; ``default`` (the daemon's base for the variant)
-    applies when the definition names neither.
+    applies when the definition names neither. A ``base_image`` that names no registry gets
+    ``base_image_registry.address`` in front (``team/base:1.0`` → ``myregistry.azurecr.io/team/base:1.0``,
+    the rule of :func:`~envcache.definition.canonical.qualified_image_ref`); otherwise it is kept
+    as written, so a short name resolves in the engine the way that engine resolves it.
     """
-    if view.docker.base_dockerfile:
-        return dockerfile_base_image(view.docker.base_dockerfile)
-    return view.docker.base_image or default
+    docker = view.docker
+    if docker.base_dockerfile:
+        return dockerfile_base_image(docker.base_dockerfile)
+    if docker.base_image is None:
+        return default
+    address = canonical_registry_address(docker.base_image_registry.address or "")
+    return f"{address}/{docker.base_image.strip()}" if address and not names_registry(docker.base_image) \
+        else docker.base_image.strip()
+
+
+def base_login(view: Definition, base: str | None) -> RegistryLogin | None:
+    """The definition's login for the registry of ``base`` (what :func:`base_of` answered).
+
+    It belongs to ``base_image_registry.address`` (or, without one, to the base's own registry)
+    and is used only for that host. A definition stored without its password (registered
+    environments are stored redacted) has no login: the daemon's ``[[upstreams]]`` entry for the
+    host, if any, applies instead.
+    """
+    registry = view.docker.base_image_registry
+    if not (registry.username and registry.password) or base is None:
+        return None
+    host = canonical_registry_address(registry.address or "") or _host_of(base)
+    return RegistryLogin(host, registry.username, registry.password) if host else None
+
+
+def _host_of(reference: str) -> str | None:
+    """The registry host of ``reference`` (``docker.io`` for Docker Hub), None when it is no reference."""
+    try:
+        return parse_reference(reference).host
+    except ReferenceInvalid:
+        return None

@@ -203,6 +203,15 @@ def image_index(entries: list[Descriptor]) -> bytes:
     return dumps_manifest({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [e.to_json() for e in entries]})
 
 
+def layer_compression(manifest: Manifest) -> str:
+    """How an image's layers are compressed: ``gzip`` (OCI's ``+gzip`` and Docker's ``.gzip``),
+    ``zstd``, ``none``, or ``mixed``; ``""`` for an image without layers. What a client must be
+    able to read to pull it (Docker before 23.0 reads no zstd)."""
+    kinds = {"gzip" if t.endswith("gzip") else "zstd" if t.endswith("zstd") else "none"
+             for t in (layer.media_type or "" for layer in manifest.layers)}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
+
+
 def platform_of_config(config: bytes) -> dict[str, str]:
     """The platform an image config declares (amd64/linux when it says nothing)."""
     data = json.loads(config)

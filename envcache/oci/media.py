@@ -5,6 +5,8 @@ from __future__ import annotations
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+#: The empty descriptor's media type (OCI 1.1): the config of an artifact that has none (``{}``).
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 #: OCI 1.1's empty descriptor (the config of an artifact that has none): the two bytes ``{}``.

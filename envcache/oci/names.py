@@ -48,6 +48,9 @@ def check_tag(tag: str) -> str:
 ENV_REPOSITORY = "envcache/env"
 #: Where envcache keeps each built stage (tag: its chain key), so other machines reuse prefixes.
 STAGE_REPOSITORY = "envcache/stage"
+#: Where envcache keeps each image's lock as an OCI artifact (tag: the image's), whose subject is
+#: the image: it outlives the image (gc), and travels to and from upstreams on its own.
+LOCK_REPOSITORY = "envcache/lock"
 #: Where envcache keeps each private wheel as an artifact (tag: the wheel's sha256 hex), so push
 #: and pull carry wheels like images and any OCI client can fetch one.
 WHEEL_REPOSITORY = "envcache/wheel"

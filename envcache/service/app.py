@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from envcache.builder.build import build_image, stage_keys_for
+from envcache.builder.build import build_image, recompress_image, stage_keys_for
 from envcache.builder.keys import RECIPE_VERSION
 from envcache.builder.stored import lock_from_store
 from envcache.registry import routes as registry
@@ -109,6 +109,9 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         return await build_image(prepared, store=store, engine=found, settings=config.build, log=log,
                                  stored_base=stored_base)
 
+    async def recompress(image: BuiltLike, log: LogFn) -> BuiltLike:
+        return await recompress_image(store, image.repository, image.tag, config.build.compression, log)
+
     metrics = Metrics(Activity(store.activity))
     offload = Offload()
 
@@ -121,7 +124,8 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
         builder=build, recipe_version=RECIPE_VERSION,
         variant_bases={name: v.base_image for name, v in config.variants.items()},
         concurrency=config.build.concurrency, sources=[upstream] if upstream.pull_upstreams else [],
-        on_build_done=on_build_done, track_tags=True, offload=offload,
+        on_build_done=on_build_done, track_tags=True, compression=config.build.compression, recompress=recompress,
+        offload=offload,
     )
     metrics.bind_queue(ensurer.queue_depth, ensurer.running)
     metrics.watch_upstream(upstream)

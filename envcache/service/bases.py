@@ -25,12 +25,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from envcache.errors import EnvcacheError
-from envcache.oci import parse_reference
+from envcache.oci import RegistryLogin, parse_reference
 from envcache.store import InsufficientStorage, Store
 from envcache.store.interfaces import BaseDigests
 
 #: A resolver returns the digest of a reference, or None when it does not know the reference.
-Resolver = Callable[[str], Awaitable[str | None]]
+#: It is called as ``resolver(reference, name=…, login=…)``: ``reference`` in its normal spelling,
+#: ``name`` as the definition writes it (what the engine is asked, so a short name resolves the way
+#: the engine resolves it), ``login`` the definition's credentials for the base's registry.
+Resolver = Callable[..., Awaitable[str | None]]
 
 _DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})\Z")  # \Z: "$" also matches before a final newline
 
@@ -45,7 +48,7 @@ class BaseImageUnresolvable(EnvcacheError):
 def own_registry(store: Store, own_hosts: set[str]) -> Resolver:
     """Bases in envcache's own registry: pushed there (``docker push`` to the daemon) or built."""
 
-    async def own_registry(reference: str) -> str | None:
+    async def own_registry(reference: str, **_: object) -> str | None:
         # Any loopback host:port counts: in-process daemons listen on a port the config never
         # saw, and a loopback reference that names content we hold is ours to answer.
         ref = parse_reference(reference)
@@ -59,10 +62,13 @@ def own_registry(store: Store, own_hosts: set[str]) -> Resolver:
 
 def local_engine(inspect: Callable[[str], Awaitable[str | None]]) -> Resolver:
     """What a build will start from when the image is already in the engine (no pull):
-    ``inspect(reference)`` answers the engine's image id, or None."""
+    ``inspect(name)`` answers the engine's image id, or None. The engine is asked for the name as
+    the definition writes it: each engine resolves a short name its own way (Docker reads
+    ``pybase:bookworm`` as ``docker.io/library/pybase:bookworm``, buildah finds it as
+    ``localhost/pybase:bookworm``), and the build's ``FROM`` will be resolved the same way."""
 
-    async def local_engine(reference: str) -> str | None:
-        return await inspect(reference)
+    async def local_engine(reference: str, *, name: str | None = None, **_: object) -> str | None:
+        return await inspect(name or reference)
 
     return local_engine
 
@@ -95,8 +101,11 @@ class BaseDigestResolver:
         entry = self._cache.get(reference)
         return entry.digest if entry and entry.expires > time.monotonic() else None
 
-    async def resolve(self, reference: str) -> str:
-        """The base digest for ``reference``; falls back to the last known value when offline."""
+    async def resolve(self, reference: str, *, name: str | None = None, login: RegistryLogin | None = None) -> str:
+        """The base digest for ``reference``; falls back to the last known value when offline.
+
+        ``name`` and ``login`` are passed on to the resolvers (see :data:`Resolver`); the cache is
+        keyed by ``reference`` alone, since a digest does not depend on who asked for it."""
         hit = self.cached(reference)
         if hit is not None:
             return hit
@@ -106,7 +115,7 @@ class BaseDigestResolver:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[reference] = future
         try:
-            digest = await self._resolve_uncached(reference)
+            digest = await self._resolve_uncached(reference, name, login)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
@@ -117,11 +126,11 @@ class BaseDigestResolver:
         finally:
             del self._inflight[reference]
 
-    async def _resolve_uncached(self, reference: str) -> str:
+    async def _resolve_uncached(self, reference: str, name: str | None, login: RegistryLogin | None) -> str:
         errors: list[str] = []
         for resolver in self._resolvers:
             try:
-                digest = await resolver(reference)
+                digest = await resolver(reference, name=name, login=login)
             except Exception as exc:  # an unreachable registry is expected: fall through
                 errors.append(f"{getattr(resolver, '__name__', 'resolver')}: {exc}")
                 continue

@@ -30,13 +30,16 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from envcache.builder.lock import Lock
+from envcache.builder.lock import changes as lock_changes
 from envcache.builder.plan import BuildPlan
 from envcache.errors import EnvcacheError, NotFound
+from envcache.oci import layer_compression, parse_manifest
 from envcache.progress import Ticker
 from envcache.service import schemas
 from envcache.service.bases import BaseDigestResolver
@@ -60,12 +63,16 @@ class BuiltLike(Protocol):
     manifest_digest: str
     size: int
     lock: dict
+    compression: str
 
 
 #: Builds ``prepared.definition`` (variant applied) under ``prepared.key``; raises on failure.
 Builder = Callable[["Prepared", LogFn], Awaitable[BuiltLike]]
 #: A source (e.g. an upstream registry) returns the image if it could provide it, else None.
 Source = Callable[["Prepared", LogFn], Awaitable[BuiltLike | None]]
+#: Re-stores a stored image (filed, or just pulled) with its layers in the configured compression
+#: (same config, same lock).
+Recompressor = Callable[[BuiltLike, LogFn], Awaitable[BuiltLike]]
 
 
 class KeyCollision(EnvcacheError):
@@ -94,7 +101,7 @@ class ImageRecord(StoredImage):
             key=self.key, variant=self.variant, spec_hash=self.spec_hash, image=f"{host}/{self.repository}:{self.tag}",
             repository=self.repository, tag=self.tag, digest=self.manifest_digest, size=self.size,
             created=self.created, last_used=self.last_used, lock=self.lock, base_digest=self.base_digest,
-            recipe_version=self.recipe_version)
+            recipe_version=self.recipe_version, compression=self.compression)
 
     def to_json(self, host: str) -> dict[str, Any]:
         return msgspec.to_builtins(self.model(host))
@@ -118,7 +125,11 @@ class Build:
     refresh: bool
     request_id: str | None = None  # the request that started it (X-Request-Id; the access log has it too)
     state: str = "queued"  # queued → running → succeeded | failed
-    outcome: str | None = None  # built | pulled | unchanged (refresh kept the old image)
+    # built | pulled | unchanged (refresh kept the old image) | recompressed (the same image,
+    # its layers re-stored in the configured compression)
+    outcome: str | None = None
+    changes: list[str] | None = None  # what a refresh changed ("requests 2.32.2 → 2.32.3"); [] nothing
+    recompress: ImageRecord | None = None   # the filed image to re-store in another compression
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -182,7 +193,8 @@ class Build:
             environment=schemas.BuildEnvironment(self.env_name, self.env_version) if self.env_name else None,
             state=self.state, outcome=self.outcome, refresh=self.refresh, created=self.created,  # type: ignore[arg-type]
             started=self.started, finished=self.finished, error=self.error,
-            image=self.image.model(host) if self.image else None, request_id=self.request_id)
+            image=self.image.model(host) if self.image else None, changes=self.changes,
+            request_id=self.request_id)
 
 
 def _still_working(ticker: Ticker) -> str:
@@ -217,11 +229,15 @@ class Ensurer:
         sources: Sequence[Source] = (),
         on_build_done: Callable[[Build, float], Awaitable[None]] | None = None,
         track_tags: bool = False,
+        compression: str | None = None,
+        recompress: Recompressor | None = None,
         offload: Offload | None = None,
     ) -> None:
         """``track_tags`` keeps the image index in step with the registry's tags: a hit needs its
         tag to still name a manifest, and an unchanged refresh moves the tag back to the image
-        already filed. The daemon sets it (its builder and sources tag what they store)."""
+        already filed. The daemon sets it (its builder and sources tag what they store).
+        ``compression`` is the one the daemon serves: an image filed in another is never a hit,
+        ``recompress`` re-stores it (a build that takes seconds, not a rebuild)."""
         self._store = store
         self.resolver = resolver
         self._builder = builder
@@ -229,12 +245,14 @@ class Ensurer:
         self._variant_bases = variant_bases
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self.sources: list[Source] = list(sources)
-        self._inflight: dict[tuple[str, bool], Build] = {}
+        self._inflight: dict[tuple[str, str], Build] = {}   # (key, build | refresh | recompress)
         self._builds: dict[str, Build] = {}
         self._tasks: set[asyncio.Task] = set()
         self._touched: dict[str, float] = {}
         self._on_build_done = on_build_done
         self._track_tags = track_tags
+        self._compression = compression
+        self._recompress = recompress
         self._offload = offload
         # Plans of large definitions, by the identity of the (never mutated, memoised) Definition:
         # canonicalising one takes a worker round trip, so each is done once per variant.
@@ -252,7 +270,8 @@ class Ensurer:
         """Apply the variant, canonicalise, resolve the base, compute the key."""
         plan = await self._plan(definition, variant)
         reference = plan.base_reference
-        digest = "none" if reference is None else await self.resolver.resolve(reference)
+        digest = "none" if reference is None else \
+            await self.resolver.resolve(reference, name=plan.base_name, login=plan.login)
         return plan.resolved(digest, self.recipe_version)
 
     async def _plan(self, definition: Definition, variant: str) -> BuildPlan:
@@ -272,7 +291,28 @@ class Ensurer:
         return plan
 
     async def lookup(self, prepared: Prepared) -> ImageRecord | None:
-        """The cached image for ``prepared`` or None; verifies canonical bytes on a hit."""
+        """The cached image for ``prepared`` if every client can pull it, else None."""
+        image = await self.find(prepared)
+        return image if image is not None and await self.pullable(image) else None
+
+    async def pullable(self, image: ImageRecord) -> bool:
+        """Whether ``image`` is stored in the compression the daemon serves (or uncompressed,
+        which every client reads). An image filed before compressions were recorded is looked
+        at once, and its compression recorded."""
+        if self._compression is None or image.compression:
+            return not self._foreign(image.compression)
+        manifest = await self._store.get_manifest(image.repository, image.manifest_digest)
+        found = (layer_compression(parse_manifest(manifest.body)) if manifest is not None else "") or self._compression
+        await self._store.images.put(replace(image, compression=found))
+        return not self._foreign(found)
+
+    def _foreign(self, compression: str) -> bool:
+        """Whether layers in ``compression`` are in another one than the daemon serves (and so
+        may be unreadable by its clients): uncompressed layers never are."""
+        return self._compression is not None and compression not in (self._compression, "none", "")
+
+    async def find(self, prepared: Prepared) -> ImageRecord | None:
+        """The image filed for ``prepared`` or None; verifies canonical bytes on a hit."""
         stored = await self._store.images.get(prepared.key)
         if stored is None:
             return None
@@ -306,17 +346,20 @@ class Ensurer:
     ) -> Outcome:
         """Answer a hit at once; otherwise start (or join) the build for this key."""
         prepared = await self.prepare(definition, variant)
-        image = await self.lookup(prepared)
-        # Refreshing only makes sense for unpinned requirements; the builder records them in
-        # the lock, and an image whose every requirement is pinned would rebuild identically.
-        if image is not None and (not refresh or image.lock.get("unpinned") == []):
+        image = await self.find(prepared)
+        recompress = image if image is not None and self._recompress and not await self.pullable(image) else None
+        # Refreshing only makes sense for unpinned packages (transitive ones included); the
+        # builder records them in the lock, and an image whose every package is pinned would
+        # resolve identically.
+        if image is not None and recompress is None and (not refresh or image.lock.get("unpinned") == []):
             return Outcome(prepared, image=image)
-        slot = (prepared.key, refresh)
+        prepared = replace(prepared, refresh=refresh and recompress is None)
+        slot = (prepared.key, "recompress" if recompress else "refresh" if prepared.refresh else "build")
         build = self._inflight.get(slot)
         if build is None:
             name, version = environment if environment else (None, None)
-            build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, refresh,
-                          request_id)
+            build = Build(uuid.uuid4().hex, prepared.key, variant, prepared.spec_hash, name, version, prepared.refresh,
+                          request_id, recompress=recompress)
             self._inflight[slot] = build
             self._builds[build.id] = build
             await self._store.builds.save(build.record())
@@ -359,7 +402,7 @@ class Ensurer:
                 pass
         await self.flush_last_used()
 
-    async def _run(self, build: Build, prepared: Prepared, slot: tuple[str, bool]) -> None:
+    async def _run(self, build: Build, prepared: Prepared, slot: tuple[str, str]) -> None:
         began = time.monotonic()
         try:
             started_by = f" by request {build.request_id}" if build.request_id else ""
@@ -372,7 +415,11 @@ class Ensurer:
                 # show that the build is alive.
                 async with Ticker(build.log, _still_working) as build_log:
                     built, outcome = await self._obtain(build, prepared, build_log)
-            build.image, build.outcome = await self._record(prepared, built, outcome, build.refresh)
+            build.image, build.outcome, build.changes = await self._record(prepared, built, outcome)
+            if build.refresh:
+                build.log("envcache: refresh: " + (f"{len(build.changes)} change(s): {', '.join(build.changes)}"
+                                                   if build.changes else "nothing changed: every package resolved "
+                                                                         "to the version it is locked at"))
             build.log(f"envcache: {build.outcome}: {build.image.repository}:{build.image.tag} {build.image.manifest_digest}")
             await self._finish(build, "succeeded")
         except asyncio.CancelledError:
@@ -406,10 +453,20 @@ class Ensurer:
             build.finish(state, error)
 
     async def _obtain(self, build: Build, prepared: Prepared, log: LogFn) -> tuple[BuiltLike, str]:
+        if build.recompress is not None and self._recompress is not None:
+            log(f"envcache: {build.recompress.repository}:{build.recompress.tag} is stored "
+                f"{build.recompress.compression or 'in an unrecorded compression'}; this daemon serves "
+                f"{self._compression}: storing its layers so (same image, same lock)")
+            return await self._recompress(build.recompress, log), "recompressed"
         if not build.refresh:
             for source in self.sources:
                 got = await source(prepared, log)
                 if got is not None:
+                    if self._recompress is not None and self._foreign(got.compression):
+                        # The upstream's copy is in another compression: never answer with it.
+                        log(f"envcache: the pulled image is stored {got.compression}; this daemon serves "
+                            f"{self._compression}: storing its layers so (same image, same lock)")
+                        got = await self._recompress(got, log)
                     return got, "pulled"
         built = await self._builder(prepared, log)
         return built, "built"
@@ -425,22 +482,31 @@ class Ensurer:
             raise NotFound(f"no image with key {key[:80]!r}")
         return ImageRecord.from_stored(stored)
 
-    async def _record(self, prepared: Prepared, built: BuiltLike, outcome: str,
-                      refresh: bool) -> tuple[ImageRecord, str]:
-        """File the image under its key → (record, outcome).
+    async def _record(self, prepared: Prepared, built: BuiltLike,
+                      outcome: str) -> tuple[ImageRecord, str, list[str] | None]:
+        """File the image under its key → (record, outcome, what a refresh changed).
 
-        A refresh that resolved exactly the same versions keeps the image already filed (its
-        entry stays as it is; the tag the builder moved goes back to it), so clients holding the
-        old digest are not told about a "new" image that differs only in timestamps.
+        A refresh that resolved exactly the same packages keeps the image already filed (its
+        entry stays as it is; should the builder have moved the tag, it goes back), so clients
+        holding its digest are never told about a "new" image. An image the key named before (a
+        refresh that changed something, a rebuild with other bytes) stays in the key's history.
         """
-        previous = await self._store.images.get(prepared.key) if refresh else None
-        if previous is not None and previous.lock == (built.lock or {}):
-            if self._track_tags and previous.manifest_digest != built.manifest_digest:
-                await self._store.set_tag(previous.repository, previous.tag, previous.manifest_digest)
-            return ImageRecord.from_stored(previous), "unchanged"
+        previous = await self._store.images.get(prepared.key)
+        changes = None
+        if prepared.refresh and previous is not None:
+            changes = lock_changes(Lock.from_json(previous.lock), Lock.from_json(built.lock))
+            if not changes:
+                if self._track_tags and previous.manifest_digest != built.manifest_digest:
+                    await self._store.set_tag(previous.repository, previous.tag, previous.manifest_digest)
+                return ImageRecord.from_stored(previous), "unchanged", changes
         now = time.time()
         stored = StoredImage(prepared.key, prepared.variant, prepared.spec_hash, prepared.canonical, built.repository,
                              built.tag, built.manifest_digest, built.size, now, now, dict(built.lock or {}),
-                             prepared.base_digest, self.recipe_version)
-        await self._store.images.put(stored)
-        return ImageRecord.from_stored(stored), outcome
+                             prepared.base_digest, self.recipe_version,
+                             # an image without layers is in whatever compression the daemon serves
+                             built.compression or self._compression or "")
+        if previous is not None and previous.manifest_digest != built.manifest_digest:
+            await self._store.images.replace(stored, previous, now)
+        else:
+            await self._store.images.put(stored)
+        return ImageRecord.from_stored(stored), outcome, changes

@@ -194,6 +194,7 @@ class Image(msgspec.Struct):
     lock: dict[str, Any]
     base_digest: str
     recipe_version: str
+    compression: Annotated[str, msgspec.Meta(description="of its layers: gzip, zstd or none")] = ""
 
 
 class BuildEnvironment(msgspec.Struct):
@@ -208,13 +209,15 @@ class Build(msgspec.Struct):
     spec_hash: str
     environment: BuildEnvironment | None
     state: Literal["queued", "running", "succeeded", "failed"]
-    outcome: Literal["built", "pulled", "unchanged"] | None
+    outcome: Literal["built", "pulled", "unchanged", "recompressed"] | None
     refresh: bool
     created: float
     started: float | None
     finished: float | None
     error: str | None
     image: Image | None
+    changes: Annotated[list[str] | None, msgspec.Meta(
+        description="what a refresh changed ('requests 2.32.2 → 2.32.3'); empty when nothing did")] = None
     request_id: Annotated[str | None, msgspec.Meta(
         description="X-Request-Id of the request that started the build (while the daemon remembers it)")] = None
 
@@ -251,7 +254,7 @@ class Miss(msgspec.Struct):
 
 
 class Ensured(msgspec.Struct):
-    status: Literal["hit", "built", "pulled", "unchanged"]
+    status: Literal["hit", "built", "pulled", "unchanged", "recompressed"]
     image: Image
     build: Build | Unset = UNSET
 
@@ -269,6 +272,25 @@ class Failed(msgspec.Struct):
 
 class Images(msgspec.Struct):
     images: list[Image]
+
+
+class ReplacedImage(msgspec.Struct):
+    """An image the key named before a refresh re-resolved it; pullable by digest until gc expires it."""
+
+    image: Annotated[str, msgspec.Meta(description="a pullable reference by digest: <host>/<repository>@<digest>")]
+    repository: str
+    tag: str
+    digest: str
+    size: int
+    created: float
+    replaced: float
+    lock: dict[str, Any]
+
+
+class ImageHistory(msgspec.Struct):
+    key: str
+    current: Image
+    replaced: list[ReplacedImage]
 
 
 class Environments(msgspec.Struct):

@@ -32,7 +32,8 @@ lives while a registered environment or a cached image pins the wheel: once noth
 grace period has passed, the tag goes and the same run sweeps the wheel.
 
 ``--keep-days N`` first expires ``images`` rows unused for N days (``last_used``) and deletes
-their tags, so the same run sweeps them. An index tag over variants (``envcache/env:<spec
+their tags, so the same run sweeps them; images a refresh replaced more than N days ago leave
+their key's history (until then, history entries are roots too). An index tag over variants (``envcache/env:<spec
 hash>``) goes too once every image it lists has expired; while a sibling variant is still in use
 the index keeps the expired one reachable (reported in ``notes``) until the next rebuild
 replaces that entry.
@@ -174,8 +175,11 @@ async def _collect(store: Store, report: GcReport, now: float, upload_ttl: float
     # The mark: what is used first (blob rows, then manifests), then what references it.
     rows = await store.blobs.all()
     manifests = await store.manifests.all()
+    # An image a refresh replaced stays (pullable by digest) until --keep-days expires it.
+    history_cutoff = now - report.keep_days * 86400 if report.keep_days is not None else float("-inf")
     phase(f"gc: marking what {len(manifests)} manifests reach")
-    reachable, needed = await _mark(store, manifests, {(r, t) for r, t, _ in dead_tags}, expired, cutoff)
+    reachable, needed = await _mark(store, manifests, {(r, t) for r, t, _ in dead_tags}, expired, cutoff,
+                                    history_cutoff)
     for repo, digest in sorted({(r, d) for _, r, d in expired} & reachable):
         report.notes.append(f"expired image manifest {repo}@{digest} is still referenced (by an index or "
                             "another tag), so it stays")
@@ -299,11 +303,14 @@ async def _expire_images(store: Store, report: GcReport,
                 gone = set(await store.images.delete_unused([key for key, _, _ in expired], limit))
                 expired = [entry for entry in expired if entry[0] in gone]
             dead = await _dead_tags(store, images, expired)
+            if not report.dry_run and (forgotten := await store.images.forget_history(limit)):
+                report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {report.keep_days:g} "
+                                    "days ago expired from their keys' history")
             # Pipeline step results follow the same rule: unused that long, their tag goes.
             steps = await store.steps.unused_since(limit)
             if steps and not report.dry_run:
-                forgotten = set(await store.steps.delete_unused([key for key, _ in steps], limit))
-                steps = [(key, digest) for key, digest in steps if key in forgotten]
+                dropped = set(await store.steps.delete_unused([key for key, _ in steps], limit))
+                steps = [(key, digest) for key, digest in steps if key in dropped]
             dead += [(STEP_REPOSITORY, key, digest) for key, digest in steps]
         dead += await _unkept_wheels(store, {key for key, _, _ in expired}, now - report.grace_seconds)
         if dead and not report.dry_run:
@@ -370,7 +377,8 @@ async def _children_of(store: Store, digest: str) -> list[str]:
 
 
 async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple[str, str]],
-                expired: list[tuple[str, str, str]], cutoff: float) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+                expired: list[tuple[str, str, str]], cutoff: float,
+                history_cutoff: float) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """Reachable manifests as ``(repo, digest)`` and the ``(repo, blob)`` links they need."""
     known = {(m.repository, m.digest): max(m.created, m.last_used) for m in manifests}
     referrers: dict[tuple[str, str], list[str]] = {}
@@ -380,6 +388,7 @@ async def _mark(store: Store, manifests: list[ManifestRow], dead_tags: set[tuple
     expired_keys = {key for key, _, _ in expired}
     roots = [(r, d) for r, t, d in await store.manifests.roots_for_gc() if (r, t) not in dead_tags]
     roots += [(r, d) for k, r, d in await store.images.roots_for_gc() if k not in expired_keys and r and d]
+    roots += await store.images.kept_history(history_cutoff)   # replaced by a refresh, not expired yet
     # Young manifests are roots too: a manifest pushed by digest waits for its tag.
     roots += [ref for ref, used in known.items() if used >= cutoff]
     reachable: set[tuple[str, str]] = set()

@@ -77,7 +77,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from envcache.store.records import (
-    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, StagedBlob, StepResult,
+    BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, ReplacedImage, StagedBlob,
+    StepResult,
     StoredImage, UploadSession, WheelRecord,
 )
 
@@ -362,6 +363,20 @@ class Images(Protocol):
         """(key, repository, tag, manifest digest) of every image."""
 
     async def delete(self, keys: Sequence[str]) -> None: ...
+
+    async def replace(self, image: StoredImage, previous: StoredImage, now: float) -> None:
+        """Atomically: file ``image`` under its key and keep ``previous`` (the image the key named
+        until now) in the key's history, replaced at ``now``."""
+
+    async def history(self, key: str) -> list[ReplacedImage]:
+        """The images ``key`` was filed under before, most recently replaced first."""
+
+    async def kept_history(self, replaced_since: float) -> list[tuple[str, str]]:
+        """(repository, manifest digest) of history entries replaced at or after
+        ``replaced_since``: gc keeps them."""
+
+    async def forget_history(self, replaced_before: float) -> int:
+        """Drop history entries replaced before ``replaced_before`` (gc); returns how many."""
 
     async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
         """gc ``--keep-days``: remove those of ``keys`` still unused since ``limit``; returns them."""

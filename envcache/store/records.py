@@ -98,6 +98,22 @@ class StoredImage:
     lock: dict[str, Any] = field(default_factory=dict)
     base_digest: str = ""
     recipe_version: str = ""
+    compression: str = ""          # of its layers: gzip | zstd | none | mixed ("" = not recorded)
+
+
+@dataclass(frozen=True)
+class ReplacedImage:
+    """An image a key was filed under before a refresh moved the key to a new one."""
+
+    key: str
+    variant: str
+    repository: str
+    tag: str
+    manifest_digest: str
+    size: int
+    created: float
+    replaced: float
+    lock: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from envcache.errors import EnvcacheError, InvalidInput
-from envcache.oci import DOCKER_HUB_HOSTS, ImageRef, config_digest, parse_reference
+from envcache.oci import DOCKER_HUB_HOSTS, ImageRef, RegistryLogin, config_digest, parse_reference
 from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import pull_image
@@ -27,15 +27,30 @@ if TYPE_CHECKING:
     from envcache.store import Store
 
 
-def origin_upstream(ref: ImageRef, upstreams: Sequence[Upstream]) -> Upstream:
-    """The origin registry of ``ref`` as an Upstream, with credentials/TLS if one is configured."""
-    for upstream in upstreams:
-        if upstream.host == ref.host or (ref.host == "docker.io" and upstream.host in DOCKER_HUB_HOSTS):
-            return upstream
-    if ref.host == "docker.io":
-        return Upstream(url="https://registry-1.docker.io", prefix="", mode="pull")
-    # Docker's own rule: loopback registries may speak plain HTTP, anything else must use TLS.
-    return Upstream(url=f"{'http' if ref.is_loopback else 'https'}://{ref.host}", prefix="", mode="pull")
+def origin_upstreams(ref: ImageRef, upstreams: Sequence[Upstream], login: RegistryLogin | None = None) -> list[Upstream]:
+    """The origin registry of ``ref`` as Upstreams to try in order, with credentials/TLS if one is
+    configured.
+
+    ``login`` (the definition's own credentials for that registry) replaces the configured
+    credentials; the configured entry still gives the TLS settings. Without either, the request
+    is anonymous — which is how a registered environment (stored without its password) is pulled
+    unless the daemon's config has an ``[[upstreams]]`` entry for the host. An unconfigured
+    loopback registry is tried as Docker tries one, HTTPS first, then plain HTTP (envcache
+    verifies the HTTPS certificate against the system's trust, where Docker would not).
+    """
+    configured = next((u for u in upstreams
+                       if u.host == ref.host or (ref.host == "docker.io" and u.host in DOCKER_HUB_HOSTS)), None)
+    if configured is not None:
+        origins = [configured]
+    elif ref.host == "docker.io":
+        origins = [Upstream(url="https://registry-1.docker.io", prefix="", mode="pull")]
+    else:
+        schemes = ("https", "http") if ref.is_loopback else ("https",)
+        origins = [Upstream(url=f"{scheme}://{ref.host}", prefix="", mode="pull") for scheme in schemes]
+    login = login.for_host(ref.host) if login is not None else None
+    if login is None:
+        return origins
+    return [replace(origin, username=login.username, password=login.password, token=None) for origin in origins]
 
 
 @dataclass
@@ -54,29 +69,31 @@ class BasePuller:
                  client_for: Callable[[Upstream], RegistryClient] | None = None) -> None:
         self.store = store
         self.upstreams = list(upstreams)
-        self._own: dict[str, RegistryClient] = {}
+        # One client per upstream *with its credentials*: a client caches tokens, which must
+        # never serve a request made with another login.
+        self._own: dict[Upstream, RegistryClient] = {}
         self._client_for = client_for
         self.__name__ = "upstream pull-through"   # how BaseDigestResolver names us in errors
 
     def _client(self, upstream: Upstream) -> RegistryClient:
         if self._client_for is not None:
             return self._client_for(upstream)
-        if upstream.url not in self._own:
-            self._own[upstream.url] = RegistryClient(upstream)
-        return self._own[upstream.url]
+        if upstream not in self._own:
+            self._own[upstream] = RegistryClient(upstream)
+        return self._own[upstream]
 
-    def sources_for(self, ref: ImageRef) -> list[Upstream]:
-        """Mirrors configured for the origin first, then the origin itself."""
+    def sources_for(self, ref: ImageRef, login: RegistryLogin | None = None) -> list[Upstream]:
+        """Mirrors configured for the origin first, then the origin itself (with ``login``)."""
         mirrors = [replace(u, prefix="") for u in self.upstreams
                    if u.can_pull and (ref.host in u.mirror_for or (ref.host == "docker.io" and
                                                                    DOCKER_HUB_HOSTS & set(u.mirror_for)))]
-        return mirrors + [origin_upstream(ref, self.upstreams)]
+        return mirrors + origin_upstreams(ref, self.upstreams, login)
 
-    async def pull(self, reference: str) -> BaseImage:
+    async def pull(self, reference: str, login: RegistryLogin | None = None) -> BaseImage:
         """Fetch ``reference`` (mirror, then origin) into the store, tagged under its own name."""
         ref = parse_reference(reference)
         errors: list[str] = []
-        for upstream in self.sources_for(ref):
+        for upstream in self.sources_for(ref, login):
             try:
                 stats = await pull_image(self._client(upstream), ref.path, ref.ref, self.store,
                                          ref.local_repository, ref.tag)
@@ -89,7 +106,7 @@ class BasePuller:
             return BaseImage(str(ref), stats.digest, ref.local_repository, upstream.url, stats.bytes_copied)
         raise BaseNotAvailable(f"cannot fetch base image {ref}: " + "; ".join(errors))
 
-    async def __call__(self, reference: str) -> str | None:
+    async def __call__(self, reference: str, *, login: RegistryLogin | None = None, **_: object) -> str | None:
         """Resolver protocol: the base's *config* digest (the engine's image id) after caching it.
 
         Image keys use the config digest on every machine (a builder knows its base by engine id,
@@ -98,7 +115,7 @@ class BasePuller:
         """
         if reference == "scratch":
             return None
-        pulled = await self.pull(reference)
+        pulled = await self.pull(reference, login)
         found = await self.store.config_digest(pulled.local_repository, pulled.digest)
         return found[1] if found else None
 
@@ -108,11 +125,21 @@ class BasePuller:
         self._own.clear()
 
 
-async def remote_registry(reference: str) -> str | None:
-    """A base resolver: the config digest of ``reference`` asked of its own registry,
-    anonymously (configured upstreams and mirrors are the pull-through's job)."""
+async def remote_registry(reference: str, *, login: RegistryLogin | None = None, **_: object) -> str | None:
+    """A base resolver: the config digest of ``reference`` asked of its own registry, with the
+    definition's ``login`` if any (configured upstreams and mirrors are the pull-through's job)."""
     ref = parse_reference(reference)
-    async with RegistryClient(origin_upstream(ref, []), timeouts=Timeouts(connect=3.0, read=10.0)) as client:
+    *earlier, last = origin_upstreams(ref, [], login)
+    for origin in earlier:
+        try:
+            return await _remote_config_digest(origin, ref)
+        except EnvcacheError:
+            continue  # an unconfigured loopback registry that speaks plain HTTP: try it so
+    return await _remote_config_digest(last, ref)
+
+
+async def _remote_config_digest(origin: Upstream, ref: ImageRef) -> str | None:
+    async with RegistryClient(origin, timeouts=Timeouts(connect=3.0, read=10.0)) as client:
         manifest = await client.get_manifest(ref.path, ref.ref)
         if manifest is None:
             return None

@@ -7,10 +7,12 @@ just built). Upstream trouble — unreachable, stalled,
 refusing, or answering garbage — is logged to the build log and kept in ``last_errors``; it
 never fails the ensure: the daemon then builds, as it would with no upstream at all.
 
-Naming: locally an image is ``envcache/env:<key>-<variant>``, a stage image
-``envcache/stage:<chain key>`` and a private wheel ``envcache/wheel:<sha256 hex>``; on an
-upstream they live under the upstream's prefix (``<prefix>/env``, ``<prefix>/stage``,
-``<prefix>/wheel``) with the same tags, so any OCI client can list them.
+Naming: locally an image is ``envcache/env:<key>-<variant>``, its lock ``envcache/lock:<key>-<variant>``,
+a stage image ``envcache/stage:<chain key>`` and a private wheel ``envcache/wheel:<sha256 hex>``; on
+an upstream they live under the upstream's prefix (``<prefix>/env``, ``<prefix>/lock``,
+``<prefix>/stage``, ``<prefix>/wheel``) with the same tags, so any OCI client can list them. The lock
+travels on its own: a daemon that cannot pull an image (gone from the upstream, or never pushed) but
+finds its lock builds exactly that lock.
 
 Wheels travel with what needs them: an image is pushed after the wheels it pins, and before a
 request is pulled or built, the wheels its definition pins that the store lacks are pulled, so a
@@ -29,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from envcache.definition.canonical import pinned_wheels, wheel_digests
 from envcache.errors import EnvcacheError, InvalidInput
 from envcache.oci import (
-    ENV_REPOSITORY, STAGE_REPOSITORY, WHEEL_REPOSITORY, image_tag, parse_image_tag, parse_manifest,
+    ENV_REPOSITORY, LOCK_REPOSITORY, STAGE_REPOSITORY, WHEEL_REPOSITORY, image_tag, layer_compression,
+    parse_image_tag, parse_manifest,
 )
 from envcache.progress import Ticker, size
 from envcache.upstream.client import RegistryClient, Timeouts
@@ -48,6 +51,8 @@ ENV_REPO = ENV_REPOSITORY
 STAGE_REPO = STAGE_REPOSITORY
 WHEEL_REPO = WHEEL_REPOSITORY
 LogFn = Callable[[str], None]
+#: Reads the lock of a stored image: (store, image tag, repository, manifest digest) → lock document.
+LockReader = Callable[["Store", str, str, str], Awaitable[dict]]
 
 
 class Wanted(Protocol):
@@ -78,6 +83,7 @@ class PulledImage:
     lock: dict = field(default_factory=dict)
     upstream: str = ""
     stats: dict = field(default_factory=dict)
+    compression: str = ""      # of its layers, as pulled (``envcache.oci.layer_compression``)
 
 
 class UpstreamSource:
@@ -85,7 +91,7 @@ class UpstreamSource:
 
     def __init__(self, store: Store, upstreams: Sequence[Upstream], *, timeouts: Timeouts | None = None,
                  stage_keys: Callable[[Wanted, LogFn], Awaitable[list[str]]] | None = None,
-                 lock_reader: Callable[[Store, str, str], Awaitable[dict]] | None = None, push_attempts: int = 5,
+                 lock_reader: LockReader | None = None, push_attempts: int = 5,
                  push_backoff: float = 1.0) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -93,7 +99,7 @@ class UpstreamSource:
         # Chain keys of the request's stages, shallowest first (supplied by the build side,
         # which owns the root key formula); without it only whole images are pulled.
         self.stage_keys = stage_keys
-        # Reads the lock (pip freeze / conda list) a pulled image carries in its layers; the
+        # Reads the lock of a pulled image (its lock artifact, else the files in its layers); the
         # build side owns that format.
         self.lock_reader = lock_reader
         self._clients: dict[str, RegistryClient] = {}
@@ -122,11 +128,15 @@ class UpstreamSource:
         return [self] if self.pull_upstreams else []
 
     async def __call__(self, prepared: Wanted, log_fn: LogFn) -> PulledImage | None:
-        """``Source`` for the Ensurer: the whole image, or else warm the deepest shared stage."""
+        """``Source`` for the Ensurer: the whole image, or else its lock (so the build installs
+        exactly it) and the deepest shared stage; first the wheels the definition pins."""
         await self.pull_wheels([wheel.sha256 for wheel in pinned_wheels(prepared.definition)], log_fn=log_fn)
+        errors = self.counters["pull_errors"]
         hit = await self.try_pull(prepared.key, prepared.variant, log_fn=log_fn)
         if hit is not None:
             return hit
+        if self.counters["pull_errors"] == errors:   # a failing upstream is not asked (and waited for) twice
+            await self.try_pull_lock(image_tag(prepared.key, prepared.variant), log_fn=log_fn)
         if self.stage_keys is not None:
             try:
                 keys = await self.stage_keys(prepared, log_fn)
@@ -142,10 +152,23 @@ class UpstreamSource:
             await self.push_after_build(build.image.repository, build.image.tag)
 
     async def try_pull(self, image_key: str, variant: str, *, log_fn: LogFn | None = None) -> PulledImage | None:
-        """Look the image up on each pull upstream in order; copy it in on the first hit."""
-        hit = await self._pull_first(ENV_REPO, image_tag(image_key, variant), "env", log_fn)
+        """Look the image up on each pull upstream in order; copy it (and its lock) in on the first hit."""
+        tag = image_tag(image_key, variant)
+        hit = await self._pull_first(ENV_REPO, tag, "env", log_fn)
         self.counters["pull_hits" if hit is not None else "pull_misses"] += 1
+        if hit is not None:
+            await self.try_pull_lock(tag, log_fn=log_fn)
+            hit.lock = await self._lock_of(tag, hit.repository, hit.manifest_digest)
+            manifest = await self.store.get_manifest(hit.repository, hit.manifest_digest)
+            hit.compression = layer_compression(parse_manifest(manifest.body)) if manifest is not None else ""
         return hit
+
+    async def try_pull_lock(self, tag: str, *, log_fn: LogFn | None = None) -> bool:
+        """Copy the lock of image ``tag`` (``<prefix>/lock:<tag>``) into the store unless it is
+        there already; True when the store then has it."""
+        if await self.store.get_manifest(LOCK_REPOSITORY, tag, with_body=False) is not None:
+            return True
+        return await self._pull_first(LOCK_REPOSITORY, tag, "lock", log_fn) is not None
 
     async def try_pull_stage(self, stage_keys: Sequence[str], *, log_fn: LogFn | None = None) -> PulledImage | None:
         """Pull the deepest stage image (``envcache/stage:<chain key>``) any upstream has."""
@@ -173,8 +196,7 @@ class UpstreamSource:
         local = await self.store.get_manifest(local_repo, tag, with_body=False)
         if local is not None:      # pulled earlier (``envcache pull``) but not yet filed as an image
             say(f"upstream: {local_repo}:{tag} already in the local store")
-            return PulledImage(local_repo, tag, local.digest, await image_size(self.store, local_repo, local.digest),
-                               lock=await self._lock_of(local_repo, local.digest))
+            return PulledImage(local_repo, tag, local.digest, await image_size(self.store, local_repo, local.digest))
         for upstream in self.pull_upstreams:
             remote = upstream.repo(kind)
             began = time.monotonic()
@@ -197,17 +219,15 @@ class UpstreamSource:
             say(f"upstream: pulled {upstream.url}/{remote}:{tag} {stats.digest} "
                 f"({stats.blobs_copied} blobs, {stats.bytes_copied} bytes copied, "
                 f"{stats.blobs_skipped} already local) in {time.monotonic() - began:.2f}s")
-            return PulledImage(local_repo, tag, stats.digest, stats.size,
-                               lock=await self._lock_of(local_repo, stats.digest),
-                               upstream=upstream.url, stats=stats.as_dict())
+            return PulledImage(local_repo, tag, stats.digest, stats.size, upstream=upstream.url, stats=stats.as_dict())
         return None
 
-    async def _lock_of(self, repository: str, digest: str) -> dict:
-        """Resolved package versions of a pulled image, read by the build side's lock reader."""
+    async def _lock_of(self, tag: str, repository: str, digest: str) -> dict:
+        """The lock of a pulled image, read by the build side's lock reader."""
         if self.lock_reader is None:
             return {}
         try:
-            return await self.lock_reader(self.store, repository, digest) or {}
+            return await self.lock_reader(self.store, tag, repository, digest) or {}
         except Exception as exc:  # noqa: BLE001 - a missing lock must not turn a hit into a miss
             log.warning("cannot read the lock of %s@%s: %s", repository, digest, exc)
             return {}
@@ -231,6 +251,8 @@ class UpstreamSource:
             items += [(STAGE_REPO, stage_tag, ()) for stage_tag in stages]
             # Layers shared with the stage images are mounted from <prefix>/stage, not re-sent.
             items.append((repository, tag, (upstream.repo("stage"),)))
+            if await self.store.get_manifest(LOCK_REPOSITORY, tag, with_body=False) is not None:
+                items.append((LOCK_REPOSITORY, tag, ()))   # after its subject, the image
             ids.extend(await self.pushes.schedule_many(upstream, items))
         return ids
 

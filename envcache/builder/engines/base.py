@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envcache.builder.errors import BuildFailed, EngineUnavailable
+from envcache.oci import RegistryLogin
 
 LogFn = Callable[[str], None]
 
@@ -135,8 +136,9 @@ class Engine(ABC):
         """The image ``ref`` if present locally, else None (never pulls)."""
 
     @abstractmethod
-    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
-        """Fetch ``ref`` into the engine; raises BuildFailed(step="base") when it cannot."""
+    async def pull(self, ref: str, log: LogFn, login: RegistryLogin | None = None) -> ImageInfo:
+        """Fetch ``ref`` into the engine, logging in with ``login`` when it is for ``ref``'s
+        registry (the credentials never reach the log); raises BuildFailed(step="base") when it cannot."""
 
     @abstractmethod
     async def build(self, context_dir: Path, tag: str, *, network: bool,
@@ -148,6 +150,13 @@ class Engine(ABC):
         stops the build in the engine. ``network`` gives RUN steps the host network (package
         registries), else none.
         """
+
+    @abstractmethod
+    async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
+        """Run ``command`` in a throw-away container of ``image`` (removed afterwards, nothing
+        committed); output goes to ``log`` line by line; a non-zero exit raises
+        BuildFailed(step, log tail). What the command finds out, it reports back over the
+        build's loopback helper (``network`` gives it the host network)."""
 
     @abstractmethod
     async def export(self, ref: str, dest_dir: Path) -> ExportedImage:
@@ -165,6 +174,10 @@ class Engine(ABC):
     @abstractmethod
     async def load(self, archive: Path, tag: str) -> None:
         """Import a ``docker save``-format archive and tag it ``tag``."""
+
+    @abstractmethod
+    async def tag(self, ref: str, tag: str) -> None:
+        """Give the image ``ref`` (a name or an id) the name ``tag`` as well."""
 
     @abstractmethod
     async def remove(self, ref: str) -> None:

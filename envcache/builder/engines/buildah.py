@@ -9,15 +9,20 @@ driver are configurable so the daemon (and each test session) can keep its own i
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, Mount, RunResult
 from envcache.builder.errors import BuildFailed, EngineUnavailable
+from envcache.builder.keys import SOURCE_DATE_EPOCH
+from envcache.oci import RegistryLogin
 
 
 def _is_loopback_registry(ref: str) -> bool:
@@ -112,13 +117,21 @@ class BuildahEngine(Engine):
         config = (data.get("OCIv1") or {}).get("config") or {}
         return ImageInfo(id=image_id if image_id.startswith("sha256:") else f"sha256:{image_id}", config=config)
 
-    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
+    async def pull(self, ref: str, log: LogFn, login: RegistryLogin | None = None) -> ImageInfo:
         tail = LogTail(log)
         tail.line(f"pulling {ref}")
         args = ["pull", "--quiet"]
         if _is_loopback_registry(ref):
             args.append("--tls-verify=false")
-        status, _ = await self._run([*args, ref], tail)
+        with tempfile.TemporaryDirectory(prefix="envcache-auth-") as private:
+            if login is not None:
+                # An auth file readable by us only, gone after the pull: ``--creds`` would put the
+                # password on buildah's command line, where any user can read it.
+                auth = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+                authfile = Path(private) / "auth.json"
+                authfile.write_text(json.dumps({"auths": {login.host: {"auth": auth}}}))
+                args += ["--authfile", str(authfile)]
+            status, _ = await self._run([*args, ref], tail)
         if status != 0:
             raise BuildFailed("base", f"cannot pull base image {ref}", tail.text())
         return await self._pulled(ref, tail)
@@ -126,8 +139,9 @@ class BuildahEngine(Engine):
     async def build(self, context_dir: Path, tag: str, *, network: bool,
                     log: LogFn, step: str, display: dict[str, str] | None = None) -> str:
         tail = LogTail(log, display)
+        # --timestamp: every file of the committed layer, and the config, at SOURCE_DATE_EPOCH.
         args = ["bud", "--isolation", self.isolation, "--format", "oci", "--pull=false",
-                "-f", str(context_dir / "Dockerfile"), "-t", tag]
+                "--timestamp", str(SOURCE_DATE_EPOCH), "-f", str(context_dir / "Dockerfile"), "-t", tag]
         # chroot isolation always shares the host's network namespace (buildah refuses any
         # other setting); the other isolations get the network only when a stage needs it.
         if self.isolation != "chroot":
@@ -140,6 +154,25 @@ class BuildahEngine(Engine):
             raise BuildFailed(step, "buildah finished without producing the image", tail.text())
         tail.flush()
         return info.id
+
+    async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
+        tail = LogTail(log)
+        # Named by us: buildah's output may end with a warning line rather than the name.
+        container = f"envcache-run-{secrets.token_hex(8)}"
+        status, out = await self._run(["from", "--pull=false", "--quiet", "--name", container, image])
+        if status != 0:
+            raise BuildFailed(step, f"cannot start a container of {image}", out)
+        try:
+            # chroot isolation shares the host network (buildah refuses any other setting).
+            args = ["run", "--isolation", self.isolation]
+            if self.isolation != "chroot":
+                args += ["--network", "host" if network else "none"]
+            status, _ = await self._run([*args, container, "--", *command], tail)
+        finally:
+            await asyncio.shield(self._run(["rm", container]))
+        if status != 0:
+            raise BuildFailed(step, f"the step exited with status {status}", tail.text())
+        tail.flush()
 
     async def export(self, ref: str, dest_dir: Path) -> ExportedImage:
         layout = dest_dir / "oci"
@@ -155,6 +188,11 @@ class BuildahEngine(Engine):
         image_id = tail.text().strip().splitlines()[-1] if status == 0 and tail.text().strip() else ""
         if status != 0 or (await self._run(["tag", image_id, tag]))[0] != 0:
             raise BuildFailed("load", f"buildah could not load {tag}", tail.text())
+
+    async def tag(self, ref: str, tag: str) -> None:
+        status, out = await self._run(["tag", ref, tag])
+        if status != 0:
+            raise BuildFailed("load", f"buildah could not tag {ref} as {tag}", out)
 
     async def remove(self, ref: str) -> None:
         await self._run(["rmi", ref])

@@ -24,6 +24,7 @@ from envcache.builder.engines.base import (
     Engine, ExportedImage, ImageInfo, LogFn, LogTail, Mount, RunResult, context_tar,
 )
 from envcache.builder.errors import BuildFailed, EngineUnavailable
+from envcache.oci import RegistryLogin, parse_reference
 
 # Builds, saves and loads take as long as they take: the only time limit is the builder's
 # per-stage one (cancelling the request stops the engine's work), not a socket timeout.
@@ -95,11 +96,15 @@ class DockerEngine(Engine):
             raise
         return ImageInfo(id=data["Id"], config=data.get("Config") or {})
 
-    async def pull(self, ref: str, log: LogFn) -> ImageInfo:
+    async def pull(self, ref: str, log: LogFn, login: RegistryLogin | None = None) -> ImageInfo:
         tail = LogTail(log)
         tail.line(f"pulling {ref}")
+        # X-Registry-Auth: dockerd logs in for this one pull; nothing is stored in its config.
+        # aiodocker wants the registry host in the name it sends credentials with.
+        auth = {"username": login.username, "password": login.password} if login is not None else None
+        name = str(parse_reference(ref)) if login is not None else ref
         try:
-            async for event in self.client.images.pull(ref, stream=True):
+            async for event in self.client.images.pull(name, auth=auth, stream=True):
                 if "error" in event:
                     raise BuildFailed("base", f"cannot pull base image {ref}: {event['error']}", tail.text())
                 status = event.get("status")
@@ -158,6 +163,26 @@ class DockerEngine(Engine):
         tail.flush()
         return info.id
 
+    async def run(self, image: str, command: list[str], *, network: bool, log: LogFn, step: str) -> None:
+        tail = LogTail(log)
+        config = {"Image": image, "Cmd": command, "Tty": False,
+                  "HostConfig": {"NetworkMode": "host" if network else "none"}}
+        try:
+            container = await self.client.containers.create(config=config)
+        except aiodocker.DockerError as exc:
+            raise BuildFailed(step, f"cannot start a container of {image}: {exc.message}", tail.text()) from exc
+        try:
+            await container.start()
+            async for chunk in container.log(stdout=True, stderr=True, follow=True):
+                tail.feed(chunk)
+            status = (await container.wait())["StatusCode"]
+        finally:
+            # Cancelled, failed or done: the container goes (it may still be running).
+            await asyncio.shield(self._remove_containers([container.id]))
+        if status != 0:
+            raise BuildFailed(step, f"the step exited with status {status}", tail.text())
+        tail.flush()
+
     async def _remove_containers(self, ids: list[str]) -> None:
         for container_id in ids:
             try:
@@ -189,6 +214,13 @@ class DockerEngine(Engine):
         errors = [event["error"] for event in events or [] if isinstance(event, dict) and event.get("error")]
         if errors or await self.inspect(tag) is None:
             raise BuildFailed("load", f"dockerd could not load {tag}: {'; '.join(errors) or 'the image is not there'}")
+
+    async def tag(self, ref: str, tag: str) -> None:
+        repository, _, name = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
+        try:
+            await self.client.images.tag(ref, repository, tag=name)
+        except aiodocker.DockerError as exc:
+            raise BuildFailed("load", f"dockerd could not tag {ref} as {tag}: {exc.message}") from exc
 
     async def remove(self, ref: str) -> None:
         try:

@@ -1,31 +1,36 @@
 """Build stages, one class per kind (repo2docker's ``BuildPack`` is the model).
 
 A definition is built as a chain of stages — base image + Dockerfile steps → conda environment →
-pip packages → Spark jars → configuration — each one generated Dockerfile ``FROM <previous
-stage>`` plus its own steps, built and tagged ``envcache-stage:<chain key>`` in the engine.
-Stable things come first, so definitions that share a prefix share those stages.
+pip packages → Spark jars → configuration — each but the last one generated Dockerfile ``FROM
+<previous stage>`` plus its own steps, built and tagged ``envcache-stage:<chain key>`` in the
+engine; the configuration stage is written as an image config. Stable things come first, so
+definitions that share a prefix share those stages.
 
 Each :class:`Stage` owns, for its kind: its canonical content (from the definition layer's
-canonical helpers), whether it applies, its recipe (Dockerfile + build context), whether the
-recipe needs the network, and the lock file it leaves in the image. :func:`chain` orders the
-applicable stages and keys each one on its parent (:func:`envcache.builder.keys.chain_key`);
-stage keys depend on the resolved base, a build-time fact, so they are computed here, not in
-the definition layer.
+canonical helpers), whether it applies, how it resolves its packages (its part of the lock), its
+recipe (Dockerfile + build context) installing exactly that part, and the lock file it leaves in
+the image. :func:`stages_of` orders the applicable stages and :func:`stage_key` keys each one on
+its parent (:func:`envcache.builder.keys.chain_key`) and its part of the lock; stage keys depend
+on the resolved base and the lock, build-time facts, so they are computed here, not in the
+definition layer.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from envcache.builder.keys import chain_key
+from envcache.builder.lock import Lock, part_digest
 from envcache.builder.stages.base import BaseStage
 from envcache.builder.stages.conda import CondaStage
 from envcache.builder.stages.config import ConfigStage
 from envcache.builder.stages.pip import PipStage
 from envcache.builder.stages.spark import SparkStage
-from envcache.builder.stages.stage import LOCK_DIR, RecipeContext, Stage, StageRecipe, quote
+from envcache.builder.stages.stage import (
+    CREATED, LOCK_DIR, SOURCE_DATE_EPOCH, Entry, RecipeContext, Stage, StageRecipe,
+)
 from envcache.definition.model import Definition
 from envcache.definition.variants import for_variant
 from envcache.errors import DefinitionError
@@ -37,8 +42,8 @@ LOCK_FILES = {kind.kind: kind.lock_file for kind in KINDS if kind.lock_file}
 #: The engine's tag for a built stage: ``envcache-stage:<chain key>``.
 STAGE_REPO = "envcache-stage"
 
-__all__ = ["KINDS", "LOCK_DIR", "LOCK_FILES", "PlannedStage", "RecipeContext", "Stage", "StageRecipe", "chain",
-           "parse_locks", "quote", "stage_chain", "stage_tag", "unpinned_requirements"]
+__all__ = ["CREATED", "KINDS", "LOCK_DIR", "LOCK_FILES", "SOURCE_DATE_EPOCH", "PlannedStage", "RecipeContext",
+           "Stage", "StageRecipe", "stage_chain", "stage_key", "stage_tag", "stages_of"]
 
 
 def stage_tag(key: str) -> str:
@@ -47,7 +52,8 @@ def stage_tag(key: str) -> str:
 
 @dataclass(frozen=True)
 class PlannedStage:
-    """A stage in a chain: its kind, its chain key, the content the key covers, and its class."""
+    """A stage in a chain: its kind, its chain key ("" until known), the content the key covers,
+    and its class."""
 
     kind: str
     key: str
@@ -55,45 +61,38 @@ class PlannedStage:
     stage: Stage
 
 
-def chain(view: Definition, root_key: str) -> list[PlannedStage]:
-    """The stages of a variant-applied definition, in build order, keyed from ``root_key``.
+def stages_of(view: Definition) -> list[PlannedStage]:
+    """The stages of a variant-applied definition, in build order, not keyed yet.
 
     conda and pip are absent when dependencies are user-managed or their lists are empty,
     spark when there are no Spark packages; base and config are always there.
     """
     planned: list[PlannedStage] = []
-    parent = root_key
     try:
         for kind in KINDS:
             stage = kind(view)
             if stage.applies():
-                content = stage.content()
-                parent = chain_key(parent, kind.kind, content)
-                planned.append(PlannedStage(kind.kind, parent, content, stage))
+                planned.append(PlannedStage(kind.kind, "", stage.content(), stage))
     except ValueError as exc:  # a Definition built in code, never validated by a loader
         raise DefinitionError(str(exc)) from None
     return planned
 
 
-def stage_chain(defn: Definition, variant: str, root_key: str) -> list[PlannedStage]:
-    """:func:`chain` of ``defn`` as built for ``variant``."""
-    return chain(for_variant(defn, variant), root_key)
+def stage_key(parent: str, planned: PlannedStage, part: Sequence[Entry] | None = None) -> str:
+    """A stage's chain key: its parent's key, its kind, its canonical content — and, for a stage
+    that resolves packages, the digest of its part of the lock, so that one key is one set of
+    installed packages (two resolutions of the same requirements are two stages)."""
+    content = planned.content
+    if planned.stage.resolves:
+        content = {**content, "lock": part_digest(list(part or []))}
+    return chain_key(parent, planned.kind, content)
 
 
-def parse_locks(files: dict[str, bytes]) -> dict[str, Any]:
-    """Lock files (as read from an image) as the lock is reported: pip freeze lines, conda and
-    Spark records; a kind whose stage the image lacks is an empty list."""
-    names = LOCK_FILES
-    locks: dict[str, Any] = {"pip": [], "conda": [], "spark": []}
-    if names["pip"] in files:
-        locks["pip"] = [line.strip() for line in files[names["pip"]].decode().splitlines() if line.strip()]
-    for kind in ("conda", "spark"):
-        if names[kind] in files:
-            locks[kind] = json.loads(files[names[kind]])
-    return locks
-
-
-def unpinned_requirements(view: Definition) -> list[str]:
-    """Requirements that do not name one exact version (pip first, then conda): their
-    resolution can drift, so the lock recorded at build time is what they resolved to *then*."""
-    return PipStage(view).unpinned() + CondaStage(view).unpinned()
+def stage_chain(defn: Definition, variant: str, root_key: str, lock: Lock | None = None) -> list[PlannedStage]:
+    """The stages of ``defn`` as built for ``variant`` with ``lock`` (empty by default), keyed."""
+    parts: Mapping[str, list[Entry]] = {kind: (lock or Lock()).part(kind) for kind in ("conda", "pip", "spark")}
+    keyed, parent = [], root_key
+    for planned in stages_of(for_variant(defn, variant)):
+        parent = stage_key(parent, planned, parts.get(planned.kind))
+        keyed.append(replace(planned, key=parent))
+    return keyed

@@ -7,7 +7,9 @@ from typing import Any
 
 from envcache.builder import conda
 from envcache.builder.engines.base import ImageInfo
-from envcache.builder.stages.stage import LOCK_DIR, RecipeContext, Stage, StageRecipe
+from envcache.builder.errors import BuildFailed
+from envcache.builder.lock import conda_specs
+from envcache.builder.stages.stage import LOCK_DIR, Entry, RecipeContext, Stage, StageRecipe
 from envcache.definition.canonical import conda_content
 from envcache.definition.model import Variant
 
@@ -25,6 +27,11 @@ class CondaStage(Stage):
     kind = "conda"
     lock_file = "conda.json"
     inspects_parent = True  # a GPU base's CUDA version
+    resolves = True
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(view)
+        self._solved: list[Any] = []   # the records the last resolve chose (installed as they are)
 
     def applies(self) -> bool:
         python = self.view.python
@@ -33,24 +40,31 @@ class CondaStage(Stage):
     def content(self) -> dict[str, Any]:
         return conda_content(self.view)
 
-    async def recipe(self, ctx: RecipeContext) -> StageRecipe:
+    async def resolve(self, ctx: RecipeContext) -> list[Entry]:
         deps = self.view.python.conda_dependencies
+        self._solved = await conda.solve(list(deps.channels), list(deps.conda_packages),
+                                         cuda_version(ctx.variant, ctx.parent_info))
+        return conda.lock_entries(self._solved)
+
+    async def recipe(self, ctx: RecipeContext) -> StageRecipe:
+        records = self._solved if conda.lock_entries(self._solved) == ctx.part else await self._exactly(ctx)
         root = ctx.directory / "root"
-        prefix = root / conda.PREFIX.lstrip("/")
-        lock = await conda.install_prefix(list(deps.channels), list(deps.conda_packages), prefix,
-                                          cuda=cuda_version(ctx.variant, ctx.parent_info))
-        conda.write_lock(lock, root / LOCK_DIR.lstrip("/") / self.lock_file)
+        await conda.install(records, root / conda.PREFIX.lstrip("/"))
+        conda.write_lock(ctx.part, root / LOCK_DIR.lstrip("/") / self.lock_file)
         # The prefix's PATH entry is set by the config stage (one ENV for all); the pip stage puts
         # it first on PATH for its own RUN.
         return StageRecipe(f"FROM {ctx.parent}\nCOPY root/ /\n")
 
-    def unpinned(self) -> list[str]:
-        unpinned = []
-        for entry in self.view.python.conda_dependencies.conda_packages:
-            spec = entry.split("::")[-1].strip()
-            parts = re.split(r"\s+|(?==)", spec, maxsplit=1)
-            rest = parts[1].strip() if len(parts) > 1 else ""
-            exact = rest.startswith("==") or (rest.startswith("=") and not rest.endswith("*") and rest.count("=") >= 2)
-            if not exact:
-                unpinned.append(f"conda:{entry}")
-        return unpinned
+    async def _exactly(self, ctx: RecipeContext) -> list[Any]:
+        """The lock's records, found again in the channels by explicit specs (version, build and
+        sha256): the same packages, whatever the channels have gained since."""
+        records = await conda.solve(list(self.view.python.conda_dependencies.channels), conda_specs(ctx.part),
+                                    cuda_version(ctx.variant, ctx.parent_info))
+        found = conda.lock_entries(records)
+        if found != ctx.part:
+            missing = sorted({f"{e['name']} {e['version']} {e['build']}" for e in ctx.part} -
+                             {f"{e['name']} {e['version']} {e['build']}" for e in found})
+            raise BuildFailed("conda", "the channels no longer provide exactly the locked packages "
+                                       f"({', '.join(missing) or 'different artifacts'}); "
+                                       "`envcache ensure --refresh` resolves the definition again")
+        return records

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from packaging.utils import canonicalize_name
 
+from envcache.builder.lock import Lock
 from envcache.definition.canonical import conda_package_name, pip_package_name
 from envcache.errors import InvalidInput
 from envcache.oci import ManifestInvalid, parse_image_tag, parse_manifest
@@ -90,11 +91,10 @@ def lock_sections(image: StoredImage) -> list[dict[str, Any]]:
     asked_conda = {conda_package_name(entry) for entry in deps.get("conda_packages", [])}
     asked_spark = {f"{p['group']}:{p['artifact']}" for p in (canonical.get("spark") or {}).get("packages", [])}
     sections = []
-    pip = []
-    for line in image.lock.get("pip", []):
-        name, _, version = line.partition("==")
-        pip.append({"name": name, "version": version or line.partition(" @ ")[2],
-                    "requested": canonicalize_name(name.split(" @ ")[0]) in asked_pip})
+    # Lock.from_json also reads locks written before they were per package (pip freeze lines).
+    pip = [{"name": e["name"], "version": e["version"] or e.get("url") or "",
+            "detail": (e.get("sha256") or "")[:12], "requested": canonicalize_name(e["name"]) in asked_pip}
+           for e in Lock.from_json(image.lock).pip]
     conda = [{"name": r.get("name", "?"), "version": r.get("version", ""),
               "detail": " ".join(filter(None, [r.get("build"), r.get("channel")])),
               "requested": str(r.get("name", "")).lower() in asked_conda} for r in image.lock.get("conda", [])]

@@ -176,8 +176,22 @@ def _m5_wheels(db: sqlite_utils.Database) -> None:
     db["wheels"].create_index(["name"], if_not_exists=True)
 
 
+def _m6_image_history(db: sqlite_utils.Database) -> None:
+    """Images a key was filed under before a refresh re-resolved it: they stay pullable by digest
+    (and listed by ``envcache images KEY --history``) until gc expires them. And each image's
+    layer compression, so a daemon configured for another one never answers with it (empty for
+    images filed before: they are checked once)."""
+    if "compression" not in db["images"].columns_dict:
+        db["images"].add_column("compression", str)
+    db["image_history"].create(
+        {"key": str, "variant": str, "repository": str, "tag": str, "manifest_digest": str, "size": int,
+         "created": float, "replaced": float, "lock": str},
+        pk=("key", "manifest_digest"), if_not_exists=True,
+    )
+    db["image_history"].create_index(["replaced"], if_not_exists=True)
 
-def _m6_step_results(db: sqlite_utils.Database) -> None:
+
+def _m7_step_results(db: sqlite_utils.Database) -> None:
     """Pipeline step results (issue 16): one row per step key, naming its ``envcache/step``
     manifest and each output's tree digest and tar layer (JSON), with its last reuse."""
     db["step_results"].create(
@@ -186,9 +200,9 @@ def _m6_step_results(db: sqlite_utils.Database) -> None:
     db["step_results"].create_index(["last_used"], if_not_exists=True)
 
 
-
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_step_results]
+    _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_image_history,
+    _m7_step_results]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

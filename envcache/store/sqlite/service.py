@@ -9,11 +9,14 @@ from dataclasses import astuple
 from typing import Any
 
 from envcache.errors import Conflict
-from envcache.store.records import BuildRecord, EnvironmentVersion, StepResult, StoredImage, WheelRecord
+from envcache.store.records import (
+    BuildRecord, EnvironmentVersion, ReplacedImage, StepResult, StoredImage, WheelRecord,
+)
 from envcache.store.sqlite.database import Database
 
 _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
-          "base_digest, recipe_version")
+          "base_digest, recipe_version, compression")
+_HISTORY = "key, variant, repository, tag, manifest_digest, size, created, replaced, lock"
 _BUILD = "id, key, variant, spec_hash, env_name, env_version, state, created, started, finished, error, log"
 # A listing's columns: the log stays behind (it is read one build at a time).
 _BUILD_LISTED = _BUILD.replace(", log", ", NULL")
@@ -23,10 +26,10 @@ _WHEEL = "digest, filename, name, version, tags, requires_python, summary, size,
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
     (key, variant, spec_hash, canonical, repository, tag, digest, size, created, last_used, lock, base_digest,
-     recipe_version) = row
+     recipe_version, compression) = row
     return StoredImage(key, variant, spec_hash, bytes(canonical) if canonical is not None else None, repository,
                        tag, digest, size or 0, created, last_used or created, json.loads(lock) if lock else {},
-                       base_digest or "", str(recipe_version or ""))
+                       base_digest or "", str(recipe_version or ""), compression or "")
 
 
 def _environment(row: tuple[Any, ...]) -> EnvironmentVersion:
@@ -80,6 +83,28 @@ class SqliteImages:
     async def delete(self, keys: Sequence[str]) -> None:
         async with self._db.writing() as conn:
             conn.executemany("DELETE FROM images WHERE key = ?", [(k,) for k in keys])
+
+    async def replace(self, image: StoredImage, previous: StoredImage, now: float) -> None:
+        values = list(astuple(image))
+        values[10] = json.dumps(image.lock, sort_keys=True)
+        async with self._db.writing() as conn:  # one transaction: the key never names nothing
+            conn.execute(f"INSERT OR REPLACE INTO image_history ({_HISTORY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [previous.key, previous.variant, previous.repository, previous.tag,
+                          previous.manifest_digest, previous.size, previous.created, now,
+                          json.dumps(previous.lock, sort_keys=True)])
+            conn.execute(f"INSERT OR REPLACE INTO images ({_IMAGE}) VALUES ({', '.join('?' * len(values))})", values)
+
+    async def history(self, key: str) -> list[ReplacedImage]:
+        rows = self._db.all(f"SELECT {_HISTORY} FROM image_history WHERE key = ? ORDER BY replaced DESC", [key])
+        return [ReplacedImage(*row[:8], json.loads(row[8]) if row[8] else {}) for row in rows]
+
+    async def kept_history(self, replaced_since: float) -> list[tuple[str, str]]:
+        return [(r, d) for r, d in self._db.all(
+            "SELECT repository, manifest_digest FROM image_history WHERE replaced >= ?", [replaced_since])]
+
+    async def forget_history(self, replaced_before: float) -> int:
+        async with self._db.writing() as conn:
+            return conn.execute("DELETE FROM image_history WHERE replaced < ?", [replaced_before]).rowcount
 
     async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
         async with self._db.writing() as conn:

@@ -252,14 +252,14 @@ async def test_engine_run_mounts_and_removes_its_container_on_timeout_and_cancel
     (tmp_path / "in" / "x").write_text("data")
     (tmp_path / "out").mkdir()
     try:
-        done = await engine.run(image, ["sh", "-c", "cat /in/x > /out/y; pwd; echo $GREETING written; touch /in/z"],
+        done = await engine.run_mounted(image, ["sh", "-c", "cat /in/x > /out/y; pwd; echo $GREETING written; touch /in/z"],
                                 workdir="/out", mounts=[Mount(tmp_path / "in", "/in"),
                                                         Mount(tmp_path / "out", "/out", read_only=False)],
                                 env={"GREETING": "hi"}, user=None, network=False, labels={}, log=lambda line: None)
         assert done.exit_code == 1 and "/out\nhi written" in done.log_tail and "Read-only" in done.log_tail, done
         assert (tmp_path / "out" / "y").read_text() == "data" and not (tmp_path / "in" / "z").exists()
         assert containers() == before
-        running = asyncio.create_task(engine.run(
+        running = asyncio.create_task(engine.run_mounted(
             image, ["sleep", "60"], workdir="/", mounts=[], env={}, user=None, network=False, labels={},
             log=lambda line: None, timeout=2 if stop == "timeout" else None))
         if stop == "cancel":

@@ -206,7 +206,7 @@ class StepRunner:
                 mounts.append(Mount(host, f"/outputs/{name}", read_only=False))
             argv = [*PYTHON, step.script_name, *step.argv(inputs, {name: f"/outputs/{name}" for name in outputs})]
             try:
-                ran = await engine.run(image, argv, workdir="/snapshot", mounts=mounts, env={},
+                ran = await engine.run_mounted(image, argv, workdir="/snapshot", mounts=mounts, env={},
                                        user=f"{os.getuid()}:{os.getgid()}", network=False,
                                        labels={"envcache.step": job.key, "envcache.step.name": step.name},
                                        log=execution.log, timeout=self._timeout)

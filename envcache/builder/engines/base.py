@@ -183,10 +183,11 @@ class Engine(ABC):
     async def remove(self, ref: str) -> None:
         """Drop the tag ``ref`` (the layers stay while other tags use them)."""
 
-    async def run(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount], env: dict[str, str],
-                  user: str | None, network: bool, labels: dict[str, str], log: LogFn,
-                  timeout: float | None = None) -> RunResult:
-        """Run ``argv`` in a fresh container of ``image`` and remove the container afterwards.
+    async def run_mounted(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount],
+                          env: dict[str, str], user: str | None, network: bool, labels: dict[str, str], log: LogFn,
+                          timeout: float | None = None) -> RunResult:
+        """Run ``argv`` in a fresh container of ``image`` with ``mounts`` (a pipeline step) and remove
+        the container afterwards.
 
         Output goes to ``log`` line by line. ``network`` False means no network at all. The
         container is removed however the run ends — exit, ``timeout`` (raised as TimeoutError),

@@ -197,9 +197,9 @@ class BuildahEngine(Engine):
     async def remove(self, ref: str) -> None:
         await self._run(["rmi", ref])
 
-    async def run(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount], env: dict[str, str],
-                  user: str | None, network: bool, labels: dict[str, str], log: LogFn,
-                  timeout: float | None = None) -> RunResult:
+    async def run_mounted(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount],
+                          env: dict[str, str], user: str | None, network: bool, labels: dict[str, str], log: LogFn,
+                          timeout: float | None = None) -> RunResult:
         """``buildah from`` → ``buildah run -v …`` → ``buildah rm``. A working container has no
         labels; under chroot isolation the network cannot be taken away (buildah shares the
         host's), so ``network`` only applies to the other isolations."""

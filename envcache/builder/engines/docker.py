@@ -229,9 +229,9 @@ class DockerEngine(Engine):
             if exc.status != 404:
                 raise
 
-    async def run(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount], env: dict[str, str],
-                  user: str | None, network: bool, labels: dict[str, str], log: LogFn,
-                  timeout: float | None = None) -> RunResult:
+    async def run_mounted(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount],
+                          env: dict[str, str], user: str | None, network: bool, labels: dict[str, str], log: LogFn,
+                          timeout: float | None = None) -> RunResult:
         tail = LogTail(log)
         config = {
             "Image": image, "Cmd": argv, "WorkingDir": workdir, "Labels": labels, "User": user or "",

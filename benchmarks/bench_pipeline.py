@@ -1,7 +1,15 @@
-"""Pipeline benchmark. Part ``snapshot``: hashing a source tree of 10k files / 1 GiB, next to peers.
+"""Pipeline benchmark. Part ``snapshot``: hashing a source tree of 10k files / 1 GiB, next to peers;
+part ``reuse``: the three-step pipeline, a whole ``envcache pipeline run`` process, reused vs run.
 
     python3 benchmarks/bench_pipeline.py snapshot [--files 10000] [--total-mib 1024] [--rounds 3]
                                                   [--drop-caches] [--out benchmarks/results]
+    python3 benchmarks/bench_pipeline.py reuse [--rounds 3] [--out benchmarks/results]
+
+``reuse`` starts a private dockerd and an ``envcache serve`` (the tests' helpers), builds the step
+environment once (not timed), then measures, round-robin: ``pipeline run`` with every step
+reused (no container), ``pipeline run --regenerate-outputs`` (every step runs in a container and
+is stored), and the peer — the same three scripts with plain ``docker run`` one after the other,
+mounts as envcache gives them, nothing stored. Results: ``<out>/pipeline_reuse.md`` and ``.json``.
 
 A step's snapshot must be hashed on every submission, so it has to run at the speed of reading
 the files. Measured in one run, round-robin so load from other work lands on every column:
@@ -139,12 +147,19 @@ LABELS = {
 }
 
 
-def write_results(out: Path, command: str, result: dict[str, Any], load: tuple[float, float]) -> None:
+def write_json(out: Path, name: str, command: str, result: dict[str, Any],
+               load: tuple[float, float]) -> tuple[str, dict[str, Any]]:
+    """``<out>/<name>.json``: the result with how, when and under what load it was measured."""
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
     meta = {"command": command, "python": platform.python_version(), "machine": platform.machine(),
             "cores": os.cpu_count(), "when": when, "load_average_1m": {"start": load[0], "end": load[1]}}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_snapshot.json").write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
+    return when, meta
+
+
+def write_results(out: Path, command: str, result: dict[str, Any], load: tuple[float, float]) -> None:
+    when, meta = write_json(out, "pipeline_snapshot", command, result, load)
     by_name = {row["what"]: row for row in result["rows"]}
     floor = by_name["cat"]["best_s"]
     lines = [
@@ -170,9 +185,92 @@ def write_results(out: Path, command: str, result: dict[str, Any], load: tuple[f
     (out / "pipeline_snapshot.md").write_text("\n".join(lines) + "\n")
 
 
+def reuse_part(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    from tests.fixtures.bases import build_python_base, load_into_dockerd
+    from tests.fixtures.daemon import start_daemon_process
+    from tests.fixtures.engines import start_dockerd
+    from tests.fixtures.pipelines import PIPELINE_YAML, Project
+
+    dockerd = start_dockerd()
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    daemon = None
+    try:
+        base = load_into_dockerd(dockerd, build_python_base().cpu, "envcache-bench/python-base:cpu")
+        (work / "envcache.toml").write_text(f'[build]\nengine = "docker"\ndocker_host = "{dockerd.host}"\n')
+        daemon = start_daemon_process(work / "data", 0, "--config", str(work / "envcache.toml"))
+        project = Project(work / "project", ledger=False)
+        project.write("env.yml", json.dumps({"docker": {"base_image": base}}))
+        project.write("pipeline.yml", PIPELINE_YAML.replace("steps:\n", "defaults:\n  environment: env.yml\nsteps:\n"))
+        env = dict(os.environ, XDG_CACHE_HOME=str(work / "cache"))
+
+        def pipeline(*flags: str) -> Callable[[], None]:
+            command = [sys.executable, "-m", "envcache.cli", "pipeline", "run", str(project.root / "pipeline.yml"),
+                       "--url", daemon.url, *flags]
+            return lambda: subprocess.run(command, check=True, capture_output=True, cwd=root, env=env)
+
+        pipeline()()  # not timed: builds the environment image and stores every step once
+        image = dockerd.docker("images", "--format", "{{.Repository}}:{{.Tag}}", "envcache/env", text=True,
+                               check=True).stdout.split()[0]
+        src, out = project.root / "src", work / "plain"
+
+        def plain_docker_run() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            for name, reads, writes in (("prepare", project.root / "data", "prepared"),
+                                        ("train", out / "prepared", "model"), ("evaluate", out / "model", "metrics")):
+                (out / writes).mkdir(parents=True)
+                read = "/inputs/raw.csv" if name == "prepare" else "/inputs"
+                dockerd.docker("run", "--rm", "--network", "none", "-v", f"{src / name}:/snapshot",
+                               "-v", f"{reads}:/inputs:ro", "-v", f"{out / writes}:/out", "-w", "/snapshot",
+                               image, "python3", f"{name}.py", read, "/out", check=True)
+
+        actions = {"reused": pipeline(), "regenerated": pipeline("--regenerate-outputs"),
+                   "docker_run": plain_docker_run}
+        times: dict[str, list[float]] = {name: [] for name in actions}
+        for _ in range(args.rounds):
+            for name, action in actions.items():
+                times[name].append(timed(action))
+        rows = [{"what": name, "best_s": round(min(v), 3), "median_s": round(statistics.median(v), 3)}
+                for name, v in times.items()]
+        return {"rounds": args.rounds, "rows": rows, "storage_driver": dockerd.storage_driver}
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        dockerd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+REUSE_LABELS = {"reused": "`envcache pipeline run`, all three steps reused (no container)",
+                "regenerated": "`envcache pipeline run --regenerate-outputs` (three containers, results stored)",
+                "docker_run": "peer: three plain `docker run`s, nothing stored"}
+
+
+def write_reuse_results(out: Path, command: str, result: dict[str, Any], load: tuple[float, float]) -> None:
+    when, meta = write_json(out, "pipeline_reuse", command, result, load)
+    by_name = {row["what"]: row for row in result["rows"]}
+    lines = [
+        "# Pipeline benchmark: a reused pipeline vs running it",
+        "",
+        f"Produced by `{command}` on {when} (Python {meta['python']}, {meta['machine']}, {meta['cores']} cores "
+        f"shared with other jobs, 1-minute load average {load[0]} at the start and {load[1]} at the end; "
+        f"{result['rounds']} rounds, columns interleaved; dockerd storage driver {result['storage_driver']}). "
+        "The three-step pipeline of the tests (prepare → train → evaluate); each time is a whole process.",
+        "",
+        "| what | best s | median s |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {label} | {by_name[name]['best_s']} | {by_name[name]['median_s']} |"
+              for name, label in REUSE_LABELS.items()]
+    reused = by_name["reused"]["best_s"]
+    lines += ["", f"Reused vs running it again: {round(by_name['regenerated']['best_s'] / reused, 1)}× faster; "
+              f"vs the plain `docker run`s: {round(by_name['docker_run']['best_s'] / reused, 1)}×."]
+    (out / "pipeline_reuse.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["snapshot"])
+    parser.add_argument("part", choices=["snapshot", "reuse"])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--total-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
@@ -181,6 +279,11 @@ def main() -> int:
     args = parser.parse_args()
     command = "python3 benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:])
     start = round(os.getloadavg()[0], 2)
+    if args.part == "reuse":
+        result = reuse_part(args)
+        write_reuse_results(args.out, command.strip(), result, (start, round(os.getloadavg()[0], 2)))
+        print((args.out / "pipeline_reuse.md").read_text())
+        return 0
     result = snapshot_part(args)
     write_results(args.out, command.strip(), result, (start, round(os.getloadavg()[0], 2)))
     print((args.out / "pipeline_snapshot.md").read_text())

@@ -53,6 +53,11 @@ DEFAULT_URL = "http://127.0.0.1:5050"
 #: ``envcache.definition.variants.CHOICES``; a test keeps the two equal).
 VARIANT_CHOICES = ("cpu", "gpu", "auto")
 
+#: Pipeline step results, as OCI artifacts tagged with their step key (README "Pipeline steps").
+STEP_REPOSITORY = "envcache/step"
+#: Where a submission's source and input files are uploaded as blobs before it runs.
+STEP_FILES_REPOSITORY = "envcache/step-files"
+
 #: The document's JSON Schema (for the daemon's OpenAPI document; :func:`check_files` enforces it).
 DOCUMENT_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["path", "files"],

@@ -102,6 +102,7 @@ _COMMAND_OWNERS = {
     **dict.fromkeys(("upstream", "push", "pull"), "envcache.cli.upstream"),
     "lock": "envcache.cli.lock",
     "wheels": "envcache.cli.wheels",
+    **dict.fromkeys(("pipeline", "step"), "envcache.cli.pipeline"),
 }
 _COMMAND_MODULES = list(dict.fromkeys(_COMMAND_OWNERS.values()))
 

@@ -250,6 +250,10 @@ class Endpoints:
                   refresh: bool) -> dict[str, Any]:
         return {"items": items, "variants": variants or ["auto"], "concurrency": concurrency, "refresh": refresh}
 
+    def step(self, key: str) -> Any:
+        """A stored step result (record, outputs, snapshot listing, log), or None."""
+        return self._request("GET", f"/api/v1/steps/{key}", none_on_404=True)
+
 
 def headers(token: str | None) -> dict[str, str]:
     result = {"Accept": "application/json", "User-Agent": "envcache-client"}

@@ -2,9 +2,11 @@
 it depends on changed (Azure ML's ``PythonScriptStep`` with ``allow_reuse``, made exact).
 
 This package is the pure core — source snapshots, input digests, step keys, the pipeline model
-(YAML and the Azure-named Python API) and the async scheduler. Running a step in a container
-and storing its outputs are supplied by the caller through :class:`StepBackend`. It imports
-nothing from envcache but ``errors`` and, through ``definition_io`` only, two file helpers.
+(YAML and the Azure-named Python API) and the async scheduler — which imports nothing from
+envcache but ``errors`` and, through ``definition_io`` only, two file helpers; and
+:mod:`~envcache.pipeline.artifact`, step results as OCI artifacts in the store (not imported
+here). Running a step in a container is supplied by the caller through :class:`StepBackend`
+(the daemon's is :mod:`envcache.service.pipelines`).
 """
 
 from envcache.pipeline.azure import (
@@ -20,13 +22,14 @@ from envcache.pipeline.scheduler import (
     freeze, run_pipeline,
 )
 from envcache.pipeline.tree import FileEntry, Tree, read_tree, snapshot
+from envcache.pipeline.submit import DaemonWorkspace
 from envcache.pipeline.yaml_format import load_pipeline
 
 __all__ = [
-    "STEP_KEY_VERSION", "DataInput", "Dataset", "DatasetInput", "DigestCache", "Environment", "Experiment",
-    "FileEntry", "FrozenPipeline", "IgnoreRules", "OutputFileDatasetConfig", "OutputInput", "Pipeline",
-    "PipelineData", "PipelineDefinitionError", "PipelineFailed", "PipelineModel", "PipelineReport", "PipelineRun",
-    "PythonScriptStep", "ResolvedInput", "StepBackend", "StepFailed", "StepJob", "StepReport", "StoredStep", "Tree",
-    "TreeError", "execute", "freeze", "ignore_rules", "load_pipeline", "pipeline_from_data", "read_tree",
-    "run_pipeline", "snapshot", "step_key",
+    "STEP_KEY_VERSION", "DaemonWorkspace", "DataInput", "Dataset", "DatasetInput", "DigestCache", "Environment",
+    "Experiment", "FileEntry", "FrozenPipeline", "IgnoreRules", "OutputFileDatasetConfig", "OutputInput",
+    "Pipeline", "PipelineData", "PipelineDefinitionError", "PipelineFailed", "PipelineModel", "PipelineReport",
+    "PipelineRun", "PythonScriptStep", "ResolvedInput", "StepBackend", "StepFailed", "StepJob", "StepReport",
+    "StoredStep", "Tree", "TreeError", "execute", "freeze", "ignore_rules", "load_pipeline", "pipeline_from_data",
+    "read_tree", "run_pipeline", "snapshot", "step_key",
 ]

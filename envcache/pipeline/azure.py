@@ -11,7 +11,8 @@
 
 A step object becomes the same plain data as the YAML format and goes through the same checks
 (:func:`envcache.pipeline.model.pipeline_from_data`); relative paths are taken from the current
-directory, as Azure does. The *workspace* is whatever runs steps — a :class:`StepBackend`.
+directory, as Azure does. The *workspace* is an envcache daemon (:class:`DaemonWorkspace`) or
+anything else that runs steps (a :class:`StepBackend`).
 
 Differences from Azure, on purpose: ``hash_paths`` is accepted and unnecessary (the whole
 snapshot is hashed); ``compute_target``, ``datastore`` and mount modes are accepted and do not
@@ -32,6 +33,7 @@ from envcache.pipeline.digest_cache import DigestCache
 from envcache.pipeline.errors import PipelineDefinitionError
 from envcache.pipeline.model import PipelineModel, pipeline_from_data
 from envcache.pipeline.scheduler import PipelineReport, StepBackend, StepReport, execute, freeze
+from envcache.pipeline.submit import DaemonWorkspace
 
 SOURCE = "Pipeline"
 
@@ -153,7 +155,8 @@ class PythonScriptStep:
 class Pipeline:
     """Steps to run together; ``resolve_closure`` brings in the steps that produce their inputs."""
 
-    def __init__(self, workspace: StepBackend, steps: list[PythonScriptStep], description: str | None = None,
+    def __init__(self, workspace: StepBackend | DaemonWorkspace, steps: list[PythonScriptStep],
+                 description: str | None = None,
                  default_source_directory: str | Path | None = None, resolve_closure: bool = True) -> None:
         self.workspace = workspace
         self.description = description
@@ -176,19 +179,25 @@ class Pipeline:
     def submit(self, experiment_name: str | None = None, *, regenerate_outputs: bool = False,
                continue_on_step_failure: bool = False, cache: DigestCache | None = None,
                max_parallel: int = 2) -> PipelineRun:
-        """Snapshot everything now (bad input raises here), then run in the background."""
-        if not isinstance(self.workspace, StepBackend):
-            raise TypeError("the workspace must run steps: environment_of, lookup_step and run_step")
+        """Snapshot everything now (bad input raises here), then run in the background — on the
+        daemon when the workspace is a :class:`DaemonWorkspace` (environment paths are taken
+        from the current directory, like every other relative path here)."""
         frozen = freeze(self.validate(), cache=cache)
-        coroutine = execute(frozen, self.workspace, regenerate_outputs=regenerate_outputs,
-                            continue_on_step_failure=continue_on_step_failure, max_parallel=max_parallel)
-        return PipelineRun(experiment_name, coroutine)
+        options = {"regenerate_outputs": regenerate_outputs, "continue_on_step_failure": continue_on_step_failure,
+                   "max_parallel": max_parallel}
+        if isinstance(self.workspace, DaemonWorkspace):
+            return PipelineRun(experiment_name, asyncio.to_thread(self.workspace.run, frozen, base_dir=Path.cwd(),
+                                                                  **options))
+        if not isinstance(self.workspace, StepBackend):
+            raise TypeError("the workspace must be a DaemonWorkspace or run steps itself: environment_of, "
+                            "lookup_step and run_step")
+        return PipelineRun(experiment_name, execute(frozen, self.workspace, **options))
 
 
 class Experiment:
     """``Experiment(workspace, name).submit(pipeline, regenerate_outputs=...)``, as in Azure."""
 
-    def __init__(self, workspace: StepBackend, name: str) -> None:
+    def __init__(self, workspace: StepBackend | DaemonWorkspace, name: str) -> None:
         self.workspace = workspace
         self.name = name
 

@@ -124,6 +124,11 @@ class PipelineReport:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "seconds": round(self.seconds, 3), "steps": [step.to_dict() for step in self.steps]}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineReport:
+        """A report as the daemon's API sends it (the inverse of :meth:`to_dict`)."""
+        return cls([StepReport(**step) for step in data["steps"]], data["seconds"])
+
 
 @dataclass(frozen=True)
 class FrozenPipeline:

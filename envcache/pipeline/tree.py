@@ -66,6 +66,24 @@ def _listing(kind: TreeKind, files: tuple[FileEntry, ...]) -> bytes:
     return canonical_json({"kind": kind, "files": [[f.path, f.mode, f.size, f.sha256] for f in files]})
 
 
+def tree_from_listing(kind: TreeKind, files: list[tuple[str, str, int, str]], root: Path = Path(".")) -> Tree:
+    """A tree sent as its listing (by a client that hashed it): the paths checked, the digest
+    recomputed here — never taken from the sender — and the entries sorted as :func:`read_tree` does."""
+    entries: list[FileEntry] = []
+    for path, mode, size, sha256 in files:
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise TreeError(f"{path!r}: not a relative path inside the tree")
+        if mode not in (MODE_REGULAR, MODE_EXECUTABLE):
+            raise TreeError(f"{path}: mode must be {MODE_REGULAR} or {MODE_EXECUTABLE}, got {mode!r}")
+        entries.append(FileEntry(path, mode, size, sha256))
+    entries.sort(key=lambda entry: entry.path)
+    if len({entry.path for entry in entries}) != len(entries) or (kind == "file" and len(entries) != 1):
+        raise TreeError("a tree lists each path once (a file tree: exactly one)")
+    ordered = tuple(entries)
+    return Tree(kind, root, ordered, "sha256:" + hashlib.sha256(_listing(kind, ordered)).hexdigest())
+
+
 def snapshot(source_directory: Path, *, cache: DigestCache | None = None) -> Tree:
     """The snapshot of a step's source directory, minus what its ignore file excludes."""
     return read_tree(source_directory, rules=ignore_rules(Path(source_directory)), cache=cache)

@@ -29,6 +29,7 @@ from envcache.service.daemon import DAEMON, Daemon, EngineHandle
 from envcache.service.ensure import Build, BuiltLike, Ensurer, LogFn, Prepared
 from envcache.service.environments import Environments
 from envcache.service.metrics import Metrics
+from envcache.service.pipelines import PipelineRuns, StepRunner
 from envcache.service.offload import Offload
 from envcache.service.requests import Definitions
 from envcache.service.views.gc import collect
@@ -133,8 +134,11 @@ def _assemble(app: web.Application, config: Config, store: Store) -> Daemon:
     # A new wheel goes to the push upstreams at once: other daemons may build with it before
     # anything that pins it is built here.
     wheels = Wheels(store, on_added=upstream.push_wheel if upstream.push_upstreams else None)
-    return Daemon(config, store, engine, resolvers, ensurer, environments, Definitions(environments, offload), upstream,
-                  puller, uploads, metrics, offload, wheels)
+    definitions = Definitions(environments, offload)
+    pipelines = PipelineRuns(StepRunner(store, engine.get, ensurer, definitions, pull=upstream.try_pull_step,
+                                       push=upstream.push_step, settings=config.pipeline))
+    return Daemon(config, store, engine, resolvers, ensurer, environments, definitions, upstream,
+                  puller, uploads, metrics, offload, wheels, pipelines)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -162,6 +166,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _stop_builds(app: web.Application) -> None:
     """On shutdown, before any cleanup: stop builds and flush what they and reads batched."""
+    await app[DAEMON].pipelines.close()
     await app[DAEMON].ensurer.close()
     await app[DAEMON].store.flush_reads()
 

@@ -21,6 +21,7 @@ from typing import Any
 from envcache.builder.settings import COMPRESSIONS, ENGINES, BuildSettings
 from envcache.definition.model import VARIANTS, Variant
 from envcache.errors import InvalidInput
+from envcache.pipeline.settings import PipelineSettings
 from envcache.store import StoreSettings
 from envcache.store.errors import MB
 from envcache.store.store import DEFAULT_GRACE, DEFAULT_MIN_FREE
@@ -135,6 +136,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     # Shared registries to pull from / push to; their model and validation live in envcache.upstream.config.
     upstreams: list[Upstream] = field(default_factory=list)
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from envcache.service.environments import Environments
     from envcache.service.metrics import Metrics
     from envcache.service.offload import Offload
+    from envcache.service.pipelines import PipelineRuns
     from envcache.service.requests import Definitions
     from envcache.service.wheels import Wheels
     from envcache.store import Store
@@ -144,6 +145,7 @@ class Daemon:
     metrics: Metrics
     offload: Offload                   # large definitions are parsed in its worker process
     wheels: Wheels
+    pipelines: PipelineRuns
 
 
 DAEMON = web.AppKey("envcache_daemon", Daemon)

@@ -70,6 +70,57 @@ class Subject(Request):
     }
 
 
+Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_INTEGER)]
+PipelineName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class TreeListing(Request):
+    """A directory (or one file) as the client hashed it: (path, mode, size, sha256 hex) per file.
+    Every file's bytes must already be a blob in the daemon (upload them to ``envcache/step-files``)."""
+
+    kind: Literal["dir", "file"]
+    files: list[tuple[str, Literal["100644", "100755"], NonNegativeInt, Sha256Hex]]
+
+
+class PipelineInput(Request):
+    """Exactly one of: an earlier step's ``output`` (by name), or a file/directory ``tree``."""
+
+    output: str | Unset = UNSET
+    tree: TreeListing | Unset = UNSET
+
+
+class PipelineStep(Request):
+    name: PipelineName
+    script_name: PipelineName
+    snapshot: TreeListing
+    environment: Subject
+    arguments: list[str] = msgspec.field(default_factory=list)
+    inputs: dict[str, PipelineInput] = msgspec.field(default_factory=dict)
+    outputs: list[str] = msgspec.field(default_factory=list)
+    variant: Variant | None = None
+    allow_reuse: bool = True
+    version: str | None = None
+
+    MESSAGES: ClassVar[dict[str, str]] = {"variant": _VARIANT, "allow_reuse": _FLAG}
+
+
+class PipelineRunRequest(Request):
+    """A frozen pipeline (the CLI's ``envcache pipeline run`` sends one); steps in data-flow order."""
+
+    steps: Annotated[list[PipelineStep], msgspec.Meta(min_length=1, max_length=500)]
+    description: str | None = None
+    regenerate_outputs: bool = False
+    continue_on_step_failure: bool = False
+    max_parallel: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "steps": "steps must be a non-empty list of steps (at most 500)",
+        "regenerate_outputs": _FLAG, "continue_on_step_failure": _FLAG,
+        "max_parallel": "max_parallel must be an integer from 1 to 16",
+    }
+
+
 class ResolveRequest(Subject):
     variant: Variant | None = None
 
@@ -341,6 +392,49 @@ class Health(msgspec.Struct):
     recipe_version: str
     upstream: dict[str, Any]
     engine: EngineHealth
+
+
+class StepReport(msgspec.Struct):
+    name: str
+    status: Literal["reused", "ran", "failed", "skipped"]
+    seconds: float
+    key: str | None
+    outputs: Annotated[dict[str, str], msgspec.Meta(description="output name → tree digest")]
+    error: str | None
+    log_tail: str
+
+
+class PipelineReport(msgspec.Struct):
+    ok: bool
+    seconds: float
+    steps: list[StepReport]
+
+
+class PipelineRun(msgspec.Struct):
+    id: str
+    state: Literal["running", "succeeded", "failed"]
+    created: float
+    finished: float | None
+    error: str | None
+    report: PipelineReport | None
+
+
+class StepOutput(msgspec.Struct):
+    tree: str
+    blob: Annotated[str, msgspec.Meta(description="the output's tar layer in envcache/step")]
+
+
+class StepDetails(msgspec.Struct):
+    key: str
+    step: str
+    image: Annotated[str, msgspec.Meta(description="the artifact: HOST/envcache/step:KEY")]
+    digest: str
+    created: float
+    last_used: float
+    outputs: dict[str, StepOutput]
+    record: Annotated[dict[str, Any], msgspec.Meta(description="the step record (the artifact's config)")]
+    snapshot: Annotated[list[Any], msgspec.Meta(description="[path, mode, size, sha256] per file")]
+    log: str
 
 
 # -- turning requests into models ----------------------------------------------------------------------

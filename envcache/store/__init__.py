@@ -34,6 +34,7 @@ index's write lock together with its row (the rules: :mod:`envcache.store.interf
 from envcache.store.errors import BlobInUse, DigestMismatch, InsufficientStorage, ManifestBlobUnknown, SizeMismatch
 from envcache.store.records import (
     BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, ReplacedImage, StagedBlob,
+    StepResult,
     StoredImage, StoredManifest, UploadSession, WheelRecord,
 )
 from envcache.store.store import Busy, Store, StoreSettings, open_store
@@ -41,6 +42,7 @@ from envcache.store.store import Busy, Store, StoreSettings, open_store
 __all__ = [
     "BlobInUse", "BlobRow", "BuildRecord", "Busy", "DigestMismatch", "EnvironmentVersion", "FileEntry",
     "InsufficientStorage", "KnownLayer", "ManifestBlobUnknown", "ManifestRow", "ReplacedImage", "SizeMismatch",
-    "StagedBlob", "Store", "StoreSettings", "StoredImage", "StoredManifest", "UploadSession", "WheelRecord",
+    "StagedBlob", "StepResult", "Store", "StoreSettings", "StoredImage", "StoredManifest", "UploadSession",
+    "WheelRecord",
     "open_store",
 ]

@@ -59,6 +59,7 @@ from envcache.store.references import manifest_refs
 from envcache.store.retention import Eviction, plan_evictions
 from envcache.store.store import DEFAULT_GRACE as DEFAULT_GRACE  # defined beside the store, so usage shares it
 from envcache.store.store import Busy, Store
+from envcache.wire import STEP_REPOSITORY
 
 DEFAULT_UPLOAD_TTL = 3600.0
 #: Rows per sweep transaction: short enough that writers waiting for the lock barely notice.
@@ -84,6 +85,7 @@ class GcReport:
     store_bytes: int = 0  # blob bytes when gc started (what max_bytes caps)
     images_expired: list[str] = field(default_factory=list)
     evicted: list[dict[str, Any]] = field(default_factory=list)  # {key, bytes, last_used, reason}
+    steps_expired: list[str] = field(default_factory=list)  # pipeline step keys
     tags_deleted: list[str] = field(default_factory=list)  # "repository:tag"
     manifests_deleted: int = 0
     blobs_deleted: int = 0
@@ -115,6 +117,7 @@ class GcReport:
                f"max_bytes {_human(self.max_bytes)})"] if self.max_bytes is not None else []),
             *(f"    {e['key']}: {_human(e['bytes'])}, last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['last_used']))}"
               for e in self.evicted),
+            f"  steps expired:      {len(self.steps_expired)}",
             f"  tags deleted:       {len(self.tags_deleted)}",
             f"  manifests deleted:  {self.manifests_deleted}",
             f"  blobs deleted:      {self.blobs_deleted} ({_human(self.blob_bytes_freed)})",
@@ -322,6 +325,7 @@ async def _expire_images(store: Store, report: GcReport,
                 "or not a cached image")
     expired: list[tuple[str, str, str]] = []
     dead: list[tuple[str, str, str]] = []
+    steps: list[tuple[str, str]] = []
     async with store.transaction(write=not report.dry_run):
         images = await store.images.all_tags()
         chosen = {key: (repo, digest) for key, repo, _, digest in images if key in evictions}
@@ -337,10 +341,18 @@ async def _expire_images(store: Store, report: GcReport,
         if limit is not None and not report.dry_run and (forgotten := await store.images.forget_history(limit)):
             report.notes.append(f"{forgotten} image(s) replaced by a refresh more than {report.keep_days:g} "
                                 "days ago expired from their keys' history")
+        if limit is not None:
+            # Pipeline step results follow the same rule: unused that long, their tag goes.
+            steps = await store.steps.unused_since(limit)
+            if steps and not report.dry_run:
+                dropped = set(await store.steps.delete_unused([key for key, _ in steps], limit))
+                steps = [(key, digest) for key, digest in steps if key in dropped]
+            dead += [(STEP_REPOSITORY, key, digest) for key, digest in steps]
         if dead and not report.dry_run:
             await store.manifests.delete_tags(dead)
     report.images_expired = [key for key, _, _ in expired if key not in evictions]
     report.evicted = [asdict(eviction) for key, eviction in evictions.items() if key in expired_keys]
+    report.steps_expired = [key for key, _ in steps]
     report.tags_deleted = sorted(f"{r}:{t}" for r, t, _ in dead)
     return expired, dead
 

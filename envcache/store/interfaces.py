@@ -78,6 +78,7 @@ from typing import Any, BinaryIO, Protocol
 
 from envcache.store.records import (
     BlobRow, BuildRecord, EnvironmentVersion, FileEntry, KnownLayer, ManifestRow, ReplacedImage, StagedBlob,
+    StepResult,
     StoredImage, UploadSession, WheelRecord,
 )
 
@@ -405,6 +406,24 @@ class Images(Protocol):
     async def mentioning(self, text: str) -> list[StoredImage]:
         """Images whose canonical form contains ``text``: a cheap filter (wheel removal and gc
         look for the images that pin a wheel), which callers refine by parsing."""
+
+
+class StepResults(Protocol):
+    """Pipeline step results by step key (the artifact itself is a tagged manifest)."""
+
+    async def get(self, key: str) -> StepResult | None: ...
+
+    async def put(self, result: StepResult) -> None:
+        """File (or re-file: a step run again with ``allow_reuse`` off) the result under its key."""
+
+    async def touch(self, used: dict[str, float]) -> None:
+        """Record reuse times (retention orders by them)."""
+
+    async def unused_since(self, limit: float) -> list[tuple[str, str]]:
+        """(key, manifest digest) of every result last used before ``limit``."""
+
+    async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
+        """Forget those of ``keys`` still unused since ``limit``; returns the keys forgotten."""
 
 
 class Builds(Protocol):

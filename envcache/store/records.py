@@ -118,6 +118,20 @@ class ReplacedImage:
 
 
 @dataclass(frozen=True)
+class StepResult:
+    """A pipeline step's stored result: filed under its step key, kept as the OCI artifact
+    ``envcache/step:<key>`` (``manifest_digest``). ``outputs`` maps each output name to its tree
+    digest (what downstream keys hash) and the digest of its tar layer (what is materialised)."""
+
+    key: str
+    step: str
+    manifest_digest: str
+    outputs: dict[str, tuple[str, str]]
+    created: float
+    last_used: float
+
+
+@dataclass(frozen=True)
 class BuildRecord:
     """A build as persisted: its final state and log once it has ended."""
 

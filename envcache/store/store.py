@@ -34,7 +34,7 @@ from envcache.store.errors import (
 )
 from envcache.store.interfaces import (
     Activity, BaseDigests, BlobDriver, BlobIndex, Builds, Environments, Images, LayerMap, Manifests, Metadata, PushLog,
-    UploadSpool, Uploads, Wheels,
+    StepResults, UploadSpool, Uploads, Wheels,
 )
 from envcache.store.records import FileEntry, StagedBlob, StoredManifest, UploadSession
 from envcache.store.references import manifest_refs
@@ -77,6 +77,7 @@ class Store:
     pushes: PushLog
     activity: Activity
     wheels: Wheels
+    steps: StepResults
     #: True for the process that holds the data directory's lock: only the owner runs the
     #: start-up clean-up, and only the owner may collect garbage.
     owner: bool = False
@@ -457,7 +458,7 @@ async def open_store(settings: StoreSettings | Path | str) -> Store:
     await files.release_reserve()  # on a full disk, SQLite needs room to open its WAL
     sql = open_sqlite(data_dir / "envcache.db")
     store = Store(data_dir, sql.database, files, files, sql.blobs, sql.manifests, sql.uploads, sql.images, sql.builds,
-                  sql.environments, sql.layers, sql.base_digests, sql.pushes, sql.activity, sql.wheels,
+                  sql.environments, sql.layers, sql.base_digests, sql.pushes, sql.activity, sql.wheels, sql.steps,
                   min_free_bytes=settings.min_free_bytes)
     store._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:

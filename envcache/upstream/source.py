@@ -39,6 +39,7 @@ from envcache.upstream.client import RegistryClient, Timeouts
 from envcache.upstream.config import Upstream
 from envcache.upstream.copy import image_size, pull_image
 from envcache.upstream.push import PushQueue, push_status
+from envcache.wire import STEP_REPOSITORY
 
 if TYPE_CHECKING:
     from envcache.definition.model import Definition
@@ -267,6 +268,22 @@ class UpstreamSource:
             return []
         hexes = sorted(digest.split(":", 1)[1] for digest in wheel_digests(json.loads(image.canonical)))
         return [h for h in hexes if await self.store.get_manifest(WHEEL_REPO, h, with_body=False) is not None]
+
+    async def push_step(self, key: str) -> list[str]:
+        """Push a pipeline step result (``envcache/step:<key>``) to every push upstream (background)."""
+        return [await self.pushes.schedule(upstream, STEP_REPOSITORY, key) for upstream in self.push_upstreams]
+
+    async def try_pull_step(self, key: str) -> bool:
+        """Copy a pipeline step result in from the first pull upstream that has it: another
+        machine ran the step, so this one reuses its outputs instead of running it."""
+        for upstream in self.pull_upstreams:
+            remote = upstream.repo("step")
+            try:
+                if await pull_image(self.client(upstream), remote, key, self.store, STEP_REPOSITORY, key) is not None:
+                    return True
+            except Exception as exc:  # noqa: BLE001 - any upstream failure means "run the step here"
+                self._error(f"pull {remote}:{key} from {upstream.url}: {type(exc).__name__}: {exc}", lambda _: None)
+        return False
 
     async def stages_of(self, repository: str, tag: str) -> list[str]:
         """Local stage tags whose layers are a prefix of the image's layers (what it was built on)."""

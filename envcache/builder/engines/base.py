@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from envcache.builder.errors import BuildFailed
+from envcache.builder.errors import BuildFailed, EngineUnavailable
 from envcache.oci import RegistryLogin
 
 LogFn = Callable[[str], None]
@@ -40,6 +40,23 @@ class ImageInfo:
     def env(self) -> dict[str, str]:
         pairs = (item.split("=", 1) for item in self.config.get("Env") or [] if "=" in item)
         return {key: value for key, value in pairs}
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory seen inside a container run (``Engine.run``)."""
+
+    source: Path
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a container run ended: its exit code and the last lines of its output."""
+
+    exit_code: int
+    log_tail: str
 
 
 @dataclass
@@ -165,6 +182,18 @@ class Engine(ABC):
     @abstractmethod
     async def remove(self, ref: str) -> None:
         """Drop the tag ``ref`` (the layers stay while other tags use them)."""
+
+    async def run_mounted(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount],
+                          env: dict[str, str], user: str | None, network: bool, labels: dict[str, str], log: LogFn,
+                          timeout: float | None = None) -> RunResult:
+        """Run ``argv`` in a fresh container of ``image`` with ``mounts`` (a pipeline step) and remove
+        the container afterwards.
+
+        Output goes to ``log`` line by line. ``network`` False means no network at all. The
+        container is removed however the run ends — exit, ``timeout`` (raised as TimeoutError),
+        or cancellation of the awaiting task — so a stopped pipeline leaves nothing running.
+        """
+        raise EngineUnavailable(f"the {self.name} engine cannot run containers")
 
     async def close(self) -> None:
         """Release connections."""

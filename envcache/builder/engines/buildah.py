@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail
+from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, Mount, RunResult
 from envcache.builder.errors import BuildFailed, EngineUnavailable
 from envcache.builder.keys import SOURCE_DATE_EPOCH
 from envcache.oci import RegistryLogin
@@ -196,3 +196,30 @@ class BuildahEngine(Engine):
 
     async def remove(self, ref: str) -> None:
         await self._run(["rmi", ref])
+
+    async def run_mounted(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount],
+                          env: dict[str, str], user: str | None, network: bool, labels: dict[str, str], log: LogFn,
+                          timeout: float | None = None) -> RunResult:
+        """``buildah from`` → ``buildah run -v …`` → ``buildah rm``. A working container has no
+        labels; under chroot isolation the network cannot be taken away (buildah shares the
+        host's), so ``network`` only applies to the other isolations."""
+        tail = LogTail(log)
+        status, out = await self._run(["from", "--pull=false", "--quiet", image])
+        if status != 0:
+            raise EngineUnavailable(f"buildah could not start a container of {image}: {out.strip()[-500:]}")
+        container = out.strip().splitlines()[-1]
+        try:
+            args = ["run", "--isolation", self.isolation, "--workingdir", workdir]
+            if self.isolation != "chroot":
+                args += ["--network", "host" if network else "none"]
+            if user:
+                args += ["--user", user]
+            for mount in mounts:
+                args += ["-v", f"{mount.source}:{mount.target}:{'ro' if mount.read_only else 'rw'}"]
+            for key, value in env.items():
+                args += ["--env", f"{key}={value}"]
+            async with asyncio.timeout(timeout):
+                status, _ = await self._run([*args, container, "--", *argv], tail)
+            return RunResult(status, tail.text())
+        finally:
+            await asyncio.shield(self._run(["rm", container]))

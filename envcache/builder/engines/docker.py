@@ -9,6 +9,7 @@ its intermediate container. Anything that speaks the Docker Engine API works her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,9 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from envcache.builder.engines.base import Engine, ExportedImage, ImageInfo, LogFn, LogTail, context_tar
+from envcache.builder.engines.base import (
+    Engine, ExportedImage, ImageInfo, LogFn, LogTail, Mount, RunResult, context_tar,
+)
 from envcache.builder.errors import BuildFailed, EngineUnavailable
 from envcache.oci import RegistryLogin, parse_reference
 
@@ -225,6 +228,32 @@ class DockerEngine(Engine):
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
+
+    async def run_mounted(self, image: str, argv: list[str], *, workdir: str, mounts: list[Mount],
+                          env: dict[str, str], user: str | None, network: bool, labels: dict[str, str], log: LogFn,
+                          timeout: float | None = None) -> RunResult:
+        tail = LogTail(log)
+        config = {
+            "Image": image, "Cmd": argv, "WorkingDir": workdir, "Labels": labels, "User": user or "",
+            "Env": [f"{key}={value}" for key, value in env.items()], "AttachStdout": False, "AttachStderr": False,
+            "HostConfig": {"NetworkMode": "host" if network else "none",
+                           "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in mounts]},
+        }
+        try:
+            container = await self.client.containers.create(config)
+        except aiodocker.DockerError as exc:
+            raise EngineUnavailable(f"dockerd could not create a container of {image}: {exc.message}") from exc
+        try:
+            await container.start()
+            async with asyncio.timeout(timeout):
+                async for chunk in container.log(stdout=True, stderr=True, follow=True, timeout=_UNLIMITED):
+                    tail.feed(chunk)
+                status = await container.wait(timeout=_UNLIMITED)
+            return RunResult(int(status.get("StatusCode", -1)), tail.text())
+        finally:
+            # Exit, timeout or cancellation: the container goes (killed first if it still runs).
+            with contextlib.suppress(aiodocker.DockerError):
+                await asyncio.shield(container.delete(force=True))
 
     async def close(self) -> None:
         if self._docker is not None:

@@ -19,7 +19,7 @@ from envcache import __version__
 from envcache.errors import EnvcacheError
 from envcache.service.schemas import openapi_document as _document
 from envcache.service.views import (
-    builds, ensure, environments, gc, health, images, resolve, simple_index, warm, wheels,
+    builds, ensure, environments, gc, health, images, pipelines, resolve, simple_index, warm, wheels,
 )
 from envcache.service.views.common import Route, json_response
 from envcache.wire import error_body
@@ -37,7 +37,7 @@ ROUTES: list[Route] = [
     *health.ROUTES,
     Route("GET", "/api/v1/openapi.json", openapi, "This document", responses={"200": dict}),
     *resolve.ROUTES, *ensure.ROUTES, *builds.ROUTES, *images.ROUTES, *environments.ROUTES, *warm.ROUTES,
-    *gc.ROUTES, *wheels.ROUTES, *simple_index.ROUTES,
+    *gc.ROUTES, *wheels.ROUTES, *simple_index.ROUTES, *pipelines.ROUTES,
 ]
 
 

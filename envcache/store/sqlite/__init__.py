@@ -9,7 +9,9 @@ from pathlib import Path
 from envcache.store.sqlite.components import SqliteActivity, SqliteBaseDigests, SqliteLayerMap, SqlitePushLog
 from envcache.store.sqlite.database import Database
 from envcache.store.sqlite.registry import SqliteBlobIndex, SqliteManifests
-from envcache.store.sqlite.service import SqliteBuilds, SqliteEnvironments, SqliteImages, SqliteWheels
+from envcache.store.sqlite.service import (
+    SqliteBuilds, SqliteEnvironments, SqliteImages, SqliteStepResults, SqliteWheels,
+)
 from envcache.store.sqlite.uploads import SqliteUploads
 
 
@@ -29,6 +31,7 @@ class SqliteMetadata:
     pushes: SqlitePushLog
     activity: SqliteActivity
     wheels: SqliteWheels
+    steps: SqliteStepResults
 
 
 def open_sqlite(path: Path) -> SqliteMetadata:
@@ -36,4 +39,4 @@ def open_sqlite(path: Path) -> SqliteMetadata:
     db = Database(path)
     return SqliteMetadata(db, SqliteBlobIndex(db), SqliteManifests(db), SqliteUploads(db), SqliteImages(db),
                           SqliteBuilds(db), SqliteEnvironments(db), SqliteLayerMap(db), SqliteBaseDigests(db),
-                          SqlitePushLog(db), SqliteActivity(db), SqliteWheels(db))
+                          SqlitePushLog(db), SqliteActivity(db), SqliteWheels(db), SqliteStepResults(db))

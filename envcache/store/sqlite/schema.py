@@ -198,9 +198,18 @@ def _m7_image_pins(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE images ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
 
 
+def _m8_step_results(db: sqlite_utils.Database) -> None:
+    """Pipeline step results (issue 16): one row per step key, naming its ``envcache/step``
+    manifest and each output's tree digest and tar layer (JSON), with its last reuse."""
+    db["step_results"].create(
+        {"key": str, "step": str, "manifest_digest": str, "outputs": str, "created": float, "last_used": float},
+        pk="key", if_not_exists=True)
+    db["step_results"].create_index(["last_used"], if_not_exists=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_component_tables, _m3_dashboard, _m4_generations, _m5_wheels, _m6_image_history,
-    _m7_image_pins]
+    _m7_image_pins, _m8_step_results]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -10,7 +10,9 @@ from dataclasses import astuple
 from typing import Any
 
 from envcache.errors import Conflict
-from envcache.store.records import BuildRecord, EnvironmentVersion, ReplacedImage, StoredImage, WheelRecord
+from envcache.store.records import (
+    BuildRecord, EnvironmentVersion, ReplacedImage, StepResult, StoredImage, WheelRecord,
+)
 from envcache.store.sqlite.database import Database
 
 _IMAGE = ("key, variant, spec_hash, canonical, repository, tag, manifest_digest, size, created, last_used, lock, "
@@ -306,3 +308,38 @@ class SqliteWheels:
     async def delete(self, digest: str) -> bool:
         async with self._db.writing() as conn:
             return conn.execute("DELETE FROM wheels WHERE digest = ?", [digest]).rowcount > 0
+
+
+class SqliteStepResults:
+    """``step_results``: one row per pipeline step key."""
+
+    _COLUMNS = "key, step, manifest_digest, outputs, created, last_used"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> StepResult | None:
+        row = self._db.one(f"SELECT {self._COLUMNS} FROM step_results WHERE key = ?", [key])
+        if row is None:
+            return None
+        outputs = {name: (tree, blob) for name, (tree, blob) in json.loads(row[3]).items()}
+        return StepResult(row[0], row[1], row[2], outputs, row[4], row[5])
+
+    async def put(self, result: StepResult) -> None:
+        values = [result.key, result.step, result.manifest_digest, json.dumps(result.outputs, sort_keys=True),
+                  result.created, result.last_used]
+        async with self._db.writing() as conn:
+            conn.execute(f"INSERT OR REPLACE INTO step_results ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values)
+
+    async def touch(self, used: dict[str, float]) -> None:
+        async with self._db.writing() as conn:
+            conn.executemany("UPDATE step_results SET last_used = ? WHERE key = ?", [(t, k) for k, t in used.items()])
+
+    async def unused_since(self, limit: float) -> list[tuple[str, str]]:
+        return [(k, d) for k, d in self._db.all("SELECT key, manifest_digest FROM step_results WHERE last_used < ?",
+                                                [limit])]
+
+    async def delete_unused(self, keys: Sequence[str], limit: float) -> list[str]:
+        async with self._db.writing() as conn:
+            return [key for key in keys if conn.execute(
+                "DELETE FROM step_results WHERE key = ? AND last_used < ?", [key, limit]).rowcount]
